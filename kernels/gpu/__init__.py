@@ -1,0 +1,11 @@
+"""CuPy GPU kernels, same names and signatures as ``kernels.reference``.
+
+Importing this module needs CuPy and a CUDA device; without them it raises a clear
+``ImportError`` so callers can fall back to ``kernels.cpu``.
+"""
+from kernels.gpu._cupy import require_cupy
+
+require_cupy()
+
+from kernels.gpu.rows import *  # noqa: E402,F401,F403
+from kernels.gpu.optim import *  # noqa: E402,F401,F403
