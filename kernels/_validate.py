@@ -1,0 +1,211 @@
+"""Argument checks shared by every kernel implementation.
+
+Numba and CUDA kernels do no bounds checking: an index one past the end silently reads
+garbage or, worse, writes into someone else's memory. So every public entry point runs
+these cheap, vectorised checks *before* it calls a compiled loop. They only use the array
+protocol (``shape``, ``dtype``, ``min``, ``max``, ``astype``, ``reshape``), so the same code
+checks NumPy arrays on the CPU and CuPy arrays on the GPU.
+
+Conventions: a wrong dtype raises ``TypeError``, a wrong shape or length raises
+``ValueError``, an index outside its table raises ``IndexError`` naming the offending value
+and the valid range.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "INDEX_DTYPES",
+    "float_array",
+    "index_array",
+    "check_index_range",
+    "check_rows",
+    "check_same_length",
+    "check_csr",
+    "row_width",
+    "gather_args",
+    "scatter_add_args",
+    "coalesce_args",
+    "bag_sum_args",
+    "csr_dense_dot_args",
+    "csr_t_dense_dot_rows_args",
+    "segment_sum_args",
+]
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def float_array(name, a, min_ndim=1):
+    """Check that ``a`` holds float32/float64 values and has at least ``min_ndim`` axes."""
+    if np.dtype(a.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {a.shape}")
+    return a
+
+
+def index_array(name, a, ndim=1):
+    """Check an integer index array of rank ``ndim``; return it as int32 or int64.
+
+    Other integer dtypes (int8, uint16, ...) are widened to int64 so that compiled
+    kernels only ever see the two supported index types; bool and float are refused because
+    they almost always mean a mask or a bug, not an index.
+    """
+    kind = np.dtype(a.dtype).kind
+    if kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if np.dtype(a.dtype) not in INDEX_DTYPES:
+        a = a.astype(np.int64)
+    return a
+
+
+def check_index_range(name, indices, upper=None):
+    """Raise ``IndexError`` unless ``0 <= indices < upper`` (``upper=None``: no upper bound).
+
+    Two reductions (``min`` and ``max``) cost far less than the kernel they guard, and the
+    error names the first bad extreme so the caller can find it.
+    """
+    if indices.size == 0:
+        return
+    lo = int(indices.min())
+    hi = int(indices.max())
+    if lo < 0:
+        bad = lo
+    elif upper is not None and hi >= upper:
+        bad = hi
+    else:
+        return
+    valid = f"[0, {upper})" if upper is not None else "[0, inf)"
+    raise IndexError(f"{name} contains index {bad}, outside the valid range {valid}")
+
+
+def check_rows(name, values, n, row_shape):
+    """Check that ``values`` has shape ``(n,) + row_shape`` (one row per index)."""
+    expected = (n,) + tuple(row_shape)
+    if tuple(values.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(values.shape)}")
+
+
+def check_same_length(name_a, a, name_b, b):
+    """Check that two arrays have the same leading length."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same length, got {a.shape[0]} and {b.shape[0]}"
+        )
+
+
+def check_csr(indptr, indices, data):
+    """Check the three arrays of a CSR matrix; return ``(indptr, indices, n_rows)``.
+
+    ``indptr`` must start at 0, never decrease and end at ``nnz``: otherwise a kernel that
+    walks ``indices[indptr[r]:indptr[r + 1]]`` would read past the end. The column range of
+    ``indices`` is left to the caller, which knows the number of columns.
+    """
+    indptr = index_array("indptr", indptr)
+    indices = index_array("indices", indices)
+    if data.ndim != 1:
+        raise ValueError(f"data must be 1-D, got shape {data.shape}")
+    check_same_length("indices", indices, "data", data)
+    if indptr.shape[0] < 1:
+        raise ValueError("indptr must have at least one entry (n_rows + 1)")
+    nnz = indices.shape[0]
+    first, last = int(indptr[0]), int(indptr[-1])
+    if first != 0 or last != nnz:
+        raise ValueError(f"indptr must start at 0 and end at nnz={nnz}, got {first} .. {last}")
+    if indptr.shape[0] > 1 and bool((indptr[1:] < indptr[:-1]).any()):
+        raise ValueError("indptr must be non-decreasing")
+    return indptr, indices, indptr.shape[0] - 1
+
+
+def row_width(a):
+    """Number of scalars in one row of ``a``: the product of its trailing dimensions."""
+    return math.prod(a.shape[1:])
+
+
+# --- one validator per kernel: every implementation calls the same one ------------------
+
+
+def _same_float(name, a, dtype):
+    """Cast ``a`` to the kernel's float dtype (no copy when it already matches)."""
+    if np.dtype(a.dtype).kind not in "fiub":
+        raise TypeError(f"{name} must be numeric, got {a.dtype}")
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+def gather_args(table, indices):
+    """Validate ``gather_rows``: a float table and in-range 1-D indices."""
+    float_array("table", table)
+    indices = index_array("indices", indices)
+    check_index_range("indices", indices, table.shape[0])
+    return table, indices
+
+
+def scatter_add_args(out, indices, values):
+    """Validate ``scatter_add_rows``; ``values`` is cast to ``out.dtype`` like ``np.add.at``."""
+    float_array("out", out)
+    indices = index_array("indices", indices)
+    values = _same_float("values", values, out.dtype)
+    check_rows("values", values, indices.shape[0], out.shape[1:])
+    check_index_range("indices", indices, out.shape[0])
+    return out, indices, values
+
+
+def coalesce_args(indices, values):
+    """Validate ``coalesce_rows``: one value row per index, indices non-negative."""
+    indices = index_array("indices", indices)
+    float_array("values", values)
+    check_same_length("indices", indices, "values", values)
+    check_index_range("indices", indices)
+    return indices, values
+
+
+def bag_sum_args(table, tokens, mask):
+    """Validate ``bag_sum``: (B, L) tokens in range and a (B, L) mask cast to the table dtype.
+
+    Padding tokens are checked too (pad with a valid row such as 0, masked out): a kernel may
+    still read them, so an out-of-range pad is a latent out-of-bounds read.
+    """
+    float_array("table", table)
+    tokens = index_array("tokens", tokens, ndim=2)
+    if tuple(mask.shape) != tuple(tokens.shape):
+        raise ValueError(f"mask must have the shape of tokens {tokens.shape}, got {mask.shape}")
+    mask = _same_float("mask", mask, table.dtype)
+    check_index_range("tokens", tokens, table.shape[0])
+    return table, tokens, mask
+
+
+def csr_dense_dot_args(indptr, indices, data, dense):
+    """Validate ``csr_dense_dot``; ``data`` is cast to ``dense.dtype``."""
+    float_array("dense", dense)
+    indptr, indices, n_rows = check_csr(indptr, indices, data)
+    data = _same_float("data", data, dense.dtype)
+    check_index_range("indices", indices, dense.shape[0])
+    return indptr, indices, data, dense, n_rows
+
+
+def csr_t_dense_dot_rows_args(indptr, indices, data, grad):
+    """Validate ``csr_t_dense_dot_rows``: ``grad`` has one row per CSR row."""
+    float_array("grad", grad)
+    indptr, indices, n_rows = check_csr(indptr, indices, data)
+    data = _same_float("data", data, grad.dtype)
+    if grad.shape[0] != n_rows:
+        raise ValueError(f"grad must have n_rows={n_rows} rows, got shape {tuple(grad.shape)}")
+    check_index_range("indices", indices)
+    return indptr, indices, data, grad, n_rows
+
+
+def segment_sum_args(values, segment_ids, n_segments):
+    """Validate ``segment_sum``: every id in ``[0, n_segments)``."""
+    float_array("values", values)
+    segment_ids = index_array("segment_ids", segment_ids)
+    n_segments = int(n_segments)
+    if n_segments < 0:
+        raise ValueError(f"n_segments must be >= 0, got {n_segments}")
+    check_same_length("segment_ids", segment_ids, "values", values)
+    check_index_range("segment_ids", segment_ids, n_segments)
+    return values, segment_ids, n_segments
