@@ -1,0 +1,36 @@
+"""The reference backend: every Op runs its own NumPy ``perform``."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+name = "numpy"
+
+
+def check_available():
+    return None
+
+
+@functools.singledispatch
+def impl(op, node):
+    """Return ``thunk(inputs) -> outputs`` for ``node``; default: ``op.perform``."""
+    perform = op.perform
+    return lambda inputs: perform(node, inputs)
+
+
+def make_thunk(node):
+    return impl(node.op, node)
+
+
+def to_device(value):
+    """Backends with their own memory (CuPy) move values here; NumPy needs nothing."""
+    return value
+
+
+def to_host(value):
+    return value
+
+
+def isfinite_all(value):
+    return bool(np.isfinite(value).all())

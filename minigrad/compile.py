@@ -1,0 +1,257 @@
+"""``mg.function``: turn a symbolic graph into a Python callable.
+
+Compilation is five plain steps:
+
+1. **collect** the outputs and the new values of the updates;
+2. **rewrite** a copy of that graph (merge duplicates, fold constants, push row gathers
+   through element-wise ops...; see ``rewrite.py``);
+3. **order** the nodes topologically, putting nodes that overwrite a shared value in place
+   (optimizer row updates, ``op.destroy_map``) after every other node;
+4. **make a thunk** per node with the chosen backend;
+5. **run**: the VM is one loop over thunks reading and writing a list of value slots.
+
+A call is atomic. Inputs are validated (count, rank, dtype kind, sparse format) before
+anything runs, Ops validate their index ranges while computing, and nothing is written to
+a shared variable until every non-destructive node has run: an exception in that phase
+leaves all state exactly as it was.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+
+from minigrad.backends import get_backend
+from minigrad.graph import Constant, Variable, toposort
+from minigrad.rewrite import rewrite
+from minigrad.types import CSRType, RowSparse, RowSparseType
+from minigrad.variables import SharedVariable, as_variable
+
+
+def _normalize_updates(updates):
+    if updates is None:
+        return []
+    if isinstance(updates, dict):
+        updates = list(updates.items())
+    pairs = []
+    for pair in updates:
+        try:
+            target, value = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"updates must be (shared, expression) pairs, got {pair!r}") from None
+        if not isinstance(target, SharedVariable):
+            raise TypeError(f"update target {target!r} is not a shared variable")
+        value = as_variable(value)
+        if isinstance(value.type, RowSparseType):
+            raise TypeError(
+                f"update of {target} is row-sparse; apply it with an optimizer "
+                "(mg.optim.SGD(...).updates) or densify it with .to_dense()"
+            )
+        if value.ndim != target.ndim:
+            raise TypeError(
+                f"update of {target}: new value has rank {value.ndim}, expected {target.ndim}"
+            )
+        pairs.append((target, value))
+    targets = [t for t, _ in pairs]
+    dupes = {t.name or repr(t) for t in targets if targets.count(t) > 1}
+    if dupes:
+        raise ValueError(f"shared variables updated more than once: {sorted(dupes)}")
+    return pairs
+
+
+def _check_inputs(inputs):
+    inputs = list(inputs)
+    for var in inputs:
+        if not isinstance(var, Variable):
+            raise TypeError(f"inputs must be symbolic variables, got {var!r}")
+        if isinstance(var, (SharedVariable, Constant)) or var.owner is not None:
+            raise TypeError(
+                f"{var} cannot be an input: inputs are symbolic leaves "
+                "(shared variables and constants are read automatically)"
+            )
+    if len(set(inputs)) != len(inputs):
+        raise ValueError("the same variable is listed twice in inputs")
+    return inputs
+
+
+class Function:
+    """A compiled graph; call it with one value per input."""
+
+    def __init__(self, inputs, outputs, updates=None, backend=None, nan_guard=False, name=None,
+                 on_nan="raise"):
+        t0 = time.perf_counter()
+        self.name = name
+        self.inputs = _check_inputs(inputs)
+        self.single_output = outputs is not None and not isinstance(outputs, (list, tuple))
+        out_list = [] if outputs is None else ([outputs] if self.single_output else list(outputs))
+        self.outputs = [as_variable(o) for o in out_list]
+        self.updates = _normalize_updates(updates)
+        self.backend = get_backend(backend)
+        self.nan_guard = bool(nan_guard)
+        if on_nan not in ("raise", "skip"):
+            raise ValueError("on_nan must be 'raise' or 'skip'")
+        self.on_nan = on_nan
+
+        roots = self.outputs + [v for _, v in self.updates]
+        roots = rewrite(roots)
+        self.graph_outputs = roots[: len(self.outputs)]
+        self.graph_updates = roots[len(self.outputs):]
+        self._link()
+        self.compile_seconds = time.perf_counter() - t0
+
+    # ----------------------------------------------------------------------------------
+    def _link(self):
+        nodes = toposort(self.graph_outputs + self.graph_updates)
+        missing = self._missing_inputs(nodes)
+        if missing:
+            raise ValueError(
+                "the outputs depend on inputs that were not given: "
+                + ", ".join(str(m) for m in missing)
+            )
+        # Destructive nodes (in-place updates) run last, after everything that reads.
+        self.nodes = [n for n in nodes if not n.op.destroy_map] + [
+            n for n in nodes if n.op.destroy_map
+        ]
+        self.n_safe = sum(1 for n in self.nodes if not n.op.destroy_map)
+        slot = {}
+
+        def slot_of(var):
+            if var not in slot:
+                slot[var] = len(slot)
+            return slot[var]
+
+        for var in self.inputs:
+            slot_of(var)
+        self.shared = []
+        self.constants = []
+        for node in self.nodes:
+            for var in node.inputs:
+                if isinstance(var, SharedVariable) and var not in slot:
+                    self.shared.append((var, slot_of(var)))
+                elif isinstance(var, Constant) and var not in slot:
+                    self.constants.append((slot_of(var), var.data))
+        for var in self.graph_outputs + self.graph_updates:
+            if var.owner is None and var not in slot:
+                if isinstance(var, SharedVariable):
+                    self.shared.append((var, slot_of(var)))
+                elif isinstance(var, Constant):
+                    self.constants.append((slot_of(var), var.data))
+        self.program = [
+            (self.backend.make_thunk(n), [slot_of(i) for i in n.inputs],
+             [slot_of(o) for o in n.outputs])
+            for n in self.nodes
+        ]
+        self.output_slots = [slot_of(v) for v in self.graph_outputs]
+        self.update_slots = [
+            (target, slot_of(v), v.owner is not None and bool(v.owner.op.destroy_map))
+            for (target, _), v in zip(self.updates, self.graph_updates)
+        ]
+        self.leaf_slots = {slot[v] for v in slot if v.owner is None}
+        # nan_guard looks at what would be written or returned: outputs, dense update
+        # values, and the inputs of in-place update nodes (their gradients)
+        guard = list(self.output_slots) + [s for _, s, _ in self.update_slots]
+        for _, ins, _ in self.program[self.n_safe:]:
+            guard.extend(ins)
+        self.guard_slots = sorted(set(guard) - self.leaf_slots)
+        self.n_slots = len(slot)
+
+    def _missing_inputs(self, nodes):
+        given = set(self.inputs)
+        missing = []
+        for var in [i for n in nodes for i in n.inputs] + self.graph_outputs + self.graph_updates:
+            if var.owner is None and not isinstance(var, (SharedVariable, Constant)):
+                if var not in given and var not in missing:
+                    missing.append(var)
+        return missing
+
+    # ----------------------------------------------------------------------------------
+    def _validate(self, args):
+        if len(args) != len(self.inputs):
+            names = ", ".join(str(v) for v in self.inputs)
+            raise TypeError(
+                f"{self._label()} expects {len(self.inputs)} inputs ({names}), got {len(args)}"
+            )
+        values = []
+        for i, (var, value) in enumerate(zip(self.inputs, args)):
+            label = f"input {i}" + (f" ({var.name!r})" if var.name else "")
+            values.append(self.backend.to_device(var.type.filter(value, name=label)))
+        return values
+
+    def _label(self):
+        return f"function {self.name!r}" if self.name else "this function"
+
+    def __call__(self, *args):
+        values = self._validate(args)
+        storage = [None] * self.n_slots
+        storage[: len(values)] = values
+        for var, s in self.shared:
+            storage[s] = var.get_value(borrow=True)
+        for s, data in self.constants:
+            storage[s] = data
+        program = self.program
+        for thunk, ins, outs in program[: self.n_safe]:
+            results = thunk([storage[i] for i in ins])
+            for s, r in zip(outs, results):
+                storage[s] = r
+        if self.nan_guard and not self._all_finite(storage):
+            return self._on_nan()
+        outputs = [self._export(storage[s], s) for s in self.output_slots]
+        for thunk, ins, outs in program[self.n_safe:]:
+            results = thunk([storage[i] for i in ins])
+            for s, r in zip(outs, results):
+                storage[s] = r
+        for target, s, in_place in self.update_slots:
+            if not in_place:
+                value = storage[s]
+                if s in self.leaf_slots or (isinstance(value, np.ndarray) and value.base is not None):
+                    value = np.array(value, copy=True)
+                target._value = value
+        return outputs[0] if self.single_output else (outputs if self.outputs else None)
+
+    def _all_finite(self, storage):
+        for s in self.guard_slots:
+            v = storage[s]
+            if isinstance(v, RowSparse):
+                v = v.values
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not self.backend.isfinite_all(v):
+                return False
+        return True
+
+    def _on_nan(self):
+        message = (
+            f"{self._label()}: non-finite value (NaN or inf) in an output or update; "
+            "no shared variable was changed"
+        )
+        if self.on_nan == "raise":
+            raise FloatingPointError(message)
+        warnings.warn(message + " (step skipped)", RuntimeWarning, stacklevel=3)
+        return None
+
+    def _export(self, value, s):
+        """Outputs never alias internal buffers, inputs or shared values."""
+        value = self.backend.to_host(value)
+        if isinstance(value, RowSparse):
+            return value.copy()
+        if isinstance(value, np.ndarray):
+            if s in self.leaf_slots or value.base is not None or not value.flags.owndata:
+                return value.copy()
+            return value
+        return value
+
+
+def function(inputs, outputs=None, updates=None, backend=None, nan_guard=False, name=None,
+             on_nan="raise"):
+    """Compile ``outputs`` (and ``updates``) as a function of ``inputs``.
+
+    ``updates``: ``(shared, new_value)`` pairs or what an optimizer returns; all new
+    values are computed from the old ones, then written. ``backend``: ``"numpy"``,
+    ``"numba"`` (default when numba imports) or ``"cupy"``. ``nan_guard=True`` checks
+    outputs and updates for NaN/inf before anything is written and raises
+    ``FloatingPointError`` (``on_nan="skip"``: warn and skip the step instead).
+    """
+    return Function(inputs, outputs, updates=updates, backend=backend, nan_guard=nan_guard,
+                    name=name, on_nan=on_nan)
+
+
+__all__ = ["function", "Function", "CSRType"]

@@ -1,0 +1,73 @@
+"""Pick the fastest available array kernels for work done outside compiled graphs.
+
+``RowSparse.coalesce``, dense scatter-adds and the sparse products use ``kernels.cpu``
+(Numba) when it imports and ``MINIGRAD_BACKEND`` is not ``numpy``; otherwise the NumPy
+definitions in ``kernels.reference``. The compiled-function backends choose their own
+kernels; this module only serves the reference ``perform`` methods.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _load():
+    if os.environ.get("MINIGRAD_BACKEND", "").lower() != "numpy":
+        try:
+            import kernels.cpu as impl
+
+            return impl
+        except ImportError:
+            pass
+    try:
+        import kernels.reference as impl
+
+        return impl
+    except ImportError:  # a source tree without the kernels package: plain NumPy below
+        return False
+
+
+def _impl():
+    global _IMPL
+    if _IMPL is None:
+        _IMPL = _load()
+    return _IMPL
+
+
+_IMPL = None
+
+
+def coalesce_rows(indices, values):
+    """Sorted unique indices and the summed rows of each."""
+    if len(indices) == 0:
+        return np.zeros(0, dtype=np.int64), values.reshape((0,) + values.shape[1:])
+    if _impl():
+        return _impl().coalesce_rows(indices, values)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    summed = np.zeros((len(unique),) + values.shape[1:], dtype=values.dtype)
+    np.add.at(summed, inverse, values)
+    return unique.astype(np.int64), summed
+
+
+def scatter_add_rows(out, indices, values):
+    """``out[indices[i]] += values[i]`` in place, duplicates summed."""
+    if not len(indices):
+        return
+    if _impl():
+        _impl().scatter_add_rows(out, indices, values)
+    else:
+        np.add.at(out, indices, values)
+
+
+def csr_gathered_dot(indptr, data, rows):
+    """``out[i] = sum_{k in row i} data[k] * rows[k]`` (rows already gathered)."""
+    n = len(indptr) - 1
+    counts = np.diff(indptr)
+    out = np.zeros((n,) + rows.shape[1:], dtype=np.result_type(data, rows))
+    nonempty = counts > 0
+    if nonempty.any():
+        # CSR rows are contiguous slices, so a segmented sum (reduceat) does the job
+        weighted = data.reshape((-1,) + (1,) * (rows.ndim - 1)) * rows
+        out[nonempty] = np.add.reduceat(weighted, indptr[:-1][nonempty], axis=0)
+    return out

@@ -1,0 +1,92 @@
+"""Row gather ``table[idx]`` and its row-sparse gradient: the reason minigrad exists.
+
+``Take`` picks rows of a table with an integer index array of any rank; the output has
+shape ``idx.shape + table.shape[1:]``. Its VJP is "add row ``gz[i]`` into row ``idx[i]``"
+— a scatter-add that touches only the gathered rows. Instead of materialising that into a
+``V x D`` zero matrix, ``TakeGrad`` returns the pair (indices, rows) as a value of type
+``RowSparseType``. Everything downstream (accumulation, optimizers) keeps it that way, so
+a training step costs O(rows touched), not O(table).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minigrad.graph import Apply, Op
+from minigrad.types import INT_KINDS, RowSparse, RowSparseType, TensorType
+from minigrad.variables import as_variable
+
+
+def check_index_range(idx, n_rows, node, what="index"):
+    """Raise ``IndexError`` naming the index input and the first bad value.
+
+    Vectorised and O(len(idx)); the compiled kernels rely on it (Numba does not
+    bounds-check), and it runs before any state changes.
+    """
+    if idx.size == 0:
+        return
+    lo, hi = idx.min(), idx.max()
+    if lo < 0 or hi >= n_rows:
+        bad = lo if lo < 0 else hi
+        idx_name = node.inputs[1].name or "index"
+        table_name = node.inputs[0].name or "the table"
+        raise IndexError(
+            f"{what} {idx_name!r}: value {int(bad)} is out of range for {table_name} "
+            f"with {n_rows} rows (valid: 0..{n_rows - 1})"
+        )
+
+
+class Take(Op):
+    """``table[idx]``: gather whole rows of ``table`` (rank >= 1) by an integer array."""
+
+    def make_node(self, table, idx):
+        table, idx = as_variable(table), as_variable(idx)
+        if not isinstance(table.type, TensorType) or table.ndim < 1:
+            raise TypeError(f"row gather needs a table of rank >= 1, got {table.type}")
+        if np.dtype(idx.dtype).kind not in INT_KINDS:
+            raise TypeError(f"row gather needs an integer index, got {idx.dtype}")
+        shape = idx.type.shape + table.type.shape[1:]
+        return Apply(self, [table, idx], [TensorType(table.dtype, shape)])
+
+    def perform(self, node, inputs):
+        table, idx = inputs
+        check_index_range(idx, table.shape[0], node)
+        return (np.take(table, idx, axis=0),)
+
+    def grad(self, inputs, outputs, output_grads):
+        table, idx = inputs
+        return [TakeGrad()(table, idx, output_grads[0]), None]
+
+
+class TakeGrad(Op):
+    """The VJP of ``Take``: a ``RowSparse`` with rows ``gz`` at ``idx`` (flattened).
+
+    ``table`` is used only for its shape; the rewriter may swap it for any variable of
+    the same shape (``shape_only_inputs``) so that no dense work is done to know it.
+    """
+
+    shape_only_inputs = (0,)
+
+    def make_node(self, table, idx, gz):
+        return Apply(self, [table, idx, gz], [RowSparseType(table.dtype, table.type.shape)])
+
+    def perform(self, node, inputs):
+        table, idx, gz = inputs
+        shape = np.shape(table)
+        values = np.asarray(gz, dtype=node.outputs[0].dtype).reshape((-1,) + shape[1:])
+        return (RowSparse(idx.reshape(-1), values, shape),)
+
+
+def take(table, idx):
+    return Take()(table, idx)
+
+
+def getitem(x, key):
+    """``x[key]``: a row gather for integer variables/arrays, basic slicing otherwise."""
+    from minigrad.graph import Variable
+    from minigrad.ops.shape import subtensor
+
+    if isinstance(key, Variable) or (
+        isinstance(key, (np.ndarray, list)) and np.asarray(key).dtype.kind in INT_KINDS
+    ):
+        return take(x, key)
+    return subtensor(x, key)

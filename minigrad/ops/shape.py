@@ -1,0 +1,332 @@
+"""Ops that move elements around without arithmetic: shape, reshape, transpose,
+broadcast, expand_dims, concatenate, stack and basic slicing.
+
+Their gradients move ``gz`` back the same way: the VJP of a transpose is the inverse
+transpose, of a reshape a reshape to the input's shape, of a slice a zero array with
+``gz`` written into the slice, of a concatenation the matching pieces of ``gz``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minigrad.graph import Apply, Op
+from minigrad.types import CSRType, TensorType
+from minigrad.variables import as_variable
+
+
+class Shape(Op):
+    """The run-time shape of ``x`` as an int64 vector."""
+
+    def make_node(self, x):
+        return Apply(self, [x], [TensorType("int64", (x.ndim,))])
+
+    def perform(self, node, inputs):
+        return (np.asarray(inputs[0].shape, dtype="int64"),)
+
+    def grad(self, inputs, outputs, output_grads):
+        return [None]
+
+
+def shape_of(x):
+    if not isinstance(x.type, (TensorType, CSRType)):
+        raise TypeError(f"{x.type} has no shape")
+    return Shape()(x)
+
+
+class ProdShape(Op):
+    """Total number of elements of ``x`` (int64 scalar)."""
+
+    def make_node(self, x):
+        return Apply(self, [x], [TensorType("int64", ())])
+
+    def perform(self, node, inputs):
+        return (np.asarray(np.size(inputs[0]), dtype="int64"),)
+
+    def grad(self, inputs, outputs, output_grads):
+        return [None]
+
+
+def prod_shape(x):
+    return ProdShape()(x)
+
+
+class Reshape(Op):
+    """Reshape to a static target (one entry may be -1)."""
+
+    __props__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = tuple(int(s) for s in shape)
+        if sum(s == -1 for s in self.shape) > 1:
+            raise ValueError(f"reshape: at most one -1 allowed, got {self.shape}")
+
+    def make_node(self, x):
+        x = as_variable(x)
+        static = tuple(None if s == -1 else s for s in self.shape)
+        return Apply(self, [x], [TensorType(x.dtype, static)])
+
+    def perform(self, node, inputs):
+        try:
+            return (np.reshape(inputs[0], self.shape),)
+        except ValueError as err:
+            raise ValueError(
+                f"cannot reshape {node.inputs[0]} of shape {np.shape(inputs[0])} "
+                f"to {self.shape}"
+            ) from err
+
+    def grad(self, inputs, outputs, output_grads):
+        (x,), (gz,) = inputs, output_grads
+        return [reshape_like(gz, x)]
+
+
+class ReshapeLike(Op):
+    """Reshape ``g`` to the run-time shape of ``x`` (used by gradients)."""
+
+    def make_node(self, g, x):
+        return Apply(self, [g, x], [TensorType(g.dtype, x.type.shape)])
+
+    def perform(self, node, inputs):
+        g, x = inputs
+        return (np.reshape(g, np.shape(x)),)
+
+    def grad(self, inputs, outputs, output_grads):
+        g, _ = inputs
+        return [reshape_like(output_grads[0], g), None]
+
+
+def reshape(x, shape):
+    return Reshape(shape)(x)
+
+
+def reshape_like(g, x):
+    return ReshapeLike()(g, x)
+
+
+class Transpose(Op):
+    """Permute axes (reverse them when ``axes`` is ``None``)."""
+
+    __props__ = ("axes",)
+
+    def __init__(self, axes):
+        self.axes = tuple(axes)
+
+    def make_node(self, x):
+        x = as_variable(x)
+        if sorted(self.axes) != list(range(x.ndim)):
+            raise ValueError(f"transpose: axes {self.axes} do not fit rank {x.ndim}")
+        shape = tuple(x.type.shape[a] for a in self.axes)
+        return Apply(self, [x], [TensorType(x.dtype, shape)])
+
+    def perform(self, node, inputs):
+        return (np.transpose(inputs[0], self.axes),)
+
+    def grad(self, inputs, outputs, output_grads):
+        inverse = tuple(int(i) for i in np.argsort(self.axes))
+        return [Transpose(inverse)(output_grads[0])]
+
+
+def transpose(x, axes=None):
+    x = as_variable(x)
+    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(axes)
+    return Transpose(axes)(x)
+
+
+class ExpandDims(Op):
+    """Insert length-1 axes at the positions ``axes`` of the output."""
+
+    __props__ = ("axes",)
+
+    def __init__(self, axes):
+        self.axes = tuple(sorted(axes))
+
+    def make_node(self, x):
+        x = as_variable(x)
+        shape = list(x.type.shape)
+        for a in self.axes:
+            shape.insert(a, 1)
+        return Apply(self, [x], [TensorType(x.dtype, tuple(shape))])
+
+    def perform(self, node, inputs):
+        return (np.expand_dims(inputs[0], self.axes),)
+
+    def grad(self, inputs, outputs, output_grads):
+        (x,), (gz,) = inputs, output_grads
+        return [reshape_like(gz, x)]
+
+
+def expand_dims(x, axes):
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    return ExpandDims(axes)(x) if axes else x
+
+
+class BroadcastLike(Op):
+    """Broadcast ``g`` to the run-time shape of ``x`` (the VJP of a sum)."""
+
+    def make_node(self, g, x):
+        return Apply(self, [g, x], [TensorType(g.dtype, x.type.shape)])
+
+    def perform(self, node, inputs):
+        g, x = inputs
+        return (np.array(np.broadcast_to(g, np.shape(x))),)
+
+    def grad(self, inputs, outputs, output_grads):
+        from minigrad.ops.elemwise import reduce_like
+
+        g, _ = inputs
+        return [reduce_like(output_grads[0], g), None]
+
+
+def broadcast_like(g, x):
+    return BroadcastLike()(g, x)
+
+
+class Concatenate(Op):
+    """Join tensors along an existing axis; the VJP slices ``gz`` back into pieces."""
+
+    __props__ = ("axis",)
+
+    def __init__(self, axis):
+        self.axis = int(axis)
+
+    def make_node(self, *xs):
+        from minigrad.ops.elemwise import result_dtype
+
+        xs = [as_variable(x) for x in xs]
+        ndim = xs[0].ndim
+        if any(x.ndim != ndim for x in xs):
+            raise ValueError("concatenate: all inputs need the same rank")
+        axis = self.axis % ndim
+        shape = list(xs[0].type.shape)
+        lens = [x.type.shape[axis] for x in xs]
+        shape[axis] = None if None in lens else sum(lens)
+        return Apply(self, xs, [TensorType(result_dtype(xs), tuple(shape))])
+
+    def perform(self, node, inputs):
+        return (np.concatenate(inputs, axis=self.axis).astype(node.outputs[0].dtype, copy=False),)
+
+    def grad(self, inputs, outputs, output_grads):
+        pieces = SplitLike(self.axis)(output_grads[0], *inputs)
+        pieces = pieces if isinstance(pieces, list) else [pieces]
+        return [p if np.dtype(x.dtype).kind == "f" else None for p, x in zip(pieces, inputs)]
+
+
+class SplitLike(Op):
+    """Split ``g`` along ``axis`` into pieces as long as the reference inputs."""
+
+    __props__ = ("axis",)
+
+    def __init__(self, axis):
+        self.axis = int(axis)
+
+    def make_node(self, g, *refs):
+        return Apply(self, [g, *refs], [TensorType(g.dtype, r.type.shape) for r in refs])
+
+    def perform(self, node, inputs):
+        g, refs = inputs[0], inputs[1:]
+        bounds = np.cumsum([np.shape(r)[self.axis] for r in refs])[:-1]
+        return tuple(np.ascontiguousarray(p) for p in np.split(g, bounds, axis=self.axis))
+
+    def grad(self, inputs, outputs, output_grads):
+        raise NotImplementedError("second derivative of concatenate")
+
+
+def concatenate(xs, axis=0):
+    return Concatenate(axis)(*xs)
+
+
+def stack(xs, axis=0):
+    """Join along a new axis: expand each input, then concatenate."""
+    xs = [as_variable(x) for x in xs]
+    axis = axis % (xs[0].ndim + 1)
+    return concatenate([expand_dims(x, axis) for x in xs], axis=axis)
+
+
+# --------------------------------------------------------------------------------------
+# Basic slicing: x[1:3, ::2, 0]
+
+
+def _freeze_key(key):
+    """Make a basic-indexing key hashable and check it holds only ints and slices."""
+    key = key if isinstance(key, tuple) else (key,)
+    frozen = []
+    for k in key:
+        if isinstance(k, slice):
+            frozen.append(("slice", k.start, k.stop, k.step))
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            frozen.append(("int", int(k)))
+        elif k is None:
+            frozen.append(("newaxis",))
+        elif k is Ellipsis:
+            frozen.append(("ellipsis",))
+        else:
+            raise TypeError(
+                f"unsupported index {k!r}: use ints, slices, None, ... or an integer variable"
+            )
+    return tuple(frozen)
+
+
+def _thaw_key(frozen):
+    out = []
+    for k in frozen:
+        if k[0] == "slice":
+            out.append(slice(*k[1:]))
+        elif k[0] == "int":
+            out.append(k[1])
+        elif k[0] == "newaxis":
+            out.append(None)
+        else:
+            out.append(Ellipsis)
+    return tuple(out)
+
+
+class Subtensor(Op):
+    """Basic (view) slicing with a static key."""
+
+    __props__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def make_node(self, x):
+        x = as_variable(x)
+        probe = np.empty([1 if s is None else s for s in x.type.shape], dtype=np.int8)
+        try:
+            out_ndim = probe[_thaw_key(self.key)].ndim
+        except IndexError as err:
+            raise IndexError(f"index {_thaw_key(self.key)} does not fit {x.type}: {err}") from None
+        return Apply(self, [x], [TensorType(x.dtype, (None,) * out_ndim)])
+
+    def perform(self, node, inputs):
+        try:
+            return (np.asarray(inputs[0][_thaw_key(self.key)]),)
+        except IndexError as err:
+            raise IndexError(f"{node.inputs[0]}[{_thaw_key(self.key)}]: {err}") from None
+
+    def grad(self, inputs, outputs, output_grads):
+        (x,), (gz,) = inputs, output_grads
+        return [SubtensorGrad(self.key)(x, gz)]
+
+
+class SubtensorGrad(Op):
+    """Zeros shaped like ``x`` with ``gz`` written into the slice ``key``."""
+
+    __props__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def make_node(self, x, gz):
+        return Apply(self, [x, gz], [TensorType(gz.dtype, x.type.shape)])
+
+    def perform(self, node, inputs):
+        x, gz = inputs
+        out = np.zeros(np.shape(x), dtype=node.outputs[0].dtype)
+        out[_thaw_key(self.key)] = gz
+        return (out,)
+
+    def grad(self, inputs, outputs, output_grads):
+        return [None, Subtensor(self.key)(output_grads[0])]
+
+
+def subtensor(x, key):
+    return Subtensor(_freeze_key(key))(x)

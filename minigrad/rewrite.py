@@ -1,0 +1,192 @@
+"""Graph rewrites applied by ``mg.function`` before it compiles a graph.
+
+Each rewrite is a plain function ``outputs -> new outputs`` registered with tags; the
+compiler runs the ones tagged ``"default"`` in registration order. Local rewrites (look
+at one node, maybe return replacements) go through :func:`apply_local`, which rebuilds
+the graph bottom-up and repeats until nothing changes.
+
+* ``merge``: identical nodes (same Op, same inputs) and equal constants become one.
+* ``constant_folding``: nodes whose inputs are all constants are computed once.
+* ``take_through_elemwise``: ``f(T)[idx] -> f(T[idx])`` — a gather commutes with
+  element-wise ops, so ``(V ** 2)[idx]`` squares only the gathered rows.
+* ``shape_only_inputs``: an op that needs only the *shape* of an input (``TakeGrad``,
+  ``CSRColumns``) reads it from the element-wise op's own input, so ``V ** 2`` is not
+  computed just to learn its shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minigrad.graph import Constant, toposort
+from minigrad.ops.elemwise import Binary, Elemwise, Unary
+from minigrad.ops.indexing import Take
+from minigrad.types import TensorType
+from minigrad.variables import TensorConstant
+
+REGISTRY = []  # (name, function, tags)
+
+
+def register(*tags):
+    def deco(fn):
+        REGISTRY.append((fn.__name__, fn, set(tags)))
+        return fn
+
+    return deco
+
+
+def rewrite(outputs, include=("default",), exclude=()):
+    """Run the registered rewrites whose tags match; returns the new outputs."""
+    for _name, fn, tags in REGISTRY:
+        if tags & set(include) and not tags & set(exclude):
+            outputs = fn(outputs)
+    return outputs
+
+
+def apply_local(outputs, local, max_passes=20):
+    """Rebuild the graph of ``outputs``, letting ``local(node)`` replace node outputs."""
+    for _ in range(max_passes):
+        memo, changed = {}, False
+        for node in toposort(outputs):
+            inputs = [memo.get(i, i) for i in node.inputs]
+            if any(a is not b for a, b in zip(inputs, node.inputs)):
+                new_node = node.op.make_node(*inputs)
+                for old, new in zip(node.outputs, new_node.outputs):
+                    new.name = old.name
+                    new.tag = dict(old.tag)
+            else:
+                new_node = node
+            replacement = local(new_node)
+            if replacement is not None:
+                changed = True
+                new_outputs = replacement
+            else:
+                new_outputs = new_node.outputs
+            for old, new in zip(node.outputs, new_outputs):
+                if new is not old:
+                    memo[old] = new
+        outputs = [memo.get(o, o) for o in outputs]
+        if not changed:
+            return outputs
+    return outputs
+
+
+# --------------------------------------------------------------------------------------
+
+
+@register("default", "merge")
+def merge(outputs):
+    """Common-subexpression elimination: one node per (Op, inputs), one per constant."""
+    canon_const, seen, memo = {}, {}, {}
+
+    def canon(var):
+        var = memo.get(var, var)
+        if isinstance(var, Constant):
+            return canon_const.setdefault(var.signature(), var)
+        return var
+
+    for node in toposort(outputs):
+        inputs = [canon(i) for i in node.inputs]
+        if node.op.destroy_map:
+            key = None
+        else:
+            key = (node.op, tuple(id(i) for i in inputs))
+        if key is not None and key in seen:
+            for old, new in zip(node.outputs, seen[key]):
+                memo[old] = new
+            continue
+        if any(a is not b for a, b in zip(inputs, node.inputs)):
+            new_node = node.op.make_node(*inputs)
+            for old, new in zip(node.outputs, new_node.outputs):
+                new.name, new.tag = old.name, dict(old.tag)
+                memo[old] = new
+            outs = new_node.outputs
+        else:
+            outs = node.outputs
+        if key is not None:
+            seen[key] = outs
+    return [canon(o) for o in outputs]
+
+
+FOLD_MAX_ELEMENTS = 1 << 16
+
+
+@register("default", "constant_folding")
+def constant_folding(outputs):
+    """Compute nodes whose inputs are all (small) constants at compile time."""
+
+    def local(node):
+        if node.op.destroy_map or not node.inputs:
+            return None
+        if not all(isinstance(i, Constant) for i in node.inputs):
+            return None
+        if not all(isinstance(o.type, TensorType) for o in node.outputs):
+            return None
+        if any(np.size(i.data) > FOLD_MAX_ELEMENTS for i in node.inputs):
+            return None
+        values = node.op.perform(node, [i.data for i in node.inputs])
+        return [TensorConstant(o.type, np.asarray(v), name=o.name) for o, v in zip(node.outputs, values)]
+
+    return apply_local(outputs, local)
+
+
+def _full_rank_inputs(node):
+    """Inputs of an element-wise node that span its output (not broadcast on axis 0)."""
+    out = node.outputs[0]
+    return [x for x in node.inputs if x.ndim == out.ndim and x.type.shape[0] != 1]
+
+
+@register("default", "take_through_elemwise")
+def take_through_elemwise(outputs):
+    """``f(T, c)[idx] -> f(T[idx], c)`` for element-wise ``f``."""
+
+    def local(node):
+        if not isinstance(node.op, Take):
+            return None
+        table, idx = node.inputs
+        inner = table.owner
+        if inner is None or not isinstance(inner.op, Elemwise):
+            return None
+        out = inner.outputs[0]
+        if out.ndim == 0:
+            return None
+        full = _full_rank_inputs(inner)
+        others = [x for x in inner.inputs if x not in full]
+        if not full or (idx.ndim == 0 and any(x.ndim == out.ndim for x in others)):
+            return None
+        if any(x.ndim == out.ndim and x.type.shape[0] != 1 for x in others):
+            return None
+        new_inputs = [Take()(x, idx) if x in full else x for x in inner.inputs]
+        result = type(inner.op)(inner.op.name).make_node(*new_inputs).outputs[0]
+        if result.dtype != node.outputs[0].dtype:
+            return None
+        return [result]
+
+    return apply_local(outputs, local)
+
+
+def _same_shape_source(var):
+    """A variable with the same run-time shape as ``var`` that is cheaper to reach."""
+    while var.owner is not None and isinstance(var.owner.op, (Unary, Binary)):
+        node = var.owner
+        full = _full_rank_inputs(node)
+        others = [x for x in node.inputs if x not in full]
+        if len(full) < 1 or any(x.ndim == var.ndim for x in others):
+            break
+        var = full[0]
+    return var
+
+
+@register("default", "shape_only_inputs")
+def shape_only_inputs(outputs):
+    def local(node):
+        positions = getattr(node.op, "shape_only_inputs", ())
+        if not positions:
+            return None
+        inputs = list(node.inputs)
+        for p in positions:
+            inputs[p] = _same_shape_source(inputs[p])
+        if all(a is b for a, b in zip(inputs, node.inputs)):
+            return None
+        return node.op.make_node(*inputs).outputs
+
+    return apply_local(outputs, local)
