@@ -304,3 +304,15 @@ def test_gpu_import_fails_only_with_import_error():
         importlib.import_module("kernels.gpu")
     except ImportError as exc:
         assert "minigrad[gpu]" in str(exc)
+
+
+def test_scatter_add_into_non_contiguous_view(impl):
+    """A strided ``out`` (a column slice) must still be updated in place."""
+    base = impl.dev(np.zeros((6, 8), np.float32))
+    view = base[:, ::2]
+    indices = np.array([5, 0, 5], np.int32)
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    impl.mod.scatter_add_rows(view, impl.dev(indices), impl.dev(values))
+    expected = np.zeros((6, 8), np.float32)
+    np.add.at(expected[:, ::2], indices, values)
+    np.testing.assert_array_equal(impl.host(base), expected)

@@ -11,6 +11,10 @@ contention only occurs for duplicate indices. Reductions whose output rows are k
 (``bag_sum``, ``csr_dense_dot``) loop instead and are deterministic.
 """
 
+from functools import lru_cache
+
+import numpy as np
+
 from kernels import _validate as V
 from kernels.gpu._cupy import require_cupy
 
@@ -33,12 +37,38 @@ _gather = cp.ElementwiseKernel(
     "minigrad_gather_rows",
 )
 
-_scatter_add = cp.ElementwiseKernel(
-    "raw T values, raw I idx, int64 width",
-    "raw T out",
-    "atomicAdd(&out[idx[i / width] * width + i % width], values[i]);",
-    "minigrad_scatter_add_rows",
-)
+# The scatter-add is the hot path, so it gets a hand-written 2-D launch: threadIdx.x walks
+# the columns of a row (coalesced atomics), threadIdx.y/blockIdx.x the updates. Unlike the
+# flat element-wise form, no thread divides a 64-bit index by the width.
+_SCATTER_SOURCE = r"""
+template <typename T, typename I>
+__global__ void scatter_add_rows(const T* __restrict__ values, const I* __restrict__ idx,
+                                 T* __restrict__ out, long long n, long long width) {
+    const long long stride = (long long)gridDim.x * blockDim.y;
+    for (long long k = (long long)blockIdx.x * blockDim.y + threadIdx.y; k < n; k += stride) {
+        T* dst = out + (long long)idx[k] * width;
+        const T* src = values + k * width;
+        for (long long j = threadIdx.x; j < width; j += blockDim.x) atomicAdd(dst + j, src[j]);
+    }
+}
+"""
+_CTYPES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int32): "int",
+    np.dtype(np.int64): "long long",
+}
+_SCATTER_BLOCK = (32, 8)  # 32 columns x 8 updates per block
+_MAX_GRID = 1 << 16
+
+
+@lru_cache(maxsize=None)
+def _scatter_function(value_dtype, index_dtype):
+    """The compiled ``scatter_add_rows<T, I>`` (compiled once per dtype pair, then cached)."""
+    name = f"scatter_add_rows<{_CTYPES[value_dtype]}, {_CTYPES[index_dtype]}>"
+    module = cp.RawModule(code=_SCATTER_SOURCE, options=("--std=c++14",), name_expressions=[name])
+    return module.get_function(name)
+
 
 _weighted_scatter_add = cp.ElementwiseKernel(
     "raw T src, raw I src_rows, raw T weights, raw J dst_rows, int64 width",
@@ -95,9 +125,14 @@ def gather_rows(table, indices):
 
 def _scatter_add_flat(out_flat, indices, values, width):
     """``out[indices[i]] += values[i]`` on a flat contiguous ``out``."""
-    n = indices.shape[0] * width
-    if n:
-        _scatter_add(_flat(values), _flat(indices), width, out_flat, size=n)
+    n = indices.shape[0]
+    if n == 0 or width == 0:
+        return
+    values, indices = _flat(values), _flat(indices)
+    kernel = _scatter_function(np.dtype(values.dtype), np.dtype(indices.dtype))
+    grid = min(-(-n // _SCATTER_BLOCK[1]), _MAX_GRID)
+    args = (values, indices, out_flat, np.int64(n), np.int64(width))
+    kernel((grid,), _SCATTER_BLOCK, args)
 
 
 def scatter_add_rows(out, indices, values):
