@@ -186,7 +186,7 @@ class Function:
         storage = [None] * self.n_slots
         storage[: len(values)] = values
         for var, s in self.shared:
-            storage[s] = var.get_value(borrow=True)
+            storage[s] = self.backend.load_shared(var)
         for s, data in self.constants:
             storage[s] = data
         program = self.program

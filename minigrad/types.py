@@ -24,6 +24,15 @@ def _kind_name(dtype: np.dtype) -> str:
     return {"f": "float", "i": "integer", "u": "integer", "b": "bool"}.get(dtype.kind, dtype.kind)
 
 
+def array_module(x):
+    """``numpy`` for host arrays, ``cupy`` for device arrays (without importing CuPy)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        import cupy
+
+        return cupy
+    return np
+
+
 class Type:
     """Base class: a type builds variables and validates run-time values."""
 
@@ -180,9 +189,10 @@ class RowSparse:
     __array_priority__ = 100  # make ``ndarray + RowSparse`` call our __radd__
 
     def __init__(self, indices, values, shape, coalesced=False):
+        xp = array_module(values)  # NumPy, or CuPy inside the cupy backend
         self.shape = tuple(int(s) for s in shape)
-        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        self.values = np.asarray(values)
+        self.indices = xp.asarray(indices, dtype=np.int64).reshape(-1)
+        self.values = xp.asarray(values)
         if self.values.shape != (len(self.indices),) + self.shape[1:]:
             raise ValueError(
                 f"RowSparse: values must have shape {(len(self.indices),) + self.shape[1:]}, "
@@ -242,7 +252,8 @@ class RowSparse:
                 self.shape,
             )
         if isinstance(other, np.ndarray) or np.isscalar(other):
-            out = np.array(np.broadcast_to(other, self.shape), dtype=np.result_type(other, self.values))
+            dtype = np.result_type(other, self.values)
+            out = np.array(np.broadcast_to(other, self.shape), dtype=dtype)
             np.add.at(out, self.indices, self.values)
             return out
         return NotImplemented

@@ -181,8 +181,18 @@ class SharedVariable(TensorVariable):
             hook()
 
     def get_value(self, borrow=False):
+        """The current value; a host (NumPy) copy unless ``borrow=True``.
+
+        With ``borrow=True`` the stored array itself is returned (a CuPy array while a
+        ``backend="cupy"`` function keeps the parameter resident on the GPU).
+        """
         self.flush()
-        return self._value if borrow else self._value.copy()
+        value = self._value
+        if borrow:
+            return value
+        if hasattr(value, "__cuda_array_interface__"):
+            return value.get()
+        return value.copy()
 
     def set_value(self, value, borrow=False):
         name = self.name or "shared variable"

@@ -14,6 +14,7 @@ name = "numba"
 to_device = reference.to_device
 to_host = reference.to_host
 isfinite_all = reference.isfinite_all
+load_shared = reference.load_shared
 
 
 def check_available():

@@ -23,6 +23,14 @@ def make_thunk(node):
     return impl(node.op, node)
 
 
+def load_shared(var):
+    """The value of a shared variable as this backend's array (moved back from a GPU)."""
+    value = var.get_value(borrow=True)
+    if hasattr(value, "__cuda_array_interface__"):
+        value = var._value = value.get()
+    return value
+
+
 def to_device(value):
     """Backends with their own memory (CuPy) move values here; NumPy needs nothing."""
     return value

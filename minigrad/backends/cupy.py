@@ -1,0 +1,382 @@
+"""The CuPy backend: the whole step runs on the GPU.
+
+Inputs are validated on the host and copied to the device once per call; shared
+variables move to the device on first use and *stay there* (``SharedVariable._value``
+holds the CuPy array; ``get_value()`` returns a host copy), so a training step moves only
+its batch and its outputs across the bus. Ops with a CuPy implementation below run on the
+device; any other Op falls back to its NumPy ``perform`` through a host round trip, and
+its class name is recorded in ``HOST_FALLBACKS`` so the fallback is visible, not silent.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from minigrad.backends import numpy as reference
+from minigrad.ops import elemwise, linalg, nn, reduce, rowsparse, shape
+from minigrad.ops import indexing, sparse
+from minigrad.types import RowSparse
+
+name = "cupy"
+HOST_FALLBACKS = set()
+_cp = None
+
+
+def check_available():
+    global _cp
+    try:
+        from kernels.gpu._cupy import require_cupy
+
+        _cp = require_cupy()
+    except ImportError as err:
+        raise ImportError(
+            f"backend='cupy' is unavailable: {err}. Use backend='numba' or 'numpy'."
+        ) from err
+
+
+def cp():
+    if _cp is None:
+        check_available()
+    return _cp
+
+
+def _is_device(x):
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def to_device(value):
+    if isinstance(value, RowSparse):
+        return RowSparse(cp().asarray(value.indices), cp().asarray(value.values), value.shape,
+                         value._coalesced)
+    if isinstance(value, np.ndarray):
+        return cp().asarray(value)
+    if hasattr(value, "format") and value.format == "csr" and not _is_device(value.data):
+        import cupyx.scipy.sparse as cpsp
+
+        return cpsp.csr_matrix(value)
+    return value
+
+
+def to_host(value):
+    if isinstance(value, RowSparse) and _is_device(value.values):
+        return RowSparse(value.indices.get(), value.values.get(), value.shape, value._coalesced)
+    if _is_device(value):
+        return value.get()
+    if hasattr(value, "format") and hasattr(value, "get"):
+        return value.get()
+    return value
+
+
+def load_shared(var):
+    """Move a parameter to the device once; later calls find it there."""
+    value = var.get_value(borrow=True)
+    if not _is_device(value):
+        value = var._value = cp().asarray(value)
+    return value
+
+
+def isfinite_all(value):
+    return bool(cp().isfinite(value).all()) if _is_device(value) else reference.isfinite_all(value)
+
+
+# --------------------------------------------------------------------------------------
+
+
+@functools.singledispatch
+def impl(op, node):
+    """Default: run the NumPy ``perform`` on host copies (recorded in HOST_FALLBACKS)."""
+    HOST_FALLBACKS.add(type(op).__name__)
+    perform = op.perform
+
+    def thunk(inputs):
+        outputs = perform(node, [to_host(x) for x in inputs])
+        return tuple(to_device(o) for o in outputs)
+
+    return thunk
+
+
+def make_thunk(node):
+    return impl(node.op, node)
+
+
+def _cast_out(node, value):
+    return value.astype(node.outputs[0].dtype, copy=False)
+
+
+_CUPY_LAMBDAS = {
+    "sigmoid": lambda x: _cp.where(x >= 0, 1 / (1 + _cp.exp(-x)), _cp.exp(x) / (1 + _cp.exp(x))),
+    "relu": lambda x: _cp.maximum(x, 0),
+    "softplus": lambda x: _cp.logaddexp(0, x),
+}
+
+
+@impl.register(elemwise.Unary)
+@impl.register(elemwise.Binary)
+def _elemwise(op, node):
+    fn = _CUPY_LAMBDAS.get(op.name) or getattr(cp(), op.fn.__name__)
+    return lambda inputs: (_cast_out(node, cp().asarray(fn(*inputs))),)
+
+
+@impl.register
+def _where(op: elemwise.Where, node):
+    return lambda inputs: (_cast_out(node, cp().where(*inputs)),)
+
+
+@impl.register
+def _cast(op: elemwise.Cast, node):
+    return lambda inputs: (inputs[0].astype(op.dtype),)
+
+
+@impl.register
+def _reduce_like(op: elemwise.ReduceLike, node):
+    return lambda inputs: (elemwise.sum_to_shape(inputs[0], inputs[1].shape),)
+
+
+@impl.register(reduce.Sum)
+@impl.register(reduce.Mean)
+@impl.register(reduce.Max)
+def _reduce(op, node):
+    fn = getattr(cp(), type(op).__name__.lower())
+    return lambda inputs: (
+        _cast_out(node, cp().asarray(fn(inputs[0], axis=op.axes, keepdims=op.keepdims))),
+    )
+
+
+@impl.register(reduce.CountOf)
+@impl.register(shape.Shape)
+@impl.register(shape.ProdShape)
+def _shape_info(op, node):
+    # Only the shape of the input is read; the tiny result lives on the host.
+    return lambda inputs: op.perform(node, inputs)
+
+
+@impl.register(shape.Reshape)
+@impl.register(shape.ReshapeLike)
+@impl.register(shape.Transpose)
+@impl.register(shape.ExpandDims)
+@impl.register(shape.Subtensor)
+@impl.register(linalg.FlattenBatch)
+def _views(op, node):
+    # These performs use NumPy functions that dispatch to CuPy (__array_function__).
+    return lambda inputs: op.perform(node, inputs)
+
+
+@impl.register
+def _broadcast_like(op: shape.BroadcastLike, node):
+    return lambda inputs: (cp().array(cp().broadcast_to(inputs[0], inputs[1].shape)),)
+
+
+@impl.register
+def _concatenate(op: shape.Concatenate, node):
+    return lambda inputs: (_cast_out(node, cp().concatenate(inputs, axis=op.axis)),)
+
+
+@impl.register
+def _split_like(op: shape.SplitLike, node):
+    def thunk(inputs):
+        g, refs = inputs[0], inputs[1:]
+        bounds = np.cumsum([r.shape[op.axis] for r in refs])[:-1].tolist()
+        return tuple(cp().ascontiguousarray(p) for p in cp().split(g, bounds, axis=op.axis))
+
+    return thunk
+
+
+@impl.register
+def _subtensor_grad(op: shape.SubtensorGrad, node):
+    def thunk(inputs):
+        x, gz = inputs
+        out = cp().zeros(x.shape, dtype=node.outputs[0].dtype)
+        out[shape._thaw_key(op.key)] = gz
+        return (out,)
+
+    return thunk
+
+
+@impl.register
+def _matmul(op: linalg.MatMul, node):
+    return lambda inputs: (_cast_out(node, cp().matmul(*inputs)),)
+
+
+def _logsumexp(x, axis, keepdims):
+    m = cp().max(x, axis=axis, keepdims=True)
+    out = cp().log(cp().sum(cp().exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else cp().squeeze(out, axis=axis)
+
+
+@impl.register
+def _softmax(op: nn.Softmax, node):
+    return lambda inputs: (cp().exp(inputs[0] - _logsumexp(inputs[0], op.axis, True)),)
+
+
+@impl.register
+def _log_softmax(op: nn.LogSoftmax, node):
+    return lambda inputs: (inputs[0] - _logsumexp(inputs[0], op.axis, True),)
+
+
+@impl.register
+def _lse(op: nn.LogSumExp, node):
+    return lambda inputs: (_logsumexp(inputs[0], op.axis, op.keepdims),)
+
+
+def _check_range(values, n, node, what):
+    if values.size and (int(values.min()) < 0 or int(values.max()) >= n):
+        bad = int(values.min()) if int(values.min()) < 0 else int(values.max())
+        raise IndexError(
+            f"{what} {node.inputs[1].name or 'index'!r}: value {bad} is out of range "
+            f"(valid: 0..{n - 1})"
+        )
+
+
+@impl.register
+def _pick(op: nn.PickColumns, node):
+    def thunk(inputs):
+        x, labels = inputs
+        _check_range(labels, x.shape[1], node, "label")
+        return (x[cp().arange(x.shape[0]), labels],)
+
+    return thunk
+
+
+@impl.register
+def _pick_grad(op: nn.PickColumnsGrad, node):
+    def thunk(inputs):
+        x, labels, gz = inputs
+        out = cp().zeros(x.shape, dtype=node.outputs[0].dtype)
+        out[cp().arange(x.shape[0]), labels] = gz
+        return (out,)
+
+    return thunk
+
+
+@impl.register
+def _take(op: indexing.Take, node):
+    def thunk(inputs):
+        table, idx = inputs
+        _check_range(idx, table.shape[0], node, "index")
+        return (cp().take(table, idx, axis=0),)
+
+    return thunk
+
+
+@impl.register
+def _take_grad(op: indexing.TakeGrad, node):
+    def thunk(inputs):
+        table, idx, gz = inputs
+        values = gz.astype(node.outputs[0].dtype, copy=False).reshape((-1,) + table.shape[1:])
+        return (RowSparse(idx.reshape(-1), values, table.shape),)
+
+    return thunk
+
+
+def _gpu_kernels():
+    import kernels.gpu as gpu
+
+    return gpu
+
+
+@impl.register
+def _rs_to_dense(op: rowsparse.RowSparseToDense, node):
+    def thunk(inputs):
+        (rs,) = inputs
+        out = cp().zeros(rs.shape, dtype=rs.values.dtype)
+        if rs.indices.size:
+            _gpu_kernels().scatter_add_rows(out, rs.indices, rs.values)
+        return (out,)
+
+    return thunk
+
+
+@impl.register
+def _dense_add_rs(op: rowsparse.DenseAddRowSparse, node):
+    def thunk(inputs):
+        dense, rs = inputs
+        out = cp().array(cp().broadcast_to(dense, rs.shape), dtype=node.outputs[0].dtype)
+        if rs.indices.size:
+            _gpu_kernels().scatter_add_rows(out, rs.indices, rs.values.astype(out.dtype))
+        return (out,)
+
+    return thunk
+
+
+@impl.register
+def _rs_add(op: rowsparse.RowSparseAdd, node):
+    def thunk(inputs):
+        a, b = inputs
+        return (RowSparse(cp().concatenate([a.indices, b.indices]),
+                          cp().concatenate([a.values, b.values.astype(a.values.dtype)]), a.shape),)
+
+    return thunk
+
+
+@impl.register(rowsparse.RowSparseIndices)
+@impl.register(rowsparse.RowSparseValues)
+@impl.register(rowsparse.RowSparseWithValues)
+def _rs_parts(op, node):
+    return lambda inputs: op.perform(node, inputs)
+
+
+@impl.register
+def _rs_coalesce(op: rowsparse.RowSparseCoalesce, node):
+    def thunk(inputs):
+        (rs,) = inputs
+        if rs._coalesced:
+            return (rs,)
+        idx, vals = _gpu_kernels().coalesce_rows(rs.indices, rs.values)
+        return (RowSparse(idx, vals, rs.shape, coalesced=True),)
+
+    return thunk
+
+
+@impl.register
+def _csr_columns(op: sparse.CSRColumns, node):
+    def thunk(inputs):
+        X, W = inputs
+        if X.shape[1] != W.shape[0]:
+            raise ValueError(
+                f"sparse.dot: {node.inputs[0].name or 'X'} has {X.shape[1]} columns but "
+                f"{node.inputs[1].name or 'W'} has {W.shape[0]} rows"
+            )
+        return (X.indices.astype(cp().int64),)
+
+    return thunk
+
+
+def _row_of(X):
+    """Row number of each stored entry of a CSR matrix, computed on the device."""
+    return cp().searchsorted(X.indptr[1:], cp().arange(X.nnz), side="right")
+
+
+@impl.register
+def _csr_gathered_dot(op: sparse.CSRGatheredDot, node):
+    def thunk(inputs):
+        X, rows = inputs
+        dtype = node.outputs[0].dtype
+        out = cp().zeros((X.shape[0],) + rows.shape[1:], dtype=dtype)
+        if X.nnz:
+            weighted = X.data.astype(dtype).reshape((-1,) + (1,) * (rows.ndim - 1)) * rows
+            _gpu_kernels().scatter_add_rows(out, _row_of(X), weighted.astype(dtype))
+        return (out,)
+
+    return thunk
+
+
+@impl.register
+def _csr_gathered_dot_grad(op: sparse.CSRGatheredDotGradRows, node):
+    def thunk(inputs):
+        X, gz = inputs
+        data = X.data.astype(gz.dtype).reshape((-1,) + (1,) * (gz.ndim - 1))
+        return (data * gz[_row_of(X)],)
+
+    return thunk
+
+
+@impl.register
+def _square(op: sparse.Square, node):
+    def thunk(inputs):
+        import cupyx.scipy.sparse as cpsp
+
+        X = inputs[0]
+        return (cpsp.csr_matrix((X.data * X.data, X.indices, X.indptr), shape=X.shape),)
+
+    return thunk
