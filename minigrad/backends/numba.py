@@ -53,7 +53,8 @@ def _take(op: Take, node):
         check_index_range(idx, table.shape[0], node)
         flat = np.ascontiguousarray(idx.reshape(-1))
         if table.ndim == 0 or not table.flags.c_contiguous:
-            return (np.take(table, idx, axis=0),)
+            # fancy indexing reads only the rows (np.take would copy the whole table)
+            return (table[flat].reshape(idx.shape + table.shape[1:]),)
         rows = gather_rows(table, flat)
         return (rows.reshape(idx.shape + table.shape[1:]),)
 

@@ -50,7 +50,9 @@ class Take(Op):
     def perform(self, node, inputs):
         table, idx = inputs
         check_index_range(idx, table.shape[0], node)
-        return (np.take(table, idx, axis=0),)
+        # fancy indexing, not np.take: np.take copies a non-contiguous table first (a
+        # broadcast or transposed 10^8-row table would be materialised just to read rows)
+        return (table[idx.reshape(-1)].reshape(idx.shape + table.shape[1:]),)
 
     def grad(self, inputs, outputs, output_grads):
         table, idx = inputs
