@@ -81,10 +81,11 @@ class Mean(Reduce):
     float_result = True
 
     def grad(self, inputs, outputs, output_grads):
+        from minigrad.ops.elemwise import cast
         from minigrad.ops.shape import broadcast_like
 
         (x,), (gz,) = inputs, output_grads
-        count = CountOf(self.axes)(x)
+        count = cast(CountOf(self.axes)(x), gz.dtype)  # an int64 count would upcast float32
         return [broadcast_like(self._gz_kept(gz) / count, x)]
 
 
