@@ -289,7 +289,9 @@ class Subtensor(Op):
 
     def make_node(self, x):
         x = as_variable(x)
-        probe = np.empty([1 if s is None else s for s in x.type.shape], dtype=np.int8)
+        # unknown lengths get a length every int in the key fits (a zero-stride probe)
+        fit = 1 + max([abs(k[1]) for k in self.key if k[0] == "int"], default=0)
+        probe = np.broadcast_to(np.int8(0), [fit if s is None else s for s in x.type.shape])
         try:
             out_ndim = probe[_thaw_key(self.key)].ndim
         except IndexError as err:
