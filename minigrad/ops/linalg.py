@@ -17,7 +17,7 @@ class MatMul(Op):
         from minigrad.ops.elemwise import result_dtype
 
         a, b = as_variable(a), as_variable(b)
-        if not (1 <= a.ndim <= 3 and 1 <= b.ndim <= 2) or (a.ndim == 3 and b.ndim == 1):
+        if not (1 <= a.ndim <= 3 and 1 <= b.ndim <= 2):
             raise TypeError(f"matmul supports ranks (1-3) @ (1-2), got {a.ndim} @ {b.ndim}")
         shape = a.type.shape[:-1] + b.type.shape[1:]
         k_a, k_b = a.type.shape[-1], b.type.shape[0]
@@ -42,7 +42,12 @@ class MatMul(Op):
             return [gz * b, gz * a]
         if a.ndim == 1:  # (k,) @ (k, m) -> (m,)
             return [matmul(b, gz), outer(a, gz)]
-        if b.ndim == 1:  # (n, k) @ (k,) -> (n,)
+        if b.ndim == 1:  # (n, k) @ (k,) -> (n,), or batched (B, n, k) @ (k,) -> (B, n)
+            if a.ndim == 3:
+                from minigrad.ops.shape import reshape
+
+                gb = matmul(transpose(FlattenBatch()(a)), reshape(gz, (-1,)))
+                return [_outer_last(gz, b), gb]
             return [_outer_last(gz, b), matmul(transpose(a), gz)]
         if a.ndim == 3:  # batched (B, n, k) @ (k, m): flatten the batch for gb
             gb = matmul(transpose(FlattenBatch()(a)), FlattenBatch()(gz))
