@@ -190,3 +190,33 @@ def shape_only_inputs(outputs):
         return node.op.make_node(*inputs).outputs
 
     return apply_local(outputs, local)
+
+
+def _scalar_constant_value(var):
+    if isinstance(var, Constant) and np.ndim(var.data) == 0:
+        return float(var.data)
+    return None
+
+
+@register("default", "simplify")
+def simplify(outputs):
+    """``x * 1 -> x``, ``x ** 1 -> x``, ``x ** 2 -> square(x)`` (same type only)."""
+
+    def local(node):
+        op, out = node.op, node.outputs[0]
+        if not isinstance(op, Binary) or op.name not in ("mul", "pow"):
+            return None
+        a, b = node.inputs
+        if op.name == "pow":
+            power = _scalar_constant_value(b)
+            if power == 1.0 and a.type == out.type:
+                return [a]
+            if power == 2.0 and a.dtype == out.dtype:
+                return [Unary("square")(a)]
+            return None
+        for x, other in ((a, b), (b, a)):
+            if _scalar_constant_value(other) == 1.0 and x.type == out.type:
+                return [x]
+        return None
+
+    return apply_local(outputs, local)

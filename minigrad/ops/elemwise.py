@@ -260,6 +260,8 @@ class ReduceLike(Op):
     declared with unknown lengths still gets a correct ``(1, D)`` gradient.
     """
 
+    shape_only_inputs = (1,)
+
     def make_node(self, g, x):
         return Apply(self, [g, x], [TensorType(g.dtype, x.type.shape)])
 

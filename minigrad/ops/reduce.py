@@ -105,6 +105,8 @@ class Max(Reduce):
 class CountOf(Op):
     """Number of elements reduced over ``axes`` (a run-time scalar)."""
 
+    shape_only_inputs = (0,)
+
     __props__ = ("axes",)
 
     def __init__(self, axes):

@@ -82,6 +82,8 @@ class Reshape(Op):
 class ReshapeLike(Op):
     """Reshape ``g`` to the run-time shape of ``x`` (used by gradients)."""
 
+    shape_only_inputs = (1,)
+
     def make_node(self, g, x):
         return Apply(self, [g, x], [TensorType(g.dtype, x.type.shape)])
 
@@ -161,6 +163,8 @@ def expand_dims(x, axes):
 
 class BroadcastLike(Op):
     """Broadcast ``g`` to the run-time shape of ``x`` (the VJP of a sum)."""
+
+    shape_only_inputs = (1,)
 
     def make_node(self, g, x):
         return Apply(self, [g, x], [TensorType(g.dtype, x.type.shape)])
@@ -311,6 +315,8 @@ class Subtensor(Op):
 
 class SubtensorGrad(Op):
     """Zeros shaped like ``x`` with ``gz`` written into the slice ``key``."""
+
+    shape_only_inputs = (0,)
 
     __props__ = ("key",)
 
