@@ -196,7 +196,8 @@ class Function:
                 storage[s] = r
         if self.nan_guard and not self._all_finite(storage):
             return self._on_nan()
-        outputs = [self._export(storage[s], s) for s in self.output_slots]
+        handed_out = set()  # ids of arrays already returned or stored in a shared variable
+        outputs = [self._export(storage[s], s, handed_out) for s in self.output_slots]
         for thunk, ins, outs in program[self.n_safe:]:
             results = thunk([storage[i] for i in ins])
             for s, r in zip(outs, results):
@@ -204,8 +205,11 @@ class Function:
         for target, s, in_place in self.update_slots:
             if not in_place:
                 value = storage[s]
-                if s in self.leaf_slots or (isinstance(value, np.ndarray) and value.base is not None):
+                if s in self.leaf_slots or id(value) in handed_out or (
+                    isinstance(value, np.ndarray) and value.base is not None
+                ):
                     value = np.array(value, copy=True)
+                handed_out.add(id(value))
                 target._value = value
         return outputs[0] if self.single_output else (outputs if self.outputs else None)
 
@@ -228,15 +232,20 @@ class Function:
         warnings.warn(message + " (step skipped)", RuntimeWarning, stacklevel=3)
         return None
 
-    def _export(self, value, s):
-        """Outputs never alias internal buffers, inputs or shared values."""
+    def _export(self, value, s, handed_out):
+        """Outputs never alias internal buffers, inputs, shared values or each other.
+
+        A merged graph can give two outputs (or an output and an update) the same array;
+        ``handed_out`` holds the ids of arrays already returned, which are copied again.
+        """
         value = self.backend.to_host(value)
         if isinstance(value, RowSparse):
             return value.copy()
         if isinstance(value, np.ndarray):
-            if s in self.leaf_slots or value.base is not None or not value.flags.owndata:
-                return value.copy()
-            return value
+            if (s in self.leaf_slots or id(value) in handed_out or value.base is not None
+                    or not value.flags.owndata):
+                value = value.copy()
+            handed_out.add(id(value))
         return value
 
 
