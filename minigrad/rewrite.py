@@ -151,7 +151,9 @@ def take_through_elemwise(outputs):
             return None
         full = _full_rank_inputs(inner)
         others = [x for x in inner.inputs if x not in full]
-        if not full or (idx.ndim == 0 and any(x.ndim == out.ndim for x in others)):
+        # two inputs of unknown row count may broadcast against each other at run time
+        # (a (1, D) shared bias has static shape (?, ?)): gathering both could fail
+        if len(full) != 1 or (idx.ndim == 0 and any(x.ndim == out.ndim for x in others)):
             return None
         if any(x.ndim == out.ndim and x.type.shape[0] != 1 for x in others):
             return None
@@ -168,9 +170,11 @@ def _same_shape_source(var):
     """A variable with the same run-time shape as ``var`` that is cheaper to reach."""
     while var.owner is not None and isinstance(var.owner.op, (Unary, Binary)):
         node = var.owner
-        full = _full_rank_inputs(node)
+        # only when no other input can broadcast it (all their static lengths are 1):
+        # x (?, ?) fed (3, 1) times y (?, ?) fed (1, 4) has neither's shape
+        full = [x for x in node.inputs if x.ndim == var.ndim]
         others = [x for x in node.inputs if x not in full]
-        if len(full) < 1 or any(x.ndim == var.ndim for x in others):
+        if len(full) != 1 or any(n != 1 for x in others for n in x.type.shape):
             break
         var = full[0]
     return var
