@@ -13,7 +13,7 @@ Build a symbolic graph, take ``mg.grad``, compile with ``mg.function(..., update
 """
 from __future__ import annotations
 
-from minigrad import nn, ops, sparse  # noqa: E402  (namespaces: mg.nn, mg.sparse)
+from minigrad import nn, ops, sparse  # noqa: F401  (namespaces: mg.nn, mg.sparse)
 from minigrad.compile import Function, function
 from minigrad.config import config
 from minigrad.debug import debugprint, to_dot, verify_grad

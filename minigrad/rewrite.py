@@ -124,7 +124,10 @@ def constant_folding(outputs):
         if any(np.size(i.data) > FOLD_MAX_ELEMENTS for i in node.inputs):
             return None
         values = node.op.perform(node, [i.data for i in node.inputs])
-        return [TensorConstant(o.type, np.asarray(v), name=o.name) for o, v in zip(node.outputs, values)]
+        return [
+            TensorConstant(o.type, np.asarray(v), name=o.name)
+            for o, v in zip(node.outputs, values)
+        ]
 
     return apply_local(outputs, local)
 

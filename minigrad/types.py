@@ -75,7 +75,9 @@ class TensorType(Type):
 
     def filter(self, value, name="input"):
         if sp.issparse(value):
-            raise TypeError(f"{name}: expected a dense array of rank {self.ndim}, got a sparse matrix")
+            raise TypeError(
+                f"{name}: expected a dense array of rank {self.ndim}, got a sparse matrix"
+            )
         arr = np.asarray(value)
         if arr.ndim != self.ndim:
             raise TypeError(

@@ -7,5 +7,5 @@ from kernels.gpu._cupy import require_cupy
 
 require_cupy()
 
-from kernels.gpu.rows import *  # noqa: E402,F401,F403
 from kernels.gpu.optim import *  # noqa: E402,F401,F403
+from kernels.gpu.rows import *  # noqa: E402,F401,F403

@@ -14,8 +14,7 @@ import functools
 import numpy as np
 
 from minigrad.backends import numpy as reference
-from minigrad.ops import elemwise, linalg, nn, reduce, rowsparse, shape
-from minigrad.ops import indexing, sparse
+from minigrad.ops import elemwise, indexing, linalg, nn, reduce, rowsparse, shape, sparse
 from minigrad.types import RowSparse
 
 name = "cupy"
