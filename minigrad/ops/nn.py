@@ -143,10 +143,12 @@ def cross_entropy(logits, labels, weights=None):
     With ``weights`` the mean is the plain mean over rows of the weighted terms (as the
     API states), not PyTorch's weight-normalised mean.
     """
+    from minigrad.ops.elemwise import cast
     from minigrad.ops.indexing import take
     from minigrad.ops.reduce import mean
 
+    logits = as_variable(logits)
     picked = PickColumns()(log_softmax(logits, axis=-1), labels)
-    if weights is not None:
-        picked = picked * take(as_variable(weights), labels)
+    if weights is not None:  # weights follow the logits' dtype (float64 numpy weights
+        picked = picked * take(cast(weights, logits.dtype), labels)  # must not upcast f32)
     return -mean(picked)
