@@ -1,0 +1,167 @@
+"""What runs inside a Hogwild worker process (the parent side is ``hogwild.py``).
+
+A worker unpickles ``(make_step, params)`` in one go (so a model reachable from
+``make_step`` holds the very ``params`` objects), points each parameter at its view of the
+shared-memory arena, builds its step, reports ``ready``, waits for ``go`` and trains
+lock-free on its own batches. It talks to the parent through its own pipe: ``ready``,
+``progress`` (losses of several steps at once, so IPC never dominates the step time),
+``done`` or ``error`` (with the formatted traceback).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from minigrad.data.batching import batches
+from minigrad.parallel.shm import Arena, rebuild_columns
+
+#: environment that keeps each worker on one thread (2 workers on 2 cores, no
+#: oversubscription); applied before the worker imports numba/BLAS
+ONE_THREAD_ENV = {
+    "NUMBA_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
+
+_RANK = None
+
+#: the parent's flags, an int8 array after the parameters in their arena (plain shared
+#: memory rather than multiprocessing Events: those are named semaphores in /dev/shm)
+GO, STOP = 0, 1
+
+
+def worker_rank():
+    """This process's Hogwild worker rank (0-based), or ``None`` outside a worker."""
+    return _RANK
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    n_workers: int
+    epochs: int
+    batch_size: int
+    seed: int
+    sampling: str  # "shard" | "shuffle"
+    report_every: float
+
+
+def worker_main(rank, cfg, payload, param_spec, data_spec, columns, conn):
+    """Process target. Exit code 0 when done or stopped, 1 after reporting an error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C
+    _one_thread()
+    arenas, failed = [], False
+    try:
+        _run(rank, cfg, payload, param_spec, data_spec, columns, conn, arenas)
+    except BaseException:
+        failed = True
+        try:
+            conn.send(("error", rank, traceback.format_exc()))
+        except (OSError, ValueError):
+            pass
+    _release(arenas)  # _run's frame is gone: nothing references the views any more
+    if failed:
+        sys.exit(1)
+
+
+def _run(rank, cfg, payload, param_spec, data_spec, columns, conn, arenas):
+    global _RANK
+    _RANK = rank
+    make_step, params = pickle.loads(payload)
+    arenas.extend([Arena.attach(param_spec), Arena.attach(data_spec)])
+    *views, control = arenas[0].views
+    for p, view in zip(params, views):
+        p._value = view  # no flush, no copy: the compiled step reads this very array
+    data = rebuild_columns(arenas[1].views, columns)
+    step = make_step(params)
+    conn.send(("ready", rank))
+    while not control[GO]:
+        if control[STOP]:
+            return
+        time.sleep(0.005)
+    _train(rank, cfg, step, params, views, data, conn, control)
+
+
+def _train(rank, cfg, step, params, views, data, conn, control):
+    losses, n_new, n_total, dense = [], 0, 0, False
+    t0 = last = time.perf_counter()
+    for batch in _batches(rank, cfg, data):
+        losses.append(_as_float(step(*batch)))
+        dense |= _rebind(params, views)
+        n_new += batch[0].shape[0]
+        now = time.perf_counter()
+        if now - last >= cfg.report_every:
+            conn.send(("progress", rank, n_new, losses))
+            losses, n_total, n_new, last = [], n_total + n_new, 0, now
+            if control[STOP]:
+                return
+    train_s = time.perf_counter() - t0
+    conn.send(("progress", rank, n_new, losses))
+    conn.send(("done", rank, {"samples": n_total + n_new, "train_s": train_s, "dense": dense}))
+
+
+def _batches(rank, cfg, data):
+    """``"shard"``: each epoch one permutation (seeded by seed, epoch) is dealt round-robin
+    to the workers, so together they pass over the data once per epoch; ``"shuffle"``:
+    every worker shuffles the whole data set itself (seeded by seed, rank)."""
+    rng = np.random.default_rng([cfg.seed, rank])
+    n = data[0].shape[0]
+    for epoch in range(cfg.epochs):
+        if cfg.sampling == "shuffle":
+            yield from batches(*data, batch_size=cfg.batch_size, seed=rng)
+            continue
+        mine = np.random.default_rng([cfg.seed, epoch]).permutation(n)[rank:: cfg.n_workers]
+        for (rows,) in batches(mine, batch_size=cfg.batch_size, seed=rng):
+            yield tuple(column[rows] for column in data)
+
+
+def _rebind(params, views):
+    """Keep every parameter in shared memory after a step.
+
+    In-place optimizer updates (``destroy_map``, as ``mg.optim`` emits) write the view
+    itself. A plain update pair ``(W, W - lr * g)`` makes the compiled step assign a new
+    array instead; it is copied back whole (correct, but a dense write that can undo
+    other workers' concurrent updates), and the result reports it.
+    """
+    moved = False
+    for p, view in zip(params, views):
+        if p._value is not view:
+            np.copyto(view, p._value, casting="same_kind")
+            p._value = view
+            moved = True
+    return moved
+
+
+def _as_float(loss):
+    try:
+        return float(np.asarray(loss).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError):
+        return float("nan")
+
+
+def _one_thread():
+    # spawn: the parent put ONE_THREAD_ENV in our environment before we imported numba;
+    # fork: numba may already be imported, so cap its pool directly.
+    os.environ.update(ONE_THREAD_ENV)
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        try:
+            numba.set_num_threads(1)
+        except (ValueError, RuntimeError):
+            pass
+
+
+def _release(arenas):
+    # Drop every reference to the views before unmapping, so close() finds no exports.
+    gc.collect()
+    for arena in arenas:
+        arena.close()

@@ -1,0 +1,240 @@
+"""mg.parallel.hogwild: training quality with 1 vs 2 workers, fork and spawn, and every
+fault (exception, SIGKILL, hang, Ctrl-C) ending in bounded time with no leaked segment
+and the caller's parameters untouched.
+
+Fork tests compile their steps with the numpy backend: a forked child must not start
+numba's GNU OpenMP pool when the pytest process already runs it (earlier tests may have).
+The spawn tests use the default backend, so numba kernels run in workers too.
+"""
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+from minigrad.graph import Apply, Op
+from minigrad.types import RowSparse
+
+SHM = "/dev/shm"
+
+
+# ---------------------------------------------------------------------------------------
+# An inline model: FM with an in-place SGD update op (row-sparse rows only)
+
+
+class InplaceSGD(Op):
+    """``param -= lr * grad`` in place (rows only for a RowSparse grad)."""
+
+    __props__ = ("lr",)
+    destroy_map = {0: 0}
+
+    def __init__(self, lr):
+        self.lr = float(lr)
+
+    def make_node(self, param, grad):
+        return Apply(self, [param, grad], [param.type])
+
+    def perform(self, node, inputs):
+        param, grad = inputs
+        if isinstance(grad, RowSparse):
+            np.subtract.at(param, grad.indices, self.lr * grad.values)
+        else:
+            param -= self.lr * grad
+        return (param,)
+
+
+def make_fm_step(model, lr, backend, params):
+    X, y = mg.csr_matrix("X"), mg.vector("y")
+    cost = model.cost(X, y)
+    grads = mg.grad(cost, params)
+    updates = [(p, InplaceSGD(lr)(p, g)) for p, g in zip(params, grads)]
+    return mg.function([X, y], cost, updates=updates, backend=backend)
+
+
+def make_dense_sgd_step(model, lr, params):
+    """A plain update pair (W, W - lr*g): not in place; hogwild copies it back."""
+    X, y = mg.csr_matrix("X"), mg.vector("y")
+    cost = model.cost(X, y)
+    grads = mg.grad(cost, params)
+    updates = [(p, p - lr * mg.ops.rowsparse_to_dense(g) if mg.ops.is_row_sparse(g)
+                else p - lr * g) for p, g in zip(params, grads)]
+    return mg.function([X, y], cost, updates=updates, backend="numpy")
+
+
+class Faulty:
+    """Wraps a step so that worker ``rank`` misbehaves at its step ``after``."""
+
+    def __init__(self, make_inner, fault, rank=1, after=3):
+        self.make_inner, self.fault, self.rank, self.after = make_inner, fault, rank, after
+
+    def __call__(self, params):
+        inner, count = self.make_inner(params), [0]
+
+        def step(*batch):
+            count[0] += 1
+            if mg.parallel.worker_rank() == self.rank and count[0] == self.after:
+                if self.fault == "raise":
+                    raise ValueError("boom in the step")
+                if self.fault == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.fault == "hang":
+                    time.sleep(3600)
+            return inner(*batch)
+
+        return step
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    r = mg.data.synthetic_ratings(300, 600, n_ratings=6000, seed=0)
+    return r.X, r.y
+
+
+def fm(ratings):
+    return mg.models.FactorizationMachine(ratings[0].shape[1], 4, seed=0)
+
+
+def full_loss(model, ratings):
+    X, y = mg.csr_matrix("X"), mg.vector("y")
+    return float(mg.function([X, y], model.cost(X, y), backend="numpy")(*ratings))
+
+
+@pytest.fixture
+def no_leak():
+    """Fails the test if a shared-memory segment created during it survives."""
+    before = set(os.listdir(SHM))
+    yield
+    assert set(os.listdir(SHM)) - before == set()
+
+
+def run(model, ratings, make_step, n_workers=2, **kw):
+    kw.setdefault("epochs", 1)
+    kw.setdefault("batch_size", 32)
+    return mg.parallel.hogwild(make_step, model.params, ratings, n_workers, progress=False,
+                               **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+
+
+def test_two_workers_train_as_well_as_one(ratings, no_leak):
+    losses = {}
+    for n in (1, 2):
+        model = fm(ratings)
+        step = functools.partial(make_fm_step, model, 0.1, "numpy")
+        res = run(model, ratings, step, n, epochs=3, start_method="fork", seed=1)
+        assert len(res.losses) == n and all(len(w) > 10 for w in res.losses)
+        assert sum(res.samples) == 3 * ratings[0].shape[0]  # "shard": epochs = data passes
+        assert res.samples_per_s > 0 and res.wall_s > 0 and not res.dense_writeback
+        losses[n] = full_loss(model, ratings)  # the trained values came back
+    start = full_loss(fm(ratings), ratings)
+    assert losses[1] < start - 0.02
+    assert abs(losses[2] - losses[1]) < 0.01, losses
+
+
+def test_spawn_with_default_backend(ratings, no_leak):
+    model = fm(ratings)
+    before = full_loss(model, ratings)
+    step = functools.partial(make_fm_step, model, 0.1, None)
+    res = run(model, ratings, step, 2, epochs=2, start_method="spawn", sampling="shuffle")
+    assert res.start_method == "spawn"
+    assert sum(res.samples) == 2 * 2 * ratings[0].shape[0]  # "shuffle": each worker, all rows
+    assert full_loss(model, ratings) < before - 0.02
+
+
+def test_dense_update_is_copied_back(ratings, no_leak):
+    model = fm(ratings)
+    before = full_loss(model, ratings)
+    res = run(model, ratings, functools.partial(make_dense_sgd_step, model, 0.1), 2,
+              start_method="fork")
+    assert res.dense_writeback and res.notes
+    assert full_loss(model, ratings) < before
+
+
+def test_unpicklable_make_step_fails_before_starting(ratings, no_leak):
+    model = fm(ratings)
+    with pytest.raises(TypeError, match="picklable"):
+        run(model, ratings, lambda params: None)
+    assert mp.active_children() == []
+
+
+# ---------------------------------------------------------------------------------------
+# Faults: each raises in bounded time, leaks nothing and leaves the parameters untouched
+
+
+def assert_untouched(model, snapshot):
+    for p, v in zip(model.params, snapshot):
+        np.testing.assert_array_equal(p.get_value(), v)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_exception_in_step(ratings, no_leak, start_method):
+    model = fm(ratings)
+    snapshot = [p.get_value() for p in model.params]
+    step = Faulty(functools.partial(make_fm_step, model, 0.1, "numpy"), "raise")
+    t0 = time.perf_counter()
+    with pytest.raises(mg.parallel.WorkerError, match="worker 1 raised") as info:
+        run(model, ratings, step, epochs=50, start_method=start_method)
+    assert time.perf_counter() - t0 < 15  # spawn start-up included
+    err = info.value
+    assert err.rank == 1 and err.exitcode == 1
+    assert "ValueError: boom in the step" in err.worker_traceback
+    assert "boom in the step" in str(err)
+    assert_untouched(model, snapshot)
+    assert mp.active_children() == []
+
+
+def _timed_failure(model, ratings, step, expected, **kw):
+    t0 = time.perf_counter()
+    with pytest.raises(expected) as info:
+        run(model, ratings, step, epochs=200, start_method="fork", **kw)
+    return info.value, time.perf_counter() - t0
+
+
+def test_sigkill_of_a_worker(ratings, no_leak):
+    model = fm(ratings)
+    snapshot = [p.get_value() for p in model.params]
+    step = Faulty(functools.partial(make_fm_step, model, 0.1, "numpy"), "kill", after=20)
+    err, elapsed = _timed_failure(model, ratings, step, mg.parallel.WorkerError)
+    assert err.rank == 1 and err.exitcode == -signal.SIGKILL
+    assert "SIGKILL" in str(err) and elapsed < 5
+    assert_untouched(model, snapshot)
+    assert mp.active_children() == []
+
+
+def test_hang_past_worker_timeout(ratings, no_leak):
+    model = fm(ratings)
+    snapshot = [p.get_value() for p in model.params]
+    step = Faulty(functools.partial(make_fm_step, model, 0.1, "numpy"), "hang", rank=0)
+    err, elapsed = _timed_failure(model, ratings, step, mg.parallel.WorkerError,
+                                  worker_timeout=1.0)
+    assert err.rank == 0 and "hung" in str(err) and err.exitcode is None
+    assert elapsed < 1.0 + 5
+    assert_untouched(model, snapshot)
+    assert mp.active_children() == []
+
+
+def test_ctrl_c_stops_all_workers(ratings, no_leak):
+    model = fm(ratings)
+    snapshot = [p.get_value() for p in model.params]
+
+    def press_ctrl_c():
+        time.sleep(1.0)
+        for child in mp.active_children():  # a terminal sends SIGINT to the whole group
+            os.kill(child.pid, signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    step = functools.partial(make_fm_step, model, 0.1, "numpy")
+    _, elapsed = _timed_failure(model, ratings, step, KeyboardInterrupt)
+    assert elapsed < 1.0 + 5
+    assert_untouched(model, snapshot)
+    assert mp.active_children() == []
