@@ -69,7 +69,7 @@ def to_host(value):
 
 def load_shared(var):
     """Move a parameter to the device once; later calls find it there."""
-    value = var.get_value(borrow=True)
+    value = var.value  # no flush hooks: a step must cost O(rows touched), see SharedVariable
     if not _is_device(value):
         value = var._value = cp().asarray(value)
     return value

@@ -25,7 +25,7 @@ def make_thunk(node):
 
 def load_shared(var):
     """The value of a shared variable as this backend's array (moved back from a GPU)."""
-    value = var.get_value(borrow=True)
+    value = var.value  # no flush hooks: a step must cost O(rows touched), see SharedVariable
     if hasattr(value, "__cuda_array_interface__"):
         value = var._value = value.get()
     return value
