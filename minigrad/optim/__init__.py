@@ -1,0 +1,17 @@
+"""``mg.optim``: optimizers whose row-sparse updates cost O(rows touched).
+
+See ``docs/optimizers.md`` for the update formulas, the ``sparse="exact"`` catch-up and
+the ``"lazy"`` mode.
+"""
+from minigrad.optim.adagrad import Adagrad
+from minigrad.optim.adam import Adam, AdamW
+from minigrad.optim.base import Optimizer
+from minigrad.optim.momentum import Momentum
+from minigrad.optim.rmsprop import RMSprop
+from minigrad.optim.sgd import SGD
+from minigrad.optim.transforms import ClipGradNorm, GradientNoise, clip_grad_norm
+
+__all__ = [
+    "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Optimizer",
+    "GradientNoise", "ClipGradNorm", "clip_grad_norm",
+]
