@@ -288,7 +288,8 @@ def shared(value, name=None, dtype=None):
         raise TypeError(f"shared(): unsupported dtype {arr.dtype}")
     if arr.dtype.kind == "f" and dtype is None and np.asarray(value).dtype.kind != "f":
         arr = arr.astype(config.floatX)
-    typ = TensorType(arr.dtype, tuple(None for _ in arr.shape))
+    # Length-1 axes are static (they broadcast, as in Theano); other lengths may change.
+    typ = TensorType(arr.dtype, _static_shape(arr))
     return SharedVariable(typ, arr, name=name)
 
 

@@ -235,8 +235,6 @@ def test_huge_table_gradient_allocates_only_touched_rows(kind, backend):
     assert set(value.coalesce().indices) == expect_rows
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a row-sparse gradient is not reduced when a "
-                   "(1, D) shared variable broadcasts against a gathered table (see report)")
 def test_broadcast_shared_row_times_table_then_gather(table):
     b = mg.shared(np.full((1, 3), 2.0), name="b")
     idx = mg.lvector("idx")
