@@ -1,0 +1,208 @@
+"""Masked-embedding training step: dense vs row-sparse Adam as the vocabulary grows.
+
+One step of :class:`minigrad.models.MaskedEmbeddingClassifier` (float32, batch 32 x 100
+Zipf tokens from ``mg.data.synthetic_documents``, dim 64, 5 classes) at vocabularies
+3*10^4, 3*10^5, 3*10^6, for:
+
+* ``minigrad dense``: the row-sparse gradients of ``E`` and ``M`` densified before a dense
+  Adam (what a framework without row-sparse gradients does: O(V) per step);
+* ``minigrad lazy`` / ``minigrad exact``: ``mg.optim.Adam(sparse="lazy"|"exact")`` on the
+  row-sparse gradients (O(rows touched) per step);
+* with ``--compare torch``: ``nn.Embedding`` + ``torch.optim.Adam`` (dense) and
+  ``nn.Embedding(sparse=True)`` + ``SparseAdam`` (the embedding tables; plain Adam for the
+  linear layer), on the same batches with the same thread count.
+
+Reported per (system, vocabulary): median seconds per step over repeats (min/max spread),
+the graph compile time and the first step (JIT compile or cache load) apart from it.
+Targets from the issue are printed as measured ratios, never asserted.
+"""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+
+from benchmarks import common
+
+SIZES = (30_000, 300_000, 3_000_000)
+BATCH, LENGTH, DIM, N_CLASSES = 32, 100, 64, 5
+LR = 1e-3
+SETTINGS = {  # repeats, seconds aimed at per timed block, max steps per block, batches
+    "full": dict(repeats=7, block_s=1.0, max_steps=50, n_batches=64),
+    "quick": dict(repeats=3, block_s=0.25, max_steps=20, n_batches=16),
+    "smoke": dict(repeats=2, block_s=0.01, max_steps=2, n_batches=2),
+}
+SMOKE_SIZES = (2_000,)
+
+
+def make_batches(vocab, n_batches, seed=0):
+    """``n_batches`` batches ``(tokens, mask, labels)`` of 32 documents of 100 tokens."""
+    import minigrad as mg
+
+    docs = mg.data.synthetic_documents(BATCH * n_batches, vocab, N_CLASSES, seed=seed,
+                                       length=(LENGTH, LENGTH), dtype=np.float32)
+    return [tuple(a[i * BATCH:(i + 1) * BATCH] for a in docs) for i in range(n_batches)]
+
+
+# --- systems: each returns (step(i) -> None, compile_s) ----------------------------------
+
+
+def minigrad_step(vocab, mode, batches):
+    """A compiled minigrad step; ``mode``: "dense" (densified gradients), "lazy", "exact"."""
+    import minigrad as mg
+    from minigrad.ops.rowsparse import is_row_sparse
+
+    model = mg.models.MaskedEmbeddingClassifier(vocab, DIM, N_CLASSES, seed=0, dtype="float32")
+    tokens, mask, labels = mg.lmatrix("tokens"), mg.matrix("mask", "float32"), mg.lvector("y")
+    cost = model.cost(tokens, mask, labels)
+    if mode == "dense":
+        grads = [g.to_dense() if is_row_sparse(g) else g for g in mg.grad(cost, model.params)]
+        updates = mg.optim.Adam(model.params, lr=LR).updates(grads=grads)
+    else:
+        updates = mg.optim.Adam(model.params, lr=LR, sparse=mode).updates(cost)
+    fn = mg.function([tokens, mask, labels], cost, updates=updates)
+
+    def step(i):
+        fn(*batches[i % len(batches)])
+
+    return step, fn.compile_seconds, model
+
+
+def torch_step(torch, vocab, sparse, batches):
+    """The same model in PyTorch: dense Adam, or SparseAdam on ``sparse=True`` embeddings."""
+    model = common.TorchMaskedEmbedding(torch, vocab, DIM, N_CLASSES, sparse, LR)
+    data = [tuple(torch.from_numpy(a) for a in batch) for batch in batches]
+
+    def step(i):
+        model.step(*data[i % len(data)])
+
+    return step, 0.0, model
+
+
+# --- measurement -------------------------------------------------------------------------
+
+
+def measure(make, settings):
+    """Build a system, time its first step apart, then ``repeats`` timed blocks."""
+    build_s, (step, compile_s, keep) = common.time_once(make)
+    first_s, _ = common.time_once(step, 0)
+    warm_s, _ = common.time_once(step, 1)
+    per_block = int(np.clip(round(settings["block_s"] / max(warm_s, 1e-6)), 1,
+                            settings["max_steps"]))
+    times = common.time_blocks(lambda i: step(i + 2), settings["repeats"], per_block)
+    del keep
+    row = common.summarize(times)
+    row.update(build_s=build_s, compile_s=compile_s, first_step_s=first_s,
+               steps_per_repeat=per_block)
+    return row
+
+
+def systems(compare):
+    """``[(label, factory(vocab, batches))]`` for every system available in this run."""
+    out = []
+    if _optim_available():
+        for mode in ("dense", "lazy", "exact"):
+            label = f"minigrad {mode} Adam"
+            out.append((label, lambda v, b, mode=mode: minigrad_step(v, mode, b)))
+    torch = common.torch_or_none(compare)
+    if torch is not None:
+        out.append(("torch dense Adam", lambda v, b: torch_step(torch, v, False, b)))
+        out.append(("torch sparse SparseAdam", lambda v, b: torch_step(torch, v, True, b)))
+    return out, torch
+
+
+def _optim_available():
+    try:
+        import minigrad as mg
+
+        return hasattr(mg.optim, "Adam")
+    except ImportError:
+        return False
+
+
+def ratios(rows):
+    """The issue's targets as measured ratios (``value`` and whether the target is met)."""
+    t = {(r["system"], r["vocab"]): r["median_s"] for r in rows}
+    vocabs = sorted({r["vocab"] for r in rows})
+    out = []
+
+    def add(name, num, den, target, higher_is_better=True):
+        if num in t and den in t:
+            value = t[num] / t[den]
+            met = value >= target if higher_is_better else value <= target
+            out.append({"ratio": name, "value": value, "target": target,
+                        "op": ">=" if higher_is_better else "<=", "met": bool(met)})
+
+    lo, hi = vocabs[0], vocabs[-1]
+    for mode in ("lazy", "exact"):
+        sparse = f"minigrad {mode} Adam"
+        add(f"torch dense / minigrad {mode} @V={lo}", ("torch dense Adam", lo), (sparse, lo), 20)
+        add(f"minigrad dense / minigrad {mode} @V={lo}", ("minigrad dense Adam", lo),
+            (sparse, lo), 1)
+        if hi != lo:
+            add(f"minigrad {mode} V={hi} / V={lo}", (sparse, hi), (sparse, lo), 1.3,
+                higher_is_better=False)
+        for v in vocabs:
+            add(f"torch SparseAdam / minigrad {mode} @V={v}", ("torch sparse SparseAdam", v),
+                (sparse, v), 1)
+    return out
+
+
+def plot(rows, out_dir):
+    series = {}
+    for system in dict.fromkeys(r["system"] for r in rows):
+        pts = sorted((r["vocab"], r["median_s"] * 1e3, r["min_s"] * 1e3, r["max_s"] * 1e3)
+                     for r in rows if r["system"] == system)
+        series[system] = tuple(np.array(c) for c in zip(*pts))
+    return common.plot_lines(out_dir, "embedding_step_time", series, "vocabulary size",
+                             "ms per training step", "Masked-embedding step (float32, "
+                             f"batch {BATCH}x{LENGTH}, dim {DIM})", logx=True, logy=True)
+
+
+def run(quick=False, compare=(), out_dir=None, smoke=False):
+    mode = "smoke" if smoke else ("quick" if quick else "full")
+    settings = SETTINGS[mode]
+    sizes = SMOKE_SIZES if smoke else SIZES
+    notes = [f"float32, batch {BATCH} x {LENGTH} Zipf tokens, dim {DIM}, {N_CLASSES} classes, "
+             f"Adam lr={LR}; median_s = median over {settings['repeats']} blocks of "
+             "steps_per_repeat steps; first_step_s (JIT/cache load) is not in the median"]
+    found, torch = systems(compare)
+    if not _optim_available():
+        notes.append("mg.optim.Adam is not available in this checkout: minigrad rows skipped")
+    if "torch" in set(compare or ()) and torch is None:
+        notes.append("--compare torch: torch is not installed, PyTorch rows skipped")
+    rows = []
+    bar = common.progress(total=len(sizes) * len(found), desc="embedding")
+    for vocab in sizes:
+        batches = make_batches(vocab, settings["n_batches"])
+        for label, factory in found:
+            bar.set_postfix_str(f"{label} V={vocab}")
+            row = measure(lambda f=factory, v=vocab, b=batches: f(v, b), settings)
+            rows.append({"bench": "embedding", "system": label, "vocab": vocab, **row})
+            gc.collect()
+            bar.update()
+    bar.close()
+    summary = ratios(rows)
+    notes += [common.ratio_note(s) for s in summary]
+    return common.result("embedding", rows, notes, [plot(rows, out_dir)] if rows else [],
+                         ratios=summary)
+
+
+
+
+
+def table_rows(res):
+    """Step time per (system, vocabulary) plus one first-step (JIT) row per system."""
+    out = []
+    for r in res["rows"]:
+        out.append({"bench": "embedding", "case": f"V={r['vocab']:,} step", "system": r["system"],
+                    "value": 1e3 * r["median_s"], "lo": 1e3 * r["min_s"],
+                    "hi": 1e3 * r["max_s"], "unit": "ms"})
+    first = {}
+    for r in res["rows"]:
+        first.setdefault(r["system"], r)
+    for system, r in first.items():
+        out.append({"bench": "embedding", "case": f"V={r['vocab']:,} compile+1st step",
+                    "system": system, "value": 1e3 * (r["compile_s"] + r["first_step_s"]),
+                    "unit": f"ms (graph compile {1e3 * r['compile_s']:.0f} ms)"})
+    return out
