@@ -24,6 +24,8 @@ def step1_scalar():
     print("-- gradient graph:")
     mg.debugprint(dy_dx)
     f = mg.function([x], [y, dy_dx])
+    print("-- after the compiler's rewrites (x**2 -> square, x**1 -> x, 1*g -> g):")
+    mg.debugprint(f)
     print("f(3.0) =", [float(v) for v in f(3.0)])
 
 
@@ -42,7 +44,7 @@ def step3_embedding_logreg():
     rng = np.random.default_rng(0)
     vocab, dim = 1000, 8
     E = mg.shared(0.1 * rng.standard_normal((vocab, dim)), name="E")  # the table
-    w = mg.shared(np.zeros(dim), name="w")
+    w = mg.shared(0.1 * rng.standard_normal(dim), name="w")
     tokens = mg.lmatrix("tokens")  # (batch, length) word ids
     y = mg.vector("y")  # 0/1 labels
 
@@ -54,14 +56,16 @@ def step3_embedding_logreg():
     gE, gw = mg.grad(cost, [E, w])
     print("type of dcost/dE:", gE.type, " <- only the rows in `tokens`")
     print("type of dcost/dw:", gw.type)
-    print("-- gradient of E (note TakeGrad -> RowSparse):")
-    mg.debugprint(gE)
+    print("-- gradient of E, top 3 levels (TakeGrad makes the RowSparse value):")
+    mg.debugprint(gE, depth=3)
 
-    step = mg.function([tokens, y], cost, updates=mg.optim.SGD([E, w], lr=0.5).updates(cost))
-    toks = rng.integers(0, vocab, size=(64, 5))
-    labels = (toks % 2 == 0).mean(axis=1).round()  # a learnable rule
-    for epoch in range(5):
-        print(f"epoch {epoch}: cost {float(step(toks, labels)):.4f}")
+    step = mg.function([tokens, y], cost, updates=mg.optim.SGD([E, w], lr=2.0).updates(cost))
+    toks = rng.integers(0, vocab, size=(256, 5))
+    labels = (toks % 2 == 0).mean(axis=1).round()  # a learnable rule: mostly even ids?
+    for epoch in range(201):
+        c = float(step(toks, labels))
+        if epoch % 50 == 0:
+            print(f"epoch {epoch:3d}: cost {c:.4f}")
 
     f_grad = mg.function([tokens, y], gE)
     g = f_grad(toks[:2], labels[:2])

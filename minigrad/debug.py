@@ -44,16 +44,22 @@ def _type_label(var):
     return f"{var.type}{mark}"
 
 
-def debugprint(obj, file=None, print_=True):
-    """Print (and return) the graph of a variable, a list of them or a compiled function."""
+def debugprint(obj, file=None, print_=True, depth=None):
+    """Print (and return) the graph of a variable, a list of them or a compiled function.
+
+    ``depth`` limits how many levels below each root are shown (``...`` marks the cut).
+    """
     roots, titles = _roots(obj)
     ids, lines = {}, []
 
     def ident(var):
         return ids.setdefault(var, f"#{len(ids)}")
 
-    def walk(var, depth):
-        pad = "  " * depth + ("|" if depth else "")
+    def walk(var, level):
+        pad = "  " * level + ("|" if level else "")
+        if depth is not None and level > depth:
+            lines.append(f"{pad}...")
+            return
         if var.owner is None:
             lines.append(f"{pad}{_leaf_label(var)} {ident(var)} : {_type_label(var)}")
             return
@@ -65,7 +71,7 @@ def debugprint(obj, file=None, print_=True):
             lines[-1] += "  (see above)"
             return
         for inp in var.owner.inputs:
-            walk(inp, depth + 1)
+            walk(inp, level + 1)
 
     for root, title in zip(roots, titles):
         if title:
