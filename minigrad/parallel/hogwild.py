@@ -63,7 +63,7 @@ class HogwildResult:
     startup_s: float
     n_workers: int
     start_method: str
-    dense_writeback: bool = False  # some update was not in place (see worker._rebind)
+    dense_writeback: list = field(default_factory=list)  # names of params copied back whole
     notes: list = field(default_factory=list)
 
     @property
@@ -117,7 +117,8 @@ def hogwild(make_step, params, dataset, n_workers, epochs, batch_size, seed=0, p
         n_rows = columns[0].shape[0]
         total = n_rows * cfg.epochs * (cfg.n_workers if sampling == "shuffle" else 1)
         sup = _Supervisor(workers, control, worker_timeout, startup_timeout,
-                          _Checkpointer(checkpoint_every, checkpoint_path, params, views))
+                          _Checkpointer(checkpoint_every, checkpoint_path, params, views),
+                          [p.name or f"param{i}" for i, p in enumerate(params)])
         with _progress_bar(progress, total, cfg.n_workers) as bar:
             sup.run(bar)
         _write_back(params, views)
@@ -157,8 +158,8 @@ class _Supervisor:
 
     POLL_S = 0.05
 
-    def __init__(self, workers, control, worker_timeout, startup_timeout, checkpointer):
-        self.workers, self.control = workers, control
+    def __init__(self, workers, control, worker_timeout, startup_timeout, checkpointer, names):
+        self.workers, self.control, self.names = workers, control, names
         self.worker_timeout, self.startup_timeout = worker_timeout, startup_timeout
         self.checkpointer = checkpointer
         self.t_go = self.t_end = None
@@ -201,7 +202,7 @@ class _Supervisor:
         elif kind == "done":
             w.done, w.stats = True, msg[2]
         elif kind == "error":
-            w.process.join(1.0)
+            w.process.join(2.0)  # for its exit code; it is on its way out
             raise WorkerError(w.rank, w.process.exitcode, "raised an exception", msg[2])
         return 0
 
@@ -235,9 +236,11 @@ class _Supervisor:
         train_s = max(self.t_end - self.t_go, 1e-9)
         samples = [w.samples for w in self.workers]
         per_worker = [w.samples / max(w.stats.get("train_s", 0.0), 1e-9) for w in self.workers]
-        dense = any(w.stats.get("dense") for w in self.workers)
-        notes = ["some update was not in place: parameters were copied back whole after "
-                 "each step (use mg.optim optimizers for lock-free row updates)"] if dense else []
+        moved = sorted(set().union(*(w.stats.get("dense", ()) for w in self.workers)))
+        dense = [self.names[i] for i in moved]
+        notes = [f"updates of {', '.join(dense)} were not in place: copied back whole after "
+                 "each step (a row-sparse gradient through mg.optim updates rows in place)"
+                 ] if dense else []
         return HogwildResult(
             losses=[w.losses for w in self.workers], samples=samples,
             worker_samples_per_s=per_worker, samples_per_s=sum(samples) / train_s,
@@ -247,7 +250,7 @@ class _Supervisor:
         )
 
 
-def _stop_all(workers, control, grace_s=1.0, kill_after_s=1.0):
+def _stop_all(workers, control, grace_s=0.5, kill_after_s=1.0):
     """Ask, then terminate, then kill: bounded at about ``grace_s + kill_after_s`` s."""
     if control is not None:
         control[STOP] = 1

@@ -92,7 +92,7 @@ def _run(rank, cfg, payload, param_spec, data_spec, columns, conn, arenas):
 
 
 def _train(rank, cfg, step, params, views, data, conn, control):
-    losses, n_new, n_total, dense = [], 0, 0, False
+    losses, n_new, n_total, dense = [], 0, 0, set()
     t0 = last = time.perf_counter()
     for batch in _batches(rank, cfg, data):
         losses.append(_as_float(step(*batch)))
@@ -130,14 +130,15 @@ def _rebind(params, views):
     In-place optimizer updates (``destroy_map``, as ``mg.optim`` emits) write the view
     itself. A plain update pair ``(W, W - lr * g)`` makes the compiled step assign a new
     array instead; it is copied back whole (correct, but a dense write that can undo
-    other workers' concurrent updates), and the result reports it.
+    other workers' concurrent updates), and the result names those parameters. Returns
+    the indices of the parameters copied back.
     """
-    moved = False
-    for p, view in zip(params, views):
+    moved = set()
+    for i, (p, view) in enumerate(zip(params, views)):
         if p._value is not view:
             np.copyto(view, p._value, casting="same_kind")
             p._value = view
-            moved = True
+            moved.add(i)
     return moved
 
 
