@@ -22,7 +22,7 @@ def oracle_step(name, p, g, st, t, hp):
     if name == "Momentum":
         mu, damp, nest = hp.get("momentum", 0.9), hp.get("dampening", 0.0), hp.get("nesterov")
         g = g + wd * p
-        st["buf"] = g.copy() if t == 1 else mu * st["buf"] + (1 - damp) * g
+        st["buf"] = g.copy() if t == 1 else mu * st.get("buf", 0.0) + (1 - damp) * g
         d = g + mu * st["buf"] if nest else st["buf"]
         return p - lr * d
     if name == "Adagrad":
@@ -180,15 +180,16 @@ def test_exact_sparse_matches_dense(name, hp, backend):
     g = mg.RowSparseType("float64", (V, D)).make_variable("g")
     opt = make_opt(name, [P], sparse="exact", **hp)
     step = mg.function([g], updates=opt.updates(grads=[g]), backend=backend)
+    steps = 1000 if backend == "numba" else 400  # the NumPy reference is slower per step
     p, st = p0.copy(), {}
-    for t, rs in enumerate(sparse_stream(rng, V, D, 1000), start=1):
+    for t, rs in enumerate(sparse_stream(rng, V, D, steps), start=1):
         step(rs)
         p = oracle_step(name, p, rs.to_dense(), st, t, hp)
-        if t in (333, 1000):  # get_value flushes: never stale rows
+        if t in (333, steps):  # get_value flushes: never stale rows
             assert rel_err(P.get_value(), p) < 1e-9, t
-    assert P.value is not None and rel_err(P.value, p) < 1e-9  # after the flush above
+    assert rel_err(P.value, p) < 1e-9  # storage itself is up to date after the flush
     if opt.last[0] is not None:
-        assert (opt.last[0].get_value() == 1000).all()
+        assert (opt.last[0].get_value() == steps).all()
 
 
 def test_adam_exact_long_gap_drift():
