@@ -256,14 +256,22 @@ def _adam_catch_up(P, M, V, r, lag_from, k, lr, b1, b2, eps, l2, q, ratio, tol, 
     """
     width = P.shape[1]
     truncate = l2 == 0.0
+    active = width
+    fk2, fkq = b2 ** float(k), q ** float(k)
     for d in range(width):
         stop[d] = 0
-    active = width
+        if truncate and M[r, d] == 0.0:  # no first moment, no drift: decays only
+            V[r, d] = V[r, d] * fk2
+            P[r, d] = P[r, d] * fkq
+            stop[d] = -1
+            active -= 1
     for j in range(1, k + 1):
+        if active == 0:
+            break
         step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, lag_from + j, False)
         limit = ratio / sqrt_bc2
         for d in range(width):
-            if stop[d] != 0:
+            if stop[d] != 0:  # truncated, or no drift at all
                 continue
             p, m, v = _adam_elem(float(P[r, d]), float(M[r, d]), float(V[r, d]), 0.0, b1, b2,
                                  eps, l2, q, step_size, sqrt_bc2, False)
@@ -273,15 +281,15 @@ def _adam_catch_up(P, M, V, r, lag_from, k, lr, b1, b2, eps, l2, q, ratio, tol, 
                 if abs(term) * limit <= tol * abs(p):
                     stop[d] = j
                     active -= 1
-        if active == 0:
-            break
+    rest, f1, f2, fq = -1, 1.0, 1.0, 1.0
     for d in range(width):
-        if stop[d] != 0:
-            rest = float(k - stop[d])
-            M[r, d] = M[r, d] * b1 ** rest
-            V[r, d] = V[r, d] * b2 ** rest
-            if q != 1.0:
-                P[r, d] = P[r, d] * q ** rest
+        if stop[d] > 0:
+            if k - stop[d] != rest:  # elements mostly stop at the same j: reuse the powers
+                rest = k - stop[d]
+                f1, f2, fq = b1 ** float(rest), b2 ** float(rest), q ** float(rest)
+            M[r, d] = M[r, d] * f1
+            V[r, d] = V[r, d] * f2
+            P[r, d] = P[r, d] * fq
 
 
 @njit(cache=True, nogil=True)

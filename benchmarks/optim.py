@@ -1,0 +1,161 @@
+"""Row-sparse Adam step time vs table size: minigrad lazy and exact, dense Adam, and
+``torch.optim.SparseAdam``.
+
+Each step updates 5,000 distinct rows (unsorted, so coalescing is included) of a float32
+``V x 64`` table, V in 3*10^4, 3*10^5, 3*10^6. Reported: median (min, max) seconds per step
+over repeats of a few steps each, after warm-up; the JIT warm-up (compile + first call) is a
+separate row. The target is a flat sparse step time across V (within 1.3x) that beats
+SparseAdam. ``python -m benchmarks.optim [--full] [--no-torch]``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+WIDTH, TOUCHED = 64, 5000
+SIZES = (30_000, 300_000, 3_000_000)
+N_BATCHES = 8
+
+
+def _batches(V, rng):
+    out = []
+    for _ in range(N_BATCHES):
+        idx = rng.choice(V, size=TOUCHED, replace=False).astype(np.int64)
+        out.append((idx, rng.standard_normal((TOUCHED, WIDTH), dtype=np.float32)))
+    return out
+
+
+def _minigrad_step(V, mode, table):
+    import minigrad as mg
+
+    E = mg.shared(table.copy(), name="E")
+    opt = mg.optim.Adam([E], lr=1e-3, sparse=mode if mode != "dense" else "lazy")
+    if mode == "dense":
+        g = mg.matrix("g", dtype="float32")
+    else:
+        g = mg.RowSparseType("float32", (V, WIDTH)).make_variable("g")
+    t0 = time.perf_counter()
+    f = mg.function([g], updates=opt.updates(grads=[g]))
+    compile_s = time.perf_counter() - t0
+    dense_buf = np.zeros((V, WIDTH), dtype=np.float32) if mode == "dense" else None
+
+    def step(batch):
+        idx, vals = batch
+        if dense_buf is None:
+            f(mg.RowSparse(idx, vals, (V, WIDTH)))
+        else:  # the densified gradient: scatter, step, clear (clearing is not timed apart)
+            dense_buf[idx] = vals
+            f(dense_buf)
+            dense_buf[idx] = 0
+    return step, compile_s, (E, opt)
+
+
+def _torch_step(torch, V, table):
+    p = torch.nn.Parameter(torch.from_numpy(table.copy()))
+    opt = torch.optim.SparseAdam([p], lr=1e-3)
+
+    def step(batch):
+        idx, vals = batch
+        p.grad = torch.sparse_coo_tensor(torch.from_numpy(idx)[None], torch.from_numpy(vals),
+                                         (V, WIDTH))
+        opt.step()
+    return step, 0.0, (p, opt)
+
+
+def _measure(step, batches, warmup, repeats, per_repeat):
+    t0 = time.perf_counter()
+    step(batches[0])
+    first_s = time.perf_counter() - t0
+    for i in range(warmup):
+        step(batches[(i + 1) % N_BATCHES])
+    times = common.time_blocks(lambda i: step(batches[i % N_BATCHES]), repeats, per_repeat)
+    return first_s, times
+
+
+def run(quick: bool, compare: set, out_dir=None, smoke=False) -> dict:
+    torch = common.torch_or_none(compare)
+    repeats, per_repeat, warmup = (3, 3, 3) if quick else (7, 5, 10)
+    if smoke:
+        repeats, per_repeat, warmup = 1, 1, 1
+    sizes = SIZES[:1] if smoke else SIZES
+    notes = [
+        f"float32 tables V x {WIDTH}; {TOUCHED} distinct unsorted rows per step; Adam lr=1e-3",
+        f"median of {repeats} repeats x {per_repeat} steps after {warmup} warm-up steps; "
+        "'first_call_s' is the first step (JIT compile or cache load) and is not in the median",
+        "exact: dense-Adam-equivalent rows (catch-up of skipped steps); lazy: SparseAdam "
+        "semantics; dense: minigrad dense Adam fed the densified gradient",
+    ]
+    if torch is None:
+        notes.append("torch.optim.SparseAdam not measured (torch missing or not in compare)")
+    rows = []
+    rng = np.random.default_rng(0)
+    for V in sizes:
+        table = rng.standard_normal((V, WIDTH), dtype=np.float32)
+        batches = _batches(V, rng)
+        impls = [("minigrad lazy", _minigrad_step, (V, "lazy", table)),
+                 ("minigrad exact", _minigrad_step, (V, "exact", table))]
+        if not quick or V <= 300_000:
+            impls.append(("minigrad dense", _minigrad_step, (V, "dense", table)))
+        if torch is not None:
+            impls.append(("torch SparseAdam", _torch_step, (torch, V, table)))
+        for name, make, args in impls:
+            step, compile_s, keep = make(*args)
+            first_s, times = _measure(step, batches, warmup, repeats, per_repeat)
+            rows.append({"impl": name, "table_rows": V, "width": WIDTH, "touched": TOUCHED,
+                         "compile_s": compile_s, "first_call_s": first_s,
+                         **common.summarize(times)})
+            del step, keep
+            gc.collect()
+        del table
+        gc.collect()
+    _ratios(rows, notes)
+    result = {"name": "optim", "rows": rows, "notes": notes,
+              "environment": common.environment()}
+    if out_dir is not None:
+        common.write_json(f"{out_dir}/optim.json", result)
+    return result
+
+
+def _ratios(rows, notes):
+    by = {(r["impl"], r["table_rows"]): r["median_s"] for r in rows}
+    for impl in ("minigrad lazy", "minigrad exact"):
+        ts = [by[k] for k in by if k[0] == impl]
+        if len(ts) > 1:
+            notes.append(f"{impl}: largest/smallest table step time = {max(ts) / min(ts):.2f}x")
+    for r in rows:
+        torch_s = by.get(("torch SparseAdam", r["table_rows"]))
+        r["vs_torch_sparseadam"] = (torch_s / r["median_s"]) if torch_s else None
+        dense_s = by.get(("minigrad dense", r["table_rows"]))
+        r["vs_dense"] = (dense_s / r["median_s"]) if dense_s else None
+
+
+def format_table(result):
+    head = (f"{'impl':<18}{'table rows':>12}{'median ms':>11}{'min ms':>9}{'max ms':>9}"
+            f"{'first ms':>10}{'x dense':>9}{'x SparseAdam':>14}")
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['impl']:<18}{r['table_rows']:>12,}{r['median_s'] * 1e3:>11.2f}"
+            f"{r['min_s'] * 1e3:>9.2f}{r['max_s'] * 1e3:>9.2f}{r['first_call_s'] * 1e3:>10.1f}"
+            f"{common.fmt(r['vs_dense']):>9}{common.fmt(r['vs_torch_sparseadam']):>14}")
+    return "\n".join(lines + [""] + [f"- {n}" for n in result["notes"]])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="more repeats, dense at 3e6 too")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--out", default=None, help="directory for optim.json")
+    args = parser.parse_args()
+    result = run(quick=not args.full, compare=set() if args.no_torch else {"torch"},
+                 out_dir=args.out)
+    print(format_table(result))
+
+
+if __name__ == "__main__":
+    main()
