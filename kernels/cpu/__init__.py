@@ -1,3 +1,14 @@
-"""Numba CPU kernels, same names and signatures as ``kernels.reference``."""
-from kernels.cpu.optim import *  # noqa: F401,F403
-from kernels.cpu.rows import *  # noqa: F401,F403
+"""Numba CPU kernels, same names and signatures as ``kernels.reference``.
+
+The kernels' ``prange`` loops use Numba's ``workqueue`` threading layer unless
+``NUMBA_THREADING_LAYER`` says otherwise: GNU OpenMP (the default layer of the PyPI wheels)
+aborts any process that forks after using it, and ``mg.parallel.hogwild`` forks workers.
+"""
+import os as _os
+
+if "NUMBA_THREADING_LAYER" not in _os.environ:
+    import numba as _numba
+
+    _numba.config.THREADING_LAYER = "workqueue"
+from kernels.cpu.optim import *  # noqa: E402,F401,F403
+from kernels.cpu.rows import *  # noqa: E402,F401,F403
