@@ -14,6 +14,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import time
 import traceback
@@ -93,6 +94,7 @@ def main(argv=None):
     report = {"mode": mode, "compare": sorted(args.compare), "argv": list(argv or sys.argv[1:]),
               "benchmarks": {}, "skipped": {}, "errors": {}, "wall_s": {}}
     table, notes = [], []
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     bar = common.progress(args.names, desc="benchmarks", leave=True, position=0)
     for name in bar:
         bar.set_postfix_str(name)
@@ -115,7 +117,14 @@ def main(argv=None):
         table += table_rows(name, module, res)
         notes += [f"{name}: {n}" for n in res.get("notes", [])]
     bar.close()
+    common.torch_or_none(args.compare)  # record the thread count the torch rows ran with
     report["environment"] = common.environment()
+    report["environment"]["load_average_before"] = load_before
+    if load_before and max(load_before[0], report["environment"]["load_average"][0]) > (
+            0.5 + (os.cpu_count() or 1) * 0.5):
+        notes.append(f"machine was busy (load average {load_before[0]:.1f} before, "
+                     f"{report['environment']['load_average'][0]:.1f} after, "
+                     f"{os.cpu_count()} cores): timings include contention")
     if common.pyplot_or_none() is None:
         notes.append(common.NO_MATPLOTLIB)
     report["plots"] = [p for r in report["benchmarks"].values() for p in r.get("plots", [])]

@@ -106,15 +106,20 @@ def _git_commit():
         return {"commit": None, "dirty": None}
 
 
+def numba_threads():
+    """Numba's thread count, read from its config: ``numba.get_num_threads()`` would start
+    Numba's OpenMP pool, whose idle spinning slows a PyTorch run in the same process 100x."""
+    try:
+        from numba.core import config
+    except ImportError:
+        return None
+    return int(config.NUMBA_NUM_THREADS)
+
+
 def thread_settings():
     """Thread counts each library will use: env vars, Numba, and PyTorch when imported."""
     out = {var: os.environ.get(var) for var in THREAD_VARS}
-    try:
-        import numba
-
-        out["numba_threads"] = int(numba.get_num_threads())
-    except ImportError:
-        out["numba_threads"] = None
+    out["numba_threads"] = numba_threads()
     torch = sys.modules.get("torch")
     out["torch_threads"] = int(torch.get_num_threads()) if torch is not None else None
     return out
@@ -138,6 +143,7 @@ def environment():
         "threads": thread_settings(),
         "versions": versions,
         "git": _git_commit(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "floatX": _floatx(),
     }
 
@@ -163,7 +169,7 @@ def torch_or_none(compare):
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(thread_settings()["numba_threads"] or os.cpu_count() or 1)
+    torch.set_num_threads(numba_threads() or os.cpu_count() or 1)
     return torch
 
 

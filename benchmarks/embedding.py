@@ -18,7 +18,11 @@ Targets from the issue are printed as measured ratios, never asserted.
 """
 from __future__ import annotations
 
+import functools
 import gc
+import importlib.util
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -97,18 +101,46 @@ def measure(make, settings):
     return row
 
 
-def systems(compare):
-    """``[(label, factory(vocab, batches))]`` for every system available in this run."""
-    out = []
+SYSTEMS = {  # label: (library, builder argument)
+    "minigrad dense Adam": ("minigrad", "dense"),
+    "minigrad lazy Adam": ("minigrad", "lazy"),
+    "minigrad exact Adam": ("minigrad", "exact"),
+    "torch dense Adam": ("torch", False),
+    "torch sparse SparseAdam": ("torch", True),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_batches(vocab, n_batches):
+    return make_batches(vocab, n_batches)
+
+
+def measure_system(label, vocab, settings, compare):
+    """Run in a child process: build one system at one vocabulary and time it."""
+    library, arg = SYSTEMS[label]
+    batches = _cached_batches(vocab, settings["n_batches"])
+    if library == "minigrad":
+        make = functools.partial(minigrad_step, vocab, arg, batches)
+    else:
+        make = functools.partial(torch_step, common.torch_or_none(compare), vocab, arg, batches)
+    row = measure(make, settings)
+    gc.collect()
+    return {"bench": "embedding", "system": label, "vocab": vocab, **row}
+
+
+def libraries(compare):
+    """``{library: [labels]}`` for the libraries available in this run, and notes."""
+    found, notes = {}, []
     if _optim_available():
-        for mode in ("dense", "lazy", "exact"):
-            label = f"minigrad {mode} Adam"
-            out.append((label, lambda v, b, mode=mode: minigrad_step(v, mode, b)))
-    torch = common.torch_or_none(compare)
-    if torch is not None:
-        out.append(("torch dense Adam", lambda v, b: torch_step(torch, v, False, b)))
-        out.append(("torch sparse SparseAdam", lambda v, b: torch_step(torch, v, True, b)))
-    return out, torch
+        found["minigrad"] = [k for k, v in SYSTEMS.items() if v[0] == "minigrad"]
+    else:
+        notes.append("mg.optim.Adam is not available in this checkout: minigrad rows skipped")
+    if "torch" in set(compare or ()):
+        if importlib.util.find_spec("torch") is not None:
+            found["torch"] = [k for k, v in SYSTEMS.items() if v[0] == "torch"]
+        else:
+            notes.append("--compare torch: torch is not installed, PyTorch rows skipped")
+    return found, notes
 
 
 def _optim_available():
@@ -166,22 +198,24 @@ def run(quick=False, compare=(), out_dir=None, smoke=False):
     notes = [f"float32, batch {BATCH} x {LENGTH} Zipf tokens, dim {DIM}, {N_CLASSES} classes, "
              f"Adam lr={LR}; median_s = median over {settings['repeats']} blocks of "
              "steps_per_repeat steps; first_step_s (JIT/cache load) is not in the median"]
-    found, torch = systems(compare)
-    if not _optim_available():
-        notes.append("mg.optim.Adam is not available in this checkout: minigrad rows skipped")
-    if "torch" in set(compare or ()) and torch is None:
-        notes.append("--compare torch: torch is not installed, PyTorch rows skipped")
+    found, more = libraries(compare)
+    notes += more + [
+        "each library runs in its own fresh process (one after the other): an idle OpenMP "
+        "pool of one library spinning next to the other's threads distorts timings 10-100x"]
     rows = []
-    bar = common.progress(total=len(sizes) * len(found), desc="embedding")
-    for vocab in sizes:
-        batches = make_batches(vocab, settings["n_batches"])
-        for label, factory in found:
-            bar.set_postfix_str(f"{label} V={vocab}")
-            row = measure(lambda f=factory, v=vocab, b=batches: f(v, b), settings)
-            rows.append({"bench": "embedding", "system": label, "vocab": vocab, **row})
-            gc.collect()
-            bar.update()
+    bar = common.progress(total=len(sizes) * sum(map(len, found.values())), desc="embedding")
+    context = multiprocessing.get_context("spawn")
+    for labels in found.values():
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            for vocab in sizes:
+                for label in labels:
+                    bar.set_postfix_str(f"{label} V={vocab}")
+                    rows.append(pool.submit(measure_system, label, vocab, settings,
+                                            set(compare or ())).result())
+                    bar.update()
     bar.close()
+    order = list(SYSTEMS)
+    rows.sort(key=lambda r: (r["vocab"], order.index(r["system"])))
     summary = ratios(rows)
     notes += [common.ratio_note(s) for s in summary]
     return common.result("embedding", rows, notes, [plot(rows, out_dir)] if rows else [],
