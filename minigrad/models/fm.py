@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 import minigrad as mg
+from minigrad.models.masked_embedding import normal_table
 from minigrad.ops.sparse import CSRColumns
 
 LOSSES = ("logistic", "squared")
@@ -36,8 +37,7 @@ class FactorizationMachine:
         self.n_features, self.k = int(n_features), int(k)
         self.b = mg.shared(np.zeros(1, dtype), name="fm_b")
         self.w = mg.shared(np.zeros((n_features, 1), dtype), name="fm_w")
-        self.V = mg.shared((rng.standard_normal((n_features, k)) * init_std).astype(dtype),
-                           name="fm_V")
+        self.V = mg.shared(normal_table(rng, (n_features, k), init_std, dtype), name="fm_V")
 
     @property
     def params(self):

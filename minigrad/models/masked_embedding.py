@@ -103,8 +103,7 @@ class MaskedEmbeddingClassifier:
         dtype = np.dtype(dtype or mg.config.floatX)
         rng = np.random.default_rng(seed)
         self.vocab_size, self.dim, self.n_classes = int(vocab_size), int(dim), int(n_classes)
-        self.E = mg.shared((rng.standard_normal((vocab_size, dim)) * init_std).astype(dtype),
-                           name="E")
+        self.E = mg.shared(normal_table(rng, (vocab_size, dim), init_std, dtype), name="E")
         self.M = mg.shared(np.ones((vocab_size, dim if vector_mask else 1), dtype), name="M")
         limit = np.sqrt(6.0 / (dim + n_classes))
         self.W = mg.shared(rng.uniform(-limit, limit, (dim, n_classes)).astype(dtype), name="W")
@@ -140,6 +139,15 @@ class MaskedEmbeddingClassifier:
             if not isinstance(weights, mg.Variable):
                 weights = mg.constant(np.asarray(weights, dtype=self.E.dtype))
         return mg.nn.cross_entropy(self.logits(tokens, mask), labels, weights)
+
+
+def normal_table(rng, shape, std, dtype):
+    """N(0, std^2) values drawn directly in ``dtype`` (float32 tables of 10^8 entries are
+    drawn without a float64 temporary twice their size)."""
+    draw_dtype = np.float32 if dtype == np.float32 else np.float64
+    table = rng.standard_normal(shape, dtype=draw_dtype)
+    table *= draw_dtype(std)
+    return table.astype(dtype, copy=False)
 
 
 def log_inverse_frequency(labels, n_classes):
