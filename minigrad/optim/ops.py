@@ -119,3 +119,110 @@ def _register_cupy():
 
 
 _register_cupy()
+
+
+class CatchUpRows(Op):
+    """Bring the rows a forward gather is about to read up to date (exact mode).
+
+    In exact mode a row's stored value lags while it is not touched; the optimizer applies
+    the skipped steps when the row next appears in a gradient. But the *forward* pass of
+    that step reads the row first. This node runs the rule's catch-up (the fused kernel
+    with no gradient) on the unique rows of ``idx`` up to step ``t_new - 1`` and returns the
+    parameter, so ``Take(CatchUpRows(...), idx)`` reads exactly what the dense optimizer
+    would hold. Catching up changes the representation, not the logical state (the
+    parameter "is" its caught-up value), so running it before a later error is harmless
+    and it runs in graph order rather than in the destructive phase.
+    """
+
+    __props__ = ("kernel", "layout", "present", "hyper")
+
+    def __init__(self, kernel, layout, present, hyper):
+        self.kernel, self.layout = kernel, tuple(layout)
+        self.present, self.hyper = tuple(present), tuple(hyper)
+
+    def make_node(self, param, *rest):
+        return Apply(self, [param, *rest], [param.type])
+
+    def run(self, module, node, inputs):
+        from minigrad.types import array_module
+
+        tables, (t_new, idx) = inputs[:-2], inputs[-2:]
+        param, states, last = tables[0], dict(zip(self.present, tables[1:-1])), tables[-1]
+        xp = array_module(param)
+        rows = xp.unique(xp.asarray(idx).reshape(-1))
+        if rows.shape[0] and (int(rows[0]) < 0 or int(rows[-1]) >= param.shape[0]):
+            bad = int(rows[0]) if int(rows[0]) < 0 else int(rows[-1])
+            raise IndexError(
+                f"index {node.inputs[-1].name or 'index'!r}: value {bad} is out of range for "
+                f"{node.inputs[0].name or 'the table'} with {param.shape[0]} rows "
+                f"(valid: 0..{param.shape[0] - 1})"
+            )
+        if int(t_new) > 1:  # before the first step there is nothing to catch up
+            getattr(module, self.kernel)(
+                param, *[states.get(name) for name in self.layout], rows.astype(np.int64),
+                None, int(t_new) - 1, last, *self.hyper,
+            )
+        return (param,)
+
+    def perform(self, node, inputs):
+        return self.run(kernel_module("numpy"), node, inputs)
+
+
+def fresh_reads(outputs):
+    """Rewrite: every row gather of a parameter updated by an exact-mode ``RowUpdate``
+    reads through ``CatchUpRows`` (see its docstring)."""
+    from minigrad.graph import toposort
+    from minigrad.ops.indexing import Take
+    from minigrad.rewrite import apply_local
+
+    exact = {}
+    for node in toposort(outputs):
+        if isinstance(node.op, RowUpdate) and node.op.exact:
+            n_tables = 1 + len(node.op.present) + 1
+            exact[node.inputs[0]] = (node.op, node.inputs[:n_tables], node.inputs[-1])
+    if not exact:
+        return outputs
+
+    def local(node):
+        if not isinstance(node.op, Take) or node.inputs[0] not in exact:
+            return None
+        op, tables, t_new = exact[node.inputs[0]]
+        catch_up = CatchUpRows(op.kernel, op.layout, op.present, op.hyper)
+        fresh = catch_up(*tables, t_new, node.inputs[1])
+        return [Take()(fresh, node.inputs[1])]
+
+    return apply_local(outputs, local)
+
+
+def _register_rewrite():
+    from minigrad.rewrite import register
+
+    register("default", "fresh_reads")(fresh_reads)
+
+
+_register_rewrite()
+
+
+def _register_backends():
+    try:
+        from minigrad.backends.numba import impl as numba_impl
+
+        @numba_impl.register
+        def _catch_up_numba(op: CatchUpRows, node):
+            module = kernel_module()
+            return lambda inputs: op.run(module, node, inputs)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from minigrad.backends.cupy import impl as cupy_impl
+
+        @cupy_impl.register
+        def _catch_up_cupy(op: CatchUpRows, node):
+            import kernels.gpu as gpu
+
+            return lambda inputs: op.run(gpu, node, inputs)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_register_backends()
