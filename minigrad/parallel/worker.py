@@ -23,10 +23,11 @@ import numpy as np
 from minigrad.data.batching import batches
 from minigrad.parallel.shm import Arena, rebuild_columns
 
-#: environment that keeps each worker on one thread (2 workers on 2 cores, no
-#: oversubscription); applied before the worker imports numba/BLAS
+#: environment that keeps each worker's BLAS on one thread (2 workers on 2 cores, no
+#: oversubscription); applied before the worker imports BLAS. Numba is capped with
+#: ``numba.set_num_threads(1)`` instead: changing NUMBA_NUM_THREADS in the environment of a
+#: process whose thread pool is running makes Numba's next compilation raise.
 ONE_THREAD_ENV = {
-    "NUMBA_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
@@ -150,15 +151,14 @@ def _as_float(loss):
 
 
 def _one_thread():
-    # spawn: the parent put ONE_THREAD_ENV in our environment before we imported numba;
-    # fork: numba may already be imported, so cap its pool directly.
+    # BLAS: spawn children got ONE_THREAD_ENV before importing it. Numba: a runtime cap.
     os.environ.update(ONE_THREAD_ENV)
-    numba = sys.modules.get("numba")
-    if numba is not None:
-        try:
-            numba.set_num_threads(1)
-        except (ValueError, RuntimeError):
-            pass
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except (ImportError, ValueError, RuntimeError):
+        pass
 
 
 def _release(arenas):
