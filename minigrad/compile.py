@@ -130,13 +130,13 @@ class Function:
                 if isinstance(var, SharedVariable) and var not in slot:
                     self.shared.append((var, slot_of(var)))
                 elif isinstance(var, Constant) and var not in slot:
-                    self.constants.append((slot_of(var), var.data))
+                    self.constants.append((slot_of(var), self.backend.to_device(var.data)))
         for var in self.graph_outputs + self.graph_updates:
             if var.owner is None and var not in slot:
                 if isinstance(var, SharedVariable):
                     self.shared.append((var, slot_of(var)))
                 elif isinstance(var, Constant):
-                    self.constants.append((slot_of(var), var.data))
+                    self.constants.append((slot_of(var), self.backend.to_device(var.data)))
         self.program = [
             (self.backend.make_thunk(n), [slot_of(i) for i in n.inputs],
              [slot_of(o) for o in n.outputs])
@@ -218,7 +218,8 @@ class Function:
             v = storage[s]
             if isinstance(v, RowSparse):
                 v = v.values
-            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not self.backend.isfinite_all(v):
+            is_float = getattr(getattr(v, "dtype", None), "kind", "") == "f"
+            if is_float and not self.backend.isfinite_all(v):  # NumPy or CuPy arrays
                 return False
         return True
 

@@ -87,12 +87,22 @@ def impl(op, node):
     """Default: run the NumPy ``perform`` on host copies (recorded in HOST_FALLBACKS)."""
     HOST_FALLBACKS.add(type(op).__name__)
     perform = op.perform
+    shape_only = set(getattr(op, "shape_only_inputs", ()))
 
     def thunk(inputs):
-        outputs = perform(node, [to_host(x) for x in inputs])
-        return tuple(to_device(o) for o in outputs)
+        host = [_shape_stand_in(x) if i in shape_only else to_host(x)
+                for i, x in enumerate(inputs)]
+        return tuple(to_device(o) for o in perform(node, host))
 
     return thunk
+
+
+def _shape_stand_in(x):
+    """A zero-stride host array with ``x``'s shape: an input read only for its shape is
+    never copied off the device (it may be a whole embedding table)."""
+    if _is_device(x):
+        return np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
+    return x
 
 
 def make_thunk(node):
@@ -146,8 +156,8 @@ def _reduce(op, node):
 @impl.register(shape.Shape)
 @impl.register(shape.ProdShape)
 def _shape_info(op, node):
-    # Only the shape of the input is read; the tiny result lives on the host.
-    return lambda inputs: op.perform(node, inputs)
+    # Only the shape of the input is read (no transfer); the tiny result goes to the device.
+    return lambda inputs: tuple(cp().asarray(o) for o in op.perform(node, inputs))
 
 
 @impl.register(shape.Reshape)

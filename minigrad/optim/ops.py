@@ -43,6 +43,13 @@ class PrepareRows(Op):
 
     def perform(self, node, inputs):
         grad, param, *tables = inputs
+        self.check_shapes(node, grad, param, tables)
+        c = grad.coalesce()
+        values = np.ascontiguousarray(c.values, dtype=param.dtype)
+        return (RowSparse(c.indices, values, c.shape, coalesced=True),)
+
+    @staticmethod
+    def check_shapes(node, grad, param, tables):
         if tuple(grad.shape) != tuple(param.shape):
             raise ValueError(
                 f"row-sparse gradient of shape {grad.shape} for {node.inputs[1]} of shape "
@@ -56,9 +63,6 @@ class PrepareRows(Op):
                     f"optimizer state {var} has shape {table.shape}, parameter "
                     f"{node.inputs[1]} has shape {param.shape} (set_value changed its shape?)"
                 )
-        c = grad.coalesce()
-        values = np.ascontiguousarray(c.values, dtype=param.dtype)
-        return (RowSparse(c.indices, values, c.shape, coalesced=True),)
 
 
 class RowUpdate(Op):
@@ -116,6 +120,22 @@ def _register_cupy():
         import kernels.gpu as gpu  # raises ImportError without CuPy/CUDA
 
         return lambda inputs: op.run(gpu, inputs)
+
+    @impl.register
+    def _prepare_rows(op: PrepareRows, node):
+        import kernels.gpu as gpu
+
+        def thunk(inputs):
+            grad, param, *tables = inputs
+            op.check_shapes(node, grad, param, tables)
+            if grad._coalesced:
+                idx, vals = grad.indices, grad.values
+            else:
+                idx, vals = gpu.coalesce_rows(grad.indices, grad.values)
+            vals = vals.astype(param.dtype, copy=False)
+            return (RowSparse(idx, vals, grad.shape, coalesced=True),)
+
+        return thunk
 
 
 _register_cupy()
