@@ -206,9 +206,9 @@ class Function:
             if not in_place:
                 value = storage[s]
                 if s in self.leaf_slots or id(value) in handed_out or (
-                    isinstance(value, np.ndarray) and value.base is not None
+                    getattr(value, "base", None) is not None
                 ):
-                    value = np.array(value, copy=True)
+                    value = value.copy()  # NumPy or CuPy: the update owns its buffer
                 handed_out.add(id(value))
                 target._value = value
         return outputs[0] if self.single_output else (outputs if self.outputs else None)

@@ -139,7 +139,17 @@ def _cast(op: elemwise.Cast, node):
 
 @impl.register
 def _reduce_like(op: elemwise.ReduceLike, node):
-    return lambda inputs: (elemwise.sum_to_shape(inputs[0], inputs[1].shape),)
+    def thunk(inputs):
+        g, shape = inputs[0], inputs[1].shape
+        if g.shape == tuple(shape):
+            return (g,)
+        lead = g.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+        )
+        return (cp().sum(g, axis=axes, keepdims=True).reshape(shape),)
+
+    return thunk
 
 
 @impl.register(reduce.Sum)
@@ -160,15 +170,35 @@ def _shape_info(op, node):
     return lambda inputs: tuple(cp().asarray(o) for o in op.perform(node, inputs))
 
 
-@impl.register(shape.Reshape)
-@impl.register(shape.ReshapeLike)
-@impl.register(shape.Transpose)
-@impl.register(shape.ExpandDims)
-@impl.register(shape.Subtensor)
-@impl.register(linalg.FlattenBatch)
-def _views(op, node):
-    # These performs use NumPy functions that dispatch to CuPy (__array_function__).
-    return lambda inputs: op.perform(node, inputs)
+@impl.register
+def _reshape(op: shape.Reshape, node):
+    return lambda inputs: (inputs[0].reshape(op.shape),)
+
+
+@impl.register
+def _reshape_like(op: shape.ReshapeLike, node):
+    return lambda inputs: (inputs[0].reshape(inputs[1].shape),)
+
+
+@impl.register
+def _transpose(op: shape.Transpose, node):
+    return lambda inputs: (inputs[0].transpose(op.axes),)
+
+
+@impl.register
+def _expand_dims(op: shape.ExpandDims, node):
+    return lambda inputs: (cp().expand_dims(inputs[0], op.axes),)
+
+
+@impl.register
+def _subtensor(op: shape.Subtensor, node):
+    key = shape._thaw_key(op.key)
+    return lambda inputs: (inputs[0][key],)
+
+
+@impl.register
+def _flatten_batch(op: linalg.FlattenBatch, node):
+    return lambda inputs: (inputs[0].reshape(-1, inputs[0].shape[-1]),)
 
 
 @impl.register
