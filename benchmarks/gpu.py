@@ -103,6 +103,9 @@ def run(quick=False, compare=(), out_dir=None, smoke=False):
             if lazy and by.get((other, vocab)):
                 notes.append(f"{other} / minigrad cupy lazy @V={vocab}: "
                              f"{by[(other, vocab)] / lazy:.2f}x")
+    from minigrad.backends.cupy import HOST_FALLBACKS
+
+    notes.append(f"ops run on the host (round trip): {sorted(HOST_FALLBACKS) or 'none'}")
     return common.result("gpu", rows, notes)
 
 
