@@ -4,7 +4,9 @@ One compiled loop per rule walks the touched rows once: catch-up of the skipped 
 mode), then the step, on the parameter row and its state rows together while they are in
 cache. Arguments are checked by the reference's ``check_rows_args`` first (Numba does no
 bounds checking); absent state tables are passed as empty arrays and never read. Arithmetic
-is float64 whatever the table dtype.
+is float64 whatever the table dtype. Every loop is compiled with ``error_model="numpy"``:
+division by zero gives inf/nan as in NumPy instead of a Python exception, and without that
+per-element check LLVM vectorises the loops (Adam's sqrt and division: 5x faster).
 """
 import numpy as np
 from numba import njit
@@ -31,7 +33,7 @@ def _prepare(param, states, idx, grad, t, last):
     return p2, s2, idx, grad, has_grad, t, (last if exact else _NO_LAST), exact
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _lag(last, r, t, has_grad):
     return (t - 1 if has_grad else t) - last[r]
 
@@ -39,7 +41,7 @@ def _lag(last, r, t, has_grad):
 # --- SGD / momentum ------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _matpow2(a11, a12, a21, a22, k):
     r11, r12, r21, r22 = 1.0, 0.0, 0.0, 1.0
     while k > 0:
@@ -52,7 +54,7 @@ def _matpow2(a11, a12, a21, a22, k):
     return r11, r12, r21, r22
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _momentum_elem(p, b, g, first, lr, mu, damp, nesterov, wd):
     if wd != 0.0:
         g = g + wd * p
@@ -62,7 +64,7 @@ def _momentum_elem(p, b, g, first, lr, mu, damp, nesterov, wd):
     return p - lr * g, b
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd, a):
     width = P.shape[1]
     for i in range(idx.shape[0]):
@@ -111,7 +113,7 @@ def sgd_rows(param, idx, grad, t, last, lr, weight_decay):
 # --- Adagrad -------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _adagrad_elem(p, acc, g, lr, eps, wd):
     if wd != 0.0:
         g = g + wd * p
@@ -119,7 +121,7 @@ def _adagrad_elem(p, acc, g, lr, eps, wd):
     return p - lr * (g / (np.sqrt(acc) + eps)), acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd):
     width = P.shape[1]
     for i in range(idx.shape[0]):
@@ -148,7 +150,7 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay):
 # --- RMSprop -------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _rmsprop_elem(p, sq, ga, b, g, lr, alpha, eps, mom, centered, wd):
     if wd != 0.0:
         g = g + wd * p
@@ -166,7 +168,7 @@ def _rmsprop_elem(p, sq, ga, b, g, lr, alpha, eps, mom, centered, wd):
     return p, sq, ga, b
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom, centered,
              wd):
     width = P.shape[1]
@@ -226,7 +228,7 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
 # --- Adam / AdamW --------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _adam_elem(p, m, v, g, b1, b2, eps, l2, q, step_size, sqrt_bc2, lazy):
     p = p * q
     g = g + l2 * p
@@ -239,7 +241,7 @@ def _adam_elem(p, m, v, g, b1, b2, eps, l2, q, step_size, sqrt_bc2, lazy):
     return p, m, v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam_scalars(lr, b1, b2, s, lazy):
     bc1, bc2 = 1.0 - b1 ** float(s), 1.0 - b2 ** float(s)
     if lazy:
@@ -247,7 +249,7 @@ def _adam_scalars(lr, b1, b2, s, lazy):
     return lr / bc1, np.sqrt(bc2)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam_catch_up(P, M, V, r, lag_from, k, lr, b1, b2, eps, l2, q, ratio, tol, stop):
     """Skipped steps of one row, step-major so the per-step scalars are computed once.
 
@@ -292,7 +294,7 @@ def _adam_catch_up(P, M, V, r, lag_from, k, lr, b1, b2, eps, l2, q, ratio, tol, 
             P[r, d] = P[r, d] * fq
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam(P, M, V, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, l2, q, ratio, tol):
     width = P.shape[1]
     stop = np.zeros(width, dtype=np.int64)

@@ -11,6 +11,7 @@ of gather, bag_sum, csr_dense_dot and the run sums roughly double their speed; s
 scatter-add between threads made it slower).
 """
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -99,13 +100,29 @@ _PREFETCH_DISTANCE = 16
 # --- compiled loops -----------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _gather(table, indices, out):
-    for i in prange(indices.shape[0]):
-        out[i, :] = table[indices[i], :]
+# Row-parallel kernels come in two parts: a serial ``*_range(lo, hi, ...)`` over output rows
+# and a ``prange`` driver over chunks that calls it. Small calls (most training steps) run
+# the range directly: a parallel launch costs ~75 us on the fork-safe workqueue layer, more
+# than the whole job. ``_rows(...)`` below picks by the amount of work.
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gather_range(lo, hi, table, indices, out):
+    width = table.shape[1]
+    for i in range(lo, hi):
+        src = table[indices[i]]
+        dst = out[i]
+        for j in range(width):
+            dst[j] = src[j]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _gather_chunks(n_chunks, n, table, indices, out):
+    for c in prange(n_chunks):
+        _gather_range(c * n // n_chunks, (c + 1) * n // n_chunks, table, indices, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _scatter_add(out, indices, values, distance):
     """``out[indices[i]] += values[i]``, prefetching row ``indices[i + distance]`` (0: off).
 
@@ -126,11 +143,11 @@ def _scatter_add(out, indices, values, distance):
             dst[j] += src[j]
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _sum_runs(values, order, starts, out):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sum_runs_range(lo, hi, values, order, starts, out):
     """``out[u] = sum(values[order[k]] for k in run u)``; runs are disjoint output rows."""
     width = values.shape[1]
-    for u in prange(starts.shape[0] - 1):
+    for u in range(lo, hi):
         dst = out[u]
         for k in range(starts[u], starts[u + 1]):
             src = values[order[k]]
@@ -138,11 +155,17 @@ def _sum_runs(values, order, starts, out):
                 dst[j] += src[j]
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _weighted_sum_runs(src, src_rows, weights, order, starts, out):
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _sum_runs_chunks(n_chunks, n, values, order, starts, out):
+    for c in prange(n_chunks):
+        _sum_runs_range(c * n // n_chunks, (c + 1) * n // n_chunks, values, order, starts, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _weighted_sum_runs_range(lo, hi, src, src_rows, weights, order, starts, out):
     """``out[u] = sum(weights[p] * src[src_rows[p]] for p in run u)``."""
     width = src.shape[1]
-    for u in prange(starts.shape[0] - 1):
+    for u in range(lo, hi):
         dst = out[u]
         for k in range(starts[u], starts[u + 1]):
             p = order[k]
@@ -152,10 +175,17 @@ def _weighted_sum_runs(src, src_rows, weights, order, starts, out):
                 dst[j] += w * row[j]
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _bag_sum(table, tokens, mask, out):
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _weighted_sum_runs_chunks(n_chunks, n, src, src_rows, weights, order, starts, out):
+    for c in prange(n_chunks):
+        _weighted_sum_runs_range(c * n // n_chunks, (c + 1) * n // n_chunks, src, src_rows,
+                                 weights, order, starts, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bag_sum_range(lo, hi, table, tokens, mask, out):
     width = table.shape[1]
-    for b in prange(tokens.shape[0]):
+    for b in range(lo, hi):
         dst = out[b]
         for t in range(tokens.shape[1]):
             m = mask[b, t]
@@ -165,16 +195,42 @@ def _bag_sum(table, tokens, mask, out):
                     dst[j] += m * row[j]
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _csr_dense_dot(indptr, indices, data, dense, out):
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _bag_sum_chunks(n_chunks, n, table, tokens, mask, out):
+    for c in prange(n_chunks):
+        _bag_sum_range(c * n // n_chunks, (c + 1) * n // n_chunks, table, tokens, mask, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _csr_dense_dot_range(lo, hi, indptr, indices, data, dense, out):
     width = dense.shape[1]
-    for r in prange(indptr.shape[0] - 1):
+    for r in range(lo, hi):
         dst = out[r]
         for k in range(indptr[r], indptr[r + 1]):
             w = data[k]
             row = dense[indices[k]]
             for j in range(width):
                 dst[j] += w * row[j]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _csr_dense_dot_chunks(n_chunks, n, indptr, indices, data, dense, out):
+    for c in prange(n_chunks):
+        _csr_dense_dot_range(c * n // n_chunks, (c + 1) * n // n_chunks, indptr, indices, data,
+                             dense, out)
+
+
+#: below this many scalars touched, a kernel runs serially (see the note above)
+PARALLEL_MIN_WORK = 1 << 20
+
+
+def _rows(kernel_range, kernel_chunks, n, work, *args):
+    """Run a row kernel over ``n`` output rows, in parallel only when ``work`` pays for it."""
+    threads = numba.get_num_threads()
+    if work < PARALLEL_MIN_WORK or threads < 2 or n < 2:
+        kernel_range(0, n, *args)
+    else:
+        kernel_chunks(min(n, 4 * threads), n, *args)
 
 
 def _scatter_add_2d(out2d, indices, values2d):
@@ -190,7 +246,9 @@ def gather_rows(table, indices):
     """Return ``table[indices]`` as a new array of shape ``(len(indices),) + table.shape[1:]``."""
     table, indices = V.gather_args(np.asarray(table), np.asarray(indices))
     out = np.empty((indices.shape[0],) + table.shape[1:], dtype=table.dtype)
-    _gather(_as_2d(table), _as_i64(indices), out.reshape(out.shape[0], V.row_width(out)))
+    out2d = out.reshape(out.shape[0], V.row_width(out))
+    _rows(_gather_range, _gather_chunks, out.shape[0], out.size, _as_2d(table),
+          _as_i64(indices), out2d)
     return out
 
 
@@ -217,7 +275,8 @@ def coalesce_rows(indices, values):
     order, starts, unique = _sorted_runs(_as_i64(indices))
     summed = np.zeros((unique.shape[0],) + values.shape[1:], dtype=values.dtype)
     if unique.shape[0]:
-        _sum_runs(_as_2d(values), order, starts, summed.reshape(unique.shape[0], -1))
+        _rows(_sum_runs_range, _sum_runs_chunks, unique.shape[0], values.size, _as_2d(values),
+              order, starts, summed.reshape(unique.shape[0], -1))
     return unique, summed
 
 
@@ -228,7 +287,8 @@ def bag_sum(table, tokens, mask):
     if out.size:
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         mask = np.ascontiguousarray(mask)
-        _bag_sum(_as_2d(table), tokens, mask, out.reshape(out.shape[0], -1))
+        _rows(_bag_sum_range, _bag_sum_chunks, out.shape[0], tokens.size * V.row_width(table),
+              _as_2d(table), tokens, mask, out.reshape(out.shape[0], -1))
     return out
 
 
@@ -239,13 +299,9 @@ def csr_dense_dot(indptr, indices, data, dense):
     )
     out = np.zeros((n_rows,) + dense.shape[1:], dtype=dense.dtype)
     if out.size:
-        _csr_dense_dot(
-            _as_i64(indptr),
-            _as_i64(indices),
-            np.ascontiguousarray(data),
-            _as_2d(dense),
-            out.reshape(n_rows, -1),
-        )
+        _rows(_csr_dense_dot_range, _csr_dense_dot_chunks, n_rows,
+              data.shape[0] * V.row_width(dense), _as_i64(indptr), _as_i64(indices),
+              np.ascontiguousarray(data), _as_2d(dense), out.reshape(n_rows, -1))
     return out
 
 
@@ -259,14 +315,9 @@ def csr_t_dense_dot_rows(indptr, indices, data, grad):
     order, starts, unique = _sorted_runs(_as_i64(indices))
     values = np.zeros((unique.shape[0],) + grad.shape[1:], dtype=grad.dtype)
     if values.size:
-        _weighted_sum_runs(
-            _as_2d(grad),
-            row_ids,
-            np.ascontiguousarray(data),
-            order,
-            starts,
-            values.reshape(unique.shape[0], -1),
-        )
+        _rows(_weighted_sum_runs_range, _weighted_sum_runs_chunks, unique.shape[0],
+              grad.size, _as_2d(grad), row_ids, np.ascontiguousarray(data), order, starts,
+              values.reshape(unique.shape[0], -1))
     return unique, values
 
 
