@@ -118,9 +118,13 @@ _PREFETCH_DISTANCE = 16
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _gather_range(lo, hi, table, indices, out):
+def _gather_range(lo, hi, table, indices, out, distance):
     width = table.shape[1]
+    line = max(1, 64 // table.itemsize)
     for i in range(lo, hi):
+        if distance > 0 and i + distance < hi:
+            for j in range(0, width, line):
+                _prefetch_for_write(table, indices[i + distance], j)
         src = table[indices[i]]
         dst = out[i]
         for j in range(width):
@@ -128,9 +132,9 @@ def _gather_range(lo, hi, table, indices, out):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def _gather_chunks(n_chunks, n, table, indices, out):
+def _gather_chunks(n_chunks, n, table, indices, out, distance):
     for c in prange(n_chunks):
-        _gather_range(c * n // n_chunks, (c + 1) * n // n_chunks, table, indices, out)
+        _gather_range(c * n // n_chunks, (c + 1) * n // n_chunks, table, indices, out, distance)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -258,8 +262,10 @@ def gather_rows(table, indices):
     table, indices = V.gather_args(np.asarray(table), np.asarray(indices))
     out = np.empty((indices.shape[0],) + table.shape[1:], dtype=table.dtype)
     out2d = out.reshape(out.shape[0], V.row_width(out))
-    _rows(_gather_range, _gather_chunks, out.shape[0], out.size, _as_2d(table),
-          _as_i64(indices), out2d)
+    table2d = _as_2d(table)
+    distance = _PREFETCH_DISTANCE if table2d.nbytes > _PREFETCH_MIN_BYTES else 0
+    _rows(_gather_range, _gather_chunks, out.shape[0], out.size, table2d, _as_i64(indices),
+          out2d, distance)
     return out
 
 
