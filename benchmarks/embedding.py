@@ -51,7 +51,7 @@ def make_batches(vocab, n_batches, seed=0):
 # --- systems: each returns (step(i) -> None, compile_s) ----------------------------------
 
 
-def minigrad_step(vocab, mode, batches):
+def minigrad_step(vocab, mode, batches, backend=None):
     """A compiled minigrad step; ``mode``: "dense" (densified gradients), "lazy", "exact"."""
     import minigrad as mg
     from minigrad.ops.rowsparse import is_row_sparse
@@ -64,7 +64,7 @@ def minigrad_step(vocab, mode, batches):
         updates = mg.optim.Adam(model.params, lr=LR).updates(grads=grads)
     else:
         updates = mg.optim.Adam(model.params, lr=LR, sparse=mode).updates(cost)
-    fn = mg.function([tokens, mask, labels], cost, updates=updates)
+    fn = mg.function([tokens, mask, labels], cost, updates=updates, backend=backend)
 
     def step(i):
         fn(*batches[i % len(batches)])

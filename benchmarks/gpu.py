@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from benchmarks import common
-from benchmarks.embedding import BATCH, DIM, LENGTH, LR, N_CLASSES, make_batches
+from benchmarks.embedding import BATCH, DIM, LENGTH, LR, N_CLASSES, make_batches, minigrad_step
 
 SIZES = (30_000, 300_000, 3_000_000)
 SETTINGS = {"full": (7, 30), "quick": (3, 15), "smoke": (1, 2)}  # repeats, steps per repeat
@@ -21,24 +21,14 @@ SETTINGS = {"full": (7, 30), "quick": (3, 15), "smoke": (1, 2)}  # repeats, step
 def _minigrad(vocab, mode, batches):
     import cupy
 
-    import minigrad as mg
-    from minigrad.ops.rowsparse import is_row_sparse
+    step, _, model = minigrad_step(vocab, mode, batches, backend="cupy")
 
-    model = mg.models.MaskedEmbeddingClassifier(vocab, DIM, N_CLASSES, seed=0, dtype="float32")
-    tokens, mask, labels = mg.lmatrix("tokens"), mg.matrix("mask", "float32"), mg.lvector("y")
-    cost = model.cost(tokens, mask, labels)
-    if mode == "dense":
-        grads = [g.to_dense() if is_row_sparse(g) else g for g in mg.grad(cost, model.params)]
-        updates = mg.optim.Adam(model.params, lr=LR).updates(grads=grads)
-    else:
-        updates = mg.optim.Adam(model.params, lr=LR, sparse=mode).updates(cost)
-    fn = mg.function([tokens, mask, labels], cost, updates=updates, backend="cupy")
-
-    def step(i):
-        fn(*batches[i % len(batches)])
+    def synced(i):
+        step(i)
         cupy.cuda.Device().synchronize()
 
-    return step
+    synced.model = model  # keep the parameters alive while timing
+    return synced
 
 
 def _torch(torch, vocab, sparse, batches):
