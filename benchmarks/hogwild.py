@@ -236,3 +236,16 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     _print_table(run(quick=args.quick, compare=set(args.compare)))
     print(f"total {time.perf_counter() - t0:.1f} s")
+
+
+def table_rows(res):
+    """Rows for the suite's printed table: throughput per (library, workers)."""
+    return [
+        {"bench": "hogwild", "case": f"workers={r['n_workers']} ({r['start_method']})",
+         "system": r["library"], "value": r["samples_per_s"],
+         "lo": r.get("samples_per_s_min", r["samples_per_s"]),
+         "hi": r.get("samples_per_s_max", r["samples_per_s"]),
+         "unit": f"samples/s (x{r['speedup_vs_1']:.2f} vs 1 worker, final loss "
+                 f"{r['final_loss']:.4f})"}
+        for r in res.get("rows", []) if "samples_per_s" in r
+    ]

@@ -96,7 +96,8 @@ def _jit_rows():
         "_sum_runs_range": lambda: cpu.coalesce_rows(idx, vals),
         "_bag_sum_range": lambda: cpu.bag_sum(table, idx.reshape(1, 3), np.ones((1, 3), DTYPE)),
         "_csr_dense_dot_range": lambda: cpu.csr_dense_dot(indptr, idx, vals[:, 0], table),
-        "_weighted_sum_runs_range": lambda: cpu.csr_t_dense_dot_rows(indptr, idx, vals[:, 0], table[:2]),
+        "_weighted_sum_runs_range": lambda: cpu.csr_t_dense_dot_rows(indptr, idx, vals[:, 0],
+                                                                     table[:2]),
     }
     out = []
     for name, call in calls.items():
