@@ -1,0 +1,32 @@
+"""The README's example and the example scripts run as documented."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Fifteen lines\n\n```python\n(.*?)```", text, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    mg = namespace["mg"]
+    assert isinstance(mg.grad(namespace["cost"], namespace["E"]).type, mg.RowSparseType)
+
+
+@pytest.mark.parametrize("script,args", [
+    ("tutorial.py", []),
+    ("fm_gradient_noise.py", ["--epochs", "1"]),
+    ("text_classifier.py", ["--epochs", "1"]),
+])
+def test_example_scripts_run(script, args):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip()
