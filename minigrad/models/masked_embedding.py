@@ -59,24 +59,54 @@ class BagOfWords(Op):
                 f"{names[1]!r} has shape {mask.shape} but {names[0]!r} has shape "
                 f"{tokens.shape}; they must match"
             )
+        # array-module generic: the same code runs on NumPy and, in backend="cupy", on CuPy
+        xp, sparse = _array_modules(tokens)
         n_rows = np.shape(table)[0]
         keep = mask != 0
         cols = tokens[keep]
-        if cols.size and (cols.min() < 0 or cols.max() >= n_rows):
-            bad = cols.min() if cols.min() < 0 else cols.max()
+        if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= n_rows):
+            bad = int(cols.min()) if int(cols.min()) < 0 else int(cols.max())
             raise IndexError(
-                f"{names[0]!r}: token id {int(bad)} is out of range for a vocabulary of "
+                f"{names[0]!r}: token id {bad} is out of range for a vocabulary of "
                 f"{n_rows} (valid: 0..{n_rows - 1})"
             )
-        indptr = np.zeros(tokens.shape[0] + 1, dtype=np.int64)
-        np.cumsum(keep.sum(axis=1), out=indptr[1:])
+        index_dtype = np.int64 if xp is np else np.int32  # cupyx CSR takes int32 indices
+        indptr = xp.zeros(tokens.shape[0] + 1, dtype=index_dtype)
+        indptr[1:] = xp.cumsum(keep.sum(axis=1))
         data = mask[keep].astype(self.dtype, copy=False)
-        out = sp.csr_matrix((data, cols.astype(np.int64, copy=False), indptr),
-                            shape=(tokens.shape[0], n_rows))
+        out = sparse.csr_matrix((data, cols.astype(index_dtype, copy=False), indptr),
+                                shape=(tokens.shape[0], n_rows))
         return (out,)
 
     def grad(self, inputs, outputs, output_grads):
         return [None, None, None]
+
+
+def _array_modules(x):
+    """``(numpy, scipy.sparse)`` for host arrays, ``(cupy, cupyx.scipy.sparse)`` on a GPU."""
+    from minigrad.types import array_module
+
+    xp = array_module(x)
+    if xp is np:
+        return np, sp
+    import cupyx.scipy.sparse as cupy_sparse
+
+    return xp, cupy_sparse
+
+
+def _register_cupy():
+    """Run ``BagOfWords`` on the device in ``backend="cupy"`` (its perform is generic)."""
+    try:
+        from minigrad.backends.cupy import impl
+    except ImportError:  # pragma: no cover
+        return
+
+    @impl.register
+    def _bag_of_words(op: BagOfWords, node):
+        return lambda inputs: op.perform(node, inputs)
+
+
+_register_cupy()
 
 
 def bag_of_words(tokens, mask, table, dtype=None):
