@@ -12,6 +12,9 @@ the graph bottom-up and repeats until nothing changes.
 * ``shape_only_inputs``: an op that needs only the *shape* of an input (``TakeGrad``,
   ``CSRColumns``) reads it from the element-wise op's own input, so ``V ** 2`` is not
   computed just to learn its shape.
+* ``csr_pattern``: the stored columns of ``square(X)`` are those of ``X``, so the FM's two
+  sparse products share one gather of ``V``.
+* ``simplify``: ``x * 1``, ``x ** 1`` and ``x ** 2`` become ``x``, ``x``, ``square(x)``.
 """
 from __future__ import annotations
 
@@ -197,6 +200,24 @@ def shape_only_inputs(outputs):
         return node.op.make_node(*inputs).outputs
 
     return apply_local(outputs, local)
+
+
+@register("default", "csr_pattern")
+def csr_pattern(outputs):
+    """``CSRColumns(f(X), W) -> CSRColumns(X, W)`` when ``f`` keeps the sparsity pattern,
+    so gathers through ``X`` and ``f(X)`` become the same node after ``merge``."""
+    from minigrad.ops.sparse import CSRColumns
+
+    def local(node):
+        if not isinstance(node.op, CSRColumns):
+            return None
+        X, W = node.inputs
+        source = X
+        while source.owner is not None and getattr(source.owner.op, "same_pattern", False):
+            source = source.owner.inputs[0]
+        return None if source is X else node.op.make_node(source, W).outputs
+
+    return merge(apply_local(outputs, local))
 
 
 def _scalar_constant_value(var):

@@ -106,7 +106,13 @@ class SumRows(Op):
 
 
 class Square(Op):
-    """Element-wise square of the stored values (same sparsity pattern)."""
+    """Element-wise square of the stored values (same sparsity pattern).
+
+    ``same_pattern``: the rewriter may read the stored columns of ``Square(X)`` from ``X``
+    (so ``dot(X, V)`` and ``dot(square(X), V ** 2)`` share one gather of ``V``).
+    """
+
+    same_pattern = True
 
     def make_node(self, X):
         return Apply(self, [X], [X.type])
