@@ -200,6 +200,27 @@ def csr_t_dense_dot_rows_args(indptr, indices, data, grad):
     return indptr, indices, data, grad, n_rows
 
 
+def csr_scale_rows_args(indptr, data, grad):
+    """Validate ``csr_scale_rows``: ``grad`` has one row per CSR row."""
+    float_array("grad", grad)
+    indptr = index_array("indptr", indptr)
+    if data.ndim != 1:
+        raise ValueError(f"data must be 1-D, got shape {data.shape}")
+    if indptr.shape[0] < 1:
+        raise ValueError("indptr must have at least one entry (n_rows + 1)")
+    first, last = int(indptr[0]), int(indptr[-1])
+    if first != 0 or last != data.shape[0]:
+        raise ValueError(
+            f"indptr must start at 0 and end at nnz={data.shape[0]}, got {first} .. {last}"
+        )
+    if indptr.shape[0] > 1 and bool((indptr[1:] < indptr[:-1]).any()):
+        raise ValueError("indptr must be non-decreasing")
+    n_rows = indptr.shape[0] - 1
+    if grad.shape[0] != n_rows:
+        raise ValueError(f"grad must have n_rows={n_rows} rows, got shape {tuple(grad.shape)}")
+    return indptr, _same_float("data", data, grad.dtype), grad
+
+
 def segment_sum_args(values, segment_ids, n_segments):
     """Validate ``segment_sum``: every id in ``[0, n_segments)``."""
     float_array("values", values)

@@ -60,6 +60,16 @@ def scatter_add_rows(out, indices, values):
         np.add.at(out, indices, values)
 
 
+def csr_scale_rows(indptr, data, grad):
+    """``out[k] = data[k] * grad[row of stored entry k]`` (the gathered rows' gradient)."""
+    impl = _impl()
+    data = data.astype(grad.dtype, copy=False)
+    if impl:
+        return impl.csr_scale_rows(indptr, data, grad)
+    row_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    return data.reshape((-1,) + (1,) * (grad.ndim - 1)) * grad[row_of]
+
+
 def csr_gathered_dot(indptr, data, rows):
     """``out[i] = sum_{k in row i} data[k] * rows[k]`` (rows already gathered)."""
     n = len(indptr) - 1

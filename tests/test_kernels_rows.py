@@ -187,6 +187,18 @@ def test_csr_dense_dot(impl, case):
 
 @SETTINGS
 @given(case=csr_cases())
+def test_csr_scale_rows(impl, case):
+    indptr, indices, data, _, grad, _ = case
+    row_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    expected = np.array([data[k] * grad[row_of[k]] for k in range(len(data))],
+                        dtype=grad.dtype).reshape((len(data),) + grad.shape[1:])
+    got = impl.host(impl.mod.csr_scale_rows(*[impl.dev(a) for a in (indptr, data, grad)]))
+    assert got.shape == expected.shape and got.dtype == grad.dtype
+    np.testing.assert_allclose(got, expected, **_tol(grad.dtype))
+
+
+@SETTINGS
+@given(case=csr_cases())
 def test_csr_t_dense_dot_rows(impl, case):
     indptr, indices, data, _, grad, n_cols = case
     matrix = _csr_dense(indptr, indices, data, n_cols)
@@ -316,3 +328,11 @@ def test_scatter_add_into_non_contiguous_view(impl):
     expected = np.zeros((6, 8), np.float32)
     np.add.at(expected[:, ::2], indices, values)
     np.testing.assert_array_equal(impl.host(base), expected)
+
+
+def test_csr_scale_rows_rejects_bad_csr(impl):
+    m, dev = impl.mod, impl.dev
+    with pytest.raises(ValueError, match="grad must have n_rows=1"):
+        m.csr_scale_rows(dev(np.array([0, 2])), dev(np.ones(2)), dev(np.ones((2, 3))))
+    with pytest.raises(ValueError, match="end at nnz=2"):
+        m.csr_scale_rows(dev(np.array([0, 3])), dev(np.ones(2)), dev(np.ones((1, 3))))

@@ -28,6 +28,7 @@ __all__ = [
     "csr_dense_dot",
     "csr_t_dense_dot_rows",
     "segment_sum",
+    "csr_scale_rows",
 ]
 
 # --- array plumbing -----------------------------------------------------------------------
@@ -235,6 +236,18 @@ def _csr_dense_dot_chunks(n_chunks, n, indptr, indices, data, dense, out):
                              dense, out)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _csr_scale_rows(indptr, data, grad, out):
+    width = grad.shape[1]
+    for r in range(indptr.shape[0] - 1):
+        src = grad[r]
+        for k in range(indptr[r], indptr[r + 1]):
+            w = data[k]
+            dst = out[k]
+            for j in range(width):
+                dst[j] = w * src[j]
+
+
 #: below this many scalars touched, a kernel runs serially (see the note above)
 PARALLEL_MIN_WORK = 1 << 20
 
@@ -336,6 +349,17 @@ def csr_t_dense_dot_rows(indptr, indices, data, grad):
               grad.size, _as_2d(grad), row_ids, np.ascontiguousarray(data), order, starts,
               values.reshape(unique.shape[0], -1))
     return unique, values
+
+
+def csr_scale_rows(indptr, data, grad):
+    """``out[k] = data[k] * grad[row of entry k]``; see the reference."""
+    indptr, data, grad = V.csr_scale_rows_args(np.asarray(indptr), np.asarray(data),
+                                               np.asarray(grad))
+    out = np.empty((data.shape[0],) + grad.shape[1:], dtype=grad.dtype)
+    if out.size:
+        _csr_scale_rows(_as_i64(indptr), np.ascontiguousarray(data), _as_2d(grad),
+                        out.reshape(data.shape[0], -1))
+    return out
 
 
 def segment_sum(values, segment_ids, n_segments):

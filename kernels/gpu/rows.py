@@ -28,6 +28,7 @@ __all__ = [
     "csr_dense_dot",
     "csr_t_dense_dot_rows",
     "segment_sum",
+    "csr_scale_rows",
 ]
 
 _gather = cp.ElementwiseKernel(
@@ -189,6 +190,15 @@ def csr_dense_dot(indptr, indices, data, dense):
         out.reshape(-1),
     )
     return out
+
+
+def csr_scale_rows(indptr, data, grad):
+    """``out[k] = data[k] * grad[row of entry k]``; see the reference."""
+    indptr, data, grad = V.csr_scale_rows_args(cp.asarray(indptr), cp.asarray(data),
+                                               cp.asarray(grad))
+    nnz = data.shape[0]
+    row_ids = cp.searchsorted(indptr, cp.arange(nnz, dtype=indptr.dtype), side="right") - 1
+    return data.reshape((-1,) + (1,) * (grad.ndim - 1)) * grad[row_ids]
 
 
 def csr_t_dense_dot_rows(indptr, indices, data, grad):

@@ -18,6 +18,7 @@ __all__ = [
     "csr_dense_dot",
     "csr_t_dense_dot_rows",
     "segment_sum",
+    "csr_scale_rows",
 ]
 
 
@@ -84,6 +85,17 @@ def csr_t_dense_dot_rows(indptr, indices, data, grad):
     )
     contributions = _scale_rows(data, grad[_csr_row_ids(indptr)])
     return coalesce_rows(indices, contributions)
+
+
+def csr_scale_rows(indptr, data, grad):
+    """``out[k] = data[k] * grad[row of stored entry k]``, shape ``(nnz,) + grad.shape[1:]``.
+
+    The per-entry rows of ``X.T @ grad`` before they are summed: the gradient of the rows
+    that ``X @ W`` gathered from ``W`` (``mg.sparse.dot``), row-sparse with duplicates.
+    """
+    indptr, data, grad = V.csr_scale_rows_args(np.asarray(indptr), np.asarray(data),
+                                               np.asarray(grad))
+    return _scale_rows(data, grad[_csr_row_ids(indptr)])
 
 
 def segment_sum(values, segment_ids, n_segments):

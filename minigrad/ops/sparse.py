@@ -77,10 +77,10 @@ class CSRGatheredDotGradRows(Op):
         return Apply(self, [X, gz], [TensorType(gz.dtype, (None,) + gz.type.shape[1:])])
 
     def perform(self, node, inputs):
+        from minigrad.kernels_dispatch import csr_scale_rows
+
         X, gz = inputs
-        row_of = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-        data = X.data.astype(gz.dtype, copy=False)
-        return (data.reshape((-1,) + (1,) * (gz.ndim - 1)) * gz[row_of],)
+        return (csr_scale_rows(X.indptr, X.data, np.ascontiguousarray(gz)),)
 
 
 def dot(X, W):
