@@ -14,6 +14,8 @@ the graph bottom-up and repeats until nothing changes.
   computed just to learn its shape.
 * ``csr_pattern``: the stored columns of ``square(X)`` are those of ``X``, so the FM's two
   sparse products share one gather of ``V``.
+* ``fuse_mul_reduce``: ``reduce_like(a * b, x)`` (the gradient of a broadcast product)
+  becomes one einsum.
 * ``simplify``: ``x * 1``, ``x ** 1`` and ``x ** 2`` become ``x``, ``x``, ``square(x)``.
 """
 from __future__ import annotations
@@ -218,6 +220,33 @@ def csr_pattern(outputs):
         return None if source is X else node.op.make_node(source, W).outputs
 
     return merge(apply_local(outputs, local))
+
+
+@register("default", "fuse_mul_reduce")
+def fuse_mul_reduce(outputs):
+    """``ReduceLike(a * b, x) -> MulReduceLike(a, b, x)`` when nothing else reads ``a * b``."""
+    from minigrad.ops.elemwise import MulReduceLike, ReduceLike
+
+    readers = {}
+    for node in toposort(outputs):
+        for inp in node.inputs:
+            readers[inp] = readers.get(inp, 0) + 1
+    for out in outputs:
+        readers[out] = readers.get(out, 0) + 1
+
+    def local(node):
+        if not isinstance(node.op, ReduceLike):
+            return None
+        product, x = node.inputs
+        inner = product.owner
+        if inner is None or not (isinstance(inner.op, Binary) and inner.op.name == "mul"):
+            return None
+        if readers.get(product, 0) != 1:
+            return None
+        fused = MulReduceLike().make_node(*inner.inputs, x).outputs[0]
+        return [fused] if fused.type == node.outputs[0].type else None
+
+    return apply_local(outputs, local)
 
 
 def _scalar_constant_value(var):

@@ -152,6 +152,11 @@ def _reduce_like(op: elemwise.ReduceLike, node):
     return thunk
 
 
+@impl.register
+def _mul_reduce_like(op: elemwise.MulReduceLike, node):
+    return lambda inputs: op.perform(node, inputs)  # array-module generic (cupy.einsum)
+
+
 @impl.register(reduce.Sum)
 @impl.register(reduce.Mean)
 @impl.register(reduce.Max)

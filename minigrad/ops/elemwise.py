@@ -276,6 +276,32 @@ class ReduceLike(Op):
         return [broadcast_like(output_grads[0], g), None]
 
 
+class MulReduceLike(Op):
+    """``reduce_like(a * b, x)`` in one pass (the rewriter fuses the pair).
+
+    The gradient of a broadcast product, e.g. of a ``(n, 1)`` weight times ``(n, d)`` rows,
+    is ``sum over d of gz * rows``: an einsum reads both operands once and never builds the
+    ``(n, d)`` product. Shapes it cannot express as one einsum fall back to the two steps.
+    """
+
+    shape_only_inputs = (2,)
+
+    def make_node(self, a, b, x):
+        return Apply(self, [a, b, x], [TensorType(result_dtype([a, b]), x.type.shape)])
+
+    def perform(self, node, inputs):
+        from minigrad.types import array_module
+
+        a, b, x = inputs
+        xp, shape, dtype = array_module(a), tuple(np.shape(x)), node.outputs[0].dtype
+        if a.shape != b.shape or a.ndim != len(shape) or a.ndim > 8:
+            return (sum_to_shape(a * b, shape).astype(dtype, copy=False),)
+        axes = "abcdefgh"[: a.ndim]
+        kept = "".join(c for c, n, m in zip(axes, shape, a.shape) if not (n == 1 and m != 1))
+        out = xp.einsum(f"{axes},{axes}->{kept}", a, b)
+        return (xp.asarray(out, dtype=dtype).reshape(shape),)
+
+
 def sum_to_shape(g, shape):
     if g.shape == tuple(shape):
         return g
