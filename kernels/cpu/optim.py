@@ -13,8 +13,8 @@ from numba import njit
 
 from kernels.cpu.rows import _prefetch_for_write
 from kernels.reference.optim import (
-    ADAM_DRIFT_TOL,
     adam_drift_ratio,
+    adam_drift_tol,
     check_rows_args,
     momentum_matrix,
 )
@@ -349,5 +349,5 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     q, ratio = adam_drift_ratio(lr, beta1, beta2, weight_decay, decoupled)
     l2 = 0.0 if decoupled else float(weight_decay)
     _adam(p2, m2, v2, idx, g, has_grad, t, last, exact, float(lr), float(beta1),
-          float(beta2), float(eps), l2, float(q), float(ratio), ADAM_DRIFT_TOL,
+          float(beta2), float(eps), l2, float(q), float(ratio), adam_drift_tol(p2.dtype),
           _prefetch_distance(p2))
