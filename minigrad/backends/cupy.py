@@ -137,24 +137,28 @@ def _cast(op: elemwise.Cast, node):
     return lambda inputs: (inputs[0].astype(op.dtype),)
 
 
+def _sum_to_shape(g, shape):
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    return cp().sum(g, axis=axes, keepdims=True).reshape(shape)
+
+
 @impl.register
 def _reduce_like(op: elemwise.ReduceLike, node):
-    def thunk(inputs):
-        g, shape = inputs[0], inputs[1].shape
-        if g.shape == tuple(shape):
-            return (g,)
-        lead = g.ndim - len(shape)
-        axes = tuple(range(lead)) + tuple(
-            lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-        )
-        return (cp().sum(g, axis=axes, keepdims=True).reshape(shape),)
-
-    return thunk
+    return lambda inputs: (_sum_to_shape(inputs[0], inputs[1].shape),)
 
 
 @impl.register
 def _mul_reduce_like(op: elemwise.MulReduceLike, node):
-    return lambda inputs: op.perform(node, inputs)  # array-module generic (cupy.einsum)
+    # the same device operations as an unfused multiply + ReduceLike
+    dtype = node.outputs[0].dtype
+    return lambda inputs: (
+        _sum_to_shape(inputs[0] * inputs[1], inputs[2].shape).astype(dtype, copy=False),
+    )
 
 
 @impl.register(reduce.Sum)
