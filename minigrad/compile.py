@@ -142,6 +142,8 @@ class Function:
              [slot_of(o) for o in n.outputs])
             for n in self.nodes
         ]
+        self.safe_program = self.program[: self.n_safe]
+        self.destructive_program = self.program[self.n_safe:]
         self.output_slots = [slot_of(v) for v in self.graph_outputs]
         self.update_slots = [
             (target, slot_of(v), v.owner is not None and bool(v.owner.op.destroy_map))
@@ -189,19 +191,12 @@ class Function:
             storage[s] = self.backend.load_shared(var)
         for s, data in self.constants:
             storage[s] = data
-        program = self.program
-        for thunk, ins, outs in program[: self.n_safe]:
-            results = thunk([storage[i] for i in ins])
-            for s, r in zip(outs, results):
-                storage[s] = r
+        self._run(self.safe_program, storage)
         if self.nan_guard and not self._all_finite(storage):
             return self._on_nan()
         handed_out = set()  # ids of arrays already returned or stored in a shared variable
         outputs = [self._export(storage[s], s, handed_out) for s in self.output_slots]
-        for thunk, ins, outs in program[self.n_safe:]:
-            results = thunk([storage[i] for i in ins])
-            for s, r in zip(outs, results):
-                storage[s] = r
+        self._run(self.destructive_program, storage)
         for target, s, in_place in self.update_slots:
             if not in_place:
                 value = storage[s]
@@ -212,6 +207,17 @@ class Function:
                 handed_out.add(id(value))
                 target._value = value
         return outputs[0] if self.single_output else (outputs if self.outputs else None)
+
+    @staticmethod
+    def _run(program, storage):
+        """The VM: run each thunk on its input slots, store its outputs in their slots."""
+        for thunk, ins, outs in program:
+            results = thunk([storage[i] for i in ins])
+            if len(outs) == 1:
+                storage[outs[0]] = results[0]
+            else:
+                for s, r in zip(outs, results):
+                    storage[s] = r
 
     def _all_finite(self, storage):
         for s in self.guard_slots:

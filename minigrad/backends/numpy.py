@@ -15,8 +15,7 @@ def check_available():
 @functools.singledispatch
 def impl(op, node):
     """Return ``thunk(inputs) -> outputs`` for ``node``; default: ``op.perform``."""
-    perform = op.perform
-    return lambda inputs: perform(node, inputs)
+    return functools.partial(op.perform, node)
 
 
 def make_thunk(node):
