@@ -277,55 +277,47 @@ def _adam_scalars(lr, b1, b2, s, lazy):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adam_catch_up(P, M, V, r, lag_from, k, lr, b1, b2, eps, l2, q, ratio, tol, stop):
+def _adam_catch_up(P, M, V, r, lag_from, k, lr, b1, b2, eps, l2, q, ratio, tol):
     """Skipped steps of one row, step-major so the per-step scalars are computed once.
 
-    Without L2 decay an element stops once the bound on the rest of its drift is below
-    ``tol * |p|``; its remaining steps only decay m, v (and p by q) in closed form.
+    Each skipped step is applied to the whole row (a branch-free loop that vectorises).
+    Without L2 decay the row stops once, for every element, the bound on the rest of its
+    drift is below ``tol * |p|``; the remaining steps then only decay m, v (and p by q),
+    in closed form. Stepping an element further than its own bound needs is still exact.
     """
     width = P.shape[1]
+    prow, mrow, vrow = P[r], M[r], V[r]
     truncate = l2 == 0.0
-    active = width
-    fk2, fkq = b2 ** float(k), q ** float(k)
-    for d in range(width):
-        stop[d] = 0
-        if truncate and M[r, d] == 0.0:  # no first moment, no drift: decays only
-            V[r, d] = V[r, d] * fk2
-            P[r, d] = P[r, d] * fkq
-            stop[d] = -1
-            active -= 1
-    for j in range(1, k + 1):
-        if active == 0:
-            break
-        step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, lag_from + j, False)
+    pw1, pw2 = b1 ** float(lag_from), b2 ** float(lag_from)  # b**s, updated by products
+    j = 0
+    while j < k:
+        j += 1
+        pw1, pw2 = pw1 * b1, pw2 * b2
+        sqrt_bc2 = np.sqrt(1.0 - pw2)
+        step_size = lr / (1.0 - pw1)  # dense Adam's scalars at step lag_from + j
         limit = ratio / sqrt_bc2
+        pending = 0
         for d in range(width):
-            if stop[d] != 0:  # truncated, or no drift at all
-                continue
-            p, m, v = _adam_elem(float(P[r, d]), float(M[r, d]), float(V[r, d]), 0.0, b1, b2,
+            p, m, v = _adam_elem(float(prow[d]), float(mrow[d]), float(vrow[d]), 0.0, b1, b2,
                                  eps, l2, q, step_size, sqrt_bc2, False)
-            P[r, d], M[r, d], V[r, d] = p, m, v
-            if truncate and j < k:
-                term = step_size * (m / (np.sqrt(v) / sqrt_bc2 + eps))
-                if abs(term) * limit <= tol * abs(p):
-                    stop[d] = j
-                    active -= 1
-    rest, f1, f2, fq = -1, 1.0, 1.0, 1.0
-    for d in range(width):
-        if stop[d] > 0:
-            if k - stop[d] != rest:  # elements mostly stop at the same j: reuse the powers
-                rest = k - stop[d]
-                f1, f2, fq = b1 ** float(rest), b2 ** float(rest), q ** float(rest)
-            M[r, d] = M[r, d] * f1
-            V[r, d] = V[r, d] * f2
-            P[r, d] = P[r, d] * fq
+            prow[d], mrow[d], vrow[d] = p, m, v
+            term = step_size * (m / (np.sqrt(v) / sqrt_bc2 + eps))
+            pending += abs(term) * limit > tol * abs(p)
+        if truncate and pending == 0:
+            break
+    rest = k - j
+    if rest > 0:
+        f1, f2, fq = b1 ** float(rest), b2 ** float(rest), q ** float(rest)
+        for d in range(width):
+            mrow[d] = mrow[d] * f1
+            vrow[d] = vrow[d] * f2
+            prow[d] = prow[d] * fq
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam(P, M, V, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, l2, q, ratio, tol,
           dist):
     width = P.shape[1]
-    stop = np.zeros(width, dtype=np.int64)
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, M, V)
@@ -333,7 +325,7 @@ def _adam(P, M, V, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, l2, q, rat
         if exact:
             k = _lag(last, r, t, has_grad)
             if k > 0:
-                _adam_catch_up(P, M, V, r, last[r], k, lr, b1, b2, eps, l2, q, ratio, tol, stop)
+                _adam_catch_up(P, M, V, r, last[r], k, lr, b1, b2, eps, l2, q, ratio, tol)
             last[r] = t
         if has_grad:
             for d in range(width):
