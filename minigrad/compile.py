@@ -123,20 +123,16 @@ class Function:
 
         for var in self.inputs:
             slot_of(var)
-        self.shared = []
-        self.constants = []
-        for node in self.nodes:
-            for var in node.inputs:
-                if isinstance(var, SharedVariable) and var not in slot:
-                    self.shared.append((var, slot_of(var)))
-                elif isinstance(var, Constant) and var not in slot:
-                    self.constants.append((slot_of(var), self.backend.to_device(var.data)))
-        for var in self.graph_outputs + self.graph_updates:
-            if var.owner is None and var not in slot:
-                if isinstance(var, SharedVariable):
-                    self.shared.append((var, slot_of(var)))
-                elif isinstance(var, Constant):
-                    self.constants.append((slot_of(var), self.backend.to_device(var.data)))
+        # leaves read at every call: shared values (loaded) and constants (stored once)
+        self.shared, self.constants = [], []
+        leaves = [v for n in self.nodes for v in n.inputs]
+        for var in leaves + self.graph_outputs + self.graph_updates:
+            if var in slot:
+                continue
+            if isinstance(var, SharedVariable):
+                self.shared.append((var, slot_of(var)))
+            elif isinstance(var, Constant):
+                self.constants.append((slot_of(var), self.backend.to_device(var.data)))
         self.program = [
             (self.backend.make_thunk(n), [slot_of(i) for i in n.inputs],
              [slot_of(o) for o in n.outputs])
