@@ -10,5 +10,9 @@ if "NUMBA_THREADING_LAYER" not in _os.environ:
     import numba as _numba
 
     _numba.config.THREADING_LAYER = "workqueue"
+from kernels.cpu import optim as _optim  # noqa: E402
+from kernels.cpu import rows as _rows  # noqa: E402
 from kernels.cpu.optim import *  # noqa: E402,F401,F403
 from kernels.cpu.rows import *  # noqa: E402,F401,F403
+
+__all__ = [*_rows.__all__, *_optim.__all__]

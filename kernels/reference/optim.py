@@ -22,16 +22,9 @@ CuPy arrays.
 """
 import numpy as np
 
-__all__ = [
-    "ADAM_DRIFT_TOL",
-    "adam_drift_tol",
-    "adagrad_rows",
-    "adam_rows",
-    "check_rows_args",
-    "momentum_rows",
-    "rmsprop_rows",
-    "sgd_rows",
-]
+# the kernels (same names in kernels.cpu and kernels.gpu); the helpers below them
+# (check_rows_args, adam_drift_tol, ...) are imported by name where they are shared
+__all__ = ["adagrad_rows", "adam_rows", "momentum_rows", "rmsprop_rows", "sgd_rows"]
 
 # A skipped Adam step's drift is dropped once a bound on the sum of all later ones falls
 # below this fraction of |param|: far below float64 resolution (2**-53 ~ 1.1e-16).
