@@ -138,9 +138,19 @@ class Function:
              [slot_of(o) for o in n.outputs])
             for n in self.nodes
         ]
+        # Shared values this function updates in place are its own to keep consistent (an
+        # exact-mode optimizer catches their rows up as it reads them, O(rows touched));
+        # any other shared value with pending catch-up steps is flushed before each call.
+        in_place = {n.inputs[i] for n in self.nodes for i in n.op.destroy_map.values()}
+        self.flush_first = [v for v, _ in self.shared
+                            if v._flush_hooks and v not in in_place]
         self.safe_program = self.program[: self.n_safe]
         self.destructive_program = self.program[self.n_safe:]
         self.output_slots = [slot_of(v) for v in self.graph_outputs]
+        # a shared variable returned as such is read with get_value(): its flush hooks run
+        # (an exact-mode optimizer's pending rows are caught up) and the caller gets a copy
+        self.output_shared = [v if isinstance(v, SharedVariable) else None
+                              for v in self.graph_outputs]
         self.update_slots = [
             (target, slot_of(v), v.owner is not None and bool(v.owner.op.destroy_map))
             for (target, _), v in zip(self.updates, self.graph_updates)
@@ -183,6 +193,8 @@ class Function:
         values = self._validate(args)
         storage = [None] * self.n_slots
         storage[: len(values)] = values
+        for var in self.flush_first:
+            var.flush()  # not maintained by this function: bring pending rows up to date
         for var, s in self.shared:
             storage[s] = self.backend.load_shared(var)
         for s, data in self.constants:
@@ -191,7 +203,10 @@ class Function:
         if self.nan_guard and not self._all_finite(storage):
             return self._on_nan()
         handed_out = set()  # ids of arrays already returned or stored in a shared variable
-        outputs = [self._export(storage[s], s, handed_out) for s in self.output_slots]
+        outputs = [
+            self._export(storage[s], s, handed_out) if var is None else var.get_value()
+            for s, var in zip(self.output_slots, self.output_shared)
+        ]
         self._run(self.destructive_program, storage)
         for target, s, in_place in self.update_slots:
             if not in_place:

@@ -287,12 +287,36 @@ def test_cost_with_gather_gives_row_sparse_update():
     assert changed.tolist() == [3, 7]
 
 
-def test_mixing_dense_and_sparse_for_one_param_is_refused():
+def test_mixing_dense_and_lazy_sparse_for_one_param_is_refused():
     P = mg.shared(np.zeros((4, 2)), name="P")
-    opt = mg.optim.Momentum([P], lr=0.1)
+    opt = mg.optim.Momentum([P], lr=0.1, sparse="lazy")
     opt.updates(grads=[mg.matrix("g")])
     with pytest.raises(ValueError, match="already gets a dense gradient"):
         opt.updates(grads=[mg.RowSparseType("float64", (4, 2)).make_variable("g")])
+
+
+@pytest.mark.parametrize("opt_cls", [mg.optim.Momentum, mg.optim.Adam, mg.optim.RMSprop])
+def test_dense_and_exact_sparse_steps_mix_on_one_table(opt_cls):
+    """A table's dense gradient runs the exact row rule on every row, so dense and
+    row-sparse steps of one exact-mode optimizer give the all-dense optimizer's values."""
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((6, 3))
+    idx = mg.lvector("idx")
+    results = []
+    for mixed in (True, False):
+        P = mg.shared(start, name="P")
+        opt = opt_cls([P], lr=0.05, sparse="exact")
+        cost_dense = (P ** 2).sum() * 0.5
+        cost_rows = (P[idx] ** 3).sum()
+        g_rows = mg.grad(cost_rows, P)
+        dense_step = mg.function([], [], updates=opt.updates(cost_dense))
+        rows_step = mg.function([idx], [], updates=opt.updates(
+            grads=[g_rows if mixed else g_rows.to_dense()]))
+        r = np.random.default_rng(1)
+        for t in range(30):
+            dense_step() if t % 3 == 0 else rows_step(r.choice(6, 2))
+        results.append(P.get_value())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-10, atol=1e-12)
 
 
 def test_bad_arguments():

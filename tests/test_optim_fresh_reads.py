@@ -69,3 +69,28 @@ def test_catch_up_read_rejects_bad_index_before_any_change():
     with pytest.raises(IndexError, match="idx"):
         step(np.array([2, 7]))
     np.testing.assert_array_equal(E.get_value(), before)
+
+
+def test_dense_read_and_direct_output_see_caught_up_rows():
+    """A dense read (``P ** 2``) or returning ``P`` itself also sees the dense values."""
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((6, 3))
+    idx = mg.lvector("idx")
+    values = {}
+    for mode in ("exact", "dense"):
+        P = mg.shared(start, name="P")
+        opt = mg.optim.Momentum([P], lr=0.05, momentum=0.9, sparse="exact")
+        g = mg.grad(mg.tanh(P[idx]).sum(), P)
+        step = mg.function([idx], [], updates=opt.updates(grads=[g if mode == "exact"
+                                                                 else g.to_dense()]))
+        read = mg.function([], [(P ** 2).sum(), P])
+        r = np.random.default_rng(1)
+        seen = []
+        for _ in range(20):
+            step(r.choice(6, 2))
+            total, table = read()
+            seen.append((float(total), table.copy()))
+        values[mode] = seen
+    for (t_exact, p_exact), (t_dense, p_dense) in zip(values["exact"], values["dense"]):
+        assert t_exact == pytest.approx(t_dense, rel=1e-12)
+        np.testing.assert_allclose(p_exact, p_dense, rtol=1e-12, atol=1e-14)

@@ -17,10 +17,12 @@ per-row ``last`` step array; rows are caught up when touched, and all of them by
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from minigrad.ops import cast
-from minigrad.optim.ops import PrepareRows, RowUpdate, kernel_module
+from minigrad.optim.ops import AllRows, PrepareRows, RowUpdate, kernel_module
 from minigrad.types import RowSparseType, TensorType
 from minigrad.variables import SharedVariable, as_variable, shared
 
@@ -75,9 +77,9 @@ class Optimizer:
             })
         self.last = [None] * len(params)  # per-row last step, created for exact sparse rules
         self._kinds = [None] * len(params)
-        for p, states in zip(params, self.state):
+        for i, (p, states) in enumerate(zip(params, self.state)):
             for var in [p, *states.values()]:
-                var.add_flush_hook(self.flush)
+                var.add_flush_hook(functools.partial(self.flush_param, i))
 
     # --- to override --------------------------------------------------------------------
     def state_names(self):
@@ -131,29 +133,43 @@ class Optimizer:
         return pairs
 
     def _claim(self, i, kind):
-        if self._kinds[i] not in (None, kind):
+        """Record how parameter ``i`` is updated: ``(gradient kind, exact rule?)``.
+
+        Dense and row-sparse gradients may share a parameter only when both use the exact
+        (dense-equivalent) row rule; any other mix would apply two different update rules
+        to the same state.
+        """
+        prev = self._kinds[i]
+        if prev is not None and prev != kind and not (prev[1] and kind[1]):
             raise ValueError(
-                f"{self.params[i]} already gets a {self._kinds[i][0]} gradient from this "
-                f"optimizer; a {kind[0]} one would need a flush at every step"
+                f"{self.params[i]} already gets a {prev[0]} gradient from this optimizer; a "
+                f"{kind[0]} one would mix two update rules (use sparse='exact' to mix them)"
             )
         self._kinds[i] = kind
 
     def _dense_rule(self, i, p, g, t_new):
+        if p.ndim >= 2 and self.kernel:
+            # a table's dense gradient is a row-sparse one touching every row: the fused
+            # kernel updates it in place in one pass (dense semantics: exact mode), where
+            # the symbolic rule would allocate a V x D temporary per arithmetic step
+            return self._sparse_rule(i, p, AllRows()(_as_dtype(g, p.dtype)), t_new,
+                                     dense_semantics=True)
         self._claim(i, ("dense", False))
         new_p, new_state = self.dense_update(p, _as_dtype(g, p.dtype), self.state[i], t_new)
         pairs = [(p, _as_dtype(new_p, p.dtype))]
         pairs += [(self.state[i][k], _as_dtype(v, p.dtype)) for k, v in new_state.items()]
         return pairs
 
-    def _sparse_rule(self, i, p, g, t_new):
-        exact = self.sparse == "exact" and self.needs_catch_up()
-        self._claim(i, ("row-sparse", exact))
+    def _sparse_rule(self, i, p, g, t_new, dense_semantics=False):
+        exact = (dense_semantics or self.sparse == "exact") and self.needs_catch_up()
+        self._claim(i, ("dense" if dense_semantics else "row-sparse",
+                        exact or not self.needs_catch_up()))
         tables = [p, *self.state[i].values()]
         if exact:
             if self.last[i] is None:
                 start = np.full(p.value.shape[0], int(self.t.value), dtype=np.int64)
                 self.last[i] = shared(start, name=f"{p.name or f'param{i}'}.last_step")
-                self.last[i].add_flush_hook(self.flush)
+                self.last[i].add_flush_hook(functools.partial(self.flush_param, i))
             tables.append(self.last[i])
         g = PrepareRows()(g, *tables)
         op = RowUpdate(self.kernel, self.layout, tuple(self.state[i]), exact, self.hyper())
@@ -166,18 +182,23 @@ class Optimizer:
     # --- state -------------------------------------------------------------------------
     def flush(self):
         """Bring every row with pending skipped steps up to date (exact mode)."""
+        for i in range(len(self.params)):
+            self.flush_param(i)
+
+    def flush_param(self, i):
+        """``flush`` for parameter ``i`` alone (the flush hook of it and of its state)."""
+        last = self.last[i]
+        if last is None:
+            return
         t = int(self.t.value)
-        for i, last in enumerate(self.last):
-            if last is None:
-                continue
-            lag = last.value
-            idx = (lag < t).nonzero()[0]
-            if idx.shape[0] == 0:
-                continue
-            param = self.params[i].value
-            states = {k: v.value for k, v in self.state[i].items()}
-            kernel = getattr(_module_for(param), self.kernel)
-            kernel(param, *[states.get(k) for k in self.layout], idx, None, t, lag, *self.hyper())
+        lag = last.value
+        idx = (lag < t).nonzero()[0]
+        if idx.shape[0] == 0:
+            return
+        param = self.params[i].value
+        states = {k: v.value for k, v in self.state[i].items()}
+        kernel = getattr(_module_for(param), self.kernel)
+        kernel(param, *[states.get(k) for k in self.layout], idx, None, t, lag, *self.hyper())
 
     def state_dict(self):
         """Step count and state tables (copies), after a flush; plain arrays and numbers."""

@@ -31,6 +31,21 @@ def kernel_module(backend="numba"):
     return reference
 
 
+class AllRows(Op):
+    """A dense gradient as a row-sparse one that touches every row (no copy of the rows)."""
+
+    def make_node(self, g):
+        return Apply(self, [g], [RowSparseType(g.dtype, g.type.shape)])
+
+    def perform(self, node, inputs):
+        from minigrad.types import array_module
+
+        (g,) = inputs
+        xp = array_module(g)
+        rows = xp.arange(g.shape[0], dtype=np.int64)
+        return (RowSparse(rows, xp.ascontiguousarray(g), g.shape, coalesced=True),)
+
+
 class PrepareRows(Op):
     """Coalesce a row-sparse gradient, cast it to the parameter dtype, check the shapes."""
 
@@ -122,6 +137,10 @@ def _register_cupy():
         return lambda inputs: op.run(gpu, inputs)
 
     @impl.register
+    def _all_rows(op: AllRows, node):
+        return lambda inputs: op.perform(node, inputs)  # array-module generic
+
+    @impl.register
     def _prepare_rows(op: PrepareRows, node):
         import kernels.gpu as gpu
 
@@ -188,9 +207,41 @@ class CatchUpRows(Op):
         return self.run(kernel_module("numpy"), node, inputs)
 
 
+class CatchUpAll(CatchUpRows):
+    """``CatchUpRows`` for every row: what a *dense* read of the parameter needs (an
+    elementwise op over the whole table reads all rows, so all must be up to date)."""
+
+    def make_node(self, param, *rest):
+        return Apply(self, [param, *rest], [param.type])
+
+    def run(self, module, node, inputs):
+        from minigrad.types import array_module
+
+        tables, t_new = inputs[:-1], inputs[-1]
+        param, states, last = tables[0], dict(zip(self.present, tables[1:-1])), tables[-1]
+        if int(t_new) > 1:
+            rows = array_module(param).arange(param.shape[0], dtype=np.int64)
+            getattr(module, self.kernel)(
+                param, *[states.get(name) for name in self.layout], rows, None,
+                int(t_new) - 1, last, *self.hyper,
+            )
+        return (param,)
+
+
+def _reads_densely(node, position):
+    """Whether ``node`` reads the values of its input ``position`` (not just its shape)."""
+    from minigrad.ops.indexing import Take
+
+    if isinstance(node.op, (Take, RowUpdate, CatchUpRows, PrepareRows)):
+        return False
+    return position not in getattr(node.op, "shape_only_inputs", ())
+
+
 def fresh_reads(outputs):
-    """Rewrite: every row gather of a parameter updated by an exact-mode ``RowUpdate``
-    reads through ``CatchUpRows`` (see its docstring)."""
+    """Rewrite: reads of a parameter updated by an exact-mode ``RowUpdate`` see caught-up
+    values. A row gather reads through ``CatchUpRows`` (only the gathered rows); any other
+    op that reads the values (e.g. ``P ** 2`` of a dense cost) reads through ``CatchUpAll``.
+    """
     from minigrad.graph import toposort
     from minigrad.ops.indexing import Take
     from minigrad.rewrite import apply_local
@@ -202,14 +253,28 @@ def fresh_reads(outputs):
             exact[node.inputs[0]] = (node.op, node.inputs[:n_tables], node.inputs[-1])
     if not exact:
         return outputs
+    caught_up_all = {}
+
+    def fresh_table(param):
+        if param not in caught_up_all:
+            op, tables, t_new = exact[param]
+            caught_up_all[param] = CatchUpAll(op.kernel, op.layout, op.present, op.hyper)(
+                *tables, t_new)
+        return caught_up_all[param]
 
     def local(node):
-        if not isinstance(node.op, Take) or node.inputs[0] not in exact:
+        if isinstance(node.op, Take) and node.inputs[0] in exact:
+            op, tables, t_new = exact[node.inputs[0]]
+            catch_up = CatchUpRows(op.kernel, op.layout, op.present, op.hyper)
+            fresh = catch_up(*tables, t_new, node.inputs[1])
+            return [Take()(fresh, node.inputs[1])]
+        dense = [k for k, v in enumerate(node.inputs) if v in exact and _reads_densely(node, k)]
+        if not dense:
             return None
-        op, tables, t_new = exact[node.inputs[0]]
-        catch_up = CatchUpRows(op.kernel, op.layout, op.present, op.hyper)
-        fresh = catch_up(*tables, t_new, node.inputs[1])
-        return [Take()(fresh, node.inputs[1])]
+        inputs = list(node.inputs)
+        for k in dense:
+            inputs[k] = fresh_table(inputs[k])
+        return node.op.make_node(*inputs).outputs
 
     return apply_local(outputs, local)
 
@@ -227,8 +292,9 @@ def _register_backends():
     try:
         from minigrad.backends.numba import impl as numba_impl
 
-        @numba_impl.register
-        def _catch_up_numba(op: CatchUpRows, node):
+        @numba_impl.register(CatchUpAll)
+        @numba_impl.register(CatchUpRows)
+        def _catch_up_numba(op, node):
             module = kernel_module()
             return lambda inputs: op.run(module, node, inputs)
     except ImportError:  # pragma: no cover
@@ -236,8 +302,9 @@ def _register_backends():
     try:
         from minigrad.backends.cupy import impl as cupy_impl
 
-        @cupy_impl.register
-        def _catch_up_cupy(op: CatchUpRows, node):
+        @cupy_impl.register(CatchUpAll)
+        @cupy_impl.register(CatchUpRows)
+        def _catch_up_cupy(op, node):
             import kernels.gpu as gpu
 
             return lambda inputs: op.run(gpu, node, inputs)
