@@ -14,6 +14,8 @@ the graph bottom-up and repeats until nothing changes.
   computed just to learn its shape.
 * ``csr_pattern``: the stored columns of ``square(X)`` are those of ``X``, so the FM's two
   sparse products share one gather of ``V``.
+* ``merge_take_grads``: two row-sparse gradients of the same gather are added row-wise
+  before the optimizer coalesces them.
 * ``fuse_mul_reduce``: ``reduce_like(a * b, x)`` (the gradient of a broadcast product)
   becomes one einsum.
 * ``simplify``: ``x * 1``, ``x ** 1`` and ``x ** 2`` become ``x``, ``x``, ``square(x)``.
@@ -245,6 +247,42 @@ def fuse_mul_reduce(outputs):
             return None
         fused = MulReduceLike().make_node(*inner.inputs, x).outputs[0]
         return [fused] if fused.type == node.outputs[0].type else None
+
+    return apply_local(outputs, local)
+
+
+@register("default", "merge_take_grads")
+def merge_take_grads(outputs):
+    """``TakeGrad(T, i, a) + TakeGrad(T, i, b) -> TakeGrad(T, i, a + b)``.
+
+    Two gathers of the same rows (``dot(X, V)`` and ``dot(square(X), V ** 2)`` in a
+    factorization machine) give row-sparse gradients with equal indices; adding their rows
+    first halves what the optimizer has to sort and coalesce.
+    """
+    from minigrad.ops.indexing import TakeGrad
+    from minigrad.ops.rowsparse import RowSparseAdd, RowSparseWithValues
+
+    def rows_of(var):
+        """``(table, idx, rows)`` when ``var`` is ``TakeGrad(table, idx, rows)`` for a 1-D
+        ``idx``, possibly with its rows replaced (``RowSparseWithValues``)."""
+        node = var.owner
+        if node is not None and isinstance(node.op, RowSparseWithValues):
+            inner = rows_of(node.inputs[0])
+            return None if inner is None else (*inner[:2], node.inputs[1])
+        if node is None or not isinstance(node.op, TakeGrad) or node.inputs[1].ndim != 1:
+            return None
+        return tuple(node.inputs)
+
+    def local(node):
+        if not isinstance(node.op, RowSparseAdd):
+            return None
+        a, b = rows_of(node.inputs[0]), rows_of(node.inputs[1])
+        if a is None or b is None or a[0] is not b[0] or a[1] is not b[1]:
+            return None
+        summed = Binary("add")(a[2], b[2])
+        if summed.ndim != a[2].ndim or summed.dtype != node.outputs[0].dtype:
+            return None
+        return TakeGrad().make_node(a[0], a[1], summed).outputs
 
     return apply_local(outputs, local)
 

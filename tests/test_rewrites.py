@@ -62,6 +62,28 @@ def test_each_rewrite_is_registered_once_and_named():
     names = [name for name, _, _ in REGISTRY]
     assert len(names) == len(set(names))
     for expected in ("merge", "constant_folding", "take_through_elemwise", "shape_only_inputs",
-                     "csr_pattern", "fuse_mul_reduce", "simplify"):
+                     "csr_pattern", "merge_take_grads", "fuse_mul_reduce", "simplify"):
         assert expected in names
     assert MulReduceLike.shape_only_inputs == (2,)
+
+
+def test_fm_gradient_rows_of_one_gather_are_added_before_coalescing():
+    """``merge_take_grads``: the FM's two contributions to ``V``'s gradient become one
+    row-sparse value over the gathered columns, with the same dense meaning."""
+    fm = mg.models.FactorizationMachine(30, 4, seed=0)
+    X, y = mg.csr_matrix("X"), mg.vector("y")
+    g = mg.grad(fm.cost(X, y), fm.V)
+    f = mg.function([X, y], g, backend="numpy")
+    assert "RowSparseAdd" not in _ops(f)
+    Xv = sp.random(6, 30, density=0.2, format="csr", random_state=0)
+    yv = np.arange(6) % 2.0
+    got = f(Xv, yv)
+    assert got.indices.shape[0] == Xv.nnz  # one row per stored entry, not two
+    unmerged = [r for r in REGISTRY if r[0] != "merge_take_grads"]
+    saved = list(REGISTRY)
+    try:
+        REGISTRY[:] = unmerged
+        reference = mg.function([X, y], g, backend="numpy")(Xv, yv)
+    finally:
+        REGISTRY[:] = saved
+    np.testing.assert_allclose(got.to_dense(), reference.to_dense(), rtol=1e-12, atol=1e-15)
