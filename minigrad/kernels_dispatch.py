@@ -74,7 +74,8 @@ def csr_gathered_dot(indptr, data, rows):
     """``out[i] = sum_{k in row i} data[k] * rows[k]`` (rows already gathered)."""
     n = len(indptr) - 1
     impl = _impl()
-    if impl and impl.__name__ == "kernels.cpu" and rows.ndim >= 2 and len(data):
+    width = rows.size // max(rows.shape[0], 1)
+    if impl and impl.__name__ == "kernels.cpu" and width > 1 and len(data):
         # the CSR x dense kernel with the identity as column map: one pass, no temporaries
         dense = rows.astype(np.result_type(data, rows), copy=False)
         return impl.csr_dense_dot(indptr, np.arange(len(data), dtype=np.int64), data, dense)

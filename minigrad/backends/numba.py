@@ -44,6 +44,11 @@ def _cpu():
     return cpu
 
 
+#: gathers of at most this many scalars use NumPy's fancy indexing: for a few hundred
+#: short rows the compiled kernel's argument checks cost more than the copy
+SMALL_GATHER = 2048
+
+
 @impl.register
 def _take(op: Take, node):
     gather_rows = _cpu().gather_rows
@@ -52,8 +57,9 @@ def _take(op: Take, node):
         table, idx = inputs
         check_index_range(idx, table.shape[0], node)
         flat = np.ascontiguousarray(idx.reshape(-1))
-        if table.ndim == 0 or not table.flags.c_contiguous:
-            # fancy indexing reads only the rows (np.take would copy the whole table)
+        small = flat.shape[0] * (table.size // max(table.shape[0], 1)) <= SMALL_GATHER
+        if small or not table.flags.c_contiguous:
+            # fancy indexing reads only the rows (np.take would copy a strided table)
             return (table[flat].reshape(idx.shape + table.shape[1:]),)
         rows = gather_rows(table, flat)
         return (rows.reshape(idx.shape + table.shape[1:]),)
