@@ -221,6 +221,18 @@ def csr_scale_rows_args(indptr, data, grad):
     return indptr, _same_float("data", data, grad.dtype), grad
 
 
+def csr_row_dots_args(indptr, data, grad, rows):
+    """Validate ``csr_row_dots``: ``grad`` per CSR row, ``rows`` per stored entry."""
+    indptr, data, grad = csr_scale_rows_args(indptr, data, grad)
+    float_array("rows", rows)
+    if rows.shape[0] != data.shape[0] or row_width(rows) != row_width(grad):
+        raise ValueError(
+            f"rows must have shape ({data.shape[0]}, ...) with the width of grad "
+            f"{tuple(grad.shape[1:])}, got {tuple(rows.shape)}"
+        )
+    return indptr, data, grad, rows
+
+
 def segment_sum_args(values, segment_ids, n_segments):
     """Validate ``segment_sum``: every id in ``[0, n_segments)``."""
     float_array("values", values)

@@ -70,6 +70,17 @@ def csr_scale_rows(indptr, data, grad):
     return data.reshape((-1,) + (1,) * (grad.ndim - 1)) * grad[row_of]
 
 
+def csr_row_dots(indptr, data, grad, rows):
+    """``out[k] = data[k] * <grad[row of entry k], rows[k]>`` (the scales' gradient)."""
+    impl = _impl()
+    data = data.astype(grad.dtype, copy=False)
+    if impl:
+        return impl.csr_row_dots(indptr, data, grad, rows)
+    n = len(data)
+    row_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    return data * np.einsum("kd,kd->k", grad[row_of].reshape(n, -1), rows.reshape(n, -1))
+
+
 def csr_gathered_dot(indptr, data, rows):
     """``out[i] = sum_{k in row i} data[k] * rows[k]`` (rows already gathered)."""
     n = len(indptr) - 1

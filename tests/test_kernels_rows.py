@@ -199,6 +199,19 @@ def test_csr_scale_rows(impl, case):
 
 @SETTINGS
 @given(case=csr_cases())
+def test_csr_row_dots(impl, case):
+    indptr, indices, data, _, grad, _ = case
+    row_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    rows = _random(1, (len(data),) + grad.shape[1:], grad.dtype)
+    expected = np.array([data[k] * np.sum(grad[row_of[k]] * rows[k]) for k in range(len(data))],
+                        dtype=grad.dtype)
+    got = impl.host(impl.mod.csr_row_dots(*[impl.dev(a) for a in (indptr, data, grad, rows)]))
+    assert got.shape == (len(data),) and got.dtype == grad.dtype
+    np.testing.assert_allclose(got, expected, **_tol(grad.dtype))
+
+
+@SETTINGS
+@given(case=csr_cases())
 def test_csr_t_dense_dot_rows(impl, case):
     indptr, indices, data, _, grad, n_cols = case
     matrix = _csr_dense(indptr, indices, data, n_cols)
@@ -328,6 +341,13 @@ def test_scatter_add_into_non_contiguous_view(impl):
     expected = np.zeros((6, 8), np.float32)
     np.add.at(expected[:, ::2], indices, values)
     np.testing.assert_array_equal(impl.host(base), expected)
+
+
+def test_csr_row_dots_rejects_mismatched_rows(impl):
+    m, dev = impl.mod, impl.dev
+    with pytest.raises(ValueError, match="rows must have shape"):
+        m.csr_row_dots(dev(np.array([0, 2])), dev(np.ones(2)), dev(np.ones((1, 3))),
+                       dev(np.ones((3, 3))))
 
 
 def test_csr_scale_rows_rejects_bad_csr(impl):

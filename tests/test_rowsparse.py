@@ -242,3 +242,23 @@ def test_broadcast_shared_row_times_table_then_gather(table):
     gE_v, gb_v = mg.function([idx], [gE, gb], backend="numpy")(np.array([4, 5]))
     gb_v = gb_v.to_dense() if isinstance(gb_v, mg.RowSparse) else gb_v
     assert gb_v.shape == (1, 3)
+
+
+def test_column_broadcast_table_times_table_then_gather():
+    """``(E * M)[idx]`` with ``M`` of shape (V, 1): M's gradient is row-sparse of shape
+    (V, 1), its rows summed over the broadcast columns."""
+    rng = np.random.default_rng(0)
+    E = mg.shared(rng.standard_normal((6, 3)), name="E")
+    M = mg.shared(rng.standard_normal((6, 1)), name="M")
+    idx = mg.lvector("idx")
+    cost = ((E * M)[idx] ** 2).sum()
+    g_m = mg.grad(cost, M)
+    assert isinstance(g_m.type, mg.RowSparseType)
+    i = np.array([1, 4, 1])
+    got = mg.function([idx], g_m)(i)
+    assert got.shape == (6, 1)
+    e, m = E.get_value(), M.get_value()
+    expected = np.zeros((6, 1))
+    for r in i:
+        expected[r, 0] += np.sum(2 * (e[r] * m[r]) * e[r])
+    np.testing.assert_allclose(got.to_dense(), expected, rtol=1e-12)

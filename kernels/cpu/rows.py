@@ -29,6 +29,7 @@ __all__ = [
     "csr_t_dense_dot_rows",
     "segment_sum",
     "csr_scale_rows",
+    "csr_row_dots",
 ]
 
 # --- array plumbing -----------------------------------------------------------------------
@@ -270,6 +271,20 @@ def _csr_scale_rows(indptr, data, grad, out):
                 dst[j] = w * src[j]
 
 
+# reassociation lets LLVM vectorise the dot products (a float reduction)
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _csr_row_dots(indptr, data, grad, rows, out):
+    width = grad.shape[1]
+    for r in range(indptr.shape[0] - 1):
+        g = grad[r]
+        for k in range(indptr[r], indptr[r + 1]):
+            row = rows[k]
+            acc = 0.0
+            for j in range(width):
+                acc += g[j] * row[j]
+            out[k] = data[k] * acc
+
+
 #: below this many scalars touched, a kernel runs serially (see the note above)
 PARALLEL_MIN_WORK = 1 << 20
 
@@ -381,6 +396,17 @@ def csr_scale_rows(indptr, data, grad):
     if out.size:
         _csr_scale_rows(_as_i64(indptr), np.ascontiguousarray(data), _as_2d(grad),
                         out.reshape(data.shape[0], -1))
+    return out
+
+
+def csr_row_dots(indptr, data, grad, rows):
+    """``out[k] = data[k] * <grad[row of entry k], rows[k]>``; see the reference."""
+    indptr, data, grad, rows = V.csr_row_dots_args(np.asarray(indptr), np.asarray(data),
+                                                   np.asarray(grad), np.asarray(rows))
+    out = np.empty(data.shape[0], dtype=grad.dtype)
+    if out.size:
+        _csr_row_dots(_as_i64(indptr), np.ascontiguousarray(data), _as_2d(grad),
+                      _as_2d(rows.astype(grad.dtype, copy=False)), out)
     return out
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "csr_t_dense_dot_rows",
     "segment_sum",
     "csr_scale_rows",
+    "csr_row_dots",
 ]
 
 _gather = cp.ElementwiseKernel(
@@ -199,6 +200,15 @@ def csr_scale_rows(indptr, data, grad):
     nnz = data.shape[0]
     row_ids = cp.searchsorted(indptr, cp.arange(nnz, dtype=indptr.dtype), side="right") - 1
     return data.reshape((-1,) + (1,) * (grad.ndim - 1)) * grad[row_ids]
+
+
+def csr_row_dots(indptr, data, grad, rows):
+    """``out[k] = data[k] * <grad[row of entry k], rows[k]>``; see the reference."""
+    indptr, data, grad, rows = V.csr_row_dots_args(cp.asarray(indptr), cp.asarray(data),
+                                                   cp.asarray(grad), cp.asarray(rows))
+    nnz, width = data.shape[0], V.row_width(grad)
+    row_ids = cp.searchsorted(indptr, cp.arange(nnz, dtype=indptr.dtype), side="right") - 1
+    return data * (grad[row_ids].reshape(nnz, width) * rows.reshape(nnz, width)).sum(axis=1)
 
 
 def csr_t_dense_dot_rows(indptr, indices, data, grad):

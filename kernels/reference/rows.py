@@ -19,6 +19,7 @@ __all__ = [
     "csr_t_dense_dot_rows",
     "segment_sum",
     "csr_scale_rows",
+    "csr_row_dots",
 ]
 
 
@@ -96,6 +97,19 @@ def csr_scale_rows(indptr, data, grad):
     indptr, data, grad = V.csr_scale_rows_args(np.asarray(indptr), np.asarray(data),
                                                np.asarray(grad))
     return _scale_rows(data, grad[_csr_row_ids(indptr)])
+
+
+def csr_row_dots(indptr, data, grad, rows):
+    """``out[k] = data[k] * <grad[row of entry k], rows[k]>``, shape ``(nnz,)``.
+
+    The gradient of a CSR product ``sum_k data[k] * s[k] * rows[k]`` with respect to the
+    per-entry scales ``s`` (``mg.sparse.dot(X, W, scale=s)``).
+    """
+    indptr, data, grad, rows = V.csr_row_dots_args(np.asarray(indptr), np.asarray(data),
+                                                   np.asarray(grad), np.asarray(rows))
+    n, width = data.shape[0], V.row_width(grad)
+    expanded = grad[_csr_row_ids(indptr)].reshape(n, width)
+    return data * np.einsum("kd,kd->k", expanded, rows.reshape(n, width))
 
 
 def segment_sum(values, segment_ids, n_segments):

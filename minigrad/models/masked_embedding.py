@@ -144,8 +144,14 @@ class MaskedEmbeddingClassifier:
         return [self.E, self.M, self.W, self.c]
 
     def document_vectors(self, tokens, mask):
-        """``r``: (batch, dim) sum of the masked, weighted word vectors."""
+        """``r``: (batch, dim) sum of the masked, weighted word vectors.
+
+        With one weight per word, ``r = bag @ (M * E)`` is ``mg.sparse.dot(bag, E,
+        scale=M)``: one weighted pass over the gathered rows, never the products.
+        """
         bag = bag_of_words(tokens, mask, self.E)
+        if self.M.type.shape[1] == 1:
+            return mg.sparse.dot(bag, self.E, scale=self.M)
         cols = CSRColumns()(bag, self.E)
         return CSRGatheredDot()(bag, self.E[cols] * self.M[cols])
 

@@ -158,15 +158,40 @@ def rowsparse_mul(rs, x):
     return with_values(rs, Binary("mul")(values(rs), factor))
 
 
+class RowSparseReduceColumns(Op):
+    """Sum the stored rows over the trailing axes along which ``x`` was broadcast.
+
+    The gradient of ``(s * W)[idx]`` for a per-row scale ``s`` of shape ``(V, 1)``: still
+    row-sparse (same rows), each row reduced to ``x``'s trailing shape.
+    """
+
+    shape_only_inputs = (1,)
+
+    def make_node(self, rs, x):
+        return Apply(self, [rs, x], [RowSparseType(rs.dtype, x.type.shape)])
+
+    def perform(self, node, inputs):
+        from minigrad.ops.elemwise import sum_to_shape
+
+        rs, x = inputs
+        shape = np.shape(x)
+        rows = sum_to_shape(rs.values, (rs.values.shape[0],) + tuple(shape[1:]))
+        return (RowSparse(rs.indices, rows, (rs.shape[0],) + tuple(shape[1:]), rs._coalesced),)
+
+
 def rowsparse_reduce_like(rs, x):
     """Bring a row-sparse gradient to the shape of ``x`` (the target of broadcasting).
 
-    A full-rank ``x`` (not broadcast along rows) keeps the row-sparse gradient; an ``x``
-    that was broadcast along the rows gets the stored rows summed (dense and small).
+    A full-rank ``x`` (not broadcast along rows) keeps the gradient row-sparse, its rows
+    reduced over the trailing axes where ``x`` has a static length 1; an ``x`` that was
+    broadcast along the rows gets the stored rows summed (dense and small).
     """
     from minigrad.ops.elemwise import reduce_like
     from minigrad.ops.reduce import sum as sum_
 
     if x.ndim == rs.ndim and x.type.shape[0] != 1:
+        trailing = zip(x.type.shape[1:], rs.type.shape[1:])
+        if any(a == 1 and b != 1 for a, b in trailing):
+            return RowSparseReduceColumns()(rs, x)
         return rs
     return reduce_like(sum_(values(rs), axis=0, keepdims=True), x)

@@ -83,13 +83,84 @@ class CSRGatheredDotGradRows(Op):
         return (csr_scale_rows(X.indptr, X.data, np.ascontiguousarray(gz)),)
 
 
-def dot(X, W):
-    """``X @ W`` for a CSR input ``X`` and a dense ``W``; row-sparse gradient for ``W``."""
+class CSRScaledGatheredDot(Op):
+    """``out[i] = sum over stored (i, k) of X.data[k] * scale[k] * rows[k]``.
+
+    ``X @ (s * W)`` for a per-row scale ``s`` of ``W`` (shape ``(V,)`` or ``(V, 1)``),
+    without ever forming ``s * W`` or even the gathered products: the forward pass is one
+    weighted CSR product, and the VJPs are ``X.data * s * gz[row]`` for the rows and
+    ``X.data * <gz[row], rows>`` for the scales, one pass each.
+    """
+
+    def make_node(self, X, rows, scale):
+        from minigrad.ops.elemwise import result_dtype
+
+        if scale.ndim not in (1, 2) or (scale.ndim == 2 and scale.type.shape[1] not in (1, None)):
+            raise TypeError(f"scale must be a vector or an (n, 1) column, got {scale.type}")
+        dtype = result_dtype([X, rows, scale])
+        return Apply(self, [X, rows, scale], [TensorType(dtype, (None,) + rows.type.shape[1:])])
+
+    def perform(self, node, inputs):
+        from minigrad.kernels_dispatch import csr_gathered_dot
+
+        X, rows, scale = inputs
+        data = X.data * np.reshape(scale, -1)
+        return (csr_gathered_dot(X.indptr, data, rows).astype(node.outputs[0].dtype,
+                                                              copy=False),)
+
+    def grad(self, inputs, outputs, output_grads):
+        X, rows, scale = inputs
+        (gz,) = output_grads
+        return [None, CSRScaledDotGradRows()(X, scale, gz),
+                CSRScaledDotGradScale()(X, gz, rows, scale)]
+
+
+class CSRScaledDotGradRows(Op):
+    """VJP w.r.t. the gathered rows: ``X.data[k] * scale[k] * gz[row of k]``."""
+
+    def make_node(self, X, scale, gz):
+        return Apply(self, [X, scale, gz], [TensorType(gz.dtype, (None,) + gz.type.shape[1:])])
+
+    def perform(self, node, inputs):
+        from minigrad.kernels_dispatch import csr_scale_rows
+
+        X, scale, gz = inputs
+        data = X.data * np.reshape(scale, -1)
+        return (csr_scale_rows(X.indptr, data, np.ascontiguousarray(gz)),)
+
+
+class CSRScaledDotGradScale(Op):
+    """VJP w.r.t. the scales: ``X.data[k] * <gz[row of k], rows[k]>`` in ``scale``'s shape."""
+
+    shape_only_inputs = (3,)
+
+    def make_node(self, X, gz, rows, scale):
+        return Apply(self, [X, gz, rows, scale], [TensorType(gz.dtype, scale.type.shape)])
+
+    def perform(self, node, inputs):
+        from minigrad.kernels_dispatch import csr_row_dots
+
+        X, gz, rows, scale = inputs
+        dots = csr_row_dots(X.indptr, X.data, np.ascontiguousarray(gz),
+                            np.ascontiguousarray(rows, dtype=gz.dtype))
+        return (dots.reshape(np.shape(scale)),)
+
+
+def dot(X, W, scale=None):
+    """``X @ W`` for a CSR input ``X`` and a dense ``W``; row-sparse gradient for ``W``.
+
+    ``scale`` (optional, shape ``(V,)`` or ``(V, 1)`` for a ``W`` of ``V`` rows) gives
+    ``X @ (scale * W)``, computed on the gathered rows only; both ``W`` and ``scale`` get
+    row-sparse gradients (e.g. word vectors and per-word weights of a bag of words).
+    """
     from minigrad.ops.indexing import take
 
     _require_csr(X, "sparse.dot")
     W = as_variable(W)
-    return CSRGatheredDot()(X, take(W, CSRColumns()(X, W)))
+    cols = CSRColumns()(X, W)
+    if scale is None:
+        return CSRGatheredDot()(X, take(W, cols))
+    return CSRScaledGatheredDot()(X, take(W, cols), take(as_variable(scale), cols))
 
 
 class SumRows(Op):
