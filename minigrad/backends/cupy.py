@@ -428,3 +428,51 @@ def _square(op: sparse.Square, node):
         return (cpsp.csr_matrix((X.data * X.data, X.indices, X.indptr), shape=X.shape),)
 
     return thunk
+
+
+@impl.register
+def _csr_scaled_dot(op: sparse.CSRScaledGatheredDot, node):
+    def thunk(inputs):
+        X, rows, scale = inputs
+        dtype = node.outputs[0].dtype
+        out = cp().zeros((X.shape[0],) + rows.shape[1:], dtype=dtype)
+        if X.nnz:
+            w = (X.data * scale.reshape(-1)).astype(dtype)
+            weighted = w.reshape((-1,) + (1,) * (rows.ndim - 1)) * rows
+            _gpu_kernels().scatter_add_rows(out, _row_of(X), weighted.astype(dtype))
+        return (out,)
+
+    return thunk
+
+
+@impl.register
+def _csr_scaled_dot_grad_rows(op: sparse.CSRScaledDotGradRows, node):
+    def thunk(inputs):
+        X, scale, gz = inputs
+        data = (X.data * scale.reshape(-1)).astype(gz.dtype)
+        return (_gpu_kernels().csr_scale_rows(X.indptr, data, cp().ascontiguousarray(gz)),)
+
+    return thunk
+
+
+@impl.register
+def _csr_scaled_dot_grad_scale(op: sparse.CSRScaledDotGradScale, node):
+    def thunk(inputs):
+        X, gz, rows, scale = inputs
+        dots = _gpu_kernels().csr_row_dots(X.indptr, X.data.astype(gz.dtype),
+                                           cp().ascontiguousarray(gz), rows.astype(gz.dtype))
+        return (dots.reshape(scale.shape),)
+
+    return thunk
+
+
+@impl.register
+def _rs_reduce_columns(op: rowsparse.RowSparseReduceColumns, node):
+    def thunk(inputs):
+        rs, x = inputs
+        shape = (rs.values.shape[0],) + tuple(x.shape[1:])
+        rows = _sum_to_shape(rs.values, shape)
+        return (RowSparse(rs.indices, rows, (rs.shape[0],) + tuple(x.shape[1:]),
+                          rs._coalesced),)
+
+    return thunk
