@@ -109,6 +109,12 @@ def make_thunk(node):
     return impl(node.op, node)
 
 
+def device_generic(*op_classes):
+    """Run these Ops' ``perform`` directly on device arrays (it is array-module generic)."""
+    for cls in op_classes:
+        impl.register(cls)(lambda op, node: functools.partial(op.perform, node))
+
+
 def _cast_out(node, value):
     return value.astype(node.outputs[0].dtype, copy=False)
 
@@ -137,14 +143,7 @@ def _cast(op: elemwise.Cast, node):
     return lambda inputs: (inputs[0].astype(op.dtype),)
 
 
-def _sum_to_shape(g, shape):
-    if g.shape == tuple(shape):
-        return g
-    lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-    )
-    return cp().sum(g, axis=axes, keepdims=True).reshape(shape)
+_sum_to_shape = elemwise.sum_to_shape  # array-module generic
 
 
 @impl.register

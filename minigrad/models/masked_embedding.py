@@ -96,14 +96,9 @@ def _array_modules(x):
 
 def _register_cupy():
     """Run ``BagOfWords`` on the device in ``backend="cupy"`` (its perform is generic)."""
-    try:
-        from minigrad.backends.cupy import impl
-    except ImportError:  # pragma: no cover
-        return
+    from minigrad.backends.cupy import device_generic
 
-    @impl.register
-    def _bag_of_words(op: BagOfWords, node):
-        return lambda inputs: op.perform(node, inputs)
+    device_generic(BagOfWords)
 
 
 _register_cupy()

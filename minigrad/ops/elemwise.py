@@ -303,13 +303,14 @@ class MulReduceLike(Op):
 
 
 def sum_to_shape(g, shape):
+    """Sum ``g`` over the axes broadcast to reach it from ``shape`` (NumPy or CuPy)."""
     if g.shape == tuple(shape):
         return g
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
     )
-    return np.sum(g, axis=axes, keepdims=True).reshape(shape)
+    return g.sum(axis=axes, keepdims=True).reshape(shape)
 
 
 def reduce_like(g, x):
