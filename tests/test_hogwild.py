@@ -229,3 +229,23 @@ def test_ctrl_c_stops_all_workers(ratings, no_leak):
     assert elapsed < 1.0 + 5
     assert_untouched(model, snapshot)
     assert mp.active_children() == []
+
+
+def test_checkpoint_every_saves_loadable_snapshots(ratings, no_leak, tmp_path):
+    """``checkpoint_every``: snapshots written atomically while training, loadable by
+    ``mg.load`` into a fresh model, and no temporary file left behind."""
+    model = fm(ratings)
+    path = tmp_path / "hogwild.npz"
+    step = functools.partial(make_fm_step, model, 0.1, "numpy")
+    run(model, ratings, step, 2, epochs=3, start_method="fork", seed=1,
+        checkpoint_every=0.0, checkpoint_path=path)
+    assert path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hogwild.npz"]
+    fresh = fm(ratings)
+    before = [p.get_value() for p in fresh.params]
+    mg.load(path, fresh.params)
+    after = [p.get_value() for p in fresh.params]
+    assert all(np.isfinite(a).all() for a in after)
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before))  # trained values
+    with pytest.raises(ValueError, match="checkpoint_every needs checkpoint_path"):
+        run(model, ratings, step, 1, checkpoint_every=1.0)
