@@ -190,6 +190,10 @@ class Function:
         return f"function {self.name!r}" if self.name else "this function"
 
     def __call__(self, *args):
+        with self.backend.call_context():
+            return self._call(args)
+
+    def _call(self, args):
         values = self._validate(args)
         storage = [None] * self.n_slots
         storage[: len(values)] = values

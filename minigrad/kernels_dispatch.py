@@ -1,15 +1,29 @@
-"""Pick the fastest available array kernels for work done outside compiled graphs.
+"""Pick the array kernels behind the Ops' ``perform`` methods and ``RowSparse``.
 
 ``RowSparse.coalesce``, dense scatter-adds and the sparse products use ``kernels.cpu``
 (Numba) when it imports and ``MINIGRAD_BACKEND`` is not ``numpy``; otherwise the NumPy
-definitions in ``kernels.reference``. The compiled-function backends choose their own
-kernels; this module only serves the reference ``perform`` methods.
+definitions in ``kernels.reference``. A ``backend="numpy"`` function runs its calls under
+``reference_only()``, so the reference backend is NumPy end to end whatever is installed.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import numpy as np
+
+_REFERENCE_ONLY = contextvars.ContextVar("minigrad_reference_kernels", default=False)
+
+
+@contextlib.contextmanager
+def reference_only():
+    """Within this block (this thread/context), use ``kernels.reference``."""
+    token = _REFERENCE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE_ONLY.reset(token)
 
 
 def _load():
@@ -30,9 +44,20 @@ def _load():
 
 def _impl():
     global _IMPL
+    if _REFERENCE_ONLY.get():
+        return _reference()
     if _IMPL is None:
         _IMPL = _load()
     return _IMPL
+
+
+def _reference():
+    try:
+        import kernels.reference as impl
+
+        return impl
+    except ImportError:
+        return False
 
 
 _IMPL = None

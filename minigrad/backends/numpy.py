@@ -22,6 +22,13 @@ def make_thunk(node):
     return impl(node.op, node)
 
 
+def call_context():
+    """The reference backend runs on NumPy only (see ``kernels_dispatch``)."""
+    from minigrad.kernels_dispatch import reference_only
+
+    return reference_only()
+
+
 def load_shared(var):
     """The value of a shared variable as this backend's array (moved back from a GPU)."""
     value = var.value  # no flush hooks: a step must cost O(rows touched), see SharedVariable
