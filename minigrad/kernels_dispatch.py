@@ -34,12 +34,7 @@ def _load():
             return impl
         except ImportError:
             pass
-    try:
-        import kernels.reference as impl
-
-        return impl
-    except ImportError:  # a source tree without the kernels package: plain NumPy below
-        return False
+    return _reference()
 
 
 def _impl():
@@ -56,7 +51,7 @@ def _reference():
         import kernels.reference as impl
 
         return impl
-    except ImportError:
+    except ImportError:  # a source tree without the kernels package: plain NumPy below
         return False
 
 

@@ -399,18 +399,19 @@ def _row_of(X):
     return cp().searchsorted(X.indptr[1:], cp().arange(X.nnz), side="right")
 
 
+def _weighted_rows_sum(X, weights, rows, dtype):
+    """``out[i] = sum over stored (i, k) of weights[k] * rows[k]`` (atomic scatter-add)."""
+    out = cp().zeros((X.shape[0],) + rows.shape[1:], dtype=dtype)
+    if X.nnz:
+        w = weights.astype(dtype).reshape((-1,) + (1,) * (rows.ndim - 1))
+        _gpu_kernels().scatter_add_rows(out, _row_of(X), (w * rows).astype(dtype))
+    return out
+
+
 @impl.register
 def _csr_gathered_dot(op: sparse.CSRGatheredDot, node):
-    def thunk(inputs):
-        X, rows = inputs
-        dtype = node.outputs[0].dtype
-        out = cp().zeros((X.shape[0],) + rows.shape[1:], dtype=dtype)
-        if X.nnz:
-            weighted = X.data.astype(dtype).reshape((-1,) + (1,) * (rows.ndim - 1)) * rows
-            _gpu_kernels().scatter_add_rows(out, _row_of(X), weighted.astype(dtype))
-        return (out,)
-
-    return thunk
+    dtype = node.outputs[0].dtype
+    return lambda inputs: (_weighted_rows_sum(inputs[0], inputs[0].data, inputs[1], dtype),)
 
 
 @impl.register
@@ -436,15 +437,11 @@ def _square(op: sparse.Square, node):
 
 @impl.register
 def _csr_scaled_dot(op: sparse.CSRScaledGatheredDot, node):
+    dtype = node.outputs[0].dtype
+
     def thunk(inputs):
         X, rows, scale = inputs
-        dtype = node.outputs[0].dtype
-        out = cp().zeros((X.shape[0],) + rows.shape[1:], dtype=dtype)
-        if X.nnz:
-            w = (X.data * scale.reshape(-1)).astype(dtype)
-            weighted = w.reshape((-1,) + (1,) * (rows.ndim - 1)) * rows
-            _gpu_kernels().scatter_add_rows(out, _row_of(X), weighted.astype(dtype))
-        return (out,)
+        return (_weighted_rows_sum(X, X.data * scale.reshape(-1), rows, dtype),)
 
     return thunk
 

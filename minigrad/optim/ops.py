@@ -186,7 +186,7 @@ class CatchUpRows(Op):
         from minigrad.types import array_module
 
         tables, (t_new, idx) = inputs[:-2], inputs[-2:]
-        param, states, last = tables[0], dict(zip(self.present, tables[1:-1])), tables[-1]
+        param = tables[0]
         xp = array_module(param)
         rows = xp.unique(xp.asarray(idx).reshape(-1))
         if rows.shape[0] and (int(rows[0]) < 0 or int(rows[-1]) >= param.shape[0]):
@@ -197,11 +197,16 @@ class CatchUpRows(Op):
                 f"(valid: 0..{param.shape[0] - 1})"
             )
         if int(t_new) > 1:  # before the first step there is nothing to catch up
-            getattr(module, self.kernel)(
-                param, *[states.get(name) for name in self.layout], rows.astype(np.int64),
-                None, int(t_new) - 1, last, *self.hyper,
-            )
+            self.catch_up(module, tables, rows.astype(np.int64), int(t_new) - 1)
         return (param,)
+
+    def catch_up(self, module, tables, rows, t):
+        """Apply the pending steps up to ``t`` to ``rows`` (the fused kernel, no gradient)."""
+        param, states, last = tables[0], dict(zip(self.present, tables[1:-1])), tables[-1]
+        getattr(module, self.kernel)(
+            param, *[states.get(name) for name in self.layout], rows, None, t, last,
+            *self.hyper,
+        )
 
     def perform(self, node, inputs):
         return self.run(kernel_module("numpy"), node, inputs)
@@ -211,21 +216,15 @@ class CatchUpAll(CatchUpRows):
     """``CatchUpRows`` for every row: what a *dense* read of the parameter needs (an
     elementwise op over the whole table reads all rows, so all must be up to date)."""
 
-    def make_node(self, param, *rest):
-        return Apply(self, [param, *rest], [param.type])
-
     def run(self, module, node, inputs):
         from minigrad.types import array_module
 
-        tables, t_new = inputs[:-1], inputs[-1]
-        param, states, last = tables[0], dict(zip(self.present, tables[1:-1])), tables[-1]
+        tables, t_new = inputs[:-1], int(inputs[-1])
+        param, last = tables[0], tables[-1]
         # nothing pending (e.g. a table updated densely every step): skip the kernel call
-        if int(t_new) > 1 and int(last.min()) < int(t_new) - 1:
+        if t_new > 1 and int(last.min()) < t_new - 1:
             rows = array_module(param).arange(param.shape[0], dtype=np.int64)
-            getattr(module, self.kernel)(
-                param, *[states.get(name) for name in self.layout], rows, None,
-                int(t_new) - 1, last, *self.hyper,
-            )
+            self.catch_up(module, tables, rows, t_new - 1)
         return (param,)
 
 
