@@ -315,3 +315,6 @@ def simplify(outputs):
         return None
 
     return apply_local(outputs, local)
+
+
+from minigrad import rewrite_fusion  # noqa: E402,F401  (the "fuse" rewrites register last)

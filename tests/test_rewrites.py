@@ -61,7 +61,10 @@ def test_fm_products_share_one_gather():
     X, y = mg.csr_matrix("X"), mg.vector("y")
     f = mg.function([X, y], fm.cost(X, y), backend="numpy")
     gathers_of_v = [n for n in f.nodes if isinstance(n.op, Take) and n.inputs[0] is fm.V]
-    assert len(gathers_of_v) == 1
+    # with the "fuse" rewrites (rewrite_fusion.py) the products read V's rows in place
+    fused = [n for n in f.nodes
+             if type(n.op).__name__ == "FusedCSRGatherSum" and n.inputs[1] is fm.V]
+    assert len(gathers_of_v) == 1 or (not gathers_of_v and len(fused) == 2)
     Xv = sp.random(6, 30, density=0.2, format="csr", random_state=0)
     assert np.isfinite(f(Xv, np.ones(6)))
 
