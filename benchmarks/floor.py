@@ -235,3 +235,204 @@ class FMFloor:
     @property
     def params(self):
         return [self.b, self.w, self.V]
+
+
+# --- the comparison: minigrad (fused and not), floor, torch eager; one run ----------------
+
+EMB = dict(vocab=30_000, batch=32, length=100, dim=64, n_classes=5, lr=1e-3)
+FM = dict(k=16, batch=256, lr=0.05)
+
+
+def _compile(inputs, cost, updates, fuse):
+    """``mg.function`` with the ``"fuse"`` rewrites on or off (``mg.Mode`` once it exists)."""
+    import functools
+
+    import minigrad as mg
+
+    if hasattr(mg, "Mode"):
+        return mg.function(inputs, cost, updates=updates,
+                           mode=mg.Mode(exclude=() if fuse else ("fuse",)))
+    import minigrad.compile as compile_module
+    from minigrad.rewrite import rewrite
+
+    saved = compile_module.rewrite
+    compile_module.rewrite = rewrite if fuse else functools.partial(rewrite, exclude=("fuse",))
+    try:
+        return mg.function(inputs, cost, updates=updates)
+    finally:
+        compile_module.rewrite = saved
+
+
+def embedding_systems(torch, n_batches):
+    """``{label: (step(i), n_nodes)}`` for the masked-embedding step, same batches."""
+    import minigrad as mg
+    from benchmarks.embedding import make_batches
+
+    batches = make_batches(EMB["vocab"], n_batches)
+    systems = {}
+    for fuse in (True, False):
+        model = mg.models.MaskedEmbeddingClassifier(EMB["vocab"], EMB["dim"], EMB["n_classes"],
+                                                    seed=0, dtype="float32", vector_mask=True)
+        tokens, mask, labels = mg.lmatrix("t"), mg.matrix("m", "float32"), mg.lvector("y")
+        cost = model.cost(tokens, mask, labels)
+        opt = mg.optim.Adam(model.params, lr=EMB["lr"], sparse="lazy")
+        fn = _compile([tokens, mask, labels], cost, opt.updates(cost), fuse)
+        systems["minigrad" if fuse else "minigrad unfused"] = (
+            (lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
+        if fuse:
+            init = [p.get_value() for p in model.params]
+    fl = EmbeddingFloor(*init, lr=EMB["lr"])
+    systems["floor"] = (lambda i: fl.step(*batches[i % n_batches]), 1)
+    if torch is not None:
+        for sparse in (False, True):
+            twin = TorchVectorMaskEmbedding(torch, init, sparse, EMB["lr"])
+            data = [tuple(torch.from_numpy(a) for a in b) for b in batches]
+            label = "torch SparseAdam" if sparse else "torch dense Adam"
+            systems[label] = ((lambda i, twin=twin, data=data: twin.step(*data[i % n_batches])),
+                              None)
+    return systems
+
+
+class TorchVectorMaskEmbedding:
+    """The seed's model in PyTorch (``M`` per dimension, (V, D)), from given ``init``."""
+
+    def __init__(self, torch, init, sparse, lr):
+        E, M, W, c = (torch.from_numpy(np.array(a)) for a in init)
+        self.torch = torch
+        self.E = torch.nn.Embedding.from_pretrained(E, freeze=False, sparse=sparse)
+        self.M = torch.nn.Embedding.from_pretrained(M, freeze=False, sparse=sparse)
+        self.W, self.c = W.requires_grad_(), c.requires_grad_()
+        tables = [self.E.weight, self.M.weight]
+        if sparse:
+            self.opts = [torch.optim.SparseAdam(tables, lr=lr), torch.optim.Adam([self.W, self.c],
+                                                                                 lr=lr)]
+        else:
+            self.opts = [torch.optim.Adam(tables + [self.W, self.c], lr=lr)]
+
+    def step(self, tokens, mask, labels):
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
+        r = (self.E(tokens) * self.M(tokens) * mask[..., None]).sum(1)
+        loss = self.torch.nn.functional.cross_entropy(r @ self.W + self.c, labels)
+        loss.backward()
+        for opt in self.opts:
+            opt.step()
+        return loss
+
+
+def fm_systems(torch, n_batches, quick):
+    """``{label: (step(i), n_nodes)}`` for the FM SGD step (float64, as the Hogwild task)."""
+    import minigrad as mg
+    from benchmarks.hogwild import _task, _torch_fm, _torch_fm_params
+
+    X, y = _task(quick)
+    batches = [(X[i * FM["batch"]:(i + 1) * FM["batch"]], y[i * FM["batch"]:(i + 1) * FM["batch"]])
+               for i in range(n_batches)]
+    systems = {}
+    for fuse in (True, False):
+        model = mg.models.FactorizationMachine(X.shape[1], FM["k"], seed=0)
+        Xs, ys = mg.csr_matrix("X"), mg.vector("y")
+        cost = model.cost(Xs, ys)
+        fn = _compile([Xs, ys], cost, mg.optim.SGD(model.params, FM["lr"]).updates(cost), fuse)
+        systems["minigrad" if fuse else "minigrad unfused"] = (
+            (lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
+        if fuse:
+            init = [p.get_value() for p in model.params]
+    fl = FMFloor(*init, lr=FM["lr"])
+    systems["floor"] = (lambda i: fl.step(*batches[i % n_batches]), 1)
+    if torch is not None:
+        params = _torch_fm_params(X.shape[1])
+        opt = torch.optim.SGD(params, lr=FM["lr"])
+        loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+        data = []
+        for Xb, yb in batches:
+            rows = np.repeat(np.arange(Xb.shape[0]), np.diff(Xb.indptr))
+            data.append((torch.from_numpy(rows), torch.from_numpy(Xb.indices.astype(np.int64)),
+                         torch.from_numpy(Xb.data), Xb.shape[0], torch.from_numpy(yb)))
+
+        def torch_step(i):
+            rows, cols, vals, nb, yb = data[i % n_batches]
+            opt.zero_grad()
+            loss_fn(_torch_fm(params, rows, cols, vals, nb), yb).backward()
+            opt.step()
+
+        systems["torch eager"] = (torch_step, None)
+    return systems
+
+
+def measure(systems, torch, repeats, per_block):
+    """Interleaved blocks: every repeat times each system once; medians per step.
+
+    torch systems are timed with 1 and with 2 intra-op threads in the same rounds.
+    """
+    import time
+
+    variants = []
+    for label, (step, nodes) in systems.items():
+        threads = (1, 2) if label.startswith("torch") else (None,)
+        for n in threads:
+            variants.append((label if n is None else f"{label} ({n} thr)", step, n, nodes))
+    for _, step, n, _ in variants:  # warm-up (JIT, caches) apart from the timings
+        if n is not None:
+            torch.set_num_threads(n)
+        for i in range(3):
+            step(i)
+    times = {v[0]: [] for v in variants}
+    counter = 3
+    for _ in range(repeats):
+        for label, step, n, _ in variants:
+            if n is not None:
+                torch.set_num_threads(n)
+            start = time.perf_counter()
+            for _ in range(per_block):
+                step(counter)
+                counter += 1
+            times[label].append((time.perf_counter() - start) / per_block)
+    return {label: dict(median_s=float(np.median(times[label])), nodes=nodes)
+            for label, _, _, nodes in variants}
+
+
+def _print(name, rows):
+    base = rows["floor"]["median_s"]
+    mine = rows["minigrad"]["median_s"]
+    print(f"\n{name}: median seconds per step (interleaved blocks), ratios to the floor")
+    print(f"{'system':28s} {'ms/step':>9s} {'/floor':>8s} {'minigrad/x':>11s} {'nodes':>6s}")
+    for label, row in rows.items():
+        t = row["median_s"]
+        nodes = "" if row["nodes"] is None else str(row["nodes"])
+        print(f"{label:28s} {t * 1e3:9.3f} {t / base:8.2f} {mine / t:11.2f} {nodes:>6s}")
+
+
+def run(quick=True, compare=(), repeats=None):
+    """Time both steps; returns ``{"embedding": rows, "fm": rows}``."""
+    torch = None
+    if "torch" in compare:
+        try:
+            import torch
+        except ImportError:
+            print("torch not installed: torch rows skipped")
+    repeats = repeats or (5 if quick else 9)
+    out = {}
+    out["embedding"] = measure(embedding_systems(torch, 16), torch, repeats, 20 if quick else 50)
+    _print("masked-embedding lazy-Adam step (V=30K, 32x100, D=64, C=5, float32)",
+           out["embedding"])
+    out["fm"] = measure(fm_systems(torch, 32, quick), torch, repeats, 40 if quick else 100)
+    _print("FM SGD step (k=16, batch 256, float64)", out["fm"])
+    return out
+
+
+def main(argv=None):
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compare", default="", help="'torch' to add torch eager rows")
+    args = parser.parse_args(argv)
+    print(f"load average before: {os.getloadavg()}")
+    run(args.quick, args.compare.split(","))
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -123,7 +123,7 @@ def _slot_coalesce(indices, values, slot):
 def _factor_or_dummy(factor, dtype):
     if factor is None:
         return np.zeros((1, 1), dtype=dtype), False
-    return np.ascontiguousarray(factor, dtype=dtype), True
+    return np.asarray(factor, dtype=dtype), True  # no copy: tables may be huge or strided
 
 
 def csr_gather_mul_sum(indptr, indices, data, table, factor=None):
@@ -135,7 +135,7 @@ def csr_gather_mul_sum(indptr, indices, data, table, factor=None):
     out = np.zeros((indptr.shape[0] - 1, table.shape[1]), dtype=table.dtype)
     f, use = _factor_or_dummy(factor, table.dtype)
     _gather_mul_sum(indptr, indices, np.ascontiguousarray(data, dtype=table.dtype),
-                    np.ascontiguousarray(table), f, use, out)
+                    table, f, use, out)  # any layout: a copy of a big table costs O(V)
     return out
 
 
