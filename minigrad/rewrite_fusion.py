@@ -16,6 +16,9 @@ graph) and run after the core rewrites; the optimizers' ``fresh_reads`` is appli
   products' two VJPs), becomes ``FusedCSRScatterGrad(X, gz, T[, F])``, written straight into
   de-duplicated rows. Any other such ``TakeGrad`` with a 1-D index becomes ``SlotTakeGrad``
   (the rows exist; only the de-duplication changes).
+* ``fuse_elemwise``: maximal chains of element-wise nodes (the two tables of
+  ``ops/elemwise.py``, ``where``, ``cast``) become one ``FusedElemwise`` node whose inner
+  graph the Numba backend compiles into a single loop.
 
 Restricting the backward to optimizer readers keeps the semantics exact: a gradient that a
 user returns or transforms stays the uncoalesced ``TakeGrad`` it was (a transform that adds
@@ -24,6 +27,8 @@ noise "per stored row" would see fewer rows after coalescing).
 from __future__ import annotations
 
 import sys
+
+import numpy as np
 
 from minigrad.graph import clone_replace, toposort
 from minigrad.ops.elemwise import Binary, MulReduceLike, Unary
@@ -227,3 +232,105 @@ def fuse_csr_scatter_grad(outputs):
     if not replace:
         return outputs
     return clone_replace(outputs, replace)
+
+
+# --- element-wise chains -------------------------------------------------------------------
+
+
+def fusable_elemwise(node):
+    """Element-wise nodes the fused loop can compute (every entry of the two tables, ``where``
+    and ``cast``), on dense tensors only."""
+    from minigrad.ops.elemwise import Cast, Where
+    from minigrad.types import TensorType
+
+    if not isinstance(node.op, (Unary, Binary, Where, Cast)) or len(node.outputs) != 1:
+        return False
+    return all(isinstance(v.type, TensorType) for v in [*node.inputs, node.outputs[0]])
+
+
+def _is_scalar_constant(var):
+    from minigrad.graph import Constant
+
+    return isinstance(var, Constant) and np.ndim(var.data) == 0
+
+
+def elemwise_groups(outputs):
+    """Maximal single-output chains of fusable nodes: ``{root: [members, root last]}``.
+
+    A producer joins its reader's group when every reader of its value is in the group (so
+    nothing outside needs the intermediate) and it has the root's rank (a rank-0 bias
+    correction is not recomputed for every element of a table).
+    """
+    nodes = toposort(outputs)
+    clients = {}
+    for node in nodes:
+        for var in node.inputs:
+            clients.setdefault(var, set()).add(node)
+    returned = set(outputs)
+    member_of, groups = {}, {}
+    for root in reversed(nodes):
+        if root in member_of or not fusable_elemwise(root):
+            continue
+        rank = root.outputs[0].ndim
+        group, stack = {root}, list(root.inputs)
+        while stack:
+            var = stack.pop()
+            producer = var.owner
+            if (producer is None or producer in member_of or producer in group
+                    or not fusable_elemwise(producer) or var in returned
+                    or var.ndim != rank or not clients[var] <= group):
+                continue
+            group.add(producer)
+            stack.extend(producer.inputs)
+        for member in group:
+            member_of[member] = root
+        if len(group) > 1:
+            groups[root] = [n for n in nodes if n in group]
+    return groups
+
+
+def fused_elemwise_node(members):
+    """``(FusedElemwise op, outer inputs)`` for a group (root last)."""
+    from minigrad.ops.fused import FusedElemwise
+
+    produced = {n.outputs[0] for n in members}
+    outer = []
+    for node in members:
+        for var in node.inputs:
+            if var not in produced and not _is_scalar_constant(var) and var not in outer:
+                outer.append(var)
+    leaves = []
+    for var in outer:
+        leaf = var.type.make_variable()
+        leaf.name = var.name
+        leaves.append(leaf)
+    (inner_out,) = clone_replace([members[-1].outputs[0]], dict(zip(outer, leaves)))
+    return FusedElemwise(leaves, [inner_out]), outer
+
+
+@register("default", "fuse", "fuse_elemwise")
+def fuse_elemwise(outputs):
+    """Chains of element-wise nodes become one ``FusedElemwise`` node (one loop)."""
+    groups = elemwise_groups(outputs)
+    if not groups:
+        return outputs
+    inside = {n for members in groups.values() for n in members}
+    memo = {}
+    for node in toposort(outputs):
+        if node in groups:
+            op, outer = fused_elemwise_node(groups[node])
+            new = op.make_node(*[memo.get(v, v) for v in outer]).outputs[0]
+            old = node.outputs[0]
+            new.name, new.tag = old.name, dict(old.tag)
+            memo[old] = new
+            continue
+        if node in inside:
+            continue  # computed inside its group's fused node
+        inputs = [memo.get(v, v) for v in node.inputs]
+        if all(a is b for a, b in zip(inputs, node.inputs)):
+            continue
+        rebuilt = node.op.make_node(*inputs)
+        for old, new in zip(node.outputs, rebuilt.outputs):
+            new.name, new.tag = old.name, dict(old.tag)
+            memo[old] = new
+    return [memo.get(o, o) for o in outputs]

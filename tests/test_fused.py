@@ -361,3 +361,107 @@ def test_a_returned_gradient_is_not_coalesced_behind_the_users_back(backend):
     f = mg.function([tokens, mask, labels], gE, backend=backend)
     value = f(np.array([[1, 1, 2]]), np.ones((1, 3)), np.array([0]))
     assert len(value.indices) == 3  # one stored row per real token, as TakeGrad gives
+
+
+# --- element-wise chains -------------------------------------------------------------------
+
+from minigrad.ops.elemwise import BINARY_TABLE, UNARY_TABLE  # noqa: E402
+from minigrad.ops.fused import FusedElemwise  # noqa: E402
+
+
+def _compile_outputs(inputs, outputs, backend, fuse):
+    return compile_step(inputs, outputs, None, backend, fuse)
+
+
+def _fused_nodes(fn):
+    return [n for n in fn.nodes if isinstance(n.op, FusedElemwise)]
+
+
+def _positive(name):
+    return name in ("log", "sqrt", "log1p", "pow")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(UNARY_TABLE))
+def test_every_unary_op_fuses_and_matches_the_reference(backend, dtype, name):
+    x, y = mg.matrix("x", dtype), mg.vector("y", dtype)
+    op = mg.ops.Unary(name)
+    out = op(x * y + 0.5) * 2.0 - y  # broadcast (n, d) against (d,)
+    fused = _compile_outputs([x, y], out, backend, True)
+    plain = _compile_outputs([x, y], out, backend, False)
+    assert len(_fused_nodes(fused)) == 1 and not _fused_nodes(plain)
+    rng = np.random.default_rng(0)
+    xv = rng.uniform(0.1, 2.0, (4, 3)).astype(dtype)
+    yv = rng.uniform(0.1, 2.0, 3).astype(dtype)
+    if name in ("relu", "abs", "sign"):
+        xv -= 1.0
+    got, want = fused(xv, yv), plain(xv, yv)
+    assert got.dtype == want.dtype == np.dtype(dtype) and got.shape == (4, 3)
+    np.testing.assert_allclose(got, want, rtol=3e-6 if dtype == "float32" else 1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(BINARY_TABLE))
+def test_every_binary_op_fuses_and_matches_the_reference(backend, dtype, name):
+    x, y = mg.matrix("x", dtype), mg.matrix("y", dtype)
+    op = mg.ops.Binary(name)
+    inner = op(mg.exp(x), y + 1.0)
+    out = mg.where(inner, x, y) if inner.dtype == "bool" else inner * 3.0
+    fused = _compile_outputs([x, y], out, backend, True)
+    plain = _compile_outputs([x, y], out, backend, False)
+    assert len(_fused_nodes(fused)) == 1
+    rng = np.random.default_rng(1)
+    xv = rng.uniform(-1, 1, (5, 1)).astype(dtype)  # broadcast (5, 1) against (1, 4)
+    yv = rng.uniform(0, 2, (1, 4)).astype(dtype)
+    got, want = fused(xv, yv), plain(xv, yv)
+    assert got.dtype == want.dtype and got.shape == want.shape == (5, 4)
+    np.testing.assert_allclose(got, want, rtol=3e-6 if dtype == "float32" else 1e-13)
+
+
+def test_fused_chain_keeps_dtypes_casts_and_scalar_constants(backend):
+    x, t = mg.vector("x", "float32"), mg.tensor("t", "int64", ())
+    out = mg.cast(mg.cast(x > 0.5, "float32") * x + 1e-3, "float64") / mg.cast(t + 1,
+                                                                                "float64")
+    fused = _compile_outputs([x, t], out, backend, True)
+    plain = _compile_outputs([x, t], out, backend, False)
+    xv = np.linspace(0, 1, 7, dtype=np.float32)
+    got, want = fused(xv, np.int64(3)), plain(xv, np.int64(3))
+    assert got.dtype == want.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-7)
+    assert fused(np.zeros(0, np.float32), np.int64(1)).shape == (0,)  # empty batch
+
+
+def test_fused_values_never_alias_inputs_and_intermediates_read_elsewhere_stay(backend):
+    x = mg.vector("x")
+    e = mg.exp(x)
+    out = [e * 2.0 + 1.0, e.sum()]  # e is read by the reduction: not absorbed
+    fn = _compile_outputs([x], out, backend, True)
+    xv = np.arange(3.0)
+    a, s = fn(xv)
+    np.testing.assert_allclose(a, np.exp(xv) * 2 + 1)
+    np.testing.assert_allclose(s, np.exp(xv).sum())
+    assert a is not xv and not np.shares_memory(a, xv)
+
+
+def test_fused_node_shows_its_inner_graph():
+    x, y = mg.vector("x"), mg.vector("y")
+    fn = _compile_outputs([x, y], mg.exp(x * y) - y, "numpy", True)
+    (node,) = _fused_nodes(fn)
+    assert len(node.op.inner_inputs) == 2 and len(node.op.inner_outputs) == 1
+    assert "exp" in mg.debugprint(node.op.inner_outputs[0], print_=False)
+    assert "FusedElemwise{exp" in mg.debugprint(fn, print_=False)
+    same = _compile_outputs([x, y], mg.exp(x * y) - y, "numpy", True)
+    assert _fused_nodes(same)[0].op == node.op  # equal inner graphs give equal Ops
+
+
+def test_generated_kernels_are_cached_on_disk(tmp_path, monkeypatch):
+    pytest.importorskip("numba")
+    from minigrad.backends import numba_fused
+
+    monkeypatch.setenv("MINIGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(numba_fused, "_KERNELS", {})
+    x = mg.vector("x")
+    fn = _compile_outputs([x], mg.tanh(x) * 3.0 + 0.25, "numba", True)
+    np.testing.assert_allclose(fn(np.ones(2)), np.tanh(1.0) * 3 + 0.25)
+    written = list((tmp_path / "fused_elemwise").glob("fused_*.py"))
+    assert len(written) == 1 and "def kernel(a0)" in written[0].read_text()

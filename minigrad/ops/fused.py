@@ -24,8 +24,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigrad.graph import Apply, Op
-from minigrad.types import INT_KINDS, CSRType, RowSparse, RowSparseType, TensorType
+from minigrad.graph import Apply, Op, toposort
+from minigrad.types import (
+    INT_KINDS,
+    CSRType,
+    RowSparse,
+    RowSparseType,
+    TensorType,
+    array_module,
+)
 from minigrad.variables import as_variable
 
 
@@ -82,9 +89,9 @@ class FusedCSRGatherSum(Op):
         """``(X, table, factor)`` checked and cast to the output dtype (what kernels take)."""
         X, table, *rest = inputs
         check_columns(node, X, table)
-        dtype = node.outputs[0].dtype
-        table = np.asarray(table, dtype=dtype)
-        factor = _as_table(np.asarray(rest[0], dtype=dtype)) if rest else None
+        dtype, xp = node.outputs[0].dtype, array_module(table)  # NumPy, or CuPy on a GPU
+        table = xp.asarray(table, dtype=dtype)
+        factor = _as_table(xp.asarray(rest[0], dtype=dtype)) if rest else None
         if factor is not None and table.shape[1] == 1 and factor.shape[1] > 1:
             table, factor = factor, table  # (V, 1) * (V, D): the product commutes
         return X, table, factor
@@ -134,8 +141,9 @@ class FusedCSRScatterGrad(Op):
         dtype = node.outputs[0].dtype
         shape = tuple(np.shape(table))
         out_width = 1 if len(shape) == 1 else shape[1]
-        gz = np.asarray(gz, dtype=dtype)
-        factor = _as_table(np.asarray(rest[0], dtype=dtype)) if rest else None
+        xp = array_module(gz)
+        gz = xp.asarray(gz, dtype=dtype)
+        factor = _as_table(xp.asarray(rest[0], dtype=dtype)) if rest else None
         return X, gz, shape, factor, out_width
 
     @staticmethod
@@ -169,7 +177,8 @@ class SlotTakeGrad(Op):
     def arrays(node, inputs):
         table, idx, rows = inputs
         shape = tuple(np.shape(table))
-        values = np.asarray(rows, dtype=node.outputs[0].dtype).reshape((-1,) + shape[1:])
+        xp = array_module(rows)
+        values = xp.asarray(rows, dtype=node.outputs[0].dtype).reshape((-1,) + shape[1:])
         if values.shape[0] != idx.shape[0]:
             raise ValueError(f"{values.shape[0]} gradient rows for {idx.shape[0]} indices")
         return shape, idx, values
@@ -180,7 +189,101 @@ class SlotTakeGrad(Op):
         return (RowSparse(unique, summed, shape, coalesced=True),)
 
 
+class FusedElemwise(Op):
+    """A connected chain of element-wise nodes computed as one loop (one output).
+
+    ``inner_inputs`` are fresh leaves standing for the node's inputs, ``inner_outputs`` the
+    one-element list of the chain's result over them: the inner graph ``debugprint`` shows.
+    Scalar constants stay inside the inner graph; every other outside value is an input.
+    ``perform`` (the NumPy reference) runs the inner nodes' own ``perform`` one by one;
+    the Numba backend compiles the inner graph into one ufunc (``backends/numba_fused.py``).
+    Equal inner graphs give equal Ops (``signature``), so ``merge`` and kernel caches
+    treat them as one.
+    """
+
+    __props__ = ("signature",)
+
+    def __init__(self, inner_inputs, inner_outputs):
+        self.inner_inputs, self.inner_outputs = list(inner_inputs), list(inner_outputs)
+        self.inner_nodes = toposort(self.inner_outputs)
+        self.signature = inner_signature(self.inner_inputs, self.inner_outputs)
+
+    def __str__(self):
+        return f"FusedElemwise{{{formula(self.inner_inputs, self.inner_outputs[0])}}}"
+
+    def make_node(self, *inputs):
+        inputs = [as_variable(x) for x in inputs]
+        if len(inputs) != len(self.inner_inputs):
+            raise TypeError(f"{self} takes {len(self.inner_inputs)} inputs, got {len(inputs)}")
+        for outer, inner in zip(inputs, self.inner_inputs):
+            if outer.dtype != inner.dtype or outer.ndim != inner.ndim:
+                raise TypeError(f"{self}: input {outer.type} where {inner.type} was fused")
+        return Apply(self, inputs, [o.type for o in self.inner_outputs])
+
+    def perform(self, node, inputs):
+        values = dict(zip(self.inner_inputs, inputs))
+        for inner in self.inner_nodes:
+            args = [values[v] if v in values else v.data for v in inner.inputs]
+            for var, value in zip(inner.outputs, inner.op.perform(inner, args)):
+                values[var] = value
+        return tuple(np.asarray(values[o]) for o in self.inner_outputs)
+
+
+def inner_signature(inner_inputs, inner_outputs):
+    """A hashable text naming the inner graph up to renaming of its variables."""
+    names = {v: f"a{i}:{v.type}" for i, v in enumerate(inner_inputs)}
+    parts = []
+    for k, node in enumerate(toposort(inner_outputs)):
+        args = []
+        for v in node.inputs:
+            if v in names:
+                args.append(names[v])
+            else:  # a scalar constant, kept inside
+                args.append(f"{np.asarray(v.data).dtype}({np.asarray(v.data).item()!r})")
+        parts.append(f"t{k}={node.op}({','.join(args)})->{node.outputs[0].type}")
+        names[node.outputs[0]] = f"t{k}"
+    return ";".join(parts) + f";out={names[inner_outputs[0]]}"
+
+
+def formula(inner_inputs, out):
+    """``exp(a0 * a1) - a2``: the inner graph as one readable expression; a value used twice
+    is named once (``t0 + t0 where t0 = exp(a0)``), as the loop computes it once."""
+    from minigrad.ops.elemwise import Binary, Unary
+
+    names = {v: f"a{i}" for i, v in enumerate(inner_inputs)}
+    infix = {"add": "+", "sub": "-", "mul": "*", "true_div": "/", "pow": "**", "lt": "<",
+             "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "neq": "!="}
+    uses = {}
+    for node in toposort([out]):
+        for v in node.inputs:
+            uses[v] = uses.get(v, 0) + 1
+    shared = []
+
+    def show(var, top=False):
+        if var in names:
+            return names[var]
+        if var.owner is None:
+            return repr(np.asarray(var.data).item())
+        op, args = var.owner.op, [show(v) for v in var.owner.inputs]
+        infix_op = isinstance(op, Binary) and op.name in infix
+        if infix_op:
+            bare = f"{args[0]} {infix[op.name]} {args[1]}"
+        elif isinstance(op, (Unary, Binary)):
+            bare = f"{op.name}({', '.join(args)})"
+        else:
+            bare = f"{type(op).__name__.lower()}({', '.join(args)})"
+        if uses.get(var, 0) > 1 and not top:
+            names[var] = f"t{len(shared)}"
+            shared.append(f"{names[var]} = {bare}")
+            return names[var]
+        return f"({bare})" if infix_op and not top else bare
+
+    text = show(out, top=True)
+    return text + (f" where {', '.join(shared)}" if shared else "")
+
+
 #: which input is the table whose row count ``X``'s columns must match (error messages)
 _TABLE_POSITION = {FusedCSRGatherSum: 1, FusedCSRScatterGrad: 2}
 
-__all__ = ["FusedCSRGatherSum", "FusedCSRScatterGrad", "SlotTakeGrad", "check_columns"]
+__all__ = ["FusedCSRGatherSum", "FusedCSRScatterGrad", "FusedElemwise", "SlotTakeGrad",
+           "check_columns", "formula", "inner_signature"]
