@@ -465,3 +465,36 @@ def test_generated_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     np.testing.assert_allclose(fn(np.ones(2)), np.tanh(1.0) * 3 + 0.25)
     written = list((tmp_path / "fused_elemwise").glob("fused_*.py"))
     assert len(written) == 1 and "def kernel(a0)" in written[0].read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_gpu_fused_kernels_match_the_reference(dtype):
+    try:
+        import cupy
+
+        import kernels.gpu.fused as gpu
+    except ImportError as exc:
+        pytest.skip(f"kernels.gpu unavailable: {exc}")
+    import kernels.reference.fused as ref
+
+    V, D = 13, 4
+    rng = np.random.default_rng(0)
+    indptr, indices, data = _batch(2, 6, V, dtype)
+    T = rng.standard_normal((V, D)).astype(dtype)
+    G = rng.standard_normal((6, D)).astype(dtype)
+    dev = cupy.asarray
+    for F in (None, rng.standard_normal((V, 1)).astype(dtype), T):
+        np.testing.assert_allclose(
+            gpu.csr_gather_mul_sum(dev(indptr), dev(indices), dev(data), dev(T),
+                                   None if F is None else dev(F)).get(),
+            ref.csr_gather_mul_sum(indptr, indices, data, T, F), **_tol(dtype))
+        u, r = gpu.csr_scatter_grad_rows(dev(indptr), dev(indices), dev(data), dev(G), V,
+                                         None if F is None else dev(F))
+        u_ref, r_ref = ref.csr_scatter_grad_rows(indptr, indices, data, G, V, F)
+        assert np.array_equal(u.get(), u_ref)
+        np.testing.assert_allclose(r.get(), r_ref, **_tol(dtype))
+    u, s = gpu.slot_coalesce_rows(dev(indices), dev(G[:1].repeat(len(indices), 0)), V)
+    u_ref, s_ref = ref.slot_coalesce_rows(indices, G[:1].repeat(len(indices), 0), V)
+    assert np.array_equal(u.get(), u_ref)
+    np.testing.assert_allclose(s.get(), s_ref, **_tol(dtype))
