@@ -244,23 +244,11 @@ FM = dict(k=16, batch=256, lr=0.05)
 
 
 def _compile(inputs, cost, updates, fuse):
-    """``mg.function`` with the ``"fuse"`` rewrites on or off (``mg.Mode`` once it exists)."""
-    import functools
-
+    """``mg.function`` with the ``"fuse"`` rewrites on or off."""
     import minigrad as mg
 
-    if hasattr(mg, "Mode"):
-        return mg.function(inputs, cost, updates=updates,
-                           mode=mg.Mode(exclude=() if fuse else ("fuse",)))
-    import minigrad.compile as compile_module
-    from minigrad.rewrite import rewrite
-
-    saved = compile_module.rewrite
-    compile_module.rewrite = rewrite if fuse else functools.partial(rewrite, exclude=("fuse",))
-    try:
-        return mg.function(inputs, cost, updates=updates)
-    finally:
-        compile_module.rewrite = saved
+    return mg.function(inputs, cost, updates=updates,
+                       mode=mg.Mode(exclude=() if fuse else ("fuse",)))
 
 
 def embedding_systems(torch, n_batches):

@@ -3,8 +3,8 @@
 Each is a plain ``outputs -> outputs`` graph function registered with the tags
 ``("default", "fuse", <its name>)``: excluding ``"fuse"`` (or one name) switches it off.
 They are registered from ``minigrad/rewrite.py`` (so every backend compiles the same
-graph) and run after the core rewrites; the optimizers' ``fresh_reads`` is applied first
-(see :func:`after_fresh_reads`):
+graph) in the ``"fuse"`` phase, which runs after ``specialize`` (``merge_take_grads``, the
+optimizers' ``fresh_reads``) and, inside the phase, after ``fuse_mul_reduce``:
 
 * ``fuse_csr_gather_sum`` (forward): ``CSRGatheredDot(X, T[cols])``,
   ``CSRGatheredDot(X, T[cols] * F[cols])``, ``CSRGatheredDot(X, square(T[cols]))`` and
@@ -25,8 +25,6 @@ user returns or transforms stays the uncoalesced ``TakeGrad`` it was (a transfor
 noise "per stored row" would see fewer rows after coalescing).
 """
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 
@@ -123,18 +121,9 @@ def _fused_forward(node):
     return fused if fused.type == out.type or fused.dtype == out.dtype else None
 
 
-def after_fresh_reads(outputs):
-    """Apply the optimizers' ``fresh_reads`` first (it is idempotent), whatever the order
-    of registration: a fused product must read ``CatchUpRows(E)[cols]``, never make
-    ``fresh_reads`` catch up the whole table because an unknown Op reads ``E``."""
-    optim_ops = sys.modules.get("minigrad.optim.ops")
-    return optim_ops.fresh_reads(outputs) if optim_ops is not None else outputs
-
-
 @register("default", "fuse", "fuse_csr_gather_sum")
 def fuse_csr_gather_sum(outputs):
     """Forward products of CSR batches with gathered rows become one fused pass."""
-    outputs = after_fresh_reads(outputs)
 
     def local(node):
         fused = _fused_forward(node)
