@@ -20,8 +20,7 @@ def _documents(seed, batch, vocab, length, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_embedding_floor_equals_the_minigrad_lazy_adam_step(dtype):
-    model = mg.models.MaskedEmbeddingClassifier(500, 16, 5, seed=0, dtype=dtype,
-                                                vector_mask=True)
+    model = floor.classifier(500, 16, 5, seed=0, dtype=dtype)
     tokens, mask, labels = mg.lmatrix("t"), mg.matrix("m", dtype), mg.lvector("y")
     cost = model.cost(tokens, mask, labels)
     opt = mg.optim.Adam(model.params, lr=0.01, sparse="lazy")

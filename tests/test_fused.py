@@ -25,6 +25,19 @@ IMPLS = ["reference", "cpu"]
 FLOATS = [np.float32, np.float64]
 
 
+def classifier(vocab, dim, n_classes, per_dimension=True, **kw):
+    """``MaskedEmbeddingClassifier`` with ``M`` (vocab, dim) or (vocab, 1), spelled as this
+    checkout's model takes it (``mask_kind``, or the older ``vector_mask``)."""
+    import inspect
+
+    cls = mg.models.MaskedEmbeddingClassifier
+    if "mask_kind" in inspect.signature(cls).parameters:
+        kw["mask_kind"] = "per_dimension" if per_dimension else "per_word"
+    else:
+        kw["vector_mask"] = per_dimension
+    return cls(vocab, dim, n_classes, **kw)
+
+
 def _tol(dtype):
     return dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
 
@@ -199,8 +212,7 @@ def compile_step(inputs, cost, updates, backend, fuse):
 
 
 def classifier_step(dtype, vector_mask, backend, fuse, optimizer="adam"):
-    model = mg.models.MaskedEmbeddingClassifier(50, 6, 3, seed=0, dtype=dtype,
-                                                vector_mask=vector_mask)
+    model = classifier(50, 6, 3, vector_mask, seed=0, dtype=dtype)
     tokens, mask, labels = mg.lmatrix("tokens"), mg.matrix("mask", dtype), mg.lvector("y")
     cost = model.cost(tokens, mask, labels)
     opt = (mg.optim.Adam(model.params, lr=0.05) if optimizer == "adam"
@@ -333,7 +345,7 @@ def test_fuse_rewrites_can_be_switched_off_one_by_one():
 
     for name in ("fuse_csr_gather_sum", "fuse_csr_scatter_grad", "fuse_elemwise"):
         assert {"default", "fuse", name} <= DB[name].tags and DB[name].phase == "fuse"
-    model = mg.models.MaskedEmbeddingClassifier(20, 3, 2, seed=0, vector_mask=True)
+    model = classifier(20, 3, 2, seed=0)
     tokens, mask = mg.lmatrix("t"), mg.matrix("m")
     out = model.document_vectors(tokens, mask)
     only_backward = rewrite([out], exclude=("fuse_csr_gather_sum",))
@@ -343,7 +355,7 @@ def test_fuse_rewrites_can_be_switched_off_one_by_one():
 
 
 def test_a_returned_gradient_is_not_coalesced_behind_the_users_back(backend):
-    model = mg.models.MaskedEmbeddingClassifier(20, 3, 2, seed=0, vector_mask=True)
+    model = classifier(20, 3, 2, seed=0)
     tokens, mask, labels = mg.lmatrix("t"), mg.matrix("m"), mg.lvector("y")
     gE = mg.grad(model.cost(tokens, mask, labels), model.E)
     f = mg.function([tokens, mask, labels], gE, backend=backend)
@@ -452,7 +464,7 @@ def test_generated_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     fn = _compile_outputs([x], mg.tanh(x) * 3.0 + 0.25, "numba", True)
     np.testing.assert_allclose(fn(np.ones(2)), np.tanh(1.0) * 3 + 0.25)
     written = list((tmp_path / "fused_elemwise").glob("fused_*.py"))
-    assert len(written) == 1 and "def kernel(a0)" in written[0].read_text()
+    assert len(written) == 1 and "def kernel(n, a0, s0)" in written[0].read_text()
 
 
 @pytest.mark.gpu

@@ -196,7 +196,7 @@ class FusedElemwise(Op):
     one-element list of the chain's result over them: the inner graph ``debugprint`` shows.
     Scalar constants stay inside the inner graph; every other outside value is an input.
     ``perform`` (the NumPy reference) runs the inner nodes' own ``perform`` one by one;
-    the Numba backend compiles the inner graph into one ufunc (``backends/numba_fused.py``).
+    the Numba backend compiles the inner graph into one loop (``backends/numba_fused.py``).
     Equal inner graphs give equal Ops (``signature``), so ``merge`` and kernel caches
     treat them as one.
     """
