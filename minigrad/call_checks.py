@@ -135,6 +135,28 @@ def _finite(xp, a):
     return a.dtype.kind != "f" or bool(xp.isfinite(a).all())
 
 
+def _rows_finite(table, rows):
+    """``table[rows]`` all finite, with the Numba kernel when the call uses it."""
+    if table.dtype.kind != "f":
+        return True
+    if rows is None:
+        return _finite(array_module(table), table)
+    if isinstance(table, np.ndarray):
+        from minigrad.kernels_dispatch import _impl  # honours backend="numpy"
+
+        impl = _impl()
+        if impl and hasattr(impl, "rows_finite"):
+            return impl.rows_finite(table, rows)
+    xp = array_module(table)
+    return bool(xp.isfinite(xp.take(table, rows, axis=0)).all())
+
+
+def _take_rows(table, rows):
+    if rows is None:
+        return table.copy()
+    return array_module(table).take(table, rows, axis=0)
+
+
 def run_destructive_guarded(nodes, program, storage, label):
     """Run the in-place nodes; if one writes a non-finite value, undo every write.
 
@@ -152,16 +174,13 @@ def run_destructive_guarded(nodes, program, storage, label):
             written = []
             for pos in sorted(set(node.op.destroy_map.values())):
                 table = values[pos]
-                saved = table.copy() if rows is None else table[rows]
-                undo.append((table, rows, saved))
+                undo.append((table, rows, _take_rows(table, rows)))
                 written.append((node.inputs[pos], table))
             results = thunk(values)
             for s, r in zip(outs, results):
                 storage[s] = r
             for var, table in written:
-                xp = array_module(table)
-                part = table if rows is None else table[rows]
-                if not _finite(xp, part):
+                if not _rows_finite(table, rows):
                     raise FloatingPointError(
                         f"{label}: the update of {var} is not finite (NaN or inf); the step "
                         "was undone and no shared variable was changed (nan_guard=False "
