@@ -177,8 +177,11 @@ class SharedVariable(TensorVariable):
             self._flush_hooks.append(hook)
 
     def flush(self):
-        for hook in list(self._flush_hooks):
-            hook()
+        from minigrad.call_checks import CALL_LOCK  # catch-ups never race a compiled step
+
+        with CALL_LOCK:
+            for hook in list(self._flush_hooks):
+                hook()
 
     def get_value(self, borrow=False):
         """The current value; a host (NumPy) copy unless ``borrow=True``.
@@ -211,8 +214,11 @@ class SharedVariable(TensorVariable):
             new = np.array(new, copy=True, order="C")
         elif not (new.flags.c_contiguous and new.flags.writeable):
             new = np.array(new, copy=True, order="C")
-        self.flush()
-        self._value = new
+        from minigrad.call_checks import CALL_LOCK
+
+        with CALL_LOCK:
+            self.flush()
+            self._value = new
 
     @property
     def value(self):
