@@ -55,8 +55,10 @@ def _constant_text(var):
     data = np.asarray(var.data)
     if data.size == 1 and data.ndim <= 1:
         value = data.reshape(-1)[0].item()
-        return repr(value) if not isinstance(value, float) else f"{value:g}" if (
-            value != int(value) or abs(value) >= 1e16) else f"{value:.1f}"
+        if not isinstance(value, float):
+            return repr(value)
+        text = f"{value:.8g}"
+        return text + ".0" if text.lstrip("-").isdigit() else text
     if data.size <= 6:
         return np.array2string(data, separator=", ").replace("\n", "")
     return f"constant{data.shape}"
@@ -160,7 +162,7 @@ class _Printer:
         op, name = node.op, op_name(node.op)
         kids = _children(var)
         infix = INFIX.get(getattr(op, "name", None)) if len(kids) == 2 else None
-        if name in ROWSPARSE_INFIX:
+        if name in ROWSPARSE_INFIX and name != "MulReduceLike":
             infix = INFIX[ROWSPARSE_INFIX[name]]
         if infix is not None and len(kids) == 2:
             sym, prec = infix
@@ -182,6 +184,18 @@ class _Printer:
         if name in ("Subtensor", "DynamicSubtensor"):
             scalars = [self.text(k, depth + 1)[0] for k in kids[1:]]
             return f"{self._arg(kids[0], depth, ATOM)}[{_key_text(op.key, scalars)}]", ATOM
+        if name in ("ReduceLike", "MulReduceLike"):  # only those that surely reduce get here
+            from minigrad.readable import definite_reduction
+
+            axes = definite_reduction(node.inputs[0], node.inputs[-1])
+            inner = (f"{self._arg(kids[0], depth, MUL)} * {self._arg(kids[1], depth, MUL + 1)}"
+                     if name == "MulReduceLike" else self.text(kids[0], depth + 1)[0])
+            args = [inner]
+            if len(axes) != len(node.inputs[0].type.shape):
+                args.append(f"axis={axes[0] if len(axes) == 1 else axes}")
+            if node.inputs[-1].ndim and node.inputs[-1].ndim == node.inputs[0].ndim:
+                args.append("keepdims=True")
+            return f"sum({', '.join(args)})", ATOM
         if name in ("SubtensorGrad", "DynamicSubtensorGrad"):
             scalars = [self.text(k, depth + 1)[0] for k in kids[1:]]
             return f"{name}[{_key_text(op.key, scalars)}]({self.text(kids[0], depth + 1)[0]})", ATOM

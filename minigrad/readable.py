@@ -101,14 +101,33 @@ def _is_const(var, value):
     return data.size == 1 and float(data.reshape(-1)[0]) == value
 
 
+def definite_reduction(g, x):
+    """Axes of ``g`` that ``ReduceLike(g, x)`` certainly sums over, from static shapes
+    (leading extra axes, and axes where ``x`` has a static 1 and ``g`` does not);
+    ``()`` when the shapes say nothing (then it is the identity unless fed broadcasting
+    values, and the views hide it)."""
+    gs, xs = tuple(getattr(g.type, "shape", ())), tuple(getattr(x.type, "shape", ()))
+    lead = len(gs) - len(xs)
+    if lead < 0:
+        return ()
+    axes = list(range(lead))
+    axes += [lead + i for i, n in enumerate(xs) if n == 1 and gs[lead + i] != 1]
+    return tuple(axes)
+
+
+def _reduces(node):
+    return op_name(node.op) in ("ReduceLike", "MulReduceLike") and bool(
+        definite_reduction(node.inputs[0], node.inputs[-1]))
+
+
 def look_through(var, hidden=None, keep=None):
     """Follow ``var`` down through bookkeeping Ops (and ``1 * g``, ``g ** 1``) to the
     variable carrying the maths; the names of the Ops looked through go into ``hidden``.
     ``keep(node)`` may stop the walk at a node a view wants to show after all."""
     while var.owner is not None:
         op, inputs = var.owner.op, var.owner.inputs
-        if keep is not None and keep(var.owner):
-            return var
+        if (keep is not None and keep(var.owner)) or _reduces(var.owner):
+            return var  # a real sum over broadcast axes is maths, not bookkeeping
         if is_bookkeeping(op):
             nxt = inputs[passed_input(op)]
         elif getattr(op, "name", None) == "mul" and len(inputs) == 2 and _is_const(inputs[0], 1):
