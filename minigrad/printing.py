@@ -238,6 +238,9 @@ def _op_text(var):
     label = op.name if op_name(op) in ("Unary", "Binary") else str(op)
     if isinstance(var.type, RowSparseType) and op_name(op) == "RowSparseAdd":
         label = "add"
+    if op_name(op) == "ExpandDims":
+        axes = op.axes[0] if len(op.axes) == 1 else op.axes
+        label = f"expand_dims(axis={axes})"
     return label + (f".{var.index}" if len(var.owner.outputs) > 1 else "")
 
 
