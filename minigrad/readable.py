@@ -13,6 +13,8 @@ Ops, a student's own Op) get the same treatment by declaring ``bookkeeping = Tru
 """
 from __future__ import annotations
 
+import re
+
 #: Op class name -> index of the input whose value the op passes on (looked through)
 BOOKKEEPING = {
     "ReduceLike": 0,
@@ -52,6 +54,15 @@ LEGEND = {
     "PickColumns": "x[i, y[i]] for every row i (the label's column)",
     "PickColumnsGrad": "gradient of PickColumns: gz placed at the label columns",
     "CSRColumns": "the stored column ids of a CSR batch (which table rows it reads)",
+    "CSRGatheredDot": "X @ W for a CSR X, from the rows of W its stored columns gathered",
+    "CSRGatheredDotGradRows": "gradient of X @ W w.r.t. the gathered rows: X.data * gz[row]",
+    "CSRScaledGatheredDot": "X @ (s * W) for a CSR X and a per-row scale s, in one pass",
+    "CSRScaledDotGradRows": "gradient of X @ (s * W) w.r.t. the gathered rows of W",
+    "CSRScaledDotGradScale": "gradient of X @ (s * W) w.r.t. the scale s",
+    "SumRows": "row sums of a CSR matrix",
+    "Square": "element-wise square of a CSR matrix's stored values",
+    "AddGradientNoise": "adds N(0, eta / (1 + t)**gamma) noise to a gradient (touched rows only)",
+    "BagOfWords": "(tokens, mask) as a CSR batch: one entry per real token",
     "PrepareRows": "coalesces a row-sparse gradient before an optimizer's row update",
     "RowUpdate": "the optimizer's in-place update of only the rows in the gradient",
     "AllRows": "a dense gradient seen as a row update of every row",
@@ -72,10 +83,34 @@ def passed_input(op) -> int:
     return getattr(op, "bookkeeping_input", BOOKKEEPING.get(op_name(op), 0))
 
 
+#: Ops a student wrote themselves (``x + y``, ``.sum()``, ``@``...): no legend needed
+PLAIN_MATHS = {
+    "Unary", "Binary", "Elemwise", "Where", "Sum", "Mean", "Max", "MatMul", "Transpose",
+    "Reshape", "Subtensor", "Concatenate", "Softmax", "LogSoftmax", "LogSumExp",
+}
+LEGEND_WIDTH = 76
+
+
 def legend_line(op):
-    """The one-line explanation of ``op``'s class, or ``None`` for plain maths."""
+    """The one-line explanation of ``op``'s class, or ``None`` for plain maths.
+
+    Ops named in neither table (a fused Op, another helper's Op) are explained by the
+    first sentence of their class docstring, so every internal Op gets a line."""
     text = getattr(type(op), "legend", None) or LEGEND.get(op_name(op))
-    return text
+    if text or op_name(op) in PLAIN_MATHS:
+        return text
+    doc = (type(op).__doc__ or "").strip()
+    if not doc or type(op).__doc__ == Op_doc():
+        return None
+    first = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+    first = re.split(r"\.\s+(?=[A-Z])", first)[0].rstrip(".")
+    return first if len(first) <= LEGEND_WIDTH else first[: LEGEND_WIDTH - 3] + "..."
+
+
+def Op_doc():  # noqa: N802 - the docstring of the base class, which explains nothing
+    from minigrad.graph import Op
+
+    return Op.__doc__
 
 
 def shape_only(op) -> set:

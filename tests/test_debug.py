@@ -142,3 +142,22 @@ def test_readable_view_of_a_compiled_step():
                     backend="numpy")
     text = mg.debugprint(f, readable=True, print_=False)
     assert "[output 0]" in text and "[update E]" in text and "legend:" in text
+
+
+def test_every_internal_op_has_a_one_line_legend():
+    import minigrad.models  # noqa: F401  (their Ops register as subclasses)
+    import minigrad.optim  # noqa: F401
+    from minigrad.readable import PLAIN_MATHS, legend_line
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    for cls in set(subclasses(Op)):
+        if not cls.__module__.startswith("minigrad.") or cls.__name__ in PLAIN_MATHS:
+            continue
+        if cls.__name__.startswith("_") or cls.__name__ in ("Reduce",):
+            continue
+        line = legend_line(cls.__new__(cls))
+        assert line and "\n" not in line and len(line) <= 80, (cls.__name__, line)
