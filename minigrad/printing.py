@@ -81,8 +81,8 @@ def _full_tree(roots, titles, depth):
     def ident(var):
         return ids.setdefault(var, f"#{len(ids)}")
 
-    def walk(var, level, note="", prefix=""):
-        pad = prefix + "  " * level + ("|" if level else "")
+    def walk(var, level, note=""):
+        pad = "  " * level + ("|" if level else "")
         if depth is not None and level > depth:
             lines.append(f"{pad}...")
             return
@@ -101,14 +101,14 @@ def _full_tree(roots, titles, depth):
             return
         inner = inner_graph(op)
         if inner is not None and var.index == 0:
-            _inner_lines(inner, level, prefix, lines)
+            _inner_lines(inner, level, lines)
         skip = shape_only(op)
         for i, inp in enumerate(var.owner.inputs):
-            walk(inp, level + 1, "  (shape only)" if i in skip else "", prefix)
+            walk(inp, level + 1, "  (shape only)" if i in skip else "")
 
-    def _inner_lines(inner, level, prefix, out):
+    def _inner_lines(inner, level, out):
         ins, outs = inner
-        pad = prefix + "  " * (level + 1) + ": "
+        pad = "  " * (level + 1) + ": "
         out.append(f"{pad}inner graph ({len(ins)} inputs -> {len(outs)} outputs):")
         sub = _full_tree(outs, [f"inner output {k}" for k in range(len(outs))], None)
         for line in sub[0]:
