@@ -23,8 +23,10 @@ import warnings
 import numpy as np
 
 from minigrad.backends import get_backend
-from minigrad.graph import Constant, Variable, toposort
-from minigrad.rewrite import rewrite
+from minigrad.fgraph import FunctionGraph
+from minigrad.graph import Constant, Variable
+from minigrad.mode import resolve_mode
+from minigrad.rewrite import DB
 from minigrad.types import CSRType, RowSparse, RowSparseType
 from minigrad.variables import SharedVariable, as_variable
 
@@ -79,7 +81,7 @@ class Function:
     """A compiled graph; call it with one value per input."""
 
     def __init__(self, inputs, outputs, updates=None, backend=None, nan_guard=False, name=None,
-                 on_nan="raise"):
+                 on_nan="raise", mode=None):
         t0 = time.perf_counter()
         self.name = name
         self.inputs = _check_inputs(inputs)
@@ -87,14 +89,18 @@ class Function:
         out_list = [] if outputs is None else ([outputs] if self.single_output else list(outputs))
         self.outputs = [as_variable(o) for o in out_list]
         self.updates = _normalize_updates(updates)
-        self.backend = get_backend(backend)
+        self.mode = resolve_mode(mode, backend)
+        self.backend = get_backend(self.mode.backend)
         self.nan_guard = bool(nan_guard)
         if on_nan not in ("raise", "skip"):
             raise ValueError("on_nan must be 'raise' or 'skip'")
         self.on_nan = on_nan
 
         roots = self.outputs + [v for _, v in self.updates]
-        roots = rewrite(roots)
+        # the rewrites edit a copy of the graph (a FunctionGraph); the caller's is untouched
+        self.fgraph = FunctionGraph(self.inputs, roots)
+        DB.apply(self.fgraph, self.mode.include, self.mode.exclude)
+        roots = list(self.fgraph.outputs)
         self.graph_outputs = roots[: len(self.outputs)]
         self.graph_updates = roots[len(self.outputs):]
         self._link()
@@ -102,7 +108,7 @@ class Function:
 
     # ----------------------------------------------------------------------------------
     def _link(self):
-        nodes = toposort(self.graph_outputs + self.graph_updates)
+        nodes = self.fgraph.toposort()
         missing = self._missing_inputs(nodes)
         if missing:
             raise ValueError(
@@ -272,17 +278,19 @@ class Function:
 
 
 def function(inputs, outputs=None, updates=None, backend=None, nan_guard=False, name=None,
-             on_nan="raise"):
+             on_nan="raise", mode=None):
     """Compile ``outputs`` (and ``updates``) as a function of ``inputs``.
 
     ``updates``: ``(shared, new_value)`` pairs or what an optimizer returns; all new
-    values are computed from the old ones, then written. ``backend``: ``"numpy"``,
-    ``"numba"`` (default when numba imports) or ``"cupy"``. ``nan_guard=True`` checks
-    outputs and updates for NaN/inf before anything is written and raises
+    values are computed from the old ones, then written. ``mode``: an ``mg.Mode`` (backend
+    and rewrite tags to include/exclude). ``backend``: ``"numpy"``, ``"numba"`` (default
+    when numba imports) or ``"cupy"``, a shorthand for ``mode=mg.Mode(backend=...)``.
+    ``nan_guard=True`` checks outputs and updates for NaN/inf before anything is written and
+    raises
     ``FloatingPointError`` (``on_nan="skip"``: warn and skip the step instead).
     """
     return Function(inputs, outputs, updates=updates, backend=backend, nan_guard=nan_guard,
-                    name=name, on_nan=on_nan)
+                    name=name, on_nan=on_nan, mode=mode)
 
 
 __all__ = ["function", "Function", "CSRType"]
