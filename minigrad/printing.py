@@ -201,8 +201,8 @@ def _readable_tree(roots, titles, depth):
         if title:
             lines.append(f"[{title}]")
         root = formula_look_through(root)
-        if root in defined:
-            lines.append(atoms.get(root, render(root)[0]))
+        if root in atoms and root in defined:
+            lines.append(f"{atoms[root]}  (see above)")
         else:
             emit(root, 0)
     return lines, _view_legend(roots)

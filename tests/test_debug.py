@@ -161,3 +161,12 @@ def test_every_internal_op_has_a_one_line_legend():
             continue
         line = legend_line(cls.__new__(cls))
         assert line and "\n" not in line and len(line) <= 80, (cls.__name__, line)
+
+
+def test_readable_view_of_roots_sharing_values():
+    x = mg.vector("x")
+    h = mg.tanh(x) * mg.exp(x) + mg.sqrt(x * x + 1.0)
+    h.name = "h"
+    text = mg.debugprint([h * 2.0, h], readable=True, print_=False)
+    assert "where" not in text  # pp's where-clause never leaks into the tree
+    assert text.count("h = ") == 1 and "h  (see above)" in text
