@@ -302,19 +302,22 @@ def result(name, rows, notes, plots=(), **extra):
 class TorchMaskedEmbedding:
     """PyTorch twin of ``mg.models.MaskedEmbeddingClassifier`` trained with Adam.
 
-    ``sparse=False``: ``nn.Embedding`` tables and one ``torch.optim.Adam``; ``sparse=True``:
+    ``mask_kind``: ``"per_dimension"`` (``M`` of shape (vocab, dim), the default as in
+    minigrad) or ``"per_word"`` (``M`` of shape (vocab, 1)). ``sparse=False``:
+    ``nn.Embedding`` tables and one ``torch.optim.Adam``; ``sparse=True``:
     ``nn.Embedding(sparse=True)`` with ``SparseAdam`` for the tables and ``Adam`` for the
     linear layer (the semantics of minigrad's ``Adam(sparse="lazy")``). ``init``: optional
     ``(E, M, W, c)`` arrays to start from (e.g. a minigrad model's initial values).
     The loss is ``mean(w[y] * nll)``, minigrad's class-weighted cross-entropy.
     """
 
-    def __init__(self, torch, vocab, dim, n_classes, sparse, lr, init=None, seed=0):
+    def __init__(self, torch, vocab, dim, n_classes, sparse, lr, init=None, seed=0,
+                 mask_kind="per_dimension"):
         nn = torch.nn
         torch.manual_seed(seed)
         self.torch = torch
         self.E = nn.Embedding(vocab, dim, sparse=sparse)
-        self.M = nn.Embedding(vocab, 1, sparse=sparse)
+        self.M = nn.Embedding(vocab, dim if mask_kind == "per_dimension" else 1, sparse=sparse)
         self.linear = nn.Linear(dim, n_classes)
         with torch.no_grad():
             if init is None:
