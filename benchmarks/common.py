@@ -230,13 +230,17 @@ def format_table(rows, columns, headers=None, max_width=TABLE_WIDTH):
     headers = headers or columns
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    # narrow the last column (free text: units, remarks) first, then the widest one
+    floors = [len(h) for h in headers]
+    floors[-1] = max(floors[-1], min(widths[-1], 24))
     while sum(widths) + 2 * (len(widths) - 1) > max_width:
-        widest = max(range(len(widths)), key=widths.__getitem__)
         excess = sum(widths) + 2 * (len(widths) - 1) - max_width
-        new = max(len(headers[widest]), 8, widths[widest] - excess)
-        if new >= widths[widest]:
+        shrinkable = [i for i in range(len(widths)) if widths[i] > max(floors[i], 8)]
+        if not shrinkable:
             break  # cannot narrow further: better a wide line than a lost header
-        widths[widest] = new
+        i = len(widths) - 1 if len(widths) - 1 in shrinkable else max(
+            shrinkable, key=widths.__getitem__)
+        widths[i] = max(floors[i], 8, widths[i] - excess)
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
     out = [line, "-" * len(line)]
     for row in cells:
