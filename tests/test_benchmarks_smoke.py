@@ -73,10 +73,18 @@ def test_results_json_schema(smoke):
                     "compile_s", "first_step_s"):
             assert key in row
         assert row["min_s"] <= row["median_s"] <= row["max_s"]
-    for row in report["benchmarks"]["fm_noise"]["rows"]:
-        assert len(row["precision_per_epoch_mean"]) >= 1
-        assert 0 <= row["best_precision_mean"] <= 1 and row["seeds"] >= 2
-    assert report["benchmarks"]["fm_noise"]["conclusion"]
+    fm_rows = report["benchmarks"]["fm_noise"]["rows"]
+    assert {r["optimizer"] for r in fm_rows} == {"SGD", "Momentum", "Adam"}
+    assert {r["eta"] for r in fm_rows} == {0.0, 0.01, 0.3, 1.0}
+    for row in fm_rows:
+        for key in ("train_precision", "test_precision", "train_accuracy", "test_accuracy"):
+            assert len(row[f"{key}_per_epoch_mean"]) >= 1
+        assert 0 <= row["best_test_precision_mean"] <= 1 and row["seeds"] >= 2
+        assert len(row["epochs_to_train_precision_1"]) == row["seeds"]
+    conclusion = report["benchmarks"]["fm_noise"]["conclusion"]
+    assert len(conclusion) == 3 and all("REPRODUCES" in c or "NOT" in c for c in conclusion)
+    movies = report["benchmarks"]["fm_noise"]["fixed_movies"]["movies"]
+    assert len(movies) == 20 and {m["group"] for m in movies} == {"liked", "mixed", "disliked"}
     for row in report["benchmarks"]["text"]["rows"]:
         assert 0 <= row["macro_f1"] <= 1 and row["recall"]
 
@@ -88,7 +96,7 @@ def test_plots_written_when_matplotlib_is_installed(smoke):
         assert not report["plots"]
         pytest.skip("matplotlib not installed: plots are skipped with a note")
     names = {Path(p).name for p in report["plots"]}
-    assert {"embedding_step_time.png", "fm_noise_precision.png", "text_recall.png",
-            "triplet_step_time.png"} <= names
+    assert {"embedding_step_time.png", "fm_noise_precision.png", "fm_noise_movies.png",
+            "text_recall.png", "triplet_step_time.png"} <= names
     for p in report["plots"]:
         assert Path(p).stat().st_size > 1000
