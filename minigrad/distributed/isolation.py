@@ -64,7 +64,7 @@ def _run_child(cmd, tmp):
         proc.wait()
         raise
     finally:
-        _reap(tmp)
+        reap_namespace_of(tmp)
     result = os.path.join(tmp, "result.pkl")
     if not os.path.exists(result):
         raise DistributedError("driver", f"the namespace child process exited with code {rc} "
@@ -73,8 +73,9 @@ def _run_child(cmd, tmp):
         return pickle.load(f)
 
 
-def _reap(tmp):
-    """Kill whatever is left in the child's namespace (it recorded the inode first)."""
+def reap_namespace_of(tmp):
+    """Kill whatever is left in the namespace whose inode a child wrote to ``tmp/netns``
+    (it does so first thing); never this process's own namespace."""
     try:
         with open(os.path.join(tmp, "netns")) as f:
             inode = int(f.read())

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from minigrad.distributed.eager import apply_step
+from minigrad.distributed.eager import apply_step, read_rows
 
 FORMAT = "minigrad-distributed-shard"
 
@@ -61,12 +61,11 @@ class Shard:
     def pull(self, ids):
         """Rows of each parameter: ``ids[k]`` local row ids, or ``None`` for all of it."""
         out = []
-        for p, idx in zip(self.params, ids):
-            value = p.get_value(borrow=True)  # runs the exact-mode catch-up of pending rows
+        for opt, p, idx in zip(self.opts, self.params, ids):
             if idx is None:
-                out.append(value)
+                out.append(p.get_value(borrow=True))  # whole: every pending row caught up
             else:
-                out.append(value[idx])
+                out.append(read_rows(opt, p, idx))  # exact mode: catch up these rows only
                 self.counters["rows_pulled"] += int(idx.shape[0])
         return out
 
@@ -177,5 +176,6 @@ class Shard:
     def info(self):
         return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at,
                 "restore_s": self.restore_s, "restored_from": self.restored_from,
-                "applied_batches": int(self.applied.sum()), **self.counters}
+                "applied_batches": int(self.applied.sum()),
+                "missing_batches": np.flatnonzero(~self.applied).tolist(), **self.counters}
 

@@ -89,7 +89,8 @@ def analyse(inputs, cost, params, whole=()):
             dense.append(i)
             continue
         idx = [node.inputs[1] for node in toposort([g]) if isinstance(node.op, TakeGrad)]
-        sources = sorted({position[v] for v in ancestors(idx) if v in position})
+        sources = sorted({position[v] for v in ancestors(idx)
+                          if v in position and _carries_ids(v)})
         if not idx or not sources:
             dense.append(i)
             notes.append(f"{p.name or f'param{i}'}: row ids come from no input; held whole")
@@ -122,6 +123,16 @@ def analyse(inputs, cost, params, whole=()):
         groups.append(group)
     id_inputs = sorted({s for g in groups for s in g.inputs})
     return Layout(groups, sorted(dense), id_vars, id_inputs, grads, notes)
+
+
+def _carries_ids(var):
+    """Row ids can only come in an integer array or as the column ids of a CSR matrix (a
+    float input such as a mask may shape them, but holds none)."""
+    from minigrad.types import CSRType, TensorType
+
+    if isinstance(var.type, CSRType):
+        return True
+    return isinstance(var.type, TensorType) and np.dtype(var.type.dtype).kind in "iu"
 
 
 # ---------------------------------------------------------------------------------------
