@@ -24,8 +24,8 @@ __all__ = ["sgd_rows", "momentum_rows", "adagrad_rows", "rmsprop_rows", "adam_ro
 _NO_LAST = np.zeros(1, dtype=np.int64)
 
 
-def _prepare(param, states, idx, grad, t, last):
-    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last)
+def _prepare(param, states, idx, grad, t, last, required, names):
+    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
     empty = np.zeros((0, p2.shape[1]), dtype=p2.dtype)
     s2 = [empty if s is None else s for s in s2]
     has_grad = grad is not None
@@ -124,7 +124,8 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
                   weight_decay):
     states = [buf] if momentum else [None]
-    p2, (b2,), idx, g, has_grad, t, last, exact = _prepare(param, states, idx, grad, t, last)
+    p2, (b2,), idx, g, has_grad, t, last, exact = _prepare(param, states, idx, grad, t, last,
+                                                           [bool(momentum)], ["buf"])
     a = np.array(momentum_matrix(lr, momentum, dampening, nesterov, weight_decay)).ravel()
     _momentum(p2, b2, idx, g, has_grad, t, last, exact, float(lr), float(momentum),
               float(dampening), bool(nesterov), float(weight_decay), a, _prefetch_distance(p2))
@@ -167,7 +168,8 @@ def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, dist):
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay):
-    p2, (a2,), idx, g, has_grad, t, last, exact = _prepare(param, [acc], idx, grad, t, last)
+    p2, (a2,), idx, g, has_grad, t, last, exact = _prepare(param, [acc], idx, grad, t, last,
+                                                           [True], ["acc"])
     _adagrad(p2, a2, idx, g, has_grad, t, last, exact, float(lr), float(eps),
              float(weight_decay), _prefetch_distance(p2))
 
@@ -245,8 +247,9 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
                  momentum, centered, weight_decay):
     states = [square_avg, grad_avg, buf]
-    p2, (s2, ga2, b2), idx, g, has_grad, t, last, exact = _prepare(param, states, idx, grad,
-                                                                    t, last)
+    p2, (s2, ga2, b2), idx, g, has_grad, t, last, exact = _prepare(
+        param, states, idx, grad, t, last, [True, bool(centered), bool(momentum)],
+        ["square_avg", "grad_avg", "buf"])
     _rmsprop(p2, s2, ga2, b2, idx, g, has_grad, t, last, exact, float(lr), float(alpha),
              float(eps), float(momentum), bool(centered), float(weight_decay),
              _prefetch_distance(p2))
@@ -337,7 +340,7 @@ def _adam(P, M, V, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, l2, q, rat
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
               decoupled):
     p2, (m2, v2), idx, g, has_grad, t, last, exact = _prepare(param, [m, v], idx, grad, t,
-                                                               last)
+                                                               last, [True, True], ["m", "v"])
     q, ratio = adam_drift_ratio(lr, beta1, beta2, weight_decay, decoupled)
     l2 = 0.0 if decoupled else float(weight_decay)
     _adam(p2, m2, v2, idx, g, has_grad, t, last, exact, float(lr), float(beta1),

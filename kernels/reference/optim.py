@@ -48,26 +48,52 @@ def _xp(a):
     return np
 
 
-def check_rows_args(param, states, idx, grad, t, last):
+def _is_array(a):
+    return hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "flags")
+
+
+def _check_destination(name, a):
+    """A table the kernel writes in place: an array, C-contiguous and writeable."""
+    if not _is_array(a):
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (it is updated in place)")
+    if not getattr(a.flags, "writeable", True):
+        raise ValueError(f"{name} is read-only; the kernel updates it in place")
+
+
+def check_rows_args(param, states, idx, grad, t, last, required=None, names=None):
     """Validate one row-update call (cheap, vectorised); return 2-D views and int64 idx.
 
-    Compiled kernels do no bounds checking, so every implementation calls this first.
-    Returns ``(param2d, states2d, idx, grad2d, t)``.
+    Compiled kernels do no bounds checking, so every implementation calls this first, and
+    every array the kernel dereferences is checked here: ``required[i]`` says whether state
+    ``i`` is read (then ``None`` is refused: a compiled loop would write through a null
+    table), ``names[i]`` names it in errors. Every destination is checked before anything is
+    written, so a refused call changes nothing. Returns ``(param2d, states2d, idx, grad2d, t)``.
     """
+    _check_destination("param", param)
     if np.dtype(param.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"param must be float32 or float64, got {param.dtype}")
-    if param.ndim < 1 or not param.flags.c_contiguous:
-        raise ValueError("param must be a C-contiguous array with at least one axis")
+    if param.ndim < 1:
+        raise ValueError("param must have at least one axis")
     shape = tuple(param.shape)
+    names = list(names) if names is not None else [f"state {i}" for i in range(len(states))]
+    required = list(required) if required is not None else [False] * len(states)
     for i, s in enumerate(states):
         if s is None:
+            if required[i]:
+                raise ValueError(f"state {names[i]} is required by these hyperparameters, "
+                                 f"got None")
             continue
-        if tuple(s.shape) != shape or s.dtype != param.dtype or not s.flags.c_contiguous:
+        _check_destination(names[i], s)
+        if tuple(s.shape) != shape or s.dtype != param.dtype:
             raise ValueError(
-                f"state {i} must be C-contiguous {param.dtype} of shape {shape}, "
+                f"state {names[i]} must be C-contiguous {param.dtype} of shape {shape}, "
                 f"got {s.dtype} {tuple(s.shape)}"
             )
     xp = _xp(param)
+    if not hasattr(idx, "dtype"):
+        idx = xp.asarray(idx)
     idx = xp.asarray(idx)
     if idx.ndim != 1 or np.dtype(idx.dtype).kind not in "iu":
         raise TypeError(f"idx must be a 1-D integer array, got {idx.dtype} {tuple(idx.shape)}")
@@ -83,10 +109,15 @@ def check_rows_args(param, states, idx, grad, t, last):
         raise ValueError(f"step t must be >= 1, got {t}")
     width = int(np.prod(shape[1:], dtype=np.int64))
     if grad is not None:
+        if not _is_array(grad):
+            raise TypeError(f"grad must be an array or None, got {type(grad).__name__}")
         if tuple(grad.shape) != (n,) + shape[1:]:
             raise ValueError(f"grad must have shape {(n,) + shape[1:]}, got {tuple(grad.shape)}")
+        if np.dtype(grad.dtype).kind not in "fiu":
+            raise TypeError(f"grad must hold numbers, got {grad.dtype}")
         grad = xp.ascontiguousarray(grad, dtype=param.dtype).reshape(n, width)
     if last is not None:
+        _check_destination("last", last)
         if tuple(last.shape) != (shape[0],) or last.dtype != np.int64:
             raise ValueError(f"last must be int64 of shape ({shape[0]},)")
         if n and int(last[idx].max()) > t - (grad is not None):
@@ -95,9 +126,9 @@ def check_rows_args(param, states, idx, grad, t, last):
     return param.reshape(shape[0], width), flat, idx, grad, t
 
 
-def _drive(param, states, idx, grad, t, last, step, catch_up):
+def _drive(param, states, idx, grad, t, last, step, catch_up, required, names):
     """Gather rows, catch up skipped steps, apply step ``t``, scatter back."""
-    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last)
+    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
     if idx.shape[0] == 0:
         return
     tables = [p2] + s2
@@ -196,7 +227,7 @@ def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, neste
     hyper = (lr, momentum, dampening, nesterov, weight_decay)
     _drive(param, [buf] if momentum else [], idx, grad, t, last,
            lambda r, g, s: _momentum_step(r, g, s, *hyper),
-           lambda r, lf, k: _momentum_catch_up(r, lf, k, *hyper))
+           lambda r, lf, k: _momentum_catch_up(r, lf, k, *hyper), [True], ["buf"])
 
 
 def sgd_rows(param, idx, grad, t, last, lr, weight_decay):
@@ -227,7 +258,7 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay):
         if weight_decay:
             _replay(step, r, lf, k)
 
-    _drive(param, [acc], idx, grad, t, last, step, catch_up)
+    _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"])
 
 
 # --- RMSprop -------------------------------------------------------------------------------
@@ -279,7 +310,8 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
         else:
             _rmsprop_catch_up(r, k, lr, alpha, momentum)
 
-    _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up)
+    _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up,
+           [True, bool(centered), bool(momentum)], ["square_avg", "grad_avg", "buf"])
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
@@ -363,4 +395,4 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
         else:
             _adam_drift(r, lf, k, *hyper, tol=adam_drift_tol(r[0].dtype))
 
-    _drive(param, [m, v], idx, grad, t, last, step, catch_up)
+    _drive(param, [m, v], idx, grad, t, last, step, catch_up, [True, True], ["m", "v"])

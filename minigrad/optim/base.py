@@ -23,7 +23,7 @@ import numpy as np
 
 from minigrad.ops import cast
 from minigrad.optim.ops import AllRows, PrepareRows, RowUpdate, kernel_module
-from minigrad.types import RowSparseType, TensorType
+from minigrad.types import RowSparse, RowSparseType, TensorType, array_module
 from minigrad.variables import SharedVariable, as_variable, shared
 
 STATE_FORMAT_VERSION = 1
@@ -68,9 +68,13 @@ class Optimizer:
         self.sparse = sparse
         self.transforms = list(transforms or [])
         self.t = shared(np.int64(0), name=f"{type(self).__name__}.t")
+        # each parameter counts its own steps (torch keeps ``step`` per parameter too):
+        # compiled updates advance all of them together, ``apply(param, grad)`` only its own
+        self.steps = []
         self.state = []
         for i, p in enumerate(params):
             label = p.name or f"param{i}"
+            self.steps.append(shared(np.int64(0), name=f"{label}.step"))
             self.state.append({
                 name: shared(self.initial_state(name, p.value), name=f"{label}.{name}")
                 for name in self.state_names()
@@ -120,7 +124,6 @@ class Optimizer:
             grads = list(transform(grads, step=self.t))
             if len(grads) != len(self.params):
                 raise ValueError(f"transform {transform!r} returned {len(grads)} gradients")
-        t_new = self.t + 1
         pairs = []
         for i, (p, g) in enumerate(zip(self.params, grads)):
             if g.ndim != p.ndim:
@@ -128,8 +131,10 @@ class Optimizer:
             rule = self._RULES.get(type(g.type))
             if rule is None:
                 raise TypeError(f"no update rule for a gradient of type {g.type}")
+            t_new = self.steps[i] + 1
             pairs.extend(rule(self, i, p, g, t_new))
-        pairs.append((self.t, t_new))
+            pairs.append((self.steps[i], t_new))
+        pairs.append((self.t, self.t + 1))
         return pairs
 
     def _claim(self, i, kind):
@@ -139,16 +144,11 @@ class Optimizer:
         (dense-equivalent) row rule; any other mix would apply two different update rules
         to the same state.
         """
-        prev = self._kinds[i]
-        if prev is not None and prev != kind and not (prev[1] and kind[1]):
-            raise ValueError(
-                f"{self.params[i]} already gets a {prev[0]} gradient from this optimizer; a "
-                f"{kind[0]} one would mix two update rules (use sparse='exact' to mix them)"
-            )
+        self._check_claim(i, kind)
         self._kinds[i] = kind
 
     def _dense_rule(self, i, p, g, t_new):
-        if p.ndim >= 2 and self.kernel:
+        if p.ndim >= 1 and self.kernel:
             # a table's dense gradient is a row-sparse one touching every row: the fused
             # kernel updates it in place in one pass (dense semantics: exact mode), where
             # the symbolic rule would allocate a V x D temporary per arithmetic step
@@ -166,11 +166,7 @@ class Optimizer:
                         exact or not self.needs_catch_up()))
         tables = [p, *self.state[i].values()]
         if exact:
-            if self.last[i] is None:
-                start = np.full(p.value.shape[0], int(self.t.value), dtype=np.int64)
-                self.last[i] = shared(start, name=f"{p.name or f'param{i}'}.last_step")
-                self.last[i].add_flush_hook(functools.partial(self.flush_param, i))
-            tables.append(self.last[i])
+            tables.append(self._last_table(i))
         g = PrepareRows()(g, *tables)
         op = RowUpdate(self.kernel, self.layout, tuple(self.state[i]), exact, self.hyper())
         outs = op(*tables, g, t_new)
@@ -178,6 +174,120 @@ class Optimizer:
         return list(zip(tables, outs))
 
     _RULES = {TensorType: _dense_rule, RowSparseType: _sparse_rule}
+
+    # --- eager step ----------------------------------------------------------------------
+    def apply(self, param, grad, check_finite=True):
+        """Apply one optimizer step to ``param`` alone, now; ``grad`` is an ndarray of the
+        parameter's shape or a ``mg.RowSparse``.
+
+        The same fused kernel as the compiled update does the work, under the same rules: an
+        ndarray gradient has dense semantics (every row steps, exact catch-up included), a
+        ``RowSparse`` follows ``sparse=`` (``"exact"``: skipped steps are caught up when a
+        row comes back; ``"lazy"``: only its rows move). The parameter's own step counter
+        advances by one (the others do not: a parameter server applies each table's
+        gradient as it arrives). Everything is checked before the first write: a bad
+        gradient (wrong type, shape or dtype, an index out of range, a non-finite value
+        unless ``check_finite=False``) raises an error naming the parameter and leaves the
+        parameter, its state and the step counters bitwise unchanged.
+        """
+        i = self._index_of(param)
+        label = self._label(i)
+        rows, dense = self._eager_gradient(i, label, grad, check_finite)
+        step = int(self.steps[i].value)
+        for transform in self.transforms:
+            eager = getattr(transform, "eager", None)
+            if eager is None:
+                raise TypeError(
+                    f"transform {transform!r} has no eager form (an eager(grads, step, "
+                    f"indices) method), so apply() cannot run it; use the compiled updates()"
+                )
+            (rows,) = eager([rows], step=step, indices=[i])
+            rows = RowSparse(rows.indices, np.ascontiguousarray(rows.values,
+                             dtype=self.params[i].type.dtype), rows.shape, coalesced=True)
+        exact = (dense or self.sparse == "exact") and self.needs_catch_up()
+        kind = ("dense" if dense else "row-sparse", exact or not self.needs_catch_up())
+        self._check_claim(i, kind)
+        p = self.params[i]
+        tables = [p.value, *[v.value for v in self.state[i].values()]]
+        last = self._last_table(i) if exact else None
+        kernel = getattr(_module_for(p.value), self.kernel)
+        states = dict(zip(self.state[i], tables[1:]))
+        kernel(tables[0], *[states.get(k) for k in self.layout], rows.indices, rows.values,
+               step + 1, None if last is None else last.value, *self.hyper())
+        self._kinds[i] = kind
+        self.steps[i]._value = np.asarray(step + 1, dtype=np.int64)
+        if step + 1 > int(self.t.value):
+            self.t._value = np.asarray(step + 1, dtype=np.int64)
+
+    def _index_of(self, param):
+        for i, p in enumerate(self.params):
+            if p is param:
+                return i
+        raise ValueError(f"{param!r} is not a parameter of this {type(self).__name__}")
+
+    def _label(self, i):
+        return self.params[i].name or f"parameter {i}"
+
+    def _eager_gradient(self, i, label, grad, check_finite):
+        """``grad`` checked against parameter ``i``, as a coalesced ``RowSparse`` of its dtype
+        (an ndarray becomes every row); returns ``(rows, dense)``."""
+        p = self.params[i]
+        shape, dtype = tuple(p.value.shape), np.dtype(p.type.dtype)
+        if isinstance(grad, RowSparse):
+            dense = False
+            if tuple(grad.shape) != shape:
+                raise ValueError(f"gradient for {label!r}: RowSparse of shape {grad.shape}, the "
+                                 f"parameter has shape {shape}")
+            if np.dtype(grad.values.dtype).kind not in "fiu":
+                raise TypeError(f"gradient for {label!r}: values of dtype {grad.values.dtype}, "
+                                f"expected floats")
+            idx = grad.indices
+            if idx.shape[0] and (int(idx.min()) < 0 or int(idx.max()) >= shape[0]):
+                bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+                raise IndexError(f"gradient for {label!r}: row index {bad} out of range "
+                                 f"[0, {shape[0]})")
+            rows = grad.coalesce()
+            values = rows.values
+        elif hasattr(grad, "shape") and hasattr(grad, "dtype"):
+            dense = True
+            if tuple(grad.shape) != shape:
+                raise ValueError(f"gradient for {label!r}: array of shape {tuple(grad.shape)}, "
+                                 f"the parameter has shape {shape}")
+            if np.dtype(grad.dtype).kind not in "fiu":
+                raise TypeError(f"gradient for {label!r}: dtype {grad.dtype}, expected floats")
+            if len(shape) == 0:
+                raise ValueError(f"apply() needs a parameter with at least one axis; "
+                                 f"{label!r} is a scalar")
+            values, rows = grad, None
+        else:
+            raise TypeError(f"gradient for {label!r}: expected an ndarray or mg.RowSparse, got "
+                            f"{type(grad).__name__}")
+        xp = array_module(p.value)
+        values = xp.ascontiguousarray(xp.asarray(values), dtype=dtype)
+        if check_finite and values.size and not bool(xp.isfinite(values).all()):
+            raise FloatingPointError(f"gradient for {label!r} holds non-finite values (nan or "
+                                     f"inf); nothing was changed")
+        if rows is None:
+            return RowSparse(xp.arange(shape[0], dtype=np.int64), values, shape,
+                             coalesced=True), True
+        return RowSparse(rows.indices, values, shape, coalesced=True), dense
+
+    def _check_claim(self, i, kind):
+        prev = self._kinds[i]
+        if prev is not None and prev != kind and not (prev[1] and kind[1]):
+            raise ValueError(
+                f"{self.params[i]} already gets a {prev[0]} gradient from this optimizer; a "
+                f"{kind[0]} one would mix two update rules (use sparse='exact' to mix them)"
+            )
+
+    def _last_table(self, i):
+        """The per-row last-step array of parameter ``i`` (exact mode), created on demand."""
+        if self.last[i] is None:
+            p = self.params[i]
+            start = np.full(p.value.shape[0], int(self.steps[i].value), dtype=np.int64)
+            self.last[i] = shared(start, name=f"{p.name or f'param{i}'}.last_step")
+            self.last[i].add_flush_hook(functools.partial(self.flush_param, i))
+        return self.last[i]
 
     # --- state -------------------------------------------------------------------------
     def flush(self):
@@ -190,7 +300,7 @@ class Optimizer:
         last = self.last[i]
         if last is None:
             return
-        t = int(self.t.value)
+        t = int(self.steps[i].value)
         lag = last.value
         idx = (lag < t).nonzero()[0]
         if idx.shape[0] == 0:
@@ -208,6 +318,7 @@ class Optimizer:
             "version": STATE_FORMAT_VERSION,
             "hyper": self.hyperparameters(),
             "t": int(self.t.value),
+            "steps": [int(s.value) for s in self.steps],
             "state": {
                 f"{i}.{k}": np.array(_host(v.value), copy=True)
                 for i, states in enumerate(self.state)
@@ -226,9 +337,13 @@ class Optimizer:
             )
         if int(d.get("version", -1)) > STATE_FORMAT_VERSION:
             raise ValueError(f"state_dict version {d.get('version')} is newer than supported")
-        t = int(np.asarray(d["t"]))
-        if t < 0:
-            raise ValueError(f"step count must be >= 0, got {t}")
+        t = _step_count("t", d["t"])
+        steps = d.get("steps")
+        steps = [t] * len(self.params) if steps is None else list(np.asarray(steps).reshape(-1))
+        if len(steps) != len(self.params):
+            raise ValueError(f"state_dict has {len(steps)} step counters for "
+                             f"{len(self.params)} parameters")
+        steps = [_step_count(f"steps[{i}]", s) for i, s in enumerate(steps)]
         expected = {f"{i}.{k}": v for i, s in enumerate(self.state) for k, v in s.items()}
         if set(d["state"]) != set(expected):
             missing = sorted(set(expected) - set(d["state"]))
@@ -242,19 +357,35 @@ class Optimizer:
                 )
             if arr.dtype.kind != "f":
                 raise ValueError(f"state {key!r} has dtype {arr.dtype}, expected floats")
-        return t
+        return t, steps
 
     def load_state_dict(self, d):
         """Replace step count and state (validated first: on error nothing changes)."""
-        t = self.check_state_dict(d)
+        t, steps = self.check_state_dict(d)
         self.flush()
+        new = {(i, k): _like(var.value, np.asarray(d["state"][f"{i}.{k}"]))
+               for i, states in enumerate(self.state) for k, var in states.items()}
         for i, states in enumerate(self.state):
             for k, var in states.items():
-                var.value[...] = _like(var.value, np.asarray(d["state"][f"{i}.{k}"]))
+                var.value[...] = new[(i, k)]
         self.t._value = np.asarray(t, dtype=np.int64)
-        for last in self.last:
-            if last is not None:
-                last.value[...] = t
+        for i, step in enumerate(steps):
+            self.steps[i]._value = np.asarray(step, dtype=np.int64)
+            if self.last[i] is not None:
+                self.last[i].value[...] = step
+
+
+def _step_count(name, value):
+    """A step counter from a state_dict: an integer in [0, 2**62] (checked, never wrapped)."""
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype.kind not in "iuf" or (
+        arr.dtype.kind == "f" and not float(arr).is_integer()
+    ):
+        raise ValueError(f"state_dict {name} must be a whole number, got {value!r}")
+    step = int(arr)
+    if not 0 <= step <= 2**62:
+        raise ValueError(f"state_dict {name} must be in [0, 2**62], got {step}")
+    return step
 
 
 def _host(a):

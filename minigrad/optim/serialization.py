@@ -52,7 +52,7 @@ def save(path, params, opt=None):
         sd = opt.state_dict()
         arrays.update({f"opt/{k}": v for k, v in sd["state"].items()})
         meta.update(optimizer=sd["optimizer"], opt_version=sd["version"], hyper=sd["hyper"],
-                    t=sd["t"])
+                    t=sd["t"], steps=sd["steps"])
     meta["checksum"] = _checksum(arrays)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -120,7 +120,7 @@ def load(path, params, opt=None):
         if meta.get("optimizer") is None:
             raise CheckpointError(f"{path}: holds no optimizer state")
         state = {"optimizer": meta["optimizer"], "version": meta.get("opt_version", 1),
-                 "t": meta.get("t"),
+                 "t": meta.get("t"), "steps": meta.get("steps"),
                  "state": {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}}
         try:
             opt.check_state_dict(state)
