@@ -128,7 +128,7 @@ def async_training(ray, out):
 
     model = EmbeddingModel()
     res = mg.distributed.train(model.make_cost, model.params, embedding_data(),
-                               functools.partial(mg.optim.Adam, lr=0.02), n_workers=2,
+                               functools.partial(mg.optim.Adam, lr=0.1), n_workers=2,
                                n_shards=2, epochs=3, batch_size=50, staleness=2,
                                progress=False)
     record = _summary(res)
@@ -258,4 +258,8 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    # run as the importable module, so that OnesModel pickles by reference for the actors
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import distributed_scenarios
+
+    distributed_scenarios.main(sys.argv[1])

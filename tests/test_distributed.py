@@ -290,7 +290,7 @@ def test_one_worker_sync_equals_single_process_exact_momentum(scenarios):
 @pytest.mark.distributed
 def test_two_workers_two_shards_async_loss_falls(scenarios):
     record = _scenario(scenarios, "async")
-    opt = functools.partial(mg.optim.Adam, lr=0.02)
+    opt = functools.partial(mg.optim.Adam, lr=0.1)
     ref = single_process(EmbeddingModel(), embedding_data(), opt, epochs=3, batch_size=50)
     ref_final = float(np.mean(ref[-len(ref) // 10:]))
     first = np.mean([w[:3] for w in record["losses"]])
@@ -315,11 +315,11 @@ def test_fault_accounting_is_exact(scenarios, name):
         for b in missing:
             expected_lost += int((data[0][batches[b]] % record["n_shards"] == s).sum())
     lost = record["expected_row_updates"] - record["applied_row_updates"]
-    assert lost == expected_lost  # every lost row update is accounted for, none doubled
-    assert lost >= 0
-    assert record["lost_pushes"] <= record["checkpoint_every"]
-    assert record["recovery_s"] < 5.0
-    assert record["recoveries"] >= 1
+    assert lost == expected_lost, record  # every lost row update accounted for, none doubled
+    assert lost >= 0, record
+    assert record["lost_pushes"] <= record["checkpoint_every"], record
+    assert record["recovery_s"] < 5.0, record  # kill -> the actor answers from a new process
+    assert record["recoveries"] >= 1, record
     if name == "worker_sigkill":
         assert lost == 0 and record["lost_pushes"] == 0  # shards lived: nothing lost
 

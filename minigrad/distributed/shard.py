@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from minigrad.distributed.eager import apply_step, read_rows
+from minigrad.distributed.rows import read_rows
 
 FORMAT = "minigrad-distributed-shard"
 
@@ -86,7 +86,7 @@ class Shard:
                 prepared.append(np.reshape(g, (1,)) if self.scalar[k] else g)
         self._check(prepared, worker, batch)
         for opt, p, g in zip(self.opts, self.params, prepared):
-            apply_step(opt, p, g)
+            opt.apply(p, g)
             if isinstance(g, RowSparse):
                 self.counters["rows_pushed"] += int(g.indices.shape[0])
         self.applied[batch] = True

@@ -44,6 +44,7 @@ class Worker:
         for p, (shape, dtype) in zip(self.params, meta):  # the row counts, not the rows
             p.set_value(sharding.stand_in(shape, dtype), borrow=True)
         inputs, cost = make_cost(self.params)
+        self.input_names = [v.name or f"input {i}" for i, v in enumerate(inputs)]
         self.layout = sharding.analyse(list(inputs), cost, self.params)
         if self.layout.signature() != signature:
             raise RuntimeError(f"{self.name}: make_cost built a different graph here than in "
@@ -129,7 +130,16 @@ class Worker:
             self.params[t].set_value(fake, borrow=True)
         values = self.ids_fn(*[batch[i] for i in self.layout.id_inputs])
         values = values if isinstance(values, (list, tuple)) else [values]
-        return [sharding.group_unique_ids(g, values) for g in self.layout.groups]
+        uniques = [sharding.group_unique_ids(g, values) for g in self.layout.groups]
+        for g, u in zip(self.layout.groups, uniques):
+            if u.shape[0] and (u[0] < 0 or u[-1] >= g.n_rows):
+                bad = int(u[0]) if u[0] < 0 else int(u[-1])
+                names = [self.input_names[i] for i in g.inputs]
+                tables = [self.params[t].name or f"param{t}" for t in g.tables]
+                raise IndexError(f"{self.name}: {'/'.join(names)}: row id {bad} is out of "
+                                 f"range for {', '.join(tables)} with {g.n_rows} rows "
+                                 f"(valid: 0..{g.n_rows - 1})")
+        return uniques
 
     def _push(self, b, uniques, grads):
         from minigrad.types import RowSparse
