@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks import common
 
-MODULES = ("embedding", "fm_noise", "text", "kernels", "optim", "hogwild", "gpu")
+MODULES = ("embedding", "fm_noise", "text", "kernels", "optim", "hogwild", "gpu", "distributed")
 TABLE_COLUMNS = ["bench", "case", "system", "value", "lo", "hi", "unit"]
 TABLE_HEADERS = ["bench", "case", "system", "median", "min", "max", "unit"]
 

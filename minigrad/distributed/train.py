@@ -152,7 +152,7 @@ class _Run:
         self.ray, self.cfg, self.params, self.columns = ray, cfg, params, columns
         self.payload, self.factory, self.t_call = payload, factory, t_call
         self.run_id = uuid.uuid4().hex[:8]
-        self.actors, self.notes, self.events = [], [], []
+        self.actors, self.notes, self.events, self.pinned = [], [], [], []
         self.tmp_dir = None
 
     def execute(self):
@@ -188,6 +188,7 @@ class _Run:
         # workers
         wactor = ray.remote(Worker)
         data_ref, plan_ref = ray.put(list(self.columns)), ray.put(batches)
+        self.pinned += [data_ref, plan_ref]  # held until the end (worker restarts read them)
         workers = []
         for rank in range(cfg.n_workers):
             w = wactor.options(name=f"mg-{self.run_id}-worker-{rank}", namespace="minigrad",
@@ -264,10 +265,15 @@ class _Run:
         file = None if ckpt_dir is None else os.path.join(ckpt_dir, f"{name}.npz")
         if file is not None and os.path.exists(file):
             os.remove(file)  # a fresh run starts from the caller's parameters
+        # the rows go through the object store under a reference this driver holds for the
+        # whole run: a restarted shard re-reads its constructor arguments (Ray would free
+        # an argument it put there itself once the first construction is done)
+        rows_ref = self.ray.put(slices)
+        self.pinned.append(rows_ref)
         handle = actor.options(name=f"mg-{self.run_id}-{name}", namespace="minigrad",
                                max_restarts=self.cfg.max_restarts, max_task_retries=-1,
                                num_cpus=0).remote(
-            name, slices, names, self.factory, n_batches, self.cfg.checkpoint_every, file)
+            name, rows_ref, names, self.factory, n_batches, self.cfg.checkpoint_every, file)
         self.actors.append(handle)
         return handle
 
