@@ -190,6 +190,75 @@ def shard_dead(ray, out):
     _write(out, "shard_dead", record)
 
 
+def cluster_node_removal(out):
+    """A 3-node local ``Cluster`` (head + two nodes offering a "shardhost" resource, all
+    on 127.0.0.1): the node holding shard-0 is removed mid-run; the shard moves to the
+    other node from its checkpoint. Same exact accounting as ``fault``."""
+    from ray.cluster_utils import Cluster
+
+    record = {"checkpoint_every": 5, "n_shards": 2, "batch_size": 32}
+    model, data = OnesModel(), ones_data()
+    before = model.E.get_value()
+    with ray_setup.scratch_environment() as temp_dir:
+        import ray
+        import ray._private.utils
+
+        # Cluster() records its address in the shared /tmp/ray/ray_current_cluster (for
+        # ray.init("auto")); we connect by address and keep out of shared paths
+        ray._private.utils.write_ray_address = lambda *args, **kwargs: None
+        node = dict(num_cpus=1, node_ip_address="127.0.0.1", include_dashboard=False)
+        cluster = Cluster(initialize_head=True, head_node_args=dict(
+            node, temp_dir=temp_dir, _system_config=ray_setup.safe_system_config()))
+        try:
+            hosts = [cluster.add_node(**node, resources={"shardhost": 4}) for _ in range(2)]
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, namespace="minigrad", log_to_driver=False,
+                     logging_level="ERROR")
+
+            def remove():
+                try:
+                    shard = _find_actor(ray, "-shard-0")
+                    while ray.get(shard.info.remote())["applied_batches"] < 15:
+                        time.sleep(0.01)
+                    where = ray.get(shard.info.remote())["node_id"]
+                    victim = next(h for h in hosts if h.node_id == where)
+                    record["t_kill"] = time.time()
+                    cluster.remove_node(victim, allow_graceful=False)
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline:
+                        try:
+                            info = ray.get(shard.info.remote(), timeout=30)
+                            if info["node_id"] != where:
+                                record.update(recovery_s=time.time() - record["t_kill"],
+                                              moved=True)
+                                return
+                        except ray.exceptions.RayActorError:
+                            pass
+                        time.sleep(0.02)
+                    record["error"] = "shard-0 did not come back on another node in 30 s"
+                except Exception:  # noqa: BLE001
+                    record["error"] = traceback.format_exc()
+
+            thread = threading.Thread(target=remove, daemon=True)
+            thread.start()
+            res = mg.distributed.train(model.make_cost, [model.E], data,
+                                       functools.partial(mg.optim.SGD, lr=1.0), n_workers=2,
+                                       n_shards=2, batch_size=32, staleness=1,
+                                       checkpoint_every=5, progress=False, chunk_batches=4,
+                                       shard_options={"resources": {"shardhost": 1}})
+            thread.join(30)
+            record.update(_summary(res))
+            record["missing"] = {i["name"]: i["missing_batches"] for i in res.shard_info}
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            netns.kill_namespace(netns.namespace_inode(), exclude={os.getpid()})
+    after = model.E.get_value()
+    record["applied_row_updates"] = float((before.sum() - after.sum()) / D)
+    record["expected_row_updates"] = float(data[0].size)
+    _write(out, "cluster_node_removal", record)
+
+
 def network(ray, out):
     session = ray._private.worker._global_node.get_session_dir_path()
     logs = []
@@ -231,6 +300,12 @@ def main(out):
     scenarios = sys.argv[2].split(",") if len(sys.argv) > 2 else [
         "momentum", "async", "shard_ray_kill", "shard_sigkill", "worker_sigkill",
         "bad_index", "shard_dead"]
+    if scenarios == ["cluster"]:  # a Cluster wants a fresh process (no earlier session)
+        try:
+            cluster_node_removal(out)
+        except Exception:  # noqa: BLE001
+            _write(out, "cluster_node_removal", {"error": traceback.format_exc()})
+        return
     with ray_setup.local_ray(num_cpus=2) as ray:
         for name in scenarios:
             try:

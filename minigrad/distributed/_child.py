@@ -21,7 +21,7 @@ def main(tmp):
                                    f"{netns.interfaces()}, not just lo")
         with open(os.path.join(tmp, "job.pkl"), "rb") as f:
             make_cost, params, dataset, optimizer, kwargs = pickle.load(f)
-        from minigrad.distributed.train import train
+        from minigrad.distributed.driver import train
 
         result = train(make_cost, params, dataset, optimizer, **kwargs)
         status = ("ok", [p.get_value() for p in params], result)

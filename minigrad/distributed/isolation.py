@@ -23,7 +23,7 @@ from minigrad.distributed.errors import DistributedError
 
 
 def train_in_namespace(make_cost, params, dataset, optimizer, kwargs, t_call):
-    from minigrad.distributed.train import _write_back
+    from minigrad.distributed.driver import _write_back
 
     tmp = tempfile.mkdtemp(prefix="mg-dist-job-")
     try:

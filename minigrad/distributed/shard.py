@@ -174,7 +174,10 @@ class Shard:
                 for p, s in zip(self.params, self.scalar)]
 
     def info(self):
+        import ray
+
         return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at,
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "restore_s": self.restore_s, "restored_from": self.restored_from,
                 "applied_batches": int(self.applied.sum()),
                 "missing_batches": np.flatnonzero(~self.applied).tolist(), **self.counters}

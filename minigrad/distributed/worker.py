@@ -148,7 +148,9 @@ class Worker:
         per_shard = [[] for _ in range(n)]
         for gi, g in enumerate(layout.groups):
             for t in g.tables:
-                rs = grads[t]
+                # one row per id on the wire (a gather repeats ids): the shard's apply
+                # would coalesce them the same way, in the same order
+                rs = grads[t].coalesce()
                 global_ids = uniques[gi][rs.indices]
                 for s, pos in enumerate(sharding.split_by_shard(global_ids, n)):
                     ids = sharding.local_rows(global_ids[pos], n)

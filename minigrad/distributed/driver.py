@@ -75,7 +75,7 @@ class DistributedResult:
 def train(make_cost, params, dataset, optimizer, n_workers=2, n_shards=2, epochs=1,
           batch_size=256, staleness=1, address=None, seed=0, progress=True,
           checkpoint_every=None, checkpoint_path=None, *, max_restarts=3, chunk_batches=8,
-          num_cpus=None):
+          num_cpus=None, shard_options=None, worker_options=None):
     """Train ``params`` on ``dataset`` with ``n_workers`` workers and ``n_shards`` shards.
 
     ``make_cost(params) -> (inputs, cost)``: the symbolic inputs (one per column of
@@ -91,6 +91,8 @@ def train(make_cost, params, dataset, optimizer, n_workers=2, n_shards=2, epochs
     already initialised Ray in this process is used as it is; any other ``address`` is
     passed to ``ray.init``. Returns a :class:`DistributedResult`; the parameters hold the
     trained values (untouched after a failure).
+    ``shard_options`` / ``worker_options``: extra Ray actor options (``resources=...``,
+    ``scheduling_strategy=...``) to place shards and workers on a real cluster.
     """
     t_call = time.perf_counter()
     params = _check_params(params)
@@ -100,7 +102,8 @@ def train(make_cost, params, dataset, optimizer, n_workers=2, n_shards=2, epochs
                   _non_negative("staleness", staleness), int(seed), bool(progress),
                   _optional_positive("checkpoint_every", checkpoint_every), checkpoint_path,
                   int(_non_negative("max_restarts", max_restarts)),
-                  int(_positive("chunk_batches", chunk_batches)), num_cpus)
+                  int(_positive("chunk_batches", chunk_batches)), num_cpus,
+                  dict(shard_options or {}), dict(worker_options or {}))
     payload = _pickle_model(make_cost, params)
     factory = _pickle_optimizer(optimizer)
     ray_setup.import_ray_or_raise()
@@ -133,6 +136,8 @@ class _Config:
     max_restarts: int
     chunk_batches: int
     num_cpus: int | None
+    shard_options: dict
+    worker_options: dict
 
     def as_kwargs(self):
         return {"n_workers": self.n_workers, "n_shards": self.n_shards, "epochs": self.epochs,
@@ -140,7 +145,8 @@ class _Config:
                 "seed": self.seed, "progress": self.progress,
                 "checkpoint_every": self.checkpoint_every,
                 "checkpoint_path": self.checkpoint_path, "max_restarts": self.max_restarts,
-                "chunk_batches": self.chunk_batches, "num_cpus": self.num_cpus}
+                "chunk_batches": self.chunk_batches, "num_cpus": self.num_cpus,
+                "shard_options": self.shard_options, "worker_options": self.worker_options}
 
 
 class _Run:
@@ -192,8 +198,8 @@ class _Run:
         workers = []
         for rank in range(cfg.n_workers):
             w = wactor.options(name=f"mg-{self.run_id}-worker-{rank}", namespace="minigrad",
-                               max_restarts=cfg.max_restarts, max_task_retries=0,
-                               num_cpus=0).remote(
+                               **{"max_restarts": cfg.max_restarts, "max_task_retries": 0,
+                                  "num_cpus": 0, **cfg.worker_options}).remote(
                 rank, self.payload, layout.signature(), meta, data_ref, shards, dense_shard,
                 cfg.staleness, plan_ref)
             self.actors.append(w)
@@ -271,8 +277,9 @@ class _Run:
         rows_ref = self.ray.put(slices)
         self.pinned.append(rows_ref)
         handle = actor.options(name=f"mg-{self.run_id}-{name}", namespace="minigrad",
-                               max_restarts=self.cfg.max_restarts, max_task_retries=-1,
-                               num_cpus=0).remote(
+                               **{"max_restarts": self.cfg.max_restarts,
+                                  "max_task_retries": -1, "num_cpus": 0,
+                                  **self.cfg.shard_options}).remote(
             name, rows_ref, names, self.factory, n_batches, self.cfg.checkpoint_every, file)
         self.actors.append(handle)
         return handle
