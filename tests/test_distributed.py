@@ -370,8 +370,9 @@ def test_cluster_node_removal_moves_the_shard_and_counts_exactly():
     shard-0 is removed. Recovery here includes Ray's node failure detection (health checks
     tightened to ~2 s); the bound is 10 s, not 5, because this 2-core box is shared (5.8 s
     measured under load average ~14)."""
-    import distributed_scenarios as sc
     import shutil
+
+    import distributed_scenarios as sc
 
     results = _run_scenarios("cluster")
     shutil.rmtree(results["_dir"], ignore_errors=True)
