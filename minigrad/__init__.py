@@ -19,6 +19,7 @@ from minigrad.config import config
 from minigrad.debug import debugprint, to_dot, verify_grad
 from minigrad.grad import DisconnectedInputError, grad
 from minigrad.graph import Apply, Constant, Op, Variable, clone_replace, toposort
+from minigrad.mode import Mode
 from minigrad.ops import (  # noqa: F401
     abs,
     cast,
@@ -95,7 +96,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Apply", "CSRType", "Constant", "DisconnectedInputError", "Function", "Op", "RowSparse",
+    "Apply", "CSRType", "Constant", "DisconnectedInputError", "Function", "Mode", "Op",
+    "RowSparse",
     "RowSparseType", "SharedVariable", "TensorType", "Variable", "clone_replace", "config",
     "constant", "csr_matrix", "debugprint", "function", "grad", "imatrix", "iscalar",
     "ivector", "lmatrix", "lscalar", "lvector", "matrix", "ops", "scalar", "shared", "tensor",

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import minigrad as mg
 from minigrad.ops.elemwise import MulReduceLike
 from minigrad.ops.indexing import Take
-from minigrad.rewrite import REGISTRY
+from minigrad.rewrite import DB, PHASES
 
 
 def _ops(f):
@@ -66,12 +66,18 @@ def test_fm_products_share_one_gather():
     assert np.isfinite(f(Xv, np.ones(6)))
 
 
-def test_each_rewrite_is_registered_once_and_named():
-    names = [name for name, _, _ in REGISTRY]
+def test_each_rewrite_is_registered_once_named_and_phased():
+    import minigrad.optim  # noqa: F401  (registers fresh_reads)
+
+    names = DB.names()
     assert len(names) == len(set(names))
     for expected in ("merge", "constant_folding", "take_through_elemwise", "shape_only_inputs",
-                     "csr_pattern", "merge_take_grads", "fuse_mul_reduce", "simplify"):
+                     "csr_pattern", "merge_take_grads", "fuse_mul_reduce", "simplify",
+                     "fresh_reads"):
         assert expected in names
+        assert DB[expected].phase in PHASES
+        assert {expected, DB[expected].phase, "default"} <= DB[expected].tags
+    assert DB["fuse_mul_reduce"].phase == "fuse"
     assert MulReduceLike.shape_only_inputs == (2,)
 
 
@@ -87,13 +93,12 @@ def test_fm_gradient_rows_of_one_gather_are_added_before_coalescing():
     yv = np.arange(6) % 2.0
     got = f(Xv, yv)
     assert got.indices.shape[0] == Xv.nnz  # one row per stored entry, not two
-    unmerged = [r for r in REGISTRY if r[0] != "merge_take_grads"]
-    saved = list(REGISTRY)
-    try:
-        REGISTRY[:] = unmerged
-        reference = mg.function([X, y], g, backend="numpy")(Xv, yv)
-    finally:
-        REGISTRY[:] = saved
+    before = DB.names()
+    unmerged = mg.function([X, y], g, mode=mg.Mode(backend="numpy",
+                                                   exclude=("merge_take_grads",)))
+    assert "RowSparseAdd" in _ops(unmerged)
+    assert DB.names() == before  # the mode did not touch the database
+    reference = unmerged(Xv, yv)
     np.testing.assert_allclose(got.to_dense(), reference.to_dense(), rtol=1e-12, atol=1e-15)
 
 

@@ -240,7 +240,7 @@ class _Run:
         with every group's id remapping checked on the first batch."""
         make_cost, copies = pickle.loads(self.payload)
         for p, orig in zip(copies, self.params):
-            p.set_value(sharding.stand_in(*_shape_dtype(orig)), borrow=True)
+            sharding.put_stand_in(p, sharding.stand_in(*_shape_dtype(orig)))
         inputs, cost = make_cost(copies)
         inputs = list(inputs)
         if len(inputs) != len(self.columns):
@@ -426,7 +426,7 @@ def _unfaithful_groups(layout, inputs, copies, params, batch):
         for g, n in zip(layout.groups, n_rows):
             for t in g.tables:
                 shape, dtype = _shape_dtype(params[t])
-                copies[t].set_value(sharding.stand_in((n,) + shape[1:], dtype), borrow=True)
+                sharding.put_stand_in(copies[t], sharding.stand_in((n,) + shape[1:], dtype))
         out = fn(*[args[i] for i in layout.id_inputs])
         return out if isinstance(out, (list, tuple)) else [out]
 

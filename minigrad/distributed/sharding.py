@@ -145,6 +145,17 @@ def stand_in(shape, dtype):
     return np.broadcast_to(np.zeros((1,) + tuple(shape[1:]), dtype=dtype), tuple(shape))
 
 
+def put_stand_in(param, array):
+    """Make ``array`` (a stand-in) the value of ``param`` without a copy.
+
+    Only for the private, optimizer-free copies of the parameters a worker or the driver
+    unpickles: ``set_value`` would (rightly, for a parameter an optimizer writes) copy a
+    read-only broadcast array into a real ``V``-row table, which is what a stand-in
+    exists to avoid. Nothing ever writes these values.
+    """
+    param._value = array
+
+
 def group_unique_ids(group, id_values):
     """Sorted unique global row ids of ``group`` in one batch (int64)."""
     parts = [np.asarray(id_values[k]).reshape(-1) for k in group.id_outputs]

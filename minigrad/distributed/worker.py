@@ -42,7 +42,7 @@ class Worker:
         self.staleness, self.plan, self.columns = int(staleness), plan, list(dataset)
         make_cost, self.params = pickle.loads(payload)
         for p, (shape, dtype) in zip(self.params, meta):  # the row counts, not the rows
-            p.set_value(sharding.stand_in(shape, dtype), borrow=True)
+            sharding.put_stand_in(p, sharding.stand_in(shape, dtype))
         inputs, cost = make_cost(self.params)
         self.input_names = [v.name or f"input {i}" for i, v in enumerate(inputs)]
         self.layout = sharding.analyse(list(inputs), cost, self.params)
@@ -127,7 +127,7 @@ class Worker:
         if self.ids_fn is None:
             return []
         for t, fake in self.stand_ins.items():
-            self.params[t].set_value(fake, borrow=True)
+            sharding.put_stand_in(self.params[t], fake)
         values = self.ids_fn(*[batch[i] for i in self.layout.id_inputs])
         values = values if isinstance(values, (list, tuple)) else [values]
         uniques = [sharding.group_unique_ids(g, values) for g in self.layout.groups]
