@@ -104,8 +104,10 @@ def _train(rank, cfg, step, params, views, data, conn, control):
             conn.send(("progress", rank, n_new, losses))
             losses, n_total, n_new, last = [], n_total + n_new, 0, now
             if control[STOP]:
+                _flush(params)
                 return
     train_s = time.perf_counter() - t0
+    _flush(params)
     conn.send(("progress", rank, n_new, losses))
     conn.send(("done", rank, {"samples": n_total + n_new, "train_s": train_s, "dense": dense}))
 
@@ -123,6 +125,13 @@ def _batches(rank, cfg, data):
         mine = np.random.default_rng([cfg.seed, epoch]).permutation(n)[rank:: cfg.n_workers]
         for (rows,) in batches(mine, batch_size=cfg.batch_size, seed=rng):
             yield tuple(column[rows] for column in data)
+
+
+def _flush(params):
+    """Exact-mode optimizers: catch this worker's pending rows up, in shared memory, before
+    the parent reads the parameters (their flush hooks are this worker's)."""
+    for p in params:
+        p.flush()
 
 
 def _rebind(params, views):
