@@ -50,7 +50,7 @@ def test_fusion_happens_for_a_broadcast_product_gradient():
 
 
 def test_masked_embedding_uses_the_scaled_sparse_product():
-    model = mg.models.MaskedEmbeddingClassifier(50, 8, 3, seed=0)
+    model = mg.models.MaskedEmbeddingClassifier(50, 8, 3, seed=0, mask_kind="per_word")
     tokens, mask, y = mg.lmatrix("t"), mg.matrix("m"), mg.lvector("y")
     f = mg.function([tokens, mask, y], mg.grad(model.cost(tokens, mask, y), model.M))
     assert "CSRScaledDotGradScale" in _ops(f)
