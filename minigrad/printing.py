@@ -158,7 +158,7 @@ def _viewed_dag(roots):
 def _readable_tree(roots, titles, depth):
     """Each line is a formula; a label (a name, or ``#k`` for a value used several times)
     in it is defined on an indented line below, the first time it appears."""
-    from minigrad.formula import _children, render
+    from minigrad.formula import TooLong, _children, render
     from minigrad.formula import look_through as formula_look_through
 
     uses, order = _viewed_dag(roots)
@@ -171,7 +171,7 @@ def _readable_tree(roots, titles, depth):
         elif uses.get(v, 0) > 1 and (_subtree_size(v, COLLAPSE_NODES) > COLLAPSE_NODES
                                      or len(render(v, bind=False)[0]) > SHARE_MIN_CHARS):
             atoms[v] = f"#{sum(1 for a in atoms.values() if a.startswith('#'))}"
-    lines, defined = [], set()
+    lines, defined, too_long = [], set(), set()
 
     def emit(var, level):
         pad = "  " * level + ("|" if level else "")
@@ -183,8 +183,14 @@ def _readable_tree(roots, titles, depth):
         if var.owner is None:
             lines.append(f"{pad}{render(var)[0]} : {_short_type(var)}")
             return
-        text, used = render(var, bind=False, atoms=atoms)
-        if len(text) <= COLLAPSE_CHARS or not _children(var):
+        try:
+            text, used = render(var, bind=False, atoms=atoms, max_chars=COLLAPSE_CHARS,
+                                too_long=too_long)
+        except TooLong:
+            text = None
+        if text is not None or not _children(var):
+            if text is None:
+                text, used = render(var, bind=False, atoms=atoms)
             lines.append(f"{pad}{label}{text} : {_short_type(var)}")
             for atom in used:
                 if atom not in defined:
@@ -251,9 +257,11 @@ def debugprint(obj, file=None, print_=True, depth=None, readable=False, legend=N
     ``readable=True`` gives the readable view (see the module docstring). ``legend``
     (default: on in the readable view) appends one line per internal Op that appears.
     """
+    from minigrad.deep_recursion import call_deep
+
     roots, titles = roots_of(obj)
     build = _readable_tree if readable else _full_tree
-    lines, found = build(roots, titles, depth)
+    lines, found = call_deep(build, roots, titles, depth)
     if legend is None:
         legend = readable
     if legend and found:
