@@ -129,7 +129,7 @@ class _Writer:
         if node in self.done:
             return
         self.done.add(node)
-        inner = inner_graph(node.op)
+        inner = inner_graph(node)
         if inner is not None:
             return self.cluster(node, inner, indent)
         ident = self.fresh("n")

@@ -67,8 +67,18 @@ def _short_type(var):
     return f"{kind}{dtype} {shape}"
 
 
-def inner_graph(op):
-    """(inner inputs, inner outputs) of a fused Op, or ``None`` for an ordinary Op."""
+def inner_graph(node):
+    """(inner inputs, inner outputs) of a fused node, or ``None`` for an ordinary one.
+
+    Two spellings are understood: ``op.inner_graph(node)`` (fresh inner leaves typed like
+    ``node.inputs``) and the attributes ``op.inner_inputs`` / ``op.inner_outputs``."""
+    op = node.op
+    method = getattr(op, "inner_graph", None)
+    if callable(method):
+        graph = method(node)
+        if graph is not None:
+            ins, outs = graph
+            return list(ins), list(outs)
     ins, outs = getattr(op, "inner_inputs", None), getattr(op, "inner_outputs", None)
     if ins is None or outs is None:
         return None
@@ -76,7 +86,7 @@ def inner_graph(op):
 
 
 def _full_tree(roots, titles, depth):
-    ids, lines, legend = {}, [], {}
+    ids, lines, legend, inner_done = {}, [], {}, set()
 
     def ident(var):
         return ids.setdefault(var, f"#{len(ids)}")
@@ -99,8 +109,9 @@ def _full_tree(roots, titles, depth):
         if seen:
             lines[-1] += "  (see above)"
             return
-        inner = inner_graph(op)
-        if inner is not None and var.index == 0:
+        inner = None if var.owner in inner_done else inner_graph(var.owner)
+        inner_done.add(var.owner)
+        if inner is not None:
             _inner_lines(inner, level, lines)
         skip = shape_only(op)
         for i, inp in enumerate(var.owner.inputs):
