@@ -85,11 +85,11 @@ def inner_graph(node):
     return list(ins), list(outs)
 
 
-def _full_tree(roots, titles, depth):
+def _full_tree(roots, titles, depth, id_prefix="#"):
     ids, lines, legend, inner_done = {}, [], {}, set()
 
     def ident(var):
-        return ids.setdefault(var, f"#{len(ids)}")
+        return ids.setdefault(var, f"{id_prefix}{len(ids)}")
 
     def walk(var, level, note=""):
         pad = "  " * level + ("|" if level else "")
@@ -112,16 +112,17 @@ def _full_tree(roots, titles, depth):
         inner = None if var.owner in inner_done else inner_graph(var.owner)
         inner_done.add(var.owner)
         if inner is not None:
-            _inner_lines(inner, level, lines)
+            _inner_lines(inner, level, lines, ident(var))
         skip = shape_only(op)
         for i, inp in enumerate(var.owner.inputs):
             walk(inp, level + 1, "  (shape only)" if i in skip else "")
 
-    def _inner_lines(inner, level, out):
+    def _inner_lines(inner, level, out, outer_id):
         ins, outs = inner
         pad = "  " * (level + 1) + ": "
         out.append(f"{pad}inner graph ({len(ins)} inputs -> {len(outs)} outputs):")
-        sub = _full_tree(outs, [f"inner output {k}" for k in range(len(outs))], None)
+        titles = [f"inner output {k}" for k in range(len(outs))] if len(outs) > 1 else [None]
+        sub = _full_tree(outs, titles, None, id_prefix=f"{outer_id}.")
         for line in sub[0]:
             out.append(pad + "  " + line)
         legend.update(sub[1])
