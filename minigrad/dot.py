@@ -101,14 +101,35 @@ class _Writer:
         var = self.view(var)
         if var.owner is None:
             return self.leaf(var, indent)
-        self.apply(var.owner, indent)
+        if var.owner not in self.done:
+            for node in self.order(var):  # producers first, without recursion
+                self.apply(node, indent)
         return self.ids[("out", var.owner, var.index)]
+
+    def order(self, var):
+        """The undrawn Apply nodes ``var`` needs, each after those feeding it (iterative:
+        a graph 10^5 nodes deep must not hit the recursion limit)."""
+        out, seen = [], set()
+        stack = [(var.owner, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                out.append(node)
+                continue
+            if node in seen or node in self.done:
+                continue
+            seen.add(node)
+            stack.append((node, True))
+            for _, inp, _ in reversed(self.inputs_of(node)):
+                if inp.owner is not None and inp.owner not in seen and inp.owner not in self.done:
+                    stack.append((inp.owner, False))
+        return out
 
     def apply(self, node, indent):
         if node in self.done:
             return
         self.done.add(node)
-        inner = inner_graph(node.op)
+        inner = inner_graph(node)
         if inner is not None:
             return self.cluster(node, inner, indent)
         ident = self.fresh("n")

@@ -12,8 +12,6 @@ not tiny) are therefore bound once to ``t0``, ``t1``... and variables the user n
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from minigrad.readable import data_inputs, op_name
@@ -112,8 +110,9 @@ class _Printer:
     formula (the readable ``debugprint`` defines them on their own lines); those used are
     collected in ``referenced``."""
 
-    def __init__(self, root, bind=True, atoms=None):
-        self.root, self.bind = root, bind
+    def __init__(self, root, bind=True, atoms=None, max_chars=None, too_long=None):
+        self.root, self.bind, self.max_chars = root, bind, max_chars
+        self.too_long = set() if too_long is None else too_long
         self.bound, self.defs, self.counter = {}, [], 0
         self.atoms, self.referenced = atoms or {}, []
         self.uses = self._count_uses(root) if bind else {}
@@ -133,6 +132,20 @@ class _Printer:
 
     def text(self, var, depth=0):
         """(text, precedence) of ``var``, binding it to a name where that is shorter."""
+        if self.max_chars is None:
+            return self._text(var, depth)
+        var = look_through(var)
+        if var in self.atoms and var is not self.root:
+            return self._text(var, depth)  # printed as its label, however long its formula
+        if var in self.too_long:
+            raise TooLong
+        try:
+            return self._text(var, depth)
+        except TooLong:
+            self.too_long.add(var)  # and so are all its ancestors: the next call stops early
+            raise
+
+    def _text(self, var, depth):
         var = look_through(var)
         if var.owner is None:
             return _leaf_text(var), ATOM
@@ -151,7 +164,10 @@ class _Printer:
             body, _ = self._body(var, 0)
             self.defs.append(f"{name} = {body}")
             return name, ATOM
-        return self._body(var, depth)
+        text, prec = self._body(var, depth)
+        if self.max_chars is not None and len(text) > self.max_chars:
+            raise TooLong  # the caller wanted a short formula or none: stop early
+        return text, prec
 
     def _arg(self, var, depth, min_prec):
         text, prec = self.text(var, depth + 1)
@@ -226,15 +242,18 @@ class _Printer:
         return f"{label}({args}){out}", ATOM
 
 
-def render(var, bind=True, atoms=None):
-    """(formula text, the ``atoms`` it used) of ``var``."""
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 10_000))
-    try:
-        printer = _Printer(look_through(var), bind=bind, atoms=atoms)
-        text, _ = printer.text(var)
-    finally:
-        sys.setrecursionlimit(limit)
+class TooLong(Exception):
+    """Raised by ``render(..., max_chars=n)`` as soon as the formula exceeds ``n``."""
+
+
+def render(var, bind=True, atoms=None, max_chars=None, too_long=None):
+    """(formula text, the ``atoms`` it used) of ``var``; ``TooLong`` past ``max_chars``.
+
+    ``too_long``: a set shared by calls with the same ``atoms`` and ``max_chars``,
+    remembering the variables whose formula is already known to be too long."""
+    printer = _Printer(look_through(var), bind=bind, atoms=atoms, max_chars=max_chars,
+                       too_long=too_long)
+    text, _ = printer.text(var)
     if printer.defs:
         text += "  where  " + "; ".join(printer.defs)
     return text, printer.referenced
@@ -252,7 +271,9 @@ def pp(var, file=None, print_=True) -> str:
     if not isinstance(var, Variable):
         raise TypeError(f"mg.pp needs a symbolic variable, got {type(var).__name__}; "
                         "for a compiled function use mg.debugprint(f)")
-    text = pp_string(var)
+    from minigrad.deep_recursion import call_deep
+
+    text = call_deep(pp_string, var)
     if print_:
         print(text, file=file)
     return text

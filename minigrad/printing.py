@@ -67,19 +67,29 @@ def _short_type(var):
     return f"{kind}{dtype} {shape}"
 
 
-def inner_graph(op):
-    """(inner inputs, inner outputs) of a fused Op, or ``None`` for an ordinary Op."""
+def inner_graph(node):
+    """(inner inputs, inner outputs) of a fused node, or ``None`` for an ordinary one.
+
+    Two spellings are understood: ``op.inner_graph(node)`` (fresh inner leaves typed like
+    ``node.inputs``) and the attributes ``op.inner_inputs`` / ``op.inner_outputs``."""
+    op = node.op
+    method = getattr(op, "inner_graph", None)
+    if callable(method):
+        graph = method(node)
+        if graph is not None:
+            ins, outs = graph
+            return list(ins), list(outs)
     ins, outs = getattr(op, "inner_inputs", None), getattr(op, "inner_outputs", None)
     if ins is None or outs is None:
         return None
     return list(ins), list(outs)
 
 
-def _full_tree(roots, titles, depth):
-    ids, lines, legend = {}, [], {}
+def _full_tree(roots, titles, depth, id_prefix="#"):
+    ids, lines, legend, inner_done = {}, [], {}, set()
 
     def ident(var):
-        return ids.setdefault(var, f"#{len(ids)}")
+        return ids.setdefault(var, f"{id_prefix}{len(ids)}")
 
     def walk(var, level, note=""):
         pad = "  " * level + ("|" if level else "")
@@ -99,18 +109,20 @@ def _full_tree(roots, titles, depth):
         if seen:
             lines[-1] += "  (see above)"
             return
-        inner = inner_graph(op)
-        if inner is not None and var.index == 0:
-            _inner_lines(inner, level, lines)
+        inner = None if var.owner in inner_done else inner_graph(var.owner)
+        inner_done.add(var.owner)
+        if inner is not None:
+            _inner_lines(inner, level, lines, ident(var))
         skip = shape_only(op)
         for i, inp in enumerate(var.owner.inputs):
             walk(inp, level + 1, "  (shape only)" if i in skip else "")
 
-    def _inner_lines(inner, level, out):
+    def _inner_lines(inner, level, out, outer_id):
         ins, outs = inner
         pad = "  " * (level + 1) + ": "
         out.append(f"{pad}inner graph ({len(ins)} inputs -> {len(outs)} outputs):")
-        sub = _full_tree(outs, [f"inner output {k}" for k in range(len(outs))], None)
+        titles = [f"inner output {k}" for k in range(len(outs))] if len(outs) > 1 else [None]
+        sub = _full_tree(outs, titles, None, id_prefix=f"{outer_id}.")
         for line in sub[0]:
             out.append(pad + "  " + line)
         legend.update(sub[1])
@@ -158,7 +170,7 @@ def _viewed_dag(roots):
 def _readable_tree(roots, titles, depth):
     """Each line is a formula; a label (a name, or ``#k`` for a value used several times)
     in it is defined on an indented line below, the first time it appears."""
-    from minigrad.formula import _children, render
+    from minigrad.formula import TooLong, _children, render
     from minigrad.formula import look_through as formula_look_through
 
     uses, order = _viewed_dag(roots)
@@ -171,7 +183,7 @@ def _readable_tree(roots, titles, depth):
         elif uses.get(v, 0) > 1 and (_subtree_size(v, COLLAPSE_NODES) > COLLAPSE_NODES
                                      or len(render(v, bind=False)[0]) > SHARE_MIN_CHARS):
             atoms[v] = f"#{sum(1 for a in atoms.values() if a.startswith('#'))}"
-    lines, defined = [], set()
+    lines, defined, too_long = [], set(), set()
 
     def emit(var, level):
         pad = "  " * level + ("|" if level else "")
@@ -183,8 +195,14 @@ def _readable_tree(roots, titles, depth):
         if var.owner is None:
             lines.append(f"{pad}{render(var)[0]} : {_short_type(var)}")
             return
-        text, used = render(var, bind=False, atoms=atoms)
-        if len(text) <= COLLAPSE_CHARS or not _children(var):
+        try:
+            text, used = render(var, bind=False, atoms=atoms, max_chars=COLLAPSE_CHARS,
+                                too_long=too_long)
+        except TooLong:
+            text = None
+        if text is not None or not _children(var):
+            if text is None:
+                text, used = render(var, bind=False, atoms=atoms)
             lines.append(f"{pad}{label}{text} : {_short_type(var)}")
             for atom in used:
                 if atom not in defined:
@@ -251,9 +269,11 @@ def debugprint(obj, file=None, print_=True, depth=None, readable=False, legend=N
     ``readable=True`` gives the readable view (see the module docstring). ``legend``
     (default: on in the readable view) appends one line per internal Op that appears.
     """
+    from minigrad.deep_recursion import call_deep
+
     roots, titles = roots_of(obj)
     build = _readable_tree if readable else _full_tree
-    lines, found = build(roots, titles, depth)
+    lines, found = call_deep(build, roots, titles, depth)
     if legend is None:
         legend = readable
     if legend and found:

@@ -170,3 +170,18 @@ def test_readable_view_of_roots_sharing_values():
     text = mg.debugprint([h * 2.0, h], readable=True, print_=False)
     assert "where" not in text  # pp's where-clause never leaks into the tree
     assert text.count("h = ") == 1 and "h  (see above)" in text
+
+
+def test_viewers_handle_graphs_deeper_than_the_recursion_limit():
+    import sys
+
+    x = mg.vector("x")
+    h = x
+    for _ in range(1200):  # 2400 nested nodes: past the default recursion limit of 1000
+        h = h * 1.01 + 1.0
+    limit = sys.getrecursionlimit()
+    assert mg.debugprint(h, print_=False).count("\n") > 2400
+    assert mg.debugprint(h, readable=True, print_=False).count("\n") > 100
+    assert "where" in mg.pp(h, print_=False)  # deep formulas are cut into named pieces
+    assert mg.to_dot(h).count("->") > 2400
+    assert sys.getrecursionlimit() == limit

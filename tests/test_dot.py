@@ -107,9 +107,21 @@ class _FusedAxpy(Op):
         return Apply(self, list(inputs), [TensorType("float64", (None,))])
 
 
-def test_fused_ops_are_clusters_and_debugprint_shows_inner_graph():
+class _FusedAxpyMethod(Op):
+    """The same, declaring its inner graph the compiler's way: ``inner_graph(node)``."""
+
+    def inner_graph(self, node):
+        a, x, y = (v.type.make_variable(name=n) for v, n in zip(node.inputs, "axy"))
+        return [a, x, y], [a * x + y]
+
+    def make_node(self, *inputs):
+        return Apply(self, list(inputs), [TensorType("float64", (None,))])
+
+
+@pytest.mark.parametrize("fused", [_FusedAxpy, _FusedAxpyMethod])
+def test_fused_ops_are_clusters_and_debugprint_shows_inner_graph(fused):
     a, x, y = mg.vector("a"), mg.vector("x"), mg.vector("y")
-    out = mg.exp(_FusedAxpy()(a, x, y))
+    out = mg.exp(fused()(a, x, y))
     text = mg.to_dot(out)
     parse_dot(text)
     assert "subgraph cluster_" in text and "<b>mul</b>" in text and "<b>add</b>" in text
