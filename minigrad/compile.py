@@ -24,8 +24,10 @@ import numpy as np
 
 from minigrad import call_checks
 from minigrad.backends import get_backend
-from minigrad.graph import Constant, Variable, toposort
-from minigrad.rewrite import rewrite
+from minigrad.fgraph import FunctionGraph
+from minigrad.graph import Constant, Variable
+from minigrad.mode import resolve_mode
+from minigrad.rewrite import DB
 from minigrad.types import CSRType, RowSparse, RowSparseType
 from minigrad.variables import SharedVariable, as_variable
 
@@ -80,7 +82,7 @@ class Function:
     """A compiled graph; call it with one value per input."""
 
     def __init__(self, inputs, outputs, updates=None, backend=None, nan_guard=None, name=None,
-                 on_nan="raise", allow_input_downcast=False):
+                 on_nan="raise", mode=None, allow_input_downcast=False):
         t0 = time.perf_counter()
         self.name = name
         self.inputs = _check_inputs(inputs)
@@ -88,7 +90,8 @@ class Function:
         self.single_output = self.output_structure[0] == "single"
         self.outputs = [as_variable(o) for o in out_list]
         self.updates = _normalize_updates(updates)
-        self.backend = get_backend(backend)
+        self.mode = resolve_mode(mode, backend)
+        self.backend = get_backend(self.mode.backend)
         # None (default): updates only; True: outputs too; False: nothing is checked
         self.nan_guard = bool(nan_guard)
         self.update_guard = nan_guard is None or bool(nan_guard)
@@ -98,7 +101,10 @@ class Function:
         self.on_nan = on_nan
 
         roots = self.outputs + [v for _, v in self.updates]
-        roots = rewrite(roots)
+        # the rewrites edit a copy of the graph (a FunctionGraph); the caller's is untouched
+        self.fgraph = FunctionGraph(self.inputs, roots)
+        DB.apply(self.fgraph, self.mode.include, self.mode.exclude)
+        roots = list(self.fgraph.outputs)
         self.graph_outputs = roots[: len(self.outputs)]
         self.graph_updates = roots[len(self.outputs):]
         self._link()
@@ -106,7 +112,7 @@ class Function:
 
     # ----------------------------------------------------------------------------------
     def _link(self):
-        nodes = toposort(self.graph_outputs + self.graph_updates)
+        nodes = self.fgraph.toposort()
         missing = self._missing_inputs(nodes)
         if missing:
             raise ValueError(
@@ -146,8 +152,11 @@ class Function:
         # exact-mode optimizer catches their rows up as it reads them, O(rows touched));
         # any other shared value with pending catch-up steps is flushed before each call.
         in_place = {n.inputs[i] for n in self.nodes for i in n.op.destroy_map.values()}
-        self.flush_first = [v for v, _ in self.shared
-                            if v._flush_hooks and v not in in_place]
+        from minigrad.optim.ops import needs_flush  # exact tables read by gathers only: no
+
+        self.flush_first = [v for v, _ in self.shared  # flush (FreshTake catches them up)
+                            if v._flush_hooks and v not in in_place
+                            and needs_flush(v, self.nodes)]
         self.safe_program = self.program[: self.n_safe]
         self.destructive_program = self.program[self.n_safe:]
         self.destructive_nodes = self.nodes[self.n_safe:]
@@ -299,13 +308,14 @@ class Function:
 
 
 def function(inputs, outputs=None, updates=None, backend=None, nan_guard=None, name=None,
-             on_nan="raise", allow_input_downcast=False):
+             on_nan="raise", allow_input_downcast=False, mode=None):
     """Compile ``outputs`` (and ``updates``) as a function of ``inputs``.
 
     ``outputs``: a variable, or a list, tuple or dict of variables; the result has the same
     structure. ``updates``: ``(shared, new_value)`` pairs or what an optimizer returns; all
-    new values are computed from the old ones, then written. ``backend``: ``"numpy"``,
-    ``"numba"`` (default when numba imports) or ``"cupy"``.
+    new values are computed from the old ones, then written. ``mode``: an ``mg.Mode`` (backend
+    and rewrite tags to include/exclude). ``backend``: ``"numpy"``, ``"numba"`` (default
+    when numba imports) or ``"cupy"``, a shorthand for ``mode=mg.Mode(backend=...)``.
 
     NaN policy: by default (``nan_guard=None``) a non-finite *update* never reaches a
     shared variable: the call raises ``FloatingPointError`` naming it and changes nothing
@@ -318,7 +328,8 @@ def function(inputs, outputs=None, updates=None, backend=None, nan_guard=None, n
     refused unless ``True``. Integer values that do not fit are always refused.
     """
     return Function(inputs, outputs, updates=updates, backend=backend, nan_guard=nan_guard,
-                    name=name, on_nan=on_nan, allow_input_downcast=allow_input_downcast)
+                    name=name, on_nan=on_nan, allow_input_downcast=allow_input_downcast,
+                    mode=mode)
 
 
 __all__ = ["function", "Function", "CSRType"]
