@@ -35,9 +35,10 @@ ORDER = (  # one name per line, so that a new benchmark is a one-line change
     "kernels",
     "optim",
     "hogwild",
+    "distributed",
     "gpu",
 )
-NOT_IN_SUITE = {"common"}  # helper modules, never run as benchmarks
+NOT_IN_SUITE = {"common", "nan_guard_cost"}  # helpers and stand-alone studies, not suite members
 TABLE_COLUMNS = ["case", "system", "value", "lo", "hi", "unit"]
 TABLE_HEADERS = ["case", "system", "median", "min", "max", "unit"]
 

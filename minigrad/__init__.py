@@ -77,7 +77,7 @@ from minigrad.variables import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"optim", "models", "data", "parallel"}
+_LAZY = {"optim", "models", "data", "parallel", "distributed"}
 
 
 def __getattr__(name):
