@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import minigrad as mg
 from minigrad.ops.elemwise import MulReduceLike
 from minigrad.ops.indexing import Take
-from minigrad.rewrite import REGISTRY
+from minigrad.rewrite import DB, PHASES
 
 
 def _ops(f):
@@ -50,7 +50,7 @@ def test_fusion_happens_for_a_broadcast_product_gradient():
 
 
 def test_masked_embedding_uses_the_scaled_sparse_product():
-    model = mg.models.MaskedEmbeddingClassifier(50, 8, 3, seed=0)
+    model = mg.models.MaskedEmbeddingClassifier(50, 8, 3, seed=0, mask_kind="per_word")
     tokens, mask, y = mg.lmatrix("t"), mg.matrix("m"), mg.lvector("y")
     f = mg.function([tokens, mask, y], mg.grad(model.cost(tokens, mask, y), model.M))
     assert "CSRScaledDotGradScale" in _ops(f)
@@ -59,19 +59,26 @@ def test_masked_embedding_uses_the_scaled_sparse_product():
 def test_fm_products_share_one_gather():
     fm = mg.models.FactorizationMachine(30, 4, seed=0)
     X, y = mg.csr_matrix("X"), mg.vector("y")
-    f = mg.function([X, y], fm.cost(X, y), backend="numpy")
+    # the "fuse" phase (rewrite_fusion.py) would replace the gather by fused products
+    f = mg.function([X, y], fm.cost(X, y), mode=mg.Mode(backend="numpy", exclude=("fuse",)))
     gathers_of_v = [n for n in f.nodes if isinstance(n.op, Take) and n.inputs[0] is fm.V]
     assert len(gathers_of_v) == 1
     Xv = sp.random(6, 30, density=0.2, format="csr", random_state=0)
     assert np.isfinite(f(Xv, np.ones(6)))
 
 
-def test_each_rewrite_is_registered_once_and_named():
-    names = [name for name, _, _ in REGISTRY]
+def test_each_rewrite_is_registered_once_named_and_phased():
+    import minigrad.optim  # noqa: F401  (registers fresh_reads)
+
+    names = DB.names()
     assert len(names) == len(set(names))
     for expected in ("merge", "constant_folding", "take_through_elemwise", "shape_only_inputs",
-                     "csr_pattern", "merge_take_grads", "fuse_mul_reduce", "simplify"):
+                     "csr_pattern", "merge_take_grads", "fuse_mul_reduce", "simplify",
+                     "fresh_reads"):
         assert expected in names
+        assert DB[expected].phase in PHASES
+        assert {expected, DB[expected].phase, "default"} <= DB[expected].tags
+    assert DB["fuse_mul_reduce"].phase == "fuse"
     assert MulReduceLike.shape_only_inputs == (2,)
 
 
@@ -87,13 +94,12 @@ def test_fm_gradient_rows_of_one_gather_are_added_before_coalescing():
     yv = np.arange(6) % 2.0
     got = f(Xv, yv)
     assert got.indices.shape[0] == Xv.nnz  # one row per stored entry, not two
-    unmerged = [r for r in REGISTRY if r[0] != "merge_take_grads"]
-    saved = list(REGISTRY)
-    try:
-        REGISTRY[:] = unmerged
-        reference = mg.function([X, y], g, backend="numpy")(Xv, yv)
-    finally:
-        REGISTRY[:] = saved
+    before = DB.names()
+    unmerged = mg.function([X, y], g, mode=mg.Mode(backend="numpy",
+                                                   exclude=("merge_take_grads",)))
+    assert "RowSparseAdd" in _ops(unmerged)
+    assert DB.names() == before  # the mode did not touch the database
+    reference = unmerged(Xv, yv)
     np.testing.assert_allclose(got.to_dense(), reference.to_dense(), rtol=1e-12, atol=1e-15)
 
 

@@ -1,0 +1,90 @@
+"""``mg.Mode``: how ``mg.function`` compiles a graph (which backend, which rewrites).
+
+A mode is a small immutable value, so a test or a benchmark switches a rewrite off by
+passing a mode, never by editing the global rewrite database::
+
+    f = mg.function([x], y, mode=mg.Mode(exclude=("fuse",)))        # no fusion
+    g = mg.function([x], y, mode=mg.Mode(backend="numpy"))            # the reference
+    h = mg.function([x], y, mode=mg.Mode().excluding("merge_take_grads"))
+
+``include``/``exclude`` are rewrite tags (a rewriter's name, its phase or any tag it was
+registered with; see ``minigrad/rewrite.py``). ``backend=None`` means ``mg.config.backend``
+at compile time. ``linker`` chooses how the compiled nodes run: ``"vm"`` (a loop over
+thunks).
+"""
+from __future__ import annotations
+
+LINKERS = ("vm",)
+
+
+def _tags(value, what):
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        tags = tuple(value)
+    except TypeError:
+        raise TypeError(f"Mode {what} must be a tag or a sequence of tags, got {value!r}") from None
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise TypeError(f"Mode {what}: rewrite tags are strings, got {tag!r}")
+    return tags
+
+
+class Mode:
+    """Backend and rewrite selection for ``mg.function(..., mode=)``."""
+
+    __slots__ = ("backend", "include", "exclude", "linker")
+
+    def __init__(self, backend=None, include=(), exclude=(), linker="vm"):
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(f"Mode backend must be a name such as 'numpy', got {backend!r}")
+        if linker not in LINKERS:
+            raise ValueError(f"Mode linker must be one of {LINKERS}, got {linker!r}")
+        object.__setattr__(self, "backend", backend)
+        object.__setattr__(self, "include", _tags(include, "include"))
+        object.__setattr__(self, "exclude", _tags(exclude, "exclude"))
+        object.__setattr__(self, "linker", linker)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Mode is immutable; use including()/excluding()/with_backend()")
+
+    def including(self, *tags):
+        return Mode(self.backend, self.include + tags, self.exclude, self.linker)
+
+    def excluding(self, *tags):
+        return Mode(self.backend, self.include, self.exclude + tags, self.linker)
+
+    def with_backend(self, backend):
+        return Mode(backend, self.include, self.exclude, self.linker)
+
+    def with_linker(self, linker):
+        return Mode(self.backend, self.include, self.exclude, linker)
+
+    def _key(self):
+        return (self.backend, self.include, self.exclude, self.linker)
+
+    def __eq__(self, other):
+        return isinstance(other, Mode) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        return (f"Mode(backend={self.backend!r}, include={self.include!r}, "
+                f"exclude={self.exclude!r}, linker={self.linker!r})")
+
+
+def resolve_mode(mode=None, backend=None):
+    """The mode of one ``mg.function`` call: ``mode=``, with ``backend=`` as a shorthand."""
+    if mode is None:
+        return Mode(backend=backend)
+    if isinstance(mode, str):
+        raise TypeError(f"mode must be an mg.Mode, got the string {mode!r} "
+                        "(for a backend, pass backend= or mg.Mode(backend=...))")
+    if not isinstance(mode, Mode):
+        raise TypeError(f"mode must be an mg.Mode, got {mode!r}")
+    if backend is not None and mode.backend is not None and backend != mode.backend:
+        raise ValueError(f"backend={backend!r} contradicts mode.backend={mode.backend!r}")
+    if backend is not None:
+        mode = mode.with_backend(backend)
+    return mode
