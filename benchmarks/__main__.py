@@ -107,6 +107,8 @@ def table_rows(name, module, res):
         skip = {"bench", "impl", "system"} | {k for k in r if k.endswith("_s")}
         case = " ".join(f"{k}={v}" for k, v in r.items()
                         if k not in skip and not isinstance(v, (float, list, dict)))
+        if r.get("bench") not in (None, name):  # e.g. the kernel a kernels row measured
+            case = f"{r['bench']} {case}"
         rows.append({"bench": r.get("bench", name), "case": case,
                      "system": r.get("system", r.get("impl", "")),
                      "value": 1e3 * r["median_s"], "lo": 1e3 * r.get("min_s", r["median_s"]),

@@ -247,7 +247,8 @@ def run(quick=False, compare=(), out_dir=None, smoke=False):
     rows.sort(key=lambda r: (r["vocab"], order.index(r["system"])))
     summary = ratios(rows)
     notes += summary
-    notes.append(f"hogwild: {rows[-1]['start_method']} workers, 1 thread each, "
+    start_method = next(r["start_method"] for r in rows if r["system"] == HOGWILD)
+    notes.append(f"hogwild: {start_method} workers, 1 thread each, "
                  f"{settings['hogwild_batches']} batches shared per run; start-up (copy to "
                  "shared memory, compile, one warm-up step per worker) excluded; min/max: the "
                  "slower/faster worker")

@@ -20,9 +20,11 @@ optimizers' ``fresh_reads``) and, inside the phase, after ``fuse_mul_reduce``:
   ``ops/elemwise.py``, ``where``, ``cast``) become one ``FusedElemwise`` node whose inner
   graph the Numba backend compiles into a single loop.
 
-Restricting the backward to optimizer readers keeps the semantics exact: a gradient that a
-user returns or transforms stays the uncoalesced ``TakeGrad`` it was (a transform that adds
-noise "per stored row" would see fewer rows after coalescing).
+Exact-mode optimizers read their tables through ``FreshTake`` (caught-up copies of the
+gathered rows), not ``Take``: those products stay unfused and their gradients get
+``SlotTakeGrad``. Restricting the backward to optimizer readers keeps the semantics exact:
+a gradient that a user returns or transforms stays the uncoalesced ``TakeGrad`` it was (a
+transform that adds noise "per stored row" would see fewer rows after coalescing).
 """
 from __future__ import annotations
 
@@ -132,16 +134,6 @@ def fuse_csr_gather_sum(outputs):
     return apply_local(outputs, local)
 
 
-def same_table(a, b):
-    """``a`` is ``b`` or ``b`` caught up by an exact-mode optimizer (``CatchUpRows``)."""
-    from minigrad.optim.ops import CatchUpRows
-
-    if a is b:
-        return True
-    return (a is not None and a.owner is not None and isinstance(a.owner.op, CatchUpRows)
-            and a.owner.inputs[0] is b)
-
-
 def _csr_grad_rows(var):
     """``(X, gz)`` when ``var`` is ``CSRGatheredDotGradRows(X, gz)``."""
     node = var.owner
@@ -164,7 +156,7 @@ def _fused_backward(table, cols, rows):
         for grad_rows, other in ((a, b), (b, a)):
             pair, factor = _csr_grad_rows(grad_rows), gathered_table(other, cols)
             if (pair is not None and factor is not None
-                    and same_table(gathered_table(like, cols), table)):
+                    and gathered_table(like, cols) is table):
                 found = (*pair, factor)
                 break
     elif isinstance(node.op, CSRScaledDotGradRows):
@@ -174,7 +166,7 @@ def _fused_backward(table, cols, rows):
     elif isinstance(node.op, CSRScaledDotGradScale):
         X, gz, table_rows, scale_rows = node.inputs
         factor = gathered_table(table_rows, cols)
-        if factor is not None and same_table(gathered_table(scale_rows, cols), table):
+        if factor is not None and gathered_table(scale_rows, cols) is table:
             found = (X, gz, factor)
     if found is None or not columns_of(found[0], cols):
         return None

@@ -4,7 +4,6 @@ Everything runs in float64 for the gradient checks; models are built fresh per t
 that the shared parameters of one test never leak into another.
 """
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -250,7 +249,6 @@ def test_bag_of_words_op_lives_in_ops():
 
 
 def test_fm_learns_synthetic_ratings():
-    t0 = time.perf_counter()
     data = mg.data.synthetic_ratings(200, 300, n_ratings=12000, seed=0, k=4, noise=0.2)
     X_tr, X_te, y_tr, y_te = mg.data.train_test_split(data.X, data.y, seed=0)
     fm = FactorizationMachine(X_tr.shape[1], 4, seed=0, dtype="float64", init_std=0.1)
@@ -263,11 +261,9 @@ def test_fm_learns_synthetic_ratings():
             step(Xb, yb)
     accuracy = np.mean((score(X_te) > 0) == (y_te > 0.5))
     assert accuracy > 0.70, accuracy  # chance is ~0.5
-    assert time.perf_counter() - t0 < 10
 
 
 def test_classifier_learns_synthetic_documents():
-    t0 = time.perf_counter()
     train = mg.data.synthetic_documents(2000, 2000, 5, seed=0, length=(10, 30))
     test = mg.data.synthetic_documents(500, 2000, 5, seed=1, length=(10, 30))
     model = MaskedEmbeddingClassifier(2000, 16, 5, seed=0, dtype="float64")
@@ -280,7 +276,6 @@ def test_classifier_learns_synthetic_documents():
             step(*batch)
     accuracy = np.mean(proba(test.tokens, test.mask).argmax(1) == test.labels)
     assert accuracy > 0.6, accuracy  # chance is 0.2
-    assert time.perf_counter() - t0 < 10
 
 
 # --------------------------------------------------------------------------- class weights

@@ -397,6 +397,8 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
             p, m, v, vm = _adam_elem(float(prow[d]), float(mrow[d]), float(vrow[d]), vm, 0.0,
                                      b1, b2, eps, l2, q, step_size, sqrt_bc2, False, amsgrad)
             prow[d], mrow[d], vrow[d] = p, m, v
+            if amsgrad:  # with L2 decay a zero-gradient step can raise v above the max
+                VM[r, d] = vm
             denom = vm if amsgrad else v
             size = 0.0 if m == 0.0 else abs(m) / np.sqrt(denom)
             pending += size * limit > tol * abs(p)

@@ -55,6 +55,26 @@ def fused_csr_args(indptr, indices, data, table, factor, n_table_rows=None):
     return indptr, indices, factor
 
 
+def _row_sums(indptr, rows):
+    """``out[r] = sum of rows[indptr[r]:indptr[r + 1]]`` (CSR order: contiguous segments)."""
+    out = np.zeros((indptr.shape[0] - 1,) + rows.shape[1:], dtype=rows.dtype)
+    filled = np.diff(indptr) > 0
+    if rows.shape[0]:
+        out[filled] = np.add.reduceat(rows, indptr[:-1][filled], axis=0)
+    return out
+
+
+def _sum_by_index(indices, values):
+    """``(sorted unique indices, summed rows)``: a stable sort, then one sum per run."""
+    order = np.argsort(indices, kind="stable")
+    ordered = indices[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if ordered.size else \
+        np.zeros(0, dtype=np.int64)
+    summed = (np.add.reduceat(values[order], starts, axis=0) if ordered.size
+              else np.zeros((0,) + values.shape[1:], dtype=values.dtype))
+    return ordered[starts].astype(np.int64), summed.astype(values.dtype, copy=False)
+
+
 def _row_ids(indptr):
     return np.repeat(np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr))
 
@@ -72,10 +92,8 @@ def csr_gather_mul_sum(indptr, indices, data, table, factor=None):
     rows = table[indices]
     if factor is not None:
         rows = rows * factor[indices]
-    rows = rows * np.asarray(data, dtype=table.dtype)[:, None]
-    out = np.zeros((indptr.shape[0] - 1, table.shape[1]), dtype=table.dtype)
-    np.add.at(out, _row_ids(indptr), rows.astype(table.dtype, copy=False))
-    return out
+    rows = (rows * np.asarray(data, dtype=table.dtype)[:, None]).astype(table.dtype, copy=False)
+    return _row_sums(indptr, rows)
 
 
 def scatter_rows_values(indptr, indices, data, grad, factor, out_width):
@@ -123,10 +141,7 @@ def csr_scatter_grad_rows(indptr, indices, data, grad, n_table_rows, factor=None
     V.check_same_length("indptr[1:]", indptr[1:], "grad", grad)
     check_scatter_shapes(grad, factor, out_width)
     values = scatter_rows_values(indptr, indices, data, grad, factor, out_width)
-    unique, inverse = np.unique(indices, return_inverse=True)
-    summed = np.zeros((unique.shape[0], out_width), dtype=grad.dtype)
-    np.add.at(summed, inverse.reshape(-1), values)
-    return unique.astype(np.int64), summed
+    return _sum_by_index(indices, values)
 
 
 def slot_coalesce_rows(indices, values, n_table_rows, slot=None):
@@ -140,7 +155,4 @@ def slot_coalesce_rows(indices, values, n_table_rows, slot=None):
     V.float_array("values", values)
     V.check_same_length("indices", indices, "values", values)
     V.check_index_range("indices", indices, int(n_table_rows))
-    unique, inverse = np.unique(indices, return_inverse=True)
-    summed = np.zeros((unique.shape[0],) + values.shape[1:], dtype=values.dtype)
-    np.add.at(summed, inverse.reshape(-1), values)
-    return unique.astype(np.int64), summed
+    return _sum_by_index(indices, values)

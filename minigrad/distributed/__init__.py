@@ -6,7 +6,7 @@ model.
 """
 from __future__ import annotations
 
-from minigrad.distributed.errors import DistributedError
 from minigrad.distributed.driver import DistributedResult, train
+from minigrad.distributed.errors import DistributedError
 
 __all__ = ["DistributedError", "DistributedResult", "train"]

@@ -80,7 +80,8 @@ def scratch_environment():
 
     Yields the temp dir (short: Ray's socket paths must stay under 107 characters).
     """
-    root = tempfile.mkdtemp(prefix="mgray-")
+    _remove_stale_scratch()
+    root = tempfile.mkdtemp(prefix=f"mgray-{os.getpid()}-")
     home = os.path.join(root, "home")
     os.mkdir(home)
     saved = {k: os.environ.get(k) for k in [*SAFE_ENV, "HOME"]}
@@ -95,6 +96,18 @@ def scratch_environment():
             else:
                 os.environ[k] = v
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _remove_stale_scratch():
+    """Remove scratch dirs left by our own processes that died without cleaning up (a
+    SIGKILLed driver): ``mgray-<pid>-*`` whose process no longer exists."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "mgray" or not parts[1].isdigit():
+            continue
+        if not os.path.exists(f"/proc/{parts[1]}"):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
 def init_local(temp_dir, num_cpus=None, log_to_driver=False, system_config=None,

@@ -12,8 +12,9 @@ stored entries and never materialise a gathered row:
 * :class:`FusedCSRScatterGrad` ``(X, gz, T[, F])``: the row-sparse gradient of ``T``,
   written straight into de-duplicated rows through a slot map: a *coalesced* ``RowSparse``
   (sorted unique indices, as ``RowSparse(coalesced=True)`` promises);
-* :class:`SlotTakeGrad` ``(T, idx, rows)``: ``TakeGrad`` that de-duplicates the rows it was
-  given (when they had to be materialised anyway) through the same slot map.
+* :class:`SlotTakeGrad` ``(T, idx, rows)``: ``TakeGrad`` whose value is already coalesced
+  (when the rows had to be materialised anyway); its Numba version sorts, which measured
+  faster than the slot map for rows that exist.
 
 ``perform`` is the NumPy reference (``kernels.reference.fused``); the Numba versions are
 registered in ``minigrad/backends/numba_fused.py``. Every Op checks the shapes a user could
@@ -161,8 +162,9 @@ class FusedCSRScatterGrad(Op):
 class SlotTakeGrad(Op):
     """``TakeGrad`` whose value is coalesced: rows sharing an index are summed (sorted).
 
-    Same inputs as ``TakeGrad`` (``table`` for its shape only, a 1-D ``idx``, ``rows``); the
-    fast version de-duplicates through a slot map instead of sorting every index.
+    Same inputs as ``TakeGrad`` (``table`` for its shape only, a 1-D ``idx``, ``rows``).
+    Coalescing here rather than in the optimizer's ``PrepareRows`` changes no value; it
+    lets later rewrites and the optimizer see one row per index.
     """
 
     shape_only_inputs = (0,)
