@@ -64,6 +64,9 @@ class DistributedResult:
     samples: int
     shard_info: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    # set when the call ran in a child namespace: its inode and how many processes were
+    # still in it when the child exited (killed then; 0 when Ray shut down cleanly)
+    isolation: dict | None = None
 
     @property
     def final_loss(self):
