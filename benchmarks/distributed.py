@@ -6,7 +6,8 @@ Ray only ever starts in a new loopback-only network namespace: ``run`` re-execut
 module there (``python -m benchmarks.distributed --inner OUT``) and reads its JSON. All
 systems train the same factorization machine (Adagrad, lr 0.05, batch 512) on the same
 synthetic ratings; samples/s are over the training phase after each worker's first chunk
-(actor start-up and JIT warm-up excluded, reported as ``startup_s`` / ``warmup_s``). ``python -m benchmarks.distributed [--quick]``.
+(actor start-up and JIT warm-up excluded, reported as ``startup_s`` / ``warmup_s``).
+``python -m benchmarks.distributed [--quick]``.
 """
 from __future__ import annotations
 

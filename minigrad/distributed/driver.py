@@ -341,7 +341,7 @@ class _Run:
         return DistributedResult(
             losses=loop.losses, samples_per_s=rate, warmup_s=warm_s,
             wall_s=time.perf_counter() - self.t_call,
-            recoveries=sum(restarts.values()) + len(self.events), recovery_events=events,
+            recoveries=sum(restarts.values()) + len(loop.reassigned), recovery_events=events,
             pushes=sum(i["pushes"] for i in info),
             duplicates_dropped=sum(i["duplicates"] for i in info), lost_pushes=int(lost),
             bytes_pulled=int(stats.get("bytes_pulled", 0)),
@@ -363,6 +363,7 @@ class _ChunkLoop:
 
     PER_WORKER = 2
     POLL_S = 0.1
+    UNAVAILABLE_S = 60.0  # a worker restarting for longer is given up
 
     def __init__(self, ray, workers, chunks, cfg, total_samples, events):
         self.ray, self.workers, self.cfg, self.events = ray, workers, cfg, events
@@ -377,23 +378,32 @@ class _ChunkLoop:
         # warm-up: each worker's first chunk (Numba compiles the step's and the shards'
         # kernels there); throughput and latencies are taken after it
         self.first_done = [False] * len(workers)
+        self.cooldown = [0.0] * len(workers)  # a restarting worker gets no chunk until then
+        self.unavailable_since = [None] * len(workers)
+        self.reassigned = set()
         self.t_warm = self.samples_at_warm = None
 
     def run(self):
         with _progress_bar(self.cfg.progress, self.total, len(self.workers)) as bar:
             self._fill()
-            while self.inflight:
-                ready, _ = self.ray.wait(list(self.inflight), num_returns=1,
-                                         timeout=self.POLL_S)
-                for ref in ready:
-                    bar.update(self._collect(ref))
+            while self.inflight or self.todo:
+                if not self.inflight:  # every live worker is restarting: wait for one
+                    time.sleep(self.POLL_S)
+                else:
+                    ready, _ = self.ray.wait(list(self.inflight), num_returns=1,
+                                             timeout=self.POLL_S)
+                    for ref in ready:
+                        bar.update(self._collect(ref))
                 self._fill()
 
     def _fill(self):
         load = [0] * len(self.workers)
         for w, _ in self.inflight.values():
             load[w] += 1
+        now = time.monotonic()
         for w in sorted(range(len(self.workers)), key=lambda i: load[i]):
+            if now < self.cooldown[w]:
+                continue
             while self.todo and self.alive[w] and load[w] < self.PER_WORKER:
                 chunk = self.todo.pop()
                 self.inflight[self.workers[w].run.remote(*chunk)] = (w, chunk)
@@ -411,16 +421,26 @@ class _ChunkLoop:
                                        cause.remote_traceback) from None
             raise DistributedError(f"worker-{w}", "raised an exception", str(err)) from None
         except ray.exceptions.RayActorError as err:
-            self.failures[w] += 1
             self.todo.append(chunk)  # handed out again first; shards drop repeats
-            self.events.append({"actor": f"worker-{w}", "kind": "chunk reassigned",
-                                "chunk": list(chunk), "at": time.time()})
-            if self.failures[w] > self.cfg.max_restarts:
+            if chunk not in self.reassigned:
+                self.reassigned.add(chunk)
+                self.events.append({"actor": f"worker-{w}", "kind": "chunk reassigned",
+                                    "chunk": list(chunk), "at": time.time()})
+            now = time.monotonic()
+            if isinstance(err, ray.exceptions.ActorUnavailableError):  # Ray is restarting it
+                self.unavailable_since[w] = self.unavailable_since[w] or now
+                self.cooldown[w] = now + 0.2
+                gone = now - self.unavailable_since[w] > self.UNAVAILABLE_S
+            else:
+                self.failures[w] += 1
+                gone = self.failures[w] > self.cfg.max_restarts
+            if gone:
                 self.alive[w] = False
                 if not any(self.alive):
                     raise DistributedError(f"worker-{w}", "died and every worker is gone "
                                            f"({type(err).__name__})", str(err)) from None
             return 0
+        self.unavailable_since[w] = None
         self.losses[w] += out["losses"]
         self.samples[w] += out["samples"]
         if self.t_warm is not None:
