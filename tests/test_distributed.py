@@ -175,7 +175,7 @@ def _train_args(**kw):
      "same number of rows"),
     ({"make_cost": lambda params: None}, TypeError, "make_cost must be picklable"),
     ({"optimizer": lambda params: None}, TypeError, "optimizer must be a picklable"),
-    ({"optimizer": functools.partial(mg.optim.SGD, lr=-1.0)}, ValueError, "lr must be >= 0"),
+    ({"optimizer": functools.partial(mg.optim.SGD, lr=-1.0)}, ValueError, "lr must be .*>= 0"),
     ({"params": []}, TypeError, "non-empty list of mg.shared"),
 ])
 def test_bad_arguments_fail_before_ray_starts(bad, error, match):

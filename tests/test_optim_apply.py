@@ -182,7 +182,9 @@ def test_apply_read_only_parameter_refused_before_any_write():
     opt.apply(E, mg.RowSparse([0], np.ones((1, 2)), (5, 2)))
     frozen = np.ones((5, 2))
     frozen.flags.writeable = False
-    E.set_value(frozen, borrow=True)
+    E.set_value(frozen, borrow=True)  # set_value keeps its invariant: a writeable copy
+    assert E.value.flags.writeable and E.value is not frozen
+    E._value = frozen  # bypass set_value: apply must still refuse before writing
     before = _snapshot(opt)
     with pytest.raises(ValueError, match="read-only"):
         opt.apply(E, mg.RowSparse([3], np.ones((1, 2)), (5, 2)))

@@ -70,3 +70,4 @@ def _take(op: Take, node):
         return (rows.reshape(idx.shape + table.shape[1:]),)
 
     return thunk
+from minigrad.backends import numba_fused  # noqa: E402,F401  (fused Ops, fusion rewrites)
