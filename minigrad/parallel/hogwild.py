@@ -211,7 +211,7 @@ class _Supervisor:
         elif kind == "done":
             w.done, w.stats = True, msg[2]
         elif kind == "error":
-            w.process.join(5.0)  # for its exit code; it is on its way out (a loaded box)
+            w.process.join(10.0)  # for its exit code: it is on its way out (slow when loaded)
             raise WorkerError(w.rank, w.process.exitcode, "raised an exception", msg[2])
         return 0
 
