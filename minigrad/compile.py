@@ -3,16 +3,19 @@
 Compilation is five plain steps:
 
 1. **collect** the outputs and the new values of the updates;
-2. **rewrite** a copy of that graph (merge duplicates, fold constants, push row gathers
-   through element-wise ops...; see ``rewrite.py``);
+2. **rewrite** a copy of that graph, a ``FunctionGraph`` (``fgraph.py``), with the rewrite
+   database's phases chosen by the ``mg.Mode`` (merge duplicates, fold constants, push row
+   gathers through element-wise ops, fuse...; see ``rewrite.py``);
 3. **order** the nodes topologically, putting nodes that overwrite a shared value in place
    (optimizer row updates, ``op.destroy_map``) after every other node;
-4. **make a thunk** per node with the chosen backend;
-5. **run**: the VM is one loop over thunks reading and writing a list of value slots.
+4. **make a thunk** per node from the backend's table (``backends/``);
+5. **link**: each phase (safe, destructive) becomes one generated straight-line Python
+   function with values in locals (``linker.py``; ``Mode(linker="vm")``: a loop).
 
-A call is atomic. Inputs are validated (count, rank, dtype kind, sparse format) before
-anything runs, Ops validate their index ranges while computing, and nothing is written to
-a shared variable until every non-destructive node has run: an exception in that phase
+A call is atomic. Inputs are validated (count, rank, dtype kind, sparse format) and index
+inputs range-checked once, in a prologue (``prologue.py``), before anything runs; Ops
+validate what the prologue could not know while computing, and nothing is written to a
+shared variable until every non-destructive node has run: an exception in that phase
 leaves all state exactly as it was.
 """
 from __future__ import annotations
@@ -25,7 +28,9 @@ import numpy as np
 from minigrad.backends import get_backend
 from minigrad.fgraph import FunctionGraph
 from minigrad.graph import Constant, Variable
+from minigrad.linker import generated_phase, vm_phase
 from minigrad.mode import resolve_mode
+from minigrad.prologue import Prologue
 from minigrad.rewrite import DB
 from minigrad.types import CSRType, RowSparse, RowSparseType
 from minigrad.variables import SharedVariable, as_variable
@@ -120,6 +125,9 @@ class Function:
             n for n in nodes if n.op.destroy_map
         ]
         self.n_safe = sum(1 for n in self.nodes if not n.op.destroy_map)
+        # index inputs range-checked once per call, before anything runs; marks the nodes
+        # it covers (node.index_checked) so their thunks skip the check: before make_thunk
+        self.prologue = Prologue(self.nodes, self.inputs)
         slot = {}
 
         def slot_of(var):
@@ -141,7 +149,7 @@ class Function:
                 self.constants.append((slot_of(var), self.backend.to_device(var.data)))
         self.program = [
             (self.backend.make_thunk(n), [slot_of(i) for i in n.inputs],
-             [slot_of(o) for o in n.outputs])
+             [slot_of(o) for o in n.outputs], str(n.op))
             for n in self.nodes
         ]
         # Shared values this function updates in place are its own to keep consistent (an
@@ -165,10 +173,37 @@ class Function:
         # nan_guard looks at what would be written or returned: outputs, dense update
         # values, and the inputs of in-place update nodes (their gradients)
         guard = list(self.output_slots) + [s for _, s, _ in self.update_slots]
-        for _, ins, _ in self.program[self.n_safe:]:
+        for _, ins, _, _ in self.program[self.n_safe:]:
             guard.extend(ins)
         self.guard_slots = sorted(set(guard) - self.leaf_slots)
         self.n_slots = len(slot)
+        self._make_phases()
+
+    def _make_phases(self):
+        """One callable per phase, by the mode's linker (see ``linker.py``).
+
+        The safe phase takes the inputs and shared values and returns what the rest of
+        the call needs (outputs, update values, the destructive nodes' inputs); the
+        destructive phase takes its inputs from those. Constants are bound once.
+        """
+        const = dict(self.constants)
+        self.safe_in = list(range(len(self.inputs))) + [s for _, s in self.shared]
+        made_late = {o for _, _, outs, _ in self.destructive_program for o in outs}
+        self.destructive_in = sorted({i for _, ins, _, _ in self.destructive_program
+                                      for i in ins if i not in made_late and i not in const})
+        needed = set(self.output_slots) | {s for _, s, _ in self.update_slots}
+        self.safe_out = sorted((needed | set(self.destructive_in) | set(self.guard_slots))
+                               - made_late)
+        if self.mode.linker == "vm":
+            self._safe_run = vm_phase(self.safe_program, self.safe_in, self.safe_out,
+                                      self.n_slots, const)
+            self._destructive_run = vm_phase(self.destructive_program, self.destructive_in,
+                                             (), self.n_slots, const)
+        else:
+            self._safe_run = generated_phase(self.safe_program, self.safe_in, self.safe_out,
+                                             "safe_phase", const)
+            self._destructive_run = generated_phase(
+                self.destructive_program, self.destructive_in, (), "destructive_phase", const)
 
     def _missing_inputs(self, nodes):
         given = set(self.inputs)
@@ -189,8 +224,10 @@ class Function:
         values = []
         for i, (var, value) in enumerate(zip(self.inputs, args)):
             label = f"input {i}" + (f" ({var.name!r})" if var.name else "")
-            values.append(self.backend.to_device(var.type.filter(value, name=label)))
-        return values
+            values.append(var.type.filter(value, name=label))
+        if self.prologue:
+            self.prologue(values)  # on the host, before any upload or node
+        return [self.backend.to_device(v) for v in values]
 
     def _label(self):
         return f"function {self.name!r}" if self.name else "this function"
@@ -209,7 +246,9 @@ class Function:
             storage[s] = self.backend.load_shared(var)
         for s, data in self.constants:
             storage[s] = data
-        self._run(self.safe_program, storage)
+        results = self._safe_run(*[storage[s] for s in self.safe_in])
+        for s, value in zip(self.safe_out, results):
+            storage[s] = value
         if self.nan_guard and not self._all_finite(storage):
             return self._on_nan()
         handed_out = set()  # ids of arrays already returned or stored in a shared variable
@@ -217,7 +256,7 @@ class Function:
             self._export(storage[s], s, handed_out) if var is None else var.get_value()
             for s, var in zip(self.output_slots, self.output_shared)
         ]
-        self._run(self.destructive_program, storage)
+        self._destructive_run(*[storage[s] for s in self.destructive_in])
         for target, s, in_place in self.update_slots:
             if not in_place:
                 value = storage[s]
@@ -228,17 +267,6 @@ class Function:
                 handed_out.add(id(value))
                 target._value = value
         return outputs[0] if self.single_output else (outputs if self.outputs else None)
-
-    @staticmethod
-    def _run(program, storage):
-        """The VM: run each thunk on its input slots, store its outputs in their slots."""
-        for thunk, ins, outs in program:
-            results = thunk([storage[i] for i in ins])
-            if len(outs) == 1:
-                storage[outs[0]] = results[0]
-            else:
-                for s, r in zip(outs, results):
-                    storage[s] = r
 
     def _all_finite(self, storage):
         for s in self.guard_slots:

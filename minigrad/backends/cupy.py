@@ -35,6 +35,13 @@ def check_available():
         ) from err
 
 
+def kernels():
+    """The kernel module this backend's implementations call."""
+    import kernels.gpu as gpu
+
+    return gpu
+
+
 def cp():
     if _cp is None:
         check_available()
