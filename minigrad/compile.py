@@ -33,6 +33,7 @@ from minigrad.mode import resolve_mode
 from minigrad.prologue import Prologue
 from minigrad.rewrite import DB
 from minigrad.types import CSRType, RowSparse, RowSparseType
+from minigrad.undo import logged, roll_back, writes_early
 from minigrad.variables import SharedVariable, as_variable
 
 
@@ -147,9 +148,11 @@ class Function:
                 self.shared.append((var, slot_of(var)))
             elif isinstance(var, Constant):
                 self.constants.append((slot_of(var), self.backend.to_device(var.data)))
+        # catch-up nodes write tables in the safe phase: their rows are logged first so a
+        # call that fails before its destructive phase puts them back (see undo.py)
+        self._undo_log = []
         self.program = [
-            (self.backend.make_thunk(n), [slot_of(i) for i in n.inputs],
-             [slot_of(o) for o in n.outputs], str(n.op))
+            (self._thunk(n), [slot_of(i) for i in n.inputs], [slot_of(o) for o in n.outputs])
             for n in self.nodes
         ]
         # Shared values this function updates in place are its own to keep consistent (an
@@ -173,7 +176,7 @@ class Function:
         # nan_guard looks at what would be written or returned: outputs, dense update
         # values, and the inputs of in-place update nodes (their gradients)
         guard = list(self.output_slots) + [s for _, s, _ in self.update_slots]
-        for _, ins, _, _ in self.program[self.n_safe:]:
+        for _, ins, _ in self.program[self.n_safe:]:
             guard.extend(ins)
         self.guard_slots = sorted(set(guard) - self.leaf_slots)
         self.n_slots = len(slot)
@@ -187,23 +190,29 @@ class Function:
         destructive phase takes its inputs from those. Constants are bound once.
         """
         const = dict(self.constants)
+        labels = [str(n.op) for n in self.nodes]
+        safe = [(*entry, label) for entry, label in zip(self.safe_program, labels)]
+        late = [(*entry, label) for entry, label in
+                zip(self.destructive_program, labels[self.n_safe:])]
         self.safe_in = list(range(len(self.inputs))) + [s for _, s in self.shared]
-        made_late = {o for _, _, outs, _ in self.destructive_program for o in outs}
-        self.destructive_in = sorted({i for _, ins, _, _ in self.destructive_program
+        made_late = {o for _, _, outs in self.destructive_program for o in outs}
+        self.destructive_in = sorted({i for _, ins, _ in self.destructive_program
                                       for i in ins if i not in made_late and i not in const})
         needed = set(self.output_slots) | {s for _, s, _ in self.update_slots}
         self.safe_out = sorted((needed | set(self.destructive_in) | set(self.guard_slots))
                                - made_late)
         if self.mode.linker == "vm":
-            self._safe_run = vm_phase(self.safe_program, self.safe_in, self.safe_out,
-                                      self.n_slots, const)
-            self._destructive_run = vm_phase(self.destructive_program, self.destructive_in,
-                                             (), self.n_slots, const)
+            self._safe_run = vm_phase(safe, self.safe_in, self.safe_out, self.n_slots, const)
+            self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)
         else:
-            self._safe_run = generated_phase(self.safe_program, self.safe_in, self.safe_out,
-                                             "safe_phase", const)
-            self._destructive_run = generated_phase(
-                self.destructive_program, self.destructive_in, (), "destructive_phase", const)
+            self._safe_run = generated_phase(safe, self.safe_in, self.safe_out, "safe_phase",
+                                             const)
+            self._destructive_run = generated_phase(late, self.destructive_in, (),
+                                                    "destructive_phase", const)
+
+    def _thunk(self, node):
+        thunk = self.backend.make_thunk(node)
+        return logged(node, thunk, self._undo_log) if writes_early(node) else thunk
 
     def _missing_inputs(self, nodes):
         given = set(self.inputs)
@@ -246,11 +255,18 @@ class Function:
             storage[s] = self.backend.load_shared(var)
         for s, data in self.constants:
             storage[s] = data
-        results = self._safe_run(*[storage[s] for s in self.safe_in])
+        self._undo_log.clear()
+        try:
+            results = self._safe_run(*[storage[s] for s in self.safe_in])
+        except BaseException:
+            roll_back(self._undo_log)  # the caught-up rows of a failed call go back
+            raise
         for s, value in zip(self.safe_out, results):
             storage[s] = value
         if self.nan_guard and not self._all_finite(storage):
+            roll_back(self._undo_log)
             return self._on_nan()
+        self._undo_log.clear()
         handed_out = set()  # ids of arrays already returned or stored in a shared variable
         outputs = [
             self._export(storage[s], s, handed_out) if var is None else var.get_value()
@@ -267,6 +283,15 @@ class Function:
                 handed_out.add(id(value))
                 target._value = value
         return outputs[0] if self.single_output else (outputs if self.outputs else None)
+
+    @staticmethod
+    def _run(program, storage):
+        """The plain VM over a program of ``(thunk, input_slots, output_slots)`` entries
+        and a slot list (for code that runs part of a program itself)."""
+        for thunk, ins, outs in program:
+            results = thunk([storage[i] for i in ins])
+            for s, r in zip(outs, results):
+                storage[s] = r
 
     def _all_finite(self, storage):
         for s in self.guard_slots:

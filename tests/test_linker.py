@@ -111,6 +111,36 @@ def test_a_failed_exact_mode_call_leaves_state_bitwise_unchanged(linker):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("failure", ["nan_guard", "error_after_catch_up"])
+@pytest.mark.parametrize("linker", LINKERS)
+def test_a_call_failing_after_the_catch_up_puts_the_rows_back(linker, failure):
+    """The catch-up of exact mode writes E, its momentum and ``last`` in the safe phase;
+    a NaN (nan_guard) or an error in a later node must leave them bitwise unchanged."""
+    rng = np.random.default_rng(1)
+    E = mg.shared(rng.standard_normal((10, 3)), name="E")
+    W = mg.shared(rng.standard_normal((3, 4)), name="W")
+    idx, y, s, extra = mg.lvector("idx"), mg.lvector("y"), mg.scalar("s"), mg.vector("extra")
+    cost = mg.nn.cross_entropy(E[idx] @ W, y) * s + extra.reshape((2,)).sum() * 0.0
+    opt = mg.optim.Momentum([E, W], lr=0.1, sparse="exact")
+    step = mg.function([idx, y, s, extra], cost, updates=opt.updates(cost), nan_guard=True,
+                       mode=mg.Mode(linker=linker))
+    for k in range(3):
+        step(np.array([k, k + 1]), np.array([0, 1]), 1.0, np.zeros(2))
+    tables = [E, W, opt.t] + [v for st in opt.state for v in st.values()] + [
+        v for v in opt.last if v is not None]
+    before = [np.array(v.value, copy=True) for v in tables]
+    if failure == "nan_guard":
+        with pytest.raises(FloatingPointError):
+            step(np.array([0, 1]), np.array([0, 1]), np.nan, np.zeros(2))
+    else:
+        with pytest.raises(ValueError, match="reshape"):
+            step(np.array([0, 1]), np.array([0, 1]), 1.0, np.zeros(3))
+    for a, v in zip(before, tables):
+        np.testing.assert_array_equal(a, v.value)
+    # and the next good call gives what it would have given without the failure
+    step(np.array([0, 1]), np.array([0, 1]), 1.0, np.zeros(2))
+
+
 def test_nan_guard_with_the_generated_linker():
     w = mg.shared(np.ones(2), name="w")
     x = mg.vector("x")
@@ -118,3 +148,32 @@ def test_nan_guard_with_the_generated_linker():
     with pytest.raises(FloatingPointError):
         f(np.array([np.nan, 1.0]))
     np.testing.assert_array_equal(w.get_value(), [1.0, 1.0])
+
+
+def _op_table():
+    from test_ops_grad import CASES  # tests/ is on sys.path under pytest
+
+    return CASES
+
+
+@pytest.mark.parametrize("case", _op_table(), ids=[c[0] for c in _op_table()])
+def test_op_table_compiled_equals_the_unrewritten_reference(case):
+    """Every op of the gradient-check table, values and gradients: the default compile
+    (all rewrites, generated code, default backend) against the NumPy reference run by
+    the VM with every rewrite phase switched off."""
+    _, fn, points = case
+    symbols = [mg.tensor(f"x{k}", shape=(None,) * np.ndim(p)) for k, p in enumerate(points)]
+    out = fn(*symbols)
+    value = mg.function(symbols, out, backend="numpy")(*points)
+    weights = np.linspace(0.5, 1.5, value.size).reshape(value.shape)
+    cost = (out * mg.constant(weights)).sum()
+    wrt = [s for s, p in zip(symbols, points) if np.asarray(p).dtype.kind == "f"]
+    grads = mg.grad(cost, wrt, disconnected="zero")
+    plain = mg.Mode(backend="numpy", linker="vm",
+                    exclude=("canonicalize", "specialize", "fuse", "inplace"))
+    want = mg.function(symbols, [out, *grads], mode=plain)(*points)
+    got = mg.function(symbols, [out, *grads])(*points)
+    for a, b in zip(got, want):
+        a = a.to_dense() if isinstance(a, mg.RowSparse) else a
+        b = b.to_dense() if isinstance(b, mg.RowSparse) else b
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
