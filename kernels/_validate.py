@@ -27,6 +27,8 @@ __all__ = [
     "row_width",
     "gather_args",
     "scatter_add_args",
+    "writeable_output",
+    "distinct_input",
     "coalesce_args",
     "bag_sum_args",
     "csr_dense_dot_args",
@@ -146,10 +148,37 @@ def gather_args(table, indices):
     return table, indices
 
 
+def writeable_output(name, out):
+    """Refuse a read-only output array with ``ValueError`` (before a compiled loop would
+    fail with a typing error or, through a raw pointer, write into read-only memory)."""
+    if not getattr(getattr(out, "flags", None), "writeable", True):
+        raise ValueError(f"{name} is read-only; pass a writeable array")
+
+
+def _may_overlap(a, b):
+    """Whether ``a`` and ``b`` may share memory (bounds check: cheap, never a false no)."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return bool(cupy.may_share_memory(a, b))
+    return isinstance(b, np.ndarray) and bool(np.may_share_memory(a, b))
+
+
+def distinct_input(name, a, out):
+    """``a``, copied when it may alias ``out``: an in-place kernel reading rows it has
+    already written would depend on the loop order and differ between backends."""
+    return a.copy() if _may_overlap(out, a) else a
+
+
 def scatter_add_args(out, indices, values):
-    """Validate ``scatter_add_rows``; ``values`` is cast to ``out.dtype`` like ``np.add.at``."""
+    """Validate ``scatter_add_rows``; ``values`` is cast to ``out.dtype`` like ``np.add.at``.
+
+    ``values`` overlapping ``out`` is read as it was before the call (it is copied), so
+    every backend gives ``out + scatter(values_before)``."""
     float_array("out", out)
+    writeable_output("out", out)
     indices = index_array("indices", indices)
+    values = distinct_input("values", values, out)
     values = _same_float("values", values, out.dtype)
     check_rows("values", values, indices.shape[0], out.shape[1:])
     check_index_range("indices", indices, out.shape[0])

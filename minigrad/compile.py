@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from minigrad import call_checks
 from minigrad.backends import get_backend
 from minigrad.fgraph import FunctionGraph
 from minigrad.graph import Constant, Variable
@@ -86,18 +87,21 @@ def _check_inputs(inputs):
 class Function:
     """A compiled graph; call it with one value per input."""
 
-    def __init__(self, inputs, outputs, updates=None, backend=None, nan_guard=False, name=None,
-                 on_nan="raise", mode=None):
+    def __init__(self, inputs, outputs, updates=None, backend=None, nan_guard=None, name=None,
+                 on_nan="raise", mode=None, allow_input_downcast=False):
         t0 = time.perf_counter()
         self.name = name
         self.inputs = _check_inputs(inputs)
-        self.single_output = outputs is not None and not isinstance(outputs, (list, tuple))
-        out_list = [] if outputs is None else ([outputs] if self.single_output else list(outputs))
+        self.output_structure, out_list = call_checks.split_outputs(outputs)
+        self.single_output = self.output_structure[0] == "single"
         self.outputs = [as_variable(o) for o in out_list]
         self.updates = _normalize_updates(updates)
         self.mode = resolve_mode(mode, backend)
         self.backend = get_backend(self.mode.backend)
+        # None (default): updates only; True: outputs too; False: nothing is checked
         self.nan_guard = bool(nan_guard)
+        self.update_guard = nan_guard is None or bool(nan_guard)
+        self.allow_input_downcast = bool(allow_input_downcast)
         if on_nan not in ("raise", "skip"):
             raise ValueError("on_nan must be 'raise' or 'skip'")
         self.on_nan = on_nan
@@ -129,6 +133,7 @@ class Function:
         # index inputs range-checked once per call, before anything runs; marks the nodes
         # it covers (node.index_checked) so their thunks skip the check: before make_thunk
         self.prologue = Prologue(self.nodes, self.inputs)
+        self._kernels = self.backend.kernels() if self.n_safe < len(self.nodes) else None
         slot = {}
 
         def slot_of(var):
@@ -163,6 +168,11 @@ class Function:
                             if v._flush_hooks and v not in in_place]
         self.safe_program = self.program[: self.n_safe]
         self.destructive_program = self.program[self.n_safe:]
+        self.destructive_nodes = self.nodes[self.n_safe:]
+        self.in_place_targets = [(v, slot[v]) for v in
+                                 dict.fromkeys(n.inputs[i] for n in self.destructive_nodes
+                                               for i in n.op.destroy_map.values())
+                                 if isinstance(v, SharedVariable)]
         self.output_slots = [slot_of(v) for v in self.graph_outputs]
         # a shared variable returned as such is read with get_value(): its flush hooks run
         # (an exact-mode optimizer's pending rows are caught up) and the caller gets a copy
@@ -233,7 +243,10 @@ class Function:
         values = []
         for i, (var, value) in enumerate(zip(self.inputs, args)):
             label = f"input {i}" + (f" ({var.name!r})" if var.name else "")
-            values.append(var.type.filter(value, name=label))
+            values.append(var.type.filter(value, name=label,
+                                          allow_downcast=self.allow_input_downcast))
+        if self.updates:
+            call_checks.check_not_empty(self.inputs, values, self._label())
         if self.prologue:
             self.prologue(values)  # on the host, before any upload or node
         return [self.backend.to_device(v) for v in values]
@@ -242,7 +255,7 @@ class Function:
         return f"function {self.name!r}" if self.name else "this function"
 
     def __call__(self, *args):
-        with self.backend.call_context():
+        with call_checks.CALL_LOCK, self.backend.call_context():
             return self._call(args)
 
     def _call(self, args):
@@ -255,6 +268,7 @@ class Function:
             storage[s] = self.backend.load_shared(var)
         for s, data in self.constants:
             storage[s] = data
+        call_checks.check_destinations(self.in_place_targets, storage, self._label())
         self._undo_log.clear()
         try:
             results = self._safe_run(*[storage[s] for s in self.safe_in])
@@ -266,23 +280,44 @@ class Function:
         if self.nan_guard and not self._all_finite(storage):
             roll_back(self._undo_log)
             return self._on_nan()
-        self._undo_log.clear()
+        if self.update_guard and not call_checks.dense_updates_finite(self.update_slots,
+                                                                      storage):
+            roll_back(self._undo_log)
+            return self._on_nan()
         handed_out = set()  # ids of arrays already returned or stored in a shared variable
         outputs = [
             self._export(storage[s], s, handed_out) if var is None else var.get_value()
             for s, var in zip(self.output_slots, self.output_shared)
         ]
-        self._destructive_run(*[storage[s] for s in self.destructive_in])
+        if self.update_guard:
+            # the guarded runner undoes its own writes on any error; the catch-up rows of
+            # the safe phase then go back too, so the call changes nothing
+            try:
+                call_checks.run_destructive_guarded(self.destructive_nodes,
+                                                    self.destructive_program, storage,
+                                                    self._label(), self._kernels)
+            except FloatingPointError as err:
+                roll_back(self._undo_log)
+                if self.on_nan == "raise":
+                    raise
+                warnings.warn(f"{err} (step skipped)", RuntimeWarning, stacklevel=3)
+                return None
+            except BaseException:
+                roll_back(self._undo_log)
+                raise
+        else:
+            self._destructive_run(*[storage[s] for s in self.destructive_in])
+        self._undo_log.clear()
         for target, s, in_place in self.update_slots:
             if not in_place:
                 value = storage[s]
                 if s in self.leaf_slots or id(value) in handed_out or (
                     getattr(value, "base", None) is not None
-                ):
+                ) or not getattr(getattr(value, "flags", None), "c_contiguous", True):
                     value = value.copy()  # NumPy or CuPy: the update owns its buffer
                 handed_out.add(id(value))
                 target._value = value
-        return outputs[0] if self.single_output else (outputs if self.outputs else None)
+        return call_checks.pack_outputs(self.output_structure, outputs)
 
     @staticmethod
     def _run(program, storage):
@@ -330,20 +365,29 @@ class Function:
         return value
 
 
-def function(inputs, outputs=None, updates=None, backend=None, nan_guard=False, name=None,
-             on_nan="raise", mode=None):
+def function(inputs, outputs=None, updates=None, backend=None, nan_guard=None, name=None,
+             on_nan="raise", allow_input_downcast=False, mode=None):
     """Compile ``outputs`` (and ``updates``) as a function of ``inputs``.
 
-    ``updates``: ``(shared, new_value)`` pairs or what an optimizer returns; all new
-    values are computed from the old ones, then written. ``mode``: an ``mg.Mode`` (backend
+    ``outputs``: a variable, or a list, tuple or dict of variables; the result has the same
+    structure. ``updates``: ``(shared, new_value)`` pairs or what an optimizer returns; all
+    new values are computed from the old ones, then written. ``mode``: an ``mg.Mode`` (backend
     and rewrite tags to include/exclude). ``backend``: ``"numpy"``, ``"numba"`` (default
     when numba imports) or ``"cupy"``, a shorthand for ``mode=mg.Mode(backend=...)``.
-    ``nan_guard=True`` checks outputs and updates for NaN/inf before anything is written and
-    raises
-    ``FloatingPointError`` (``on_nan="skip"``: warn and skip the step instead).
+
+    NaN policy: by default (``nan_guard=None``) a non-finite *update* never reaches a
+    shared variable: the call raises ``FloatingPointError`` naming it and changes nothing
+    (in-place row updates are checked on the rows written and undone). ``nan_guard=True``
+    also checks the outputs and gradients; ``nan_guard=False`` checks nothing (fastest).
+    ``on_nan="skip"``: warn and skip the step instead of raising.
+
+    ``allow_input_downcast`` (Theano's): inputs are cast to their declared dtype when no
+    value changes; a float value that would overflow or underflow the narrower dtype is
+    refused unless ``True``. Integer values that do not fit are always refused.
     """
     return Function(inputs, outputs, updates=updates, backend=backend, nan_guard=nan_guard,
-                    name=name, on_nan=on_nan, mode=mode)
+                    name=name, on_nan=on_nan, allow_input_downcast=allow_input_downcast,
+                    mode=mode)
 
 
 __all__ = ["function", "Function", "CSRType"]

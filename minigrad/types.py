@@ -33,6 +33,106 @@ def array_module(x):
     return np
 
 
+def _check_kind(got: np.dtype, want: np.dtype, name: str):
+    """Refuse data of the wrong kind: floats for an integer input, bools as indices..."""
+    if got.kind == want.kind or (got.kind in INT_KINDS and want.kind in INT_KINDS):
+        return
+    if got.kind == "b" and want.kind in FLOAT_KINDS:
+        return  # a 0/1 mask fed to a float input is exact
+    if got.kind == "b":
+        raise TypeError(
+            f"{name}: expected integer data ({want.name}), got a bool array; a mask is not "
+            "an index (use np.flatnonzero(mask) for the positions, or .astype(int))"
+        )
+    raise TypeError(f"{name}: expected {_kind_name(want)} data ({want.name}), got {got.name}")
+
+
+def cast_checked(arr, want, name="input", allow_downcast=False):
+    """``arr.astype(want)`` unless the cast would change a value (then ``ValueError``).
+
+    Integers: every value must lie in ``want``'s range (checked on the original values, so
+    the message shows the value the caller passed, never its wrapped image). Floats to a
+    narrower float: no finite value may overflow to inf and no non-zero value may fall
+    below the smallest normal number (1e-50 would silently become 0.0); rounding to the
+    narrower precision is the accepted meaning of a float32 input. ``allow_downcast=True``
+    accepts float overflow and underflow too.
+    """
+    want = np.dtype(want)
+    got = arr.dtype
+    if np.can_cast(got, want, "safe") or arr.size == 0:
+        return arr.astype(want)
+    if want.kind in INT_KINDS:
+        info = np.iinfo(want)
+        lo, hi = arr.min(), arr.max()
+        if int(lo) < info.min or int(hi) > info.max:
+            bad = lo if int(lo) < info.min else hi
+            raise ValueError(
+                f"{name}: value {int(bad)} does not fit the input's dtype {want.name} "
+                f"(range [{info.min}, {info.max}]); declare the input with a wider dtype "
+                "(mg.lvector, mg.lmatrix...) if such values are meant"
+            )
+        return arr.astype(want)
+    if want.kind in FLOAT_KINDS and got.kind in FLOAT_KINDS and not allow_downcast:
+        info = np.finfo(want)
+        mag = np.abs(arr)
+        finite = np.isfinite(arr)
+        over = finite & (mag > info.max)
+        under = (mag < info.tiny) & (arr != 0)
+        bad = over | under
+        if bad.any():
+            value = float(arr[bad].flat[0])
+            what = "overflows" if abs(value) > 1 else "underflows"
+            raise ValueError(
+                f"{name}: value {value!r} {what} the input's dtype {want.name}; the cast "
+                f"from {got.name} would change it (pass allow_input_downcast=True to "
+                "mg.function to accept lossy casts, or give the input dtype "
+                f"{got.name})"
+            )
+    with np.errstate(over="ignore", under="ignore"):  # accepted above: no raw warning
+        return arr.astype(want)
+
+
+def check_csr_structure(m, name="input"):
+    """Raise ``ValueError`` unless ``m``'s ``indptr``/``indices``/``data`` form a CSR matrix.
+
+    SciPy does not check arrays handed to its constructor (``check_format`` is opt-in), so
+    a malformed matrix reaches us: ``indptr`` of length ``n_rows + 1`` starting at 0,
+    non-decreasing and ending at ``nnz``; column indices in ``[0, n_cols)``.
+    """
+    n_rows, n_cols = m.shape
+    indptr, indices, data = np.asarray(m.indptr), np.asarray(m.indices), np.asarray(m.data)
+    if indptr.ndim != 1 or indptr.shape[0] != n_rows + 1:
+        raise ValueError(f"{name}: CSR indptr must have n_rows + 1 = {n_rows + 1} entries, "
+                         f"got shape {indptr.shape}")
+    if indptr.dtype.kind not in INT_KINDS or indices.dtype.kind not in INT_KINDS:
+        raise ValueError(f"{name}: CSR indptr/indices must be integers")
+    if indices.ndim != 1 or data.ndim != 1 or indices.shape != data.shape:
+        raise ValueError(f"{name}: CSR indices and data must be 1-D of equal length, got "
+                         f"{indices.shape} and {data.shape}")
+    nnz = indices.shape[0]
+    if int(indptr[0]) != 0 or int(indptr[-1]) != nnz:
+        raise ValueError(f"{name}: CSR indptr must start at 0 and end at nnz={nnz}, got "
+                         f"{int(indptr[0])} .. {int(indptr[-1])}")
+    if n_rows > 1 and bool((indptr[1:] < indptr[:-1]).any()):
+        row = int(np.flatnonzero(indptr[1:] < indptr[:-1])[0])
+        raise ValueError(f"{name}: CSR indptr decreases at row {row} (malformed matrix)")
+    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
+        bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
+        raise IndexError(f"{name}: CSR column index {bad} is out of range [0, {n_cols})")
+
+
+def _is_canonical(m):
+    """Sorted columns and no duplicates in every row, computed (never SciPy's cached flag,
+    which a caller may have set wrongly)."""
+    indptr, indices = m.indptr, m.indices
+    if indices.shape[0] < 2:
+        return True
+    step = np.diff(indices.astype(np.int64))
+    row_start = np.zeros(indices.shape[0], dtype=bool)
+    row_start[indptr[1:-1][indptr[1:-1] < indices.shape[0]]] = True
+    return bool(((step > 0) | row_start[1:]).all())
+
+
 class Type:
     """Base class: a type builds variables and validates run-time values."""
 
@@ -41,7 +141,7 @@ class Type:
     def make_variable(self, name=None):
         return self.variable_class(self, name=name)
 
-    def filter(self, value, name="input"):
+    def filter(self, value, name="input", allow_downcast=False):
         """Return ``value`` converted to this type, or raise a clear error."""
         raise NotImplementedError
 
@@ -73,33 +173,41 @@ class TensorType(Type):
     def _key(self):
         return (self.dtype, self.shape)
 
-    def filter(self, value, name="input"):
+    def filter(self, value, name="input", allow_downcast=False):
+        """``value`` as an array of this type, or a clear error naming ``name``.
+
+        Casting follows Theano's ``allow_input_downcast``: a cast that keeps every value is
+        done silently (int32 -> int64, float32 -> float64, int64 indices that fit int32,
+        float64 data whose values float32 can hold up to rounding); a lossy one is refused
+        with the offending value unless ``allow_downcast`` (float precision only: integer
+        values that do not fit are always refused, since a wrapped index reads the wrong
+        row). Bool arrays are never taken as integers: they are masks, not indices.
+        """
         if sp.issparse(value):
             raise TypeError(
                 f"{name}: expected a dense array of rank {self.ndim}, got a sparse matrix"
             )
-        arr = np.asarray(value)
+        if isinstance(value, RowSparse):
+            raise TypeError(f"{name}: expected a dense array, got a mg.RowSparse "
+                            "(densify it with .to_dense())")
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name}: cannot be read as an array ({err})") from None
         if arr.ndim != self.ndim:
             raise TypeError(
                 f"{name}: expected rank {self.ndim} (shape like {self._shape_str()}), "
                 f"got rank {arr.ndim} with shape {arr.shape}"
             )
         want = np.dtype(self.dtype)
-        if arr.dtype.kind != want.kind and not (
-            arr.dtype.kind in INT_KINDS and want.kind in INT_KINDS
-        ):
-            if not (arr.dtype.kind == "b" and want.kind in INT_KINDS + FLOAT_KINDS):
-                raise TypeError(
-                    f"{name}: expected {_kind_name(want)} data ({self.dtype}), "
-                    f"got {arr.dtype.name}"
-                )
+        _check_kind(arr.dtype, want, name)
         for axis, (want_len, got_len) in enumerate(zip(self.shape, arr.shape)):
             if want_len is not None and want_len != got_len:
                 raise ValueError(
                     f"{name}: axis {axis} must have length {want_len}, got shape {arr.shape}"
                 )
         if arr.dtype != want:
-            arr = arr.astype(want)
+            arr = cast_checked(arr, want, name, allow_downcast)
         return arr
 
     def _shape_str(self):
@@ -126,7 +234,16 @@ class CSRType(Type):
     def _key(self):
         return (self.dtype, self.n_cols)
 
-    def filter(self, value, name="input"):
+    def filter(self, value, name="input", allow_downcast=False):
+        """A valid, canonical CSR matrix of this dtype, or a clear error naming ``name``.
+
+        The structure is checked here, once, for every backend (a decreasing ``indptr``
+        or an out-of-range column would make the NumPy path return garbage and a compiled
+        kernel read out of bounds). Duplicate entries are summed and columns sorted
+        (SciPy's canonical form, on a copy) so that every op, linear or not
+        (``mg.sparse.square``), sees the matrix the caller means: ``X`` and
+        ``X.sum_duplicates()`` give the same results.
+        """
         if not sp.issparse(value):
             raise TypeError(
                 f"{name}: expected a scipy.sparse CSR matrix, got {type(value).__name__}"
@@ -138,10 +255,19 @@ class CSRType(Type):
             )
         if value.dtype.kind != "f" and value.dtype.kind not in INT_KINDS + "b":
             raise TypeError(f"{name}: expected numeric data, got {value.dtype}")
+        if value.ndim != 2:
+            raise TypeError(f"{name}: expected a 2-D CSR matrix, got shape {value.shape}")
         if self.n_cols is not None and value.shape[1] != self.n_cols:
             raise ValueError(f"{name}: expected {self.n_cols} columns, got {value.shape[1]}")
+        check_csr_structure(value, name)
+        if not _is_canonical(value):
+            value = value.copy()
+            value.sum_duplicates()  # also sorts the column indices of each row
         if value.dtype != np.dtype(self.dtype):
-            value = value.astype(self.dtype)
+            data = cast_checked(value.data, self.dtype, f"{name} (stored values)",
+                                allow_downcast)
+            value = type(value)((data, value.indices, value.indptr), shape=value.shape)
+            value.has_canonical_format = True
         return value
 
     def __str__(self):
@@ -167,7 +293,7 @@ class RowSparseType(Type):
     def dense_type(self) -> TensorType:
         return TensorType(self.dtype, self.shape)
 
-    def filter(self, value, name="input"):
+    def filter(self, value, name="input", allow_downcast=False):
         if not isinstance(value, RowSparse):
             raise TypeError(f"{name}: expected a mg.RowSparse, got {type(value).__name__}")
         return value
@@ -272,6 +398,30 @@ class RowSparse:
         return NotImplemented
 
     __radd__ = __add__
+
+    def __mul__(self, other):
+        """``RowSparse * scalar`` scales the stored rows (still row-sparse)."""
+        if isinstance(other, bool) or not isinstance(other, (int, float, np.number)):
+            return NotImplemented
+        values = (self.values * other).astype(self.values.dtype, copy=False)
+        return RowSparse(self.indices, values, self.shape, self._coalesced)
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return self * -1
+
+    def __truediv__(self, other):
+        if np.ndim(other) != 0:
+            return NotImplemented
+        return self * (1.0 / other)
+
+    def __array__(self, dtype=None, copy=None):
+        # Without this NumPy wraps the object in a 0-d object array, silently.
+        raise TypeError(
+            f"a mg.RowSparse (shape {self.shape}) is not a dense array; call .to_dense() "
+            "for an ndarray or .to_scipy() for a scipy.sparse matrix"
+        )
 
     def __repr__(self):
         return (

@@ -177,8 +177,11 @@ class SharedVariable(TensorVariable):
             self._flush_hooks.append(hook)
 
     def flush(self):
-        for hook in list(self._flush_hooks):
-            hook()
+        from minigrad.call_checks import CALL_LOCK  # catch-ups never race a compiled step
+
+        with CALL_LOCK:
+            for hook in list(self._flush_hooks):
+                hook()
 
     def get_value(self, borrow=False):
         """The current value; a host (NumPy) copy unless ``borrow=True``.
@@ -195,12 +198,27 @@ class SharedVariable(TensorVariable):
         return value.copy()
 
     def set_value(self, value, borrow=False):
+        """Replace the value (validated and cast by the variable's type).
+
+        The invariant every in-place update relies on holds after this call: the stored
+        array is C-contiguous, writeable and owns (or borrows) memory nobody else marked
+        read-only. ``borrow=True`` keeps the caller's array only when it already is such
+        an array; a read-only, Fortran-ordered or strided one is copied, so an optimizer
+        can never half-apply a step on a table it cannot write (issue 15, item 4).
+        """
         name = self.name or "shared variable"
         new = self.type.filter(value, name=name)
-        if not borrow and new is value:
-            new = np.array(new, copy=True)
-        self.flush()
-        self._value = new
+        if hasattr(new, "__cuda_array_interface__"):
+            pass  # a CuPy array: device memory, always writeable
+        elif not borrow and new is value:
+            new = np.array(new, copy=True, order="C")
+        elif not (new.flags.c_contiguous and new.flags.writeable):
+            new = np.array(new, copy=True, order="C")
+        from minigrad.call_checks import CALL_LOCK
+
+        with CALL_LOCK:
+            self.flush()
+            self._value = new
 
     @property
     def value(self):
@@ -283,7 +301,8 @@ def shared(value, name=None, dtype=None):
     """A parameter holding ``value`` (copied) across calls of compiled functions."""
     if isinstance(value, (SharedVariable,)):
         raise TypeError("shared() needs an array, got a shared variable")
-    arr = np.array(value, dtype=dtype, copy=True)
+    # C order: in-place row updates need C-contiguous, writeable tables (see set_value)
+    arr = np.array(value, dtype=dtype, copy=True, order="C")
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"shared(): unsupported dtype {arr.dtype}")
     if arr.dtype.kind == "f" and dtype is None and np.asarray(value).dtype.kind != "f":

@@ -11,6 +11,8 @@ of gather, bag_sum, csr_dense_dot and the run sums roughly double their speed; s
 scatter-add between threads made it slower).
 """
 
+import threading
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -31,6 +33,7 @@ __all__ = [
     "csr_scale_rows",
     "csr_row_dots",
     "csr_gathered_dot",
+    "rows_finite",
 ]
 
 # --- array plumbing -----------------------------------------------------------------------
@@ -286,8 +289,25 @@ def _csr_row_dots(indptr, data, grad, rows, out):
             out[k] = data[k] * acc
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rows_finite(table, indices):
+    # branch-free inner loop (it vectorises); a failed check is rare, so no early exit
+    ok = True
+    for i in range(indices.shape[0]):
+        row = table[indices[i]]
+        for j in range(row.shape[0]):
+            ok &= np.isfinite(row[j])
+    return ok
+
+
 #: below this many scalars touched, a kernel runs serially (see the note above)
 PARALLEL_MIN_WORK = 1 << 20
+
+
+#: Numba's ``workqueue`` threading layer is not re-entrant: two Python threads launching
+#: parallel kernels at once abort the process ("Concurrent access"). Parallel launches take
+#: this lock; serial kernels (``nogil``) still run concurrently.
+PARALLEL_LAUNCH_LOCK = threading.Lock()
 
 
 def _rows(kernel_range, kernel_chunks, n, work, *args):
@@ -296,7 +316,8 @@ def _rows(kernel_range, kernel_chunks, n, work, *args):
     if work < PARALLEL_MIN_WORK or threads < 2 or n < 2:
         kernel_range(0, n, *args)
     else:
-        kernel_chunks(min(n, 4 * threads), n, *args)
+        with PARALLEL_LAUNCH_LOCK:
+            kernel_chunks(min(n, 4 * threads), n, *args)
 
 
 def _scatter_add_2d(out2d, indices, values2d):
@@ -452,3 +473,15 @@ def segment_sum(values, segment_ids, n_segments):
     if segment_ids.shape[0] and out.size:
         _scatter_add_2d(_as_2d(out), _as_i64(segment_ids), _as_2d(values))
     return out
+
+
+def rows_finite(table, indices):
+    """Whether every value in the rows ``table[indices]`` is finite (no NaN, no inf).
+
+    The check behind ``mg.function``'s NaN policy: it runs on the rows an update has just
+    written (in cache), stops at the first non-finite value and allocates nothing.
+    """
+    table, indices = V.gather_args(np.asarray(table), np.asarray(indices))
+    if indices.shape[0] == 0 or table.size == 0:
+        return True
+    return bool(_rows_finite(_as_2d(table), _as_i64(indices)))

@@ -21,6 +21,7 @@ __all__ = [
     "csr_scale_rows",
     "csr_row_dots",
     "csr_gathered_dot",
+    "rows_finite",
 ]
 
 
@@ -134,3 +135,9 @@ def segment_sum(values, segment_ids, n_segments):
     out = np.zeros((n_segments,) + values.shape[1:], dtype=values.dtype)
     np.add.at(out, segment_ids, values)
     return out
+
+
+def rows_finite(table, indices):
+    """Whether every value in the rows ``table[indices]`` is finite (no NaN, no inf)."""
+    table, indices = V.gather_args(np.asarray(table), np.asarray(indices))
+    return bool(np.isfinite(np.take(table, indices, axis=0)).all())

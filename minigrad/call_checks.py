@@ -1,0 +1,204 @@
+"""What a compiled call checks around the graph it runs (issue 15).
+
+``compile.py`` keeps the VM; the policies of a *call* live here so that they survive any
+reshaping of the compiler (interpreted thunks today, generated code later):
+
+* **one call at a time** (:data:`CALL_LOCK`): compiled functions may be called from several
+  threads; calls, flushes and ``set_value`` are serialized by one process-wide re-entrant
+  lock, so a step counter never loses an increment and two steps never interleave their
+  row updates. Parallel speed-up comes from processes (``mg.parallel.hogwild``) or from the
+  kernels' own threads, not from calling one model from many Python threads;
+* **output structure**: a variable, a list, a tuple or a dict of variables comes back with
+  the same structure; anything else is refused when compiling;
+* **empty batches**: a step on an empty input is refused before anything runs;
+* **destinations**: every array an in-place node will write is checked (host or device
+  array, C-contiguous, writeable, the variable's dtype) before the first write;
+* **non-finite updates** (:func:`run_destructive_guarded`): the rows an in-place node is
+  about to overwrite are snapshotted, checked after the write and restored (with every
+  earlier in-place write of the call) when a NaN or inf appears, so a non-finite update
+  never reaches a parameter and a failed call changes nothing.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from minigrad.graph import Variable
+from minigrad.types import RowSparse, array_module
+
+#: serializes compiled calls, flushes and set_value process-wide (see the module note)
+CALL_LOCK = threading.RLock()
+
+
+# --- output structure -----------------------------------------------------------------
+
+
+def split_outputs(outputs):
+    """``(structure, variables)``: how to rebuild the result, and the flat list of outputs.
+
+    A non-variable output (a dict inside a list, a string, an array) is refused here: it
+    would otherwise become a constant object array holding the symbolic variable.
+    """
+    if outputs is None:
+        return ("none", None), []
+    if isinstance(outputs, dict):
+        keys = list(outputs)
+        items = [(repr(k), outputs[k]) for k in keys]
+        structure = ("dict", keys)
+    elif isinstance(outputs, (list, tuple)):
+        items = [(str(i), o) for i, o in enumerate(outputs)]
+        structure = (type(outputs).__name__, None)
+    else:
+        items = [("0", outputs)]
+        structure = ("single", None)
+    for label, out in items:
+        if not isinstance(out, Variable):
+            raise TypeError(
+                f"output {label} is a {type(out).__name__}, not a symbolic variable; outputs "
+                "are a variable, or a list, tuple or dict of variables"
+            )
+    return structure, [o for _, o in items]
+
+
+def pack_outputs(structure, values):
+    """Rebuild the caller's structure from the flat list of computed ``values``."""
+    kind, keys = structure
+    if kind == "none":
+        return None
+    if kind == "single":
+        return values[0]
+    if kind == "dict":
+        return dict(zip(keys, values))
+    if kind == "tuple":
+        return tuple(values)
+    return list(values)
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+
+def check_not_empty(inputs, values, label):
+    """Refuse a step on an empty batch: it has no defined gradient (a mean over nothing is
+    NaN) and must not move any parameter or step counter."""
+    for i, (var, value) in enumerate(zip(inputs, values)):
+        shape = getattr(value, "shape", ())
+        if len(shape) and shape[0] == 0:
+            name = f"input {i}" + (f" ({var.name!r})" if var.name else "")
+            raise ValueError(
+                f"{label}: {name} is an empty batch (shape {tuple(shape)}); a step on no "
+                "data is undefined (its mean cost is NaN), so nothing was run or changed"
+            )
+
+
+# --- destinations ----------------------------------------------------------------------
+
+
+def check_destinations(targets, storage, label):
+    """Every array an in-place node will write, checked before the first write.
+
+    ``targets``: ``(shared variable, slot)`` pairs. ``set_value`` keeps these invariants;
+    this catches a value assigned behind its back (or a view handed in by other code) so
+    that the destructive phase can never stop half way on an unwritable table.
+    """
+    for var, s in targets:
+        value = storage[s]
+        device = hasattr(value, "__cuda_array_interface__")
+        if not (device or isinstance(value, np.ndarray)):
+            raise TypeError(f"{label}: {var} holds a {type(value).__name__}, not an array")
+        problem = None
+        if str(value.dtype) != var.type.dtype:
+            problem = f"has dtype {value.dtype}, expected {var.type.dtype}"
+        elif not value.flags.c_contiguous:
+            problem = "is not C-contiguous"
+        elif not device and not value.flags.writeable:
+            problem = "is read-only"
+        if problem:
+            raise ValueError(
+                f"{label}: {var} {problem}, so it cannot be updated in place; nothing was "
+                f"changed (give it a fresh array with {var}.set_value(...))"
+            )
+
+
+# --- guarded destructive phase ---------------------------------------------------------
+
+
+def _touched_rows(node_inputs):
+    """Row indices an in-place row update writes: those of its row-sparse input."""
+    for value in node_inputs:
+        if isinstance(value, RowSparse):
+            return value.indices
+    return None  # unknown: the whole table is snapshotted
+
+
+def _finite(xp, a):
+    return a.dtype.kind != "f" or bool(xp.isfinite(a).all())
+
+
+def _rows_finite(table, rows, kernels=None):
+    """``table[rows]`` all finite, with the kernel module of the call's backend."""
+    if table.dtype.kind != "f":
+        return True
+    if rows is None:
+        return _finite(array_module(table), table)
+    if isinstance(table, np.ndarray) and hasattr(kernels, "rows_finite"):
+        return kernels.rows_finite(table, rows)
+    xp = array_module(table)
+    return bool(xp.isfinite(xp.take(table, rows, axis=0)).all())
+
+
+def _take_rows(table, rows):
+    if rows is None:
+        return table.copy()
+    return array_module(table).take(table, rows, axis=0)
+
+
+def run_destructive_guarded(nodes, program, storage, label, kernels=None):
+    """Run the in-place nodes; if one writes a non-finite value, undo every write.
+
+    For each node: copy the rows it will overwrite in each destroyed table (``rows`` of a
+    row-sparse gradient, else the whole table), run it, and check those rows. The copies
+    are O(rows touched), the rows are in cache, and the restore runs only on failure.
+    Raises ``FloatingPointError`` naming the table (the state is then exactly as before
+    the call).
+    """
+    undo = []  # (table, rows or None, saved copy), in write order
+    try:
+        for node, (thunk, ins, outs) in zip(nodes, program):
+            values = [storage[i] for i in ins]
+            rows = _touched_rows(values)
+            written = []
+            for pos in sorted(set(node.op.destroy_map.values())):
+                table = values[pos]
+                undo.append((table, rows, _take_rows(table, rows)))
+                written.append((node.inputs[pos], table))
+            results = thunk(values)
+            for s, r in zip(outs, results):
+                storage[s] = r
+            for var, table in written:
+                if not _rows_finite(table, rows, kernels):
+                    raise FloatingPointError(
+                        f"{label}: the update of {var} is not finite (NaN or inf); the step "
+                        "was undone and no shared variable was changed (nan_guard=False "
+                        "skips this check)"
+                    )
+    except BaseException:
+        for table, rows, saved in reversed(undo):
+            if rows is None:
+                table[...] = saved
+            else:
+                table[rows] = saved
+        raise
+
+
+def dense_updates_finite(update_slots, storage):
+    """Whether every float value about to replace a shared variable is finite."""
+    for _target, s, in_place in update_slots:
+        if in_place:
+            continue
+        value = storage[s]
+        if getattr(getattr(value, "dtype", None), "kind", "") == "f" and not _finite(
+            array_module(value), value
+        ):
+            return False
+    return True
