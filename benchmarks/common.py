@@ -125,6 +125,16 @@ def thread_settings():
     return out
 
 
+def threads_line(env):
+    """``"threads: numba 2, torch 2, OMP_NUM_THREADS unset"`` from :func:`environment`."""
+    t = env.get("threads", {})
+    omp = t.get("OMP_NUM_THREADS") or "unset"
+    torch = t.get("torch_threads")
+    return (f"threads: numba {t.get('numba_threads')}, torch "
+            f"{torch if torch is not None else '-'} (a row names any other count), "
+            f"OMP_NUM_THREADS {omp}")
+
+
 def environment():
     """What the figures depend on: CPU, cores, threads, library versions, git commit."""
     try:
@@ -208,24 +218,129 @@ def fmt(value, digits=3):
     return str(value)
 
 
-def format_table(rows, columns, headers=None):
-    """Left-aligned text table of ``rows`` (dicts) over ``columns`` (keys)."""
+TABLE_WIDTH = 100  # printed tables fit a 100-column terminal or log
+
+
+def format_table(rows, columns, headers=None, max_width=TABLE_WIDTH):
+    """Left-aligned text table of ``rows`` (dicts) over ``columns`` (keys), at most
+    ``max_width`` characters wide: the widest text column is narrowed and its cells wrap
+    onto continuation lines (numbers are never cut)."""
+    import textwrap
+
     headers = headers or columns
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    # narrow the last column (free text: units, remarks) first, then the widest one
+    floors = [len(h) for h in headers]
+    floors[-1] = max(floors[-1], min(widths[-1], 24))
+    while sum(widths) + 2 * (len(widths) - 1) > max_width:
+        excess = sum(widths) + 2 * (len(widths) - 1) - max_width
+        shrinkable = [i for i in range(len(widths)) if widths[i] > max(floors[i], 8)]
+        if not shrinkable:
+            break  # cannot narrow further: better a wide line than a lost header
+        i = len(widths) - 1 if len(widths) - 1 in shrinkable else max(
+            shrinkable, key=widths.__getitem__)
+        widths[i] = max(floors[i], 8, widths[i] - excess)
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
     out = [line, "-" * len(line)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    for row in cells:
+        wrapped = [textwrap.wrap(c, w, break_on_hyphens=False) or [""]
+                   for c, w in zip(row, widths)]
+        for k in range(max(map(len, wrapped))):
+            parts = [(w_[k] if k < len(w_) else "").ljust(w) for w_, w in zip(wrapped, widths)]
+            out.append("  ".join(parts).rstrip())
+    return "\n".join(out)
+
+
+def markdown_table(rows, columns, headers=None):
+    """The same rows as a Markdown table (for REPORT.md)."""
+    headers = headers or columns
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        out.append("| " + " | ".join(fmt(r.get(c)).replace("|", "/") for c in columns) + " |")
     return "\n".join(out)
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm bar on stderr (quiet when stderr is not a terminal and total is small)."""
+    """A tqdm bar on stderr, off when stderr is not a terminal (a redirected log gets
+    no carriage-return garbage); ``MINIGRAD_PROGRESS=1`` forces it on, ``0`` off."""
     from tqdm.auto import tqdm
 
+    forced = os.environ.get("MINIGRAD_PROGRESS")
+    enabled = sys.stderr.isatty() if forced is None else forced not in ("0", "", "false")
+    kwargs.setdefault("disable", not enabled)
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def progress_enabled():
+    """Whether :func:`progress` bars are shown (for APIs taking ``progress=bool``)."""
+    forced = os.environ.get("MINIGRAD_PROGRESS")
+    return sys.stderr.isatty() if forced is None else forced not in ("0", "", "false")
+
+
+# --- how busy the machine was ---------------------------------------------------------------
+
+
+def _cpu_jiffies():
+    """``(busy, total)`` jiffies of all CPUs from /proc/stat, or ``None`` off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values[:8]) - idle, sum(values[:8])
+
+
+def _own_cpu_s():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class LoadProbe:
+    """Load average before and after a stretch of work, and how many cores *other*
+    processes kept busy meanwhile (all CPUs' busy time from /proc/stat minus this
+    process and its finished children). ``busy`` is true when others used more than a
+    quarter of the machine, or, without /proc/stat, when the 1-minute load average
+    exceeded half the cores before or after."""
+
+    def __init__(self):
+        self.cores = os.cpu_count() or 1
+        self.load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        self.jiffies = _cpu_jiffies()
+        self.own = _own_cpu_s()
+        self.t0 = time.perf_counter()
+
+    def finish(self):
+        load_after = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        wall = max(time.perf_counter() - self.t0, 1e-9)
+        others = None
+        end = _cpu_jiffies()
+        if self.jiffies and end and wall >= 0.5:  # shorter: too few clock ticks to tell
+            hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            busy_s = (end[0] - self.jiffies[0]) / hz
+            others = max(0.0, (busy_s - (_own_cpu_s() - self.own)) / wall)
+        if others is not None:
+            busy = others > 0.25 * self.cores
+        else:
+            loads = [x[0] for x in (self.load_before, load_after) if x]
+            busy = bool(loads) and max(loads) > 0.5 * self.cores
+        return {"load_before": self.load_before, "load_after": load_after,
+                "other_processes_cores": others, "cores": self.cores, "busy": bool(busy),
+                "wall_s": wall}
+
+
+def load_note(load):
+    """One line on how busy the machine was during a module."""
+    la = load.get("load_before"), load.get("load_after")
+    text = "load average {} before, {} after".format(
+        *(f"{x[0]:.2f}" if x else "-" for x in la))
+    if load.get("other_processes_cores") is not None:
+        text += f"; other processes used {load['other_processes_cores']:.2f} of " \
+                f"{load['cores']} cores"
+    return ("BUSY MACHINE: " if load.get("busy") else "quiet machine: ") + text
 
 
 # --- plots ----------------------------------------------------------------------------------
@@ -302,19 +417,22 @@ def result(name, rows, notes, plots=(), **extra):
 class TorchMaskedEmbedding:
     """PyTorch twin of ``mg.models.MaskedEmbeddingClassifier`` trained with Adam.
 
-    ``sparse=False``: ``nn.Embedding`` tables and one ``torch.optim.Adam``; ``sparse=True``:
+    ``mask_kind``: ``"per_dimension"`` (``M`` of shape (vocab, dim), the default as in
+    minigrad) or ``"per_word"`` (``M`` of shape (vocab, 1)). ``sparse=False``:
+    ``nn.Embedding`` tables and one ``torch.optim.Adam``; ``sparse=True``:
     ``nn.Embedding(sparse=True)`` with ``SparseAdam`` for the tables and ``Adam`` for the
     linear layer (the semantics of minigrad's ``Adam(sparse="lazy")``). ``init``: optional
     ``(E, M, W, c)`` arrays to start from (e.g. a minigrad model's initial values).
     The loss is ``mean(w[y] * nll)``, minigrad's class-weighted cross-entropy.
     """
 
-    def __init__(self, torch, vocab, dim, n_classes, sparse, lr, init=None, seed=0):
+    def __init__(self, torch, vocab, dim, n_classes, sparse, lr, init=None, seed=0,
+                 mask_kind="per_dimension"):
         nn = torch.nn
         torch.manual_seed(seed)
         self.torch = torch
         self.E = nn.Embedding(vocab, dim, sparse=sparse)
-        self.M = nn.Embedding(vocab, 1, sparse=sparse)
+        self.M = nn.Embedding(vocab, dim if mask_kind == "per_dimension" else 1, sparse=sparse)
         self.linear = nn.Linear(dim, n_classes)
         with torch.no_grad():
             if init is None:

@@ -2,7 +2,9 @@
 
 One step of :class:`minigrad.models.MaskedEmbeddingClassifier` (float32, batch 32 x 100
 Zipf tokens from ``mg.data.synthetic_documents``, dim 64, 5 classes) at vocabularies
-3*10^4, 3*10^5, 3*10^6, for:
+3*10^4, 3*10^5, 3*10^6, first for the seed's model (``M`` of shape (vocab, dim): a weight
+per word and dimension, the default), then for the cheaper ``mask_kind="per_word"``
+variant (``M`` of shape (vocab, 1)), on both sides alike, for:
 
 * ``minigrad dense``: the row-sparse gradients of ``E`` and ``M`` densified before a dense
   Adam (what a framework without row-sparse gradients does: O(V) per step);
@@ -10,7 +12,11 @@ Zipf tokens from ``mg.data.synthetic_documents``, dim 64, 5 classes) at vocabula
   row-sparse gradients (O(rows touched) per step);
 * with ``--compare torch``: ``nn.Embedding`` + ``torch.optim.Adam`` (dense) and
   ``nn.Embedding(sparse=True)`` + ``SparseAdam`` (the embedding tables; plain Adam for the
-  linear layer), on the same batches with the same thread count.
+  linear layer), on the same batches with the same thread count (2 = Numba's here), and
+  at 1 thread for the smallest vocabulary.
+
+``--quick`` skips the dense systems at 3*10^6 rows (seconds per step, gigabytes of state)
+and runs the per-word variant at the smallest and largest vocabulary only.
 
 Reported per (system, vocabulary): median seconds per step over repeats (min/max spread),
 the graph compile time and the first step (JIT compile or cache load) apart from it.
@@ -51,12 +57,13 @@ def make_batches(vocab, n_batches, seed=0):
 # --- systems: each returns (step(i) -> None, compile_s) ----------------------------------
 
 
-def minigrad_step(vocab, mode, batches, backend=None):
+def minigrad_step(vocab, mode, batches, backend=None, mask_kind="per_dimension"):
     """A compiled minigrad step; ``mode``: "dense" (densified gradients), "lazy", "exact"."""
     import minigrad as mg
     from minigrad.ops.rowsparse import is_row_sparse
 
-    model = mg.models.MaskedEmbeddingClassifier(vocab, DIM, N_CLASSES, seed=0, dtype="float32")
+    model = mg.models.MaskedEmbeddingClassifier(vocab, DIM, N_CLASSES, seed=0, dtype="float32",
+                                                mask_kind=mask_kind)
     tokens, mask, labels = mg.lmatrix("tokens"), mg.matrix("mask", "float32"), mg.lvector("y")
     cost = model.cost(tokens, mask, labels)
     if mode == "dense":
@@ -72,9 +79,10 @@ def minigrad_step(vocab, mode, batches, backend=None):
     return step, fn.compile_seconds, model
 
 
-def torch_step(torch, vocab, sparse, batches):
+def torch_step(torch, vocab, sparse, batches, mask_kind="per_dimension"):
     """The same model in PyTorch: dense Adam, or SparseAdam on ``sparse=True`` embeddings."""
-    model = common.TorchMaskedEmbedding(torch, vocab, DIM, N_CLASSES, sparse, LR)
+    model = common.TorchMaskedEmbedding(torch, vocab, DIM, N_CLASSES, sparse, LR,
+                                        mask_kind=mask_kind)
     data = [tuple(torch.from_numpy(a) for a in batch) for batch in batches]
 
     def step(i):
@@ -106,8 +114,10 @@ SYSTEMS = {  # label: (library, builder argument)
     "minigrad lazy Adam": ("minigrad", "lazy"),
     "minigrad exact Adam": ("minigrad", "exact"),
     "torch dense Adam": ("torch", False),
-    "torch sparse SparseAdam": ("torch", True),
+    "torch SparseAdam": ("torch", True),
 }
+MASK_KINDS = ("per_dimension", "per_word")  # the seed's model first
+SHORT = {"per_dimension": "per-dim", "per_word": "per-word"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -115,17 +125,42 @@ def _cached_batches(vocab, n_batches):
     return make_batches(vocab, n_batches)
 
 
-def measure_system(label, vocab, settings, compare):
+def measure_system(label, vocab, settings, compare, mask_kind="per_dimension", threads=None):
     """Run in a child process: build one system at one vocabulary and time it."""
     library, arg = SYSTEMS[label]
     batches = _cached_batches(vocab, settings["n_batches"])
     if library == "minigrad":
-        make = functools.partial(minigrad_step, vocab, arg, batches)
+        make = functools.partial(minigrad_step, vocab, arg, batches, mask_kind=mask_kind)
     else:
-        make = functools.partial(torch_step, common.torch_or_none(compare), vocab, arg, batches)
+        torch = common.torch_or_none(compare)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        threads = torch.get_num_threads()
+        make = functools.partial(torch_step, torch, vocab, arg, batches, mask_kind)
     row = measure(make, settings)
     gc.collect()
-    return {"bench": "embedding", "system": label, "vocab": vocab, **row}
+    return {"bench": "embedding", "system": label, "vocab": vocab, "mask_kind": mask_kind,
+            "threads": threads, **row}
+
+
+def cases(mode, found):
+    """``[(library, threads, [(label, vocab, mask_kind), ...])]``: what runs, grouped by
+    the fresh process it runs in (one per library and thread count)."""
+    sizes = SMOKE_SIZES if mode == "smoke" else SIZES
+    groups = {}
+    for kind in MASK_KINDS:
+        kind_sizes = sizes if mode == "full" or kind == "per_dimension" else (
+            sizes[0], sizes[-1])
+        for vocab in kind_sizes:
+            for library, labels in found.items():
+                for label in labels:
+                    dense = SYSTEMS[label][1] in ("dense", False)
+                    if dense and mode == "quick" and vocab >= 3_000_000:
+                        continue
+                    groups.setdefault((library, None), []).append((label, vocab, kind))
+    if "torch" in found:  # torch at 1 thread too, at the smallest vocabulary
+        groups[("torch", 1)] = [(label, sizes[0], "per_dimension") for label in found["torch"]]
+    return [(lib, threads, items) for (lib, threads), items in groups.items()]
 
 
 def libraries(compare):
@@ -153,10 +188,34 @@ def _optim_available():
 
 
 def ratios(rows):
-    """The issue's targets as measured ratios (``value`` and whether the target is met)."""
+    """The issue's targets as measured ratios, per mask kind (default thread count)."""
+    out = []
+    for kind in MASK_KINDS:
+        mine = [r for r in rows if r.get("mask_kind", "per_dimension") == kind
+                and not r.get("one_thread")]
+        for r in _ratios_one_kind(mine):
+            r["ratio"] = f"{SHORT[kind]}: {r['ratio']}"
+            r["mask_kind"] = kind
+            out.append(r)
+    t1 = {r["system"]: r["median_s"] for r in rows if r.get("one_thread")}
+    t = {(r["system"], r["vocab"], r.get("mask_kind")): r["median_s"] for r in rows
+         if not r.get("one_thread")}
+    for label, v in t1.items():
+        vocab = min(r["vocab"] for r in rows if r.get("one_thread"))
+        lazy = t.get(("minigrad lazy Adam", vocab, "per_dimension"))
+        if lazy:
+            out.append({"ratio": f"per-dim: {label} (1 thread) / minigrad lazy @V={vocab}",
+                        "value": v / lazy, "target": 1, "op": ">=", "met": v / lazy >= 1,
+                        "mask_kind": "per_dimension"})
+    return out
+
+
+def _ratios_one_kind(rows):
     t = {(r["system"], r["vocab"]): r["median_s"] for r in rows}
     vocabs = sorted({r["vocab"] for r in rows})
     out = []
+    if not vocabs:
+        return out
 
     def add(name, num, den, target, higher_is_better=True):
         if num in t and den in t:
@@ -175,68 +234,90 @@ def ratios(rows):
             add(f"minigrad {mode} V={hi} / V={lo}", (sparse, hi), (sparse, lo), 1.3,
                 higher_is_better=False)
         for v in vocabs:
-            add(f"torch SparseAdam / minigrad {mode} @V={v}", ("torch sparse SparseAdam", v),
+            add(f"torch SparseAdam / minigrad {mode} @V={v}", ("torch SparseAdam", v),
                 (sparse, v), 1)
     return out
 
 
-def plot(rows, out_dir):
+def plot(rows, out_dir, kind="per_dimension"):
     series = {}
+    rows = [r for r in rows if r.get("mask_kind", "per_dimension") == kind
+            and not r.get("one_thread")]
     for system in dict.fromkeys(r["system"] for r in rows):
         pts = sorted((r["vocab"], r["median_s"] * 1e3, r["min_s"] * 1e3, r["max_s"] * 1e3)
                      for r in rows if r["system"] == system)
         series[system] = tuple(np.array(c) for c in zip(*pts))
-    return common.plot_lines(out_dir, "embedding_step_time", series, "vocabulary size",
-                             "ms per training step", "Masked-embedding step (float32, "
-                             f"batch {BATCH}x{LENGTH}, dim {DIM})", logx=True, logy=True)
+    if not series:
+        return None
+    name = "embedding_step_time" + ("" if kind == "per_dimension" else "_per_word")
+    shape = "(V, dim)" if kind == "per_dimension" else "(V, 1)"
+    return common.plot_lines(out_dir, name, series, "vocabulary size",
+                             "ms per training step", f"Masked-embedding step, M {shape} "
+                             f"(float32, batch {BATCH}x{LENGTH}, dim {DIM})", logx=True,
+                             logy=True)
 
 
 def run(quick=False, compare=(), out_dir=None, smoke=False):
     mode = "smoke" if smoke else ("quick" if quick else "full")
     settings = SETTINGS[mode]
-    sizes = SMOKE_SIZES if smoke else SIZES
     notes = [f"float32, batch {BATCH} x {LENGTH} Zipf tokens, dim {DIM}, {N_CLASSES} classes, "
-             f"Adam lr={LR}; median_s = median over {settings['repeats']} blocks of "
-             "steps_per_repeat steps; first_step_s (JIT/cache load) is not in the median"]
+             f"Adam lr={LR}; per-dim: M (V, {DIM}) (the default model), per-word: M (V, 1); "
+             f"median over {settings['repeats']} blocks of steps_per_repeat steps; "
+             "first_step_s (JIT/cache load) is not in the median"]
     found, more = libraries(compare)
     notes += more + [
-        "each library runs in its own fresh process (one after the other): an idle OpenMP "
-        "pool of one library spinning next to the other's threads distorts timings 10-100x"]
+        "each library (and thread count) runs in its own fresh process, one after the other: "
+        "an idle OpenMP pool of one library spinning next to the other's threads distorts "
+        "timings 10-100x"]
+    if quick:
+        notes.append("quick: no dense systems at V=3,000,000; per-word at the smallest and "
+                     "largest V only")
+    groups = cases(mode, found)
     rows = []
-    bar = common.progress(total=len(sizes) * sum(map(len, found.values())), desc="embedding")
+    bar = common.progress(total=sum(len(items) for _, _, items in groups), desc="embedding")
     context = multiprocessing.get_context("spawn")
-    for labels in found.values():
+    for _library, threads, items in groups:
         with ProcessPoolExecutor(1, mp_context=context) as pool:
-            for vocab in sizes:
-                for label in labels:
-                    bar.set_postfix_str(f"{label} V={vocab}")
-                    rows.append(pool.submit(measure_system, label, vocab, settings,
-                                            set(compare or ())).result())
-                    bar.update()
+            for label, vocab, kind in items:
+                bar.set_postfix_str(f"{label} V={vocab} {SHORT[kind]}")
+                row = pool.submit(measure_system, label, vocab, settings, set(compare or ()),
+                                  kind, threads).result()
+                row["one_thread"] = threads == 1
+                rows.append(row)
+                bar.update()
     bar.close()
     order = list(SYSTEMS)
-    rows.sort(key=lambda r: (r["vocab"], order.index(r["system"])))
+    rows.sort(key=lambda r: (MASK_KINDS.index(r["mask_kind"]), r["one_thread"], r["vocab"],
+                             order.index(r["system"])))
     summary = ratios(rows)
     notes += [common.ratio_note(s) for s in summary]
-    return common.result("embedding", rows, notes, [plot(rows, out_dir)] if rows else [],
-                         ratios=summary)
+    plots = [plot(rows, out_dir, kind) for kind in MASK_KINDS] if rows else []
+    return common.result("embedding", rows, notes, plots, ratios=summary)
 
 
-
+def _label(r):
+    if r["system"].startswith("torch"):
+        n = r.get("threads")
+        return f"{r['system']} ({n} thr)" if n else r["system"]
+    return r["system"]
 
 
 def table_rows(res):
-    """Step time per (system, vocabulary) plus one first-step (JIT) row per system."""
+    """Step time per (mask kind, system, vocabulary), then one first-step (JIT) row per
+    system (its first measurement in this run, in a fresh process)."""
     out = []
     for r in res["rows"]:
-        out.append({"bench": "embedding", "case": f"V={r['vocab']:,} step", "system": r["system"],
-                    "value": 1e3 * r["median_s"], "lo": 1e3 * r["min_s"],
-                    "hi": 1e3 * r["max_s"], "unit": "ms"})
+        kind = SHORT[r.get("mask_kind", "per_dimension")]
+        out.append({"bench": "embedding", "case": f"{kind} V={r['vocab']:,}",
+                    "system": _label(r), "value": 1e3 * r["median_s"],
+                    "lo": 1e3 * r["min_s"], "hi": 1e3 * r["max_s"], "unit": "ms"})
     first = {}
     for r in res["rows"]:
-        first.setdefault(r["system"], r)
+        first.setdefault(_label(r), r)
     for system, r in first.items():
-        out.append({"bench": "embedding", "case": f"V={r['vocab']:,} compile+1st step",
+        kind = SHORT[r.get("mask_kind", "per_dimension")]
+        out.append({"bench": "embedding", "case": f"{kind} V={r['vocab']:,} 1st step",
                     "system": system, "value": 1e3 * (r["compile_s"] + r["first_step_s"]),
-                    "unit": f"ms (graph compile {1e3 * r['compile_s']:.0f} ms)"})
+                    "unit": f"ms (graph compile {1e3 * r['compile_s']:.0f} ms)"
+                    if r["system"].startswith("minigrad") else "ms"})
     return out

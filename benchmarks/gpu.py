@@ -1,11 +1,12 @@
 """GPU: the masked-embedding training step with ``backend="cupy"`` vs PyTorch on CUDA.
 
-The same step as ``benchmarks/embedding.py`` (float32, batch 32 x 100 Zipf tokens, dim 64,
-5 classes, Adam) at vocabularies 3*10^4, 3*10^5, 3*10^6, all on the device: minigrad dense
-(gradients densified), lazy and exact row-sparse Adam, and, when torch with CUDA is
-installed, ``nn.Embedding`` + Adam and ``sparse=True`` + SparseAdam. Each step ends with a
-device synchronisation, so times are wall-clock per step. Skipped (with the reason) where
-CuPy or a CUDA device is missing.
+The same step as ``benchmarks/embedding.py`` (the default per-dimension model, ``M`` of
+shape (vocab, dim); float32, batch 32 x 100 Zipf tokens, dim 64, 5 classes, Adam) at
+vocabularies 3*10^4, 3*10^5, 3*10^6, all on the device: minigrad dense (gradients
+densified), lazy and exact row-sparse Adam, and, when torch with CUDA is installed,
+``nn.Embedding`` + Adam and ``sparse=True`` + SparseAdam. Each step ends with a device
+synchronisation, so times are wall-clock per step. Skipped (with the reason) where CuPy or
+a CUDA device is missing.
 """
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
-"""Row-sparse Adam step time vs table size: minigrad lazy and exact, dense Adam, and
-``torch.optim.SparseAdam``.
+"""Row-sparse Adam step time vs table size: minigrad lazy and exact (constant lr and under
+a cosine schedule), dense Adam, torch dense Adam + ``CosineAnnealingLR`` and
+``torch.optim.SparseAdam`` (+ the same scheduler).
 
 Each step updates 5,000 distinct rows (unsorted, so coalescing is included) of a float32
 ``V x 64`` table, V in 3*10^4, 3*10^5, 3*10^6. Reported: median (min, max) seconds per step
 over repeats of a few steps each, after warm-up; the JIT warm-up (compile + first call) is a
-separate row. The target is a flat sparse step time across V (within 1.3x) that beats
-SparseAdam. ``python -m benchmarks.optim [--full] [--no-torch]``.
+separate row. Targets: a flat sparse step time across V (within 1.3x) that beats
+SparseAdam; exact mode under the cosine schedule within 1.3x of exact with a constant lr and
+within 2x of lazy. ``python -m benchmarks.optim [--full] [--no-torch]``.
 """
 from __future__ import annotations
 
@@ -30,11 +32,16 @@ def _batches(V, rng):
     return out
 
 
-def _minigrad_step(V, mode, table):
+#: the schedule of the "cosine" rows (torch: CosineAnnealingLR(T_max=COSINE_T_MAX))
+COSINE_T_MAX = 1000
+
+
+def _minigrad_step(V, mode, table, cosine=False):
     import minigrad as mg
 
     E = mg.shared(table.copy(), name="E")
-    opt = mg.optim.Adam([E], lr=1e-3, sparse=mode if mode != "dense" else "lazy")
+    lr = mg.optim.schedules.CosineAnnealingLR(1e-3, T_max=COSINE_T_MAX) if cosine else 1e-3
+    opt = mg.optim.Adam([E], lr=lr, sparse=mode if mode != "dense" else "lazy")
     if mode == "dense":
         g = mg.matrix("g", dtype="float32")
     else:
@@ -55,15 +62,27 @@ def _minigrad_step(V, mode, table):
     return step, compile_s, (E, opt)
 
 
-def _torch_step(torch, V, table):
+def _torch_step(torch, V, table, dense=False, cosine=False):
     p = torch.nn.Parameter(torch.from_numpy(table.copy()))
-    opt = torch.optim.SparseAdam([p], lr=1e-3)
+    opt = (torch.optim.Adam if dense else torch.optim.SparseAdam)([p], lr=1e-3)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=COSINE_T_MAX)
+             if cosine else None)
+    dense_buf = torch.zeros((V, WIDTH), dtype=torch.float32) if dense else None
 
     def step(batch):
         idx, vals = batch
-        p.grad = torch.sparse_coo_tensor(torch.from_numpy(idx)[None], torch.from_numpy(vals),
-                                         (V, WIDTH))
-        opt.step()
+        if dense:
+            ti = torch.from_numpy(idx)
+            dense_buf[ti] = torch.from_numpy(vals)
+            p.grad = dense_buf
+            opt.step()
+            dense_buf[ti] = 0
+        else:
+            p.grad = torch.sparse_coo_tensor(torch.from_numpy(idx)[None],
+                                             torch.from_numpy(vals), (V, WIDTH))
+            opt.step()
+        if sched is not None:
+            sched.step()
     return step, 0.0, (p, opt)
 
 
@@ -98,11 +117,15 @@ def run(quick: bool, compare: set, out_dir=None, smoke=False) -> dict:
         table = rng.standard_normal((V, WIDTH), dtype=np.float32)
         batches = _batches(V, rng)
         impls = [("minigrad lazy", _minigrad_step, (V, "lazy", table)),
-                 ("minigrad exact", _minigrad_step, (V, "exact", table))]
+                 ("minigrad exact", _minigrad_step, (V, "exact", table)),
+                 ("minigrad exact cos", _minigrad_step, (V, "exact", table, True))]
         if not quick or V <= 300_000:
             impls.append(("minigrad dense", _minigrad_step, (V, "dense", table)))
         if torch is not None:
             impls.append(("torch SparseAdam", _torch_step, (torch, V, table)))
+            impls.append(("torch SparseAdam cos", _torch_step, (torch, V, table, False, True)))
+            if not quick or V <= 300_000:
+                impls.append(("torch Adam cos", _torch_step, (torch, V, table, True, True)))
         for name, make, args in impls:
             step, compile_s, keep = make(*args)
             first_s, times = _measure(step, batches, warmup, repeats, per_repeat)
@@ -127,6 +150,16 @@ def _ratios(rows, notes):
         ts = [by[k] for k in by if k[0] == impl]
         if len(ts) > 1:
             notes.append(f"{impl}: largest/smallest table step time = {max(ts) / min(ts):.2f}x")
+    for V in sorted({k[1] for k in by}):
+        cos, const = by.get(("minigrad exact cos", V)), by.get(("minigrad exact", V))
+        lazy, sparse = by.get(("minigrad lazy", V)), by.get(("torch SparseAdam", V))
+        if cos and const and lazy:
+            notes.append(f"V={V:,}: exact+cosine / exact constant = {cos / const:.2f}x "
+                         f"(target <= 1.3), exact+cosine / lazy = {cos / lazy:.2f}x "
+                         f"(target <= 2)")
+        if lazy and sparse:
+            notes.append(f"V={V:,}: torch SparseAdam / minigrad lazy = {sparse / lazy:.2f}x "
+                         f"(target > 1)")
     for r in rows:
         torch_s = by.get(("torch SparseAdam", r["table_rows"]))
         r["vs_torch_sparseadam"] = (torch_s / r["median_s"]) if torch_s else None
@@ -135,12 +168,12 @@ def _ratios(rows, notes):
 
 
 def format_table(result):
-    head = (f"{'impl':<18}{'table rows':>12}{'median ms':>11}{'min ms':>9}{'max ms':>9}"
+    head = (f"{'impl':<22}{'table rows':>12}{'median ms':>11}{'min ms':>9}{'max ms':>9}"
             f"{'first ms':>10}{'x dense':>9}{'x SparseAdam':>14}")
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         lines.append(
-            f"{r['impl']:<18}{r['table_rows']:>12,}{r['median_s'] * 1e3:>11.2f}"
+            f"{r['impl']:<22}{r['table_rows']:>12,}{r['median_s'] * 1e3:>11.2f}"
             f"{r['min_s'] * 1e3:>9.2f}{r['max_s'] * 1e3:>9.2f}{r['first_call_s'] * 1e3:>10.1f}"
             f"{common.fmt(r['vs_dense']):>9}{common.fmt(r['vs_torch_sparseadam']):>14}")
     return "\n".join(lines + [""] + [f"- {n}" for n in result["notes"]])

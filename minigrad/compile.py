@@ -164,8 +164,11 @@ class Function:
         # exact-mode optimizer catches their rows up as it reads them, O(rows touched));
         # any other shared value with pending catch-up steps is flushed before each call.
         in_place = {n.inputs[i] for n in self.nodes for i in n.op.destroy_map.values()}
-        self.flush_first = [v for v, _ in self.shared
-                            if v._flush_hooks and v not in in_place]
+        from minigrad.optim.ops import needs_flush  # exact tables read by gathers only: no
+
+        self.flush_first = [v for v, _ in self.shared  # flush (FreshTake catches them up)
+                            if v._flush_hooks and v not in in_place
+                            and needs_flush(v, self.nodes)]
         self.safe_program = self.program[: self.n_safe]
         self.destructive_program = self.program[self.n_safe:]
         self.destructive_nodes = self.nodes[self.n_safe:]

@@ -1,128 +1,17 @@
-"""Looking at graphs and checking gradients: ``debugprint``, ``to_dot``, ``verify_grad``.
+"""Checking gradients: ``verify_grad``; and the graph viewers, re-exported.
 
-``debugprint`` prints one line per variable, indented by depth, with the Op, the type
-(a row-sparse gradient shows as ``RowSparse[...]``) and an id so shared sub-graphs are
-printed once and referred to afterwards. ``to_dot`` gives the same graph as Graphviz DOT
-text. ``verify_grad`` compares a symbolic gradient with central finite differences along
-random directions.
+``verify_grad`` compares a symbolic gradient with central finite differences along
+random directions. The viewers live one per file: ``debugprint`` in
+:mod:`minigrad.printing`, ``pp`` in :mod:`minigrad.formula`, ``to_dot`` in
+:mod:`minigrad.dot`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from minigrad.graph import Constant, Variable
-from minigrad.types import RowSparseType
-from minigrad.variables import SharedVariable
-
-
-def _roots(obj):
-    from minigrad.compile import Function
-
-    if isinstance(obj, Function):
-        return obj.graph_outputs + obj.graph_updates, (
-            [f"output {i}" for i in range(len(obj.graph_outputs))]
-            + [f"update {t.name or t}" for t, _ in obj.updates]
-        )
-    if isinstance(obj, Variable):
-        return [obj], [None]
-    objs = list(obj)
-    return objs, [None] * len(objs)
-
-
-def _leaf_label(var):
-    if isinstance(var, SharedVariable):
-        return f"shared {var.name or ''}".strip()
-    if isinstance(var, Constant):
-        data = np.asarray(var.data)
-        shown = np.array2string(data, threshold=6) if data.size <= 6 else f"array{data.shape}"
-        return f"constant {shown}"
-    return f"input {var.name or ''}".strip()
-
-
-def _type_label(var):
-    mark = "  <- row-sparse" if isinstance(var.type, RowSparseType) else ""
-    return f"{var.type}{mark}"
-
-
-def debugprint(obj, file=None, print_=True, depth=None):
-    """Print (and return) the graph of a variable, a list of them or a compiled function.
-
-    ``depth`` limits how many levels below each root are shown (``...`` marks the cut).
-    """
-    roots, titles = _roots(obj)
-    ids, lines = {}, []
-
-    def ident(var):
-        return ids.setdefault(var, f"#{len(ids)}")
-
-    def walk(var, level):
-        pad = "  " * level + ("|" if level else "")
-        if depth is not None and level > depth:
-            lines.append(f"{pad}...")
-            return
-        if var.owner is None:
-            lines.append(f"{pad}{_leaf_label(var)} {ident(var)} : {_type_label(var)}")
-            return
-        seen = var in ids
-        name = f" '{var.name}'" if var.name else ""
-        out = f".{var.index}" if len(var.owner.outputs) > 1 else ""
-        lines.append(f"{pad}{var.owner.op}{out}{name} {ident(var)} : {_type_label(var)}")
-        if seen:
-            lines[-1] += "  (see above)"
-            return
-        for inp in var.owner.inputs:
-            walk(inp, level + 1)
-
-    for root, title in zip(roots, titles):
-        if title:
-            lines.append(f"[{title}]")
-        walk(root, 0)
-    text = "\n".join(lines)
-    if print_:
-        print(text, file=file)
-    return text
-
-
-def to_dot(obj, path=None):
-    """Graphviz DOT source for the graph; renders ``path`` (.png/.svg) if graphviz exists."""
-    roots, _ = _roots(obj)
-    from minigrad.graph import ancestors
-
-    variables = ancestors(roots)
-    ids = {v: f"v{i}" for i, v in enumerate(variables)}
-    nodes = {}
-    out = ["digraph minigrad {", "  rankdir=BT;", '  node [fontname="Helvetica"];']
-    for var in variables:
-        color = ', color="red"' if isinstance(var.type, RowSparseType) else ""
-        label = (var.name + "\\n" if var.name else "") + str(var.type)
-        if var.owner is None:
-            label = _leaf_label(var).replace('"', "'") + "\\n" + str(var.type)
-        shape = "box" if var.owner is None else "ellipse"
-        out.append(f'  {ids[var]} [label="{label}", shape={shape}{color}];')
-        if var.owner is not None and var.owner not in nodes:
-            node_id = nodes[var.owner] = f"n{len(nodes)}"
-            op_label = str(var.owner.op).replace('"', "'")
-            out.append(f'  {node_id} [label="{op_label}", shape=record, style=filled, '
-                       'fillcolor="lightgrey"];')
-            for inp in var.owner.inputs:
-                out.append(f"  {ids[inp]} -> {node_id};")
-        if var.owner is not None:
-            out.append(f"  {nodes[var.owner]} -> {ids[var]};")
-    out.append("}")
-    text = "\n".join(out)
-    if path is not None:
-        _render(text, path)
-    return text
-
-
-def _render(text, path):
-    import shutil
-    import subprocess
-
-    fmt = str(path).rsplit(".", 1)[-1]
-    if shutil.which("dot") is None:
-        raise RuntimeError("rendering needs the Graphviz 'dot' program (apt install graphviz)")
-    subprocess.run(["dot", f"-T{fmt}", "-o", str(path)], input=text.encode(), check=True)
+from minigrad.dot import to_dot  # noqa: F401  (re-exported)
+from minigrad.formula import pp  # noqa: F401
+from minigrad.printing import debugprint  # noqa: F401
 
 
 def verify_grad(fn, points, rng=None, eps=None, tol=None, n_directions=3):

@@ -213,11 +213,32 @@ def toposort(outputs, blockers=()):
 def clone_replace(outputs, replace=None):
     """Copy the graph of ``outputs``, substituting variables as ``replace`` says.
 
-    Returns the new outputs. Leaves are kept (shared variables stay the same objects);
-    every Apply above a replaced variable is rebuilt with ``op.make_node`` so types are
-    re-checked.
+    ``outputs`` is a variable or a list of them (the result has the same structure);
+    ``replace`` a dict or a list of ``(old, new)`` pairs. Returns the new outputs. Leaves
+    are kept (shared variables stay the same objects); every Apply above a replaced
+    variable is rebuilt with ``op.make_node`` so types are re-checked.
     """
-    memo = dict(replace or {})
+    if isinstance(outputs, Variable):
+        return clone_replace([outputs], replace)[0]
+    outputs = list(outputs)
+    for out in outputs:
+        if not isinstance(out, Variable):
+            raise TypeError(f"clone_replace: outputs must be variables, got {type(out).__name__}")
+    pairs = replace.items() if isinstance(replace, dict) else list(replace or ())
+    memo = {}
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError("clone_replace: replace must be a dict {old: new} or a list of "
+                            f"(old, new) pairs, got an entry {pair!r}")
+        old, new = pair
+        if not isinstance(old, Variable):
+            raise TypeError(f"clone_replace: a key of replace is a {type(old).__name__}, "
+                            "not a variable of the graph")
+        if not isinstance(new, Variable):
+            from minigrad.variables import as_variable
+
+            new = as_variable(new)  # numbers and arrays become constants
+        memo[old] = new
     for node in toposort(outputs, blockers=list(memo)):
         new_inputs = [memo.get(v, v) for v in node.inputs]
         if all(a is b for a, b in zip(new_inputs, node.inputs)):

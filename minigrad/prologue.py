@@ -2,12 +2,11 @@
 
 The graph knows which input indexes which table: a ``Take(table, idx)`` node whose ``idx``
 is a declared input and whose ``table`` is a shared variable (possibly read through an
-exact-mode catch-up) needs ``0 <= idx < rows(table)``; a ``PickColumns(logits, labels)``
+exact-mode ``CatchUpAll``) needs ``0 <= idx < rows(table)``; a ``PickColumns(logits, labels)``
 (cross-entropy) needs ``0 <= labels < columns(logits)``, and the number of columns of the
 logits is usually known from a shared weight matrix (``r @ W + c``). The prologue computes
 ``min`` and ``max`` of each such input once per call, compares them with every bound, and
-raises the same ``IndexError`` the node would have raised, but *before* any node ran (so an
-exact-mode catch-up never runs on a call that then fails on a bad label).
+raises the same ``IndexError`` the node would have raised, but *before* any node ran.
 
 Nodes whose index the prologue checked get ``node.index_checked = True`` (the compiled
 graph's nodes are the compiler's own copies), and backends skip their own range check for
@@ -20,8 +19,7 @@ from minigrad.variables import SharedVariable
 
 def _param_of(var):
     """The shared variable whose rows ``var`` holds (through catch-up nodes), or ``None``."""
-    while var.owner is not None and type(var.owner.op).__name__ in ("CatchUpRows",
-                                                                    "CatchUpAll"):
+    while var.owner is not None and type(var.owner.op).__name__ == "CatchUpAll":
         var = var.owner.inputs[0]
     return var if isinstance(var, SharedVariable) else None
 
@@ -61,8 +59,8 @@ def _dim(var, axis, depth=0):
     if isinstance(node.op, MatMul) and axis == var.ndim - 1 and node.inputs[1].ndim >= 2:
         b = node.inputs[1]
         return _dim(b, b.ndim - 1, depth + 1)
-    if isinstance(node.op, Take):
-        table, idx = node.inputs
+    if isinstance(node.op, Take) or type(node.op).__name__ == "FreshTake":
+        table, idx = node.inputs[0], node.inputs[-1]  # FreshTake(param, ..., idx)
         if axis >= idx.ndim:
             return _dim(table, axis - idx.ndim + 1, depth + 1)
     return None

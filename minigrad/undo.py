@@ -1,64 +1,47 @@
-"""Early writes, declared: the rows an exact-mode catch-up rewrites before the step is safe.
+"""Early writes, declared: the tables an exact-mode catch-up rewrites before the step is safe.
 
 An exact-mode optimizer keeps a row's stored value behind while the row is not touched and
-catches it up when it is next read (``CatchUpRows`` before a gather, ``CatchUpAll`` before
-a dense read; ``minigrad/optim/ops.py``). The forward pass needs the caught-up values, so
-these nodes run in the *safe* phase and write the parameter, its state and its ``last``
-array there. Logically nothing changed (the parameter "is" its caught-up value), but the
-bits did, and a call that fails later (a NaN caught by ``nan_guard``, an error in another
-node) must leave every table bitwise as it was.
+catches it up when it is next read (``minigrad/optim/ops.py``). A gather reads through
+``FreshTake``, which catches up a *copy* of the gathered rows and writes nothing; a dense
+read goes through ``CatchUpAll``, which brings every row of the table, its state and its
+``last`` array up to date *in place*, in the safe phase. Logically nothing changed (the
+parameter "is" its caught-up value), but the bits did, and a call that fails later (a NaN
+caught by ``nan_guard``, an error in another node, a non-finite update undone by the update
+guard) must leave every table bitwise as it was.
 
-So the compiler treats them as declared early writers: before such a node runs, the rows
-it is about to rewrite are copied into the call's undo log (the unique gathered rows; all
-rows for ``CatchUpAll``, which is O(table) work anyway), and a call that does not complete
-its safe phase writes them back. A successful call drops the log.
+So the compiler treats such nodes as declared early writers: before one runs, the tables it
+is about to rewrite are copied into the call's undo log (O(table), like the catch-up
+itself, and only when rows are pending), and a call that does not complete writes them
+back. A successful call drops the log. Ops that write nothing (``FreshTake``) need nothing.
 """
 from __future__ import annotations
 
-import numpy as np
 
+def _catch_up_all():
+    from minigrad.optim.ops import CatchUpAll
 
-def _catch_up_classes():
-    from minigrad.optim.ops import CatchUpAll, CatchUpRows
-
-    return CatchUpRows, CatchUpAll
+    return CatchUpAll
 
 
 def writes_early(node):
-    """Whether ``node`` writes its input tables in the safe phase (a catch-up node)."""
-    return isinstance(node.op, _catch_up_classes())
+    """Whether ``node`` writes its input tables in the safe phase (``CatchUpAll``)."""
+    return isinstance(node.op, _catch_up_all())
 
 
 def logged(node, thunk, log):
-    """``thunk`` preceded by saving the rows it will rewrite into ``log`` (a list)."""
-    CatchUpRows, CatchUpAll = _catch_up_classes()
-    if isinstance(node.op, CatchUpAll):
-        def save_all(inputs):
-            tables, t_new = inputs[:-1], int(inputs[-1])
-            last = tables[-1]
-            if t_new > 1 and int(last.min()) < t_new - 1:  # something will be written
-                for table in tables:
-                    log.append((table, None, table.copy()))
-            return thunk(inputs)
+    """``thunk`` preceded by saving the tables it will rewrite into ``log`` (a list)."""
+    if not isinstance(node.op, _catch_up_all()):
+        return thunk
 
-        return save_all
-    if isinstance(node.op, CatchUpRows):
-        def save_rows(inputs):
-            tables, t_new, idx = inputs[:-2], int(inputs[-2]), inputs[-1]
-            if t_new > 1:
-                from minigrad.types import array_module
+    def save_tables(inputs):
+        tables, t = inputs[:-1], int(inputs[-1])
+        last = tables[-1]
+        if t >= 1 and int(last.min()) < t:  # rows are pending: the node will write
+            for table in tables:
+                log.append((table, None, table.copy()))
+        return thunk(inputs)
 
-                xp = array_module(tables[0])
-                rows = xp.unique(xp.asarray(idx).reshape(-1))
-                n = tables[0].shape[0]
-                if rows.shape[0] and (int(rows[0]) >= 0 and int(rows[-1]) < n):
-                    rows = rows.astype(np.int64, copy=False)
-                    for table in tables:
-                        log.append((table, rows, table[rows]))
-            return thunk(inputs)
-
-        return save_rows
-    return thunk
+    return save_tables
 
 
 def roll_back(log):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MINE = ("embedding", "fm_noise", "text")  # always present; others are checked if present
+MINE = ("embedding", "triplet", "fm_noise", "text")  # always present; others if present
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,30 @@ def smoke(tmp_path_factory):
     return proc, out
 
 
-def test_smoke_run_succeeds_and_prints_one_table(smoke):
+def test_smoke_run_succeeds_and_prints_one_table_per_module(smoke):
     proc, _ = smoke
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "bench" in proc.stdout and "median" in proc.stdout
+    assert "median" in proc.stdout
     for name in MINE:
-        assert f"\n{name} " in proc.stdout
+        assert f"\n== {name} (" in proc.stdout
+    too_wide = [line for line in proc.stdout.splitlines() if len(line) > 100]
+    assert not too_wide, too_wide[:3]
+    # stderr is a pipe here, not a terminal: no progress bars (carriage returns) in it
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr
+
+
+def test_report_md_has_every_table_and_plot(smoke):
+    _, out = smoke
+    report = json.loads((out / "results.json").read_text())
+    text = (out / "REPORT.md").read_text()
+    for name in report["tables"]:
+        assert f"\n## {name}\n" in text
+        assert name in report["load"] and "load_before" in report["load"][name]
+    for name in MINE:
+        assert "| case | system | median |" in text.split(f"## {name}\n", 1)[1]
+    for plot in report["plots"]:
+        assert f"]({Path(plot).name})" in text
+    assert "BUSY MACHINE" in text or "quiet machine" in text
 
 
 def test_results_json_schema(smoke):
@@ -55,10 +73,18 @@ def test_results_json_schema(smoke):
                     "compile_s", "first_step_s"):
             assert key in row
         assert row["min_s"] <= row["median_s"] <= row["max_s"]
-    for row in report["benchmarks"]["fm_noise"]["rows"]:
-        assert len(row["precision_per_epoch_mean"]) >= 1
-        assert 0 <= row["best_precision_mean"] <= 1 and row["seeds"] >= 2
-    assert report["benchmarks"]["fm_noise"]["conclusion"]
+    fm_rows = report["benchmarks"]["fm_noise"]["rows"]
+    assert {r["optimizer"] for r in fm_rows} == {"SGD", "Momentum", "Adam"}
+    assert {r["eta"] for r in fm_rows} == {0.0, 0.01, 0.3, 1.0}
+    for row in fm_rows:
+        for key in ("train_precision", "test_precision", "train_accuracy", "test_accuracy"):
+            assert len(row[f"{key}_per_epoch_mean"]) >= 1
+        assert 0 <= row["best_test_precision_mean"] <= 1 and row["seeds"] >= 2
+        assert len(row["epochs_to_train_precision_1"]) == row["seeds"]
+    conclusion = report["benchmarks"]["fm_noise"]["conclusion"]
+    assert len(conclusion) == 3 and all("REPRODUCES" in c or "NOT" in c for c in conclusion)
+    movies = report["benchmarks"]["fm_noise"]["fixed_movies"]["movies"]
+    assert len(movies) == 20 and {m["group"] for m in movies} == {"liked", "mixed", "disliked"}
     for row in report["benchmarks"]["text"]["rows"]:
         assert 0 <= row["macro_f1"] <= 1 and row["recall"]
 
@@ -70,6 +96,7 @@ def test_plots_written_when_matplotlib_is_installed(smoke):
         assert not report["plots"]
         pytest.skip("matplotlib not installed: plots are skipped with a note")
     names = {Path(p).name for p in report["plots"]}
-    assert {"embedding_step_time.png", "fm_noise_precision.png", "text_recall.png"} <= names
+    assert {"embedding_step_time.png", "fm_noise_precision.png", "fm_noise_movies.png",
+            "text_recall.png", "triplet_step_time.png"} <= names
     for p in report["plots"]:
         assert Path(p).stat().st_size > 1000

@@ -123,7 +123,7 @@ def test_two_workers_train_as_well_as_one(ratings, no_leak):
         assert len(res.losses) == n and all(len(w) > 10 for w in res.losses)
         assert sum(res.samples) == 3 * ratings[0].shape[0]  # "shard": epochs = data passes
         assert res.samples_per_s > 0 and res.wall_s > 0
-        assert res.dense_writeback == ["fm_b"]  # SGD's dense rule: only the bias is copied
+        assert res.dense_writeback == []  # every optimizer rule updates in place (fused kernel)
         losses[n] = full_loss(model, ratings)  # the trained values came back
     assert len(no_leak) == 4
     start = full_loss(fm(ratings), ratings)
@@ -171,10 +171,8 @@ def test_exception_in_step(ratings, no_leak, start_method):
     model = fm(ratings)
     snapshot = [p.get_value() for p in model.params]
     step = Faulty(functools.partial(make_fm_step, model, 0.1, "numpy"), "raise")
-    t0 = time.perf_counter()
     with pytest.raises(mg.parallel.WorkerError, match="worker 1 raised") as info:
         run(model, ratings, step, epochs=50, start_method=start_method)
-    assert time.perf_counter() - t0 < 15  # spawn start-up included
     err = info.value
     assert err.rank == 1 and err.exitcode == 1
     assert "ValueError: boom in the step" in err.worker_traceback
@@ -183,20 +181,22 @@ def test_exception_in_step(ratings, no_leak, start_method):
     assert mp.active_children() == []
 
 
-def _timed_failure(model, ratings, step, expected, **kw):
-    t0 = time.perf_counter()
+def _failure(model, ratings, step, expected, **kw):
+    """The error of a run that must fail. How fast failures arrive is measured in
+    ``benchmarks/`` and bounded (hard timeouts, no hang) in ``test_faults.py``: wall-clock
+    assertions here would flake on a loaded machine."""
     with pytest.raises(expected) as info:
         run(model, ratings, step, epochs=200, start_method="fork", **kw)
-    return info.value, time.perf_counter() - t0
+    return info.value
 
 
 def test_sigkill_of_a_worker(ratings, no_leak):
     model = fm(ratings)
     snapshot = [p.get_value() for p in model.params]
     step = Faulty(functools.partial(make_fm_step, model, 0.1, "numpy"), "kill", after=20)
-    err, elapsed = _timed_failure(model, ratings, step, mg.parallel.WorkerError)
+    err = _failure(model, ratings, step, mg.parallel.WorkerError)
     assert err.rank == 1 and err.exitcode == -signal.SIGKILL
-    assert "SIGKILL" in str(err) and elapsed < 5
+    assert "SIGKILL" in str(err)
     assert_untouched(model, snapshot)
     assert mp.active_children() == []
 
@@ -205,10 +205,10 @@ def test_hang_past_worker_timeout(ratings, no_leak):
     model = fm(ratings)
     snapshot = [p.get_value() for p in model.params]
     step = Faulty(functools.partial(make_fm_step, model, 0.1, "numpy"), "hang", rank=0)
-    err, elapsed = _timed_failure(model, ratings, step, mg.parallel.WorkerError,
-                                  worker_timeout=1.0)
+    err = _failure(model, ratings, step, mg.parallel.WorkerError, worker_timeout=1.0,
+                   startup_timeout=60.0)  # start-up is slow on a loaded box
     assert err.rank == 0 and "hung" in str(err) and err.exitcode is None
-    assert elapsed < 1.0 + 5
+    assert "made no progress for worker_timeout=1.0 s" in str(err)
     assert_untouched(model, snapshot)
     assert mp.active_children() == []
 
@@ -225,8 +225,7 @@ def test_ctrl_c_stops_all_workers(ratings, no_leak):
 
     threading.Thread(target=press_ctrl_c, daemon=True).start()
     step = functools.partial(make_fm_step, model, 0.1, "numpy")
-    _, elapsed = _timed_failure(model, ratings, step, KeyboardInterrupt)
-    assert elapsed < 1.0 + 5
+    _failure(model, ratings, step, KeyboardInterrupt)
     assert_untouched(model, snapshot)
     assert mp.active_children() == []
 

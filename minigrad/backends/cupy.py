@@ -484,3 +484,4 @@ def _rs_reduce_columns(op: rowsparse.RowSparseReduceColumns, node):
                           rs._coalesced),)
 
     return thunk
+from minigrad.backends import cupy_fused  # noqa: E402,F401  (fused Ops on the device)

@@ -228,7 +228,7 @@ _optimizer_ops_registered = False
 def _register_optimizer_ops():
     """Registered on first use: ``minigrad.optim.ops`` imports this module while it loads."""
     global _optimizer_ops_registered
-    from minigrad.optim.ops import CatchUpAll, CatchUpRows, PrepareRows, RowUpdate
+    from minigrad.optim.ops import CatchUpAll, FreshTake, PrepareRows, RowUpdate
 
     _optimizer_ops_registered = True
 
@@ -238,7 +238,7 @@ def _register_optimizer_ops():
         return lambda inputs: op.run(cpu, inputs)
 
     @impl.register(CatchUpAll)
-    @impl.register(CatchUpRows)
+    @impl.register(FreshTake)
     def _catch_up(op, node):
         cpu = kernels()
         return lambda inputs: op.run(cpu, node, inputs)
@@ -260,3 +260,6 @@ def _register_optimizer_ops():
 
         return thunk
 
+
+
+from minigrad.backends import numba_fused  # noqa: E402,F401  (fused Ops, fusion rewrites)

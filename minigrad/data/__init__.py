@@ -13,7 +13,7 @@ be used and tested on its own.
 """
 
 from .batching import batches, train_test_split
-from .loaders import DATASETS, LabeledText, load
+from .loaders import DATASETS, LabeledText, load, movielens_titles
 from .synthetic import Documents, Ratings, synthetic_documents, synthetic_ratings
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Ratings",
     "batches",
     "load",
+    "movielens_titles",
     "synthetic_documents",
     "synthetic_ratings",
     "train_test_split",

@@ -50,7 +50,8 @@ import scipy.sparse as sp
 
 from .synthetic import Ratings
 
-__all__ = ["DATASETS", "LabeledText", "load", "tokenize", "build_vocab", "encode_texts"]
+__all__ = ["DATASETS", "LabeledText", "load", "tokenize", "build_vocab", "encode_texts",
+           "movielens_titles"]
 
 DATASETS = ("movielens", "trump_tweets", "food_reviews", "food_reviews_test")
 EXTRA_HINT = "pip install 'minigrad[data]'"
@@ -126,6 +127,24 @@ def _load_movielens() -> Ratings:
     _, item = np.unique(df["movieId"].to_numpy(), return_inverse=True)
     rating = df["rating"].to_numpy(dtype=np.float64)
     return ratings_from_indices(user.astype(np.int64), item.astype(np.int64), rating, 4.0)
+
+
+def movielens_titles() -> tuple:
+    """Title (with year) of each MovieLens item, indexed like ``load("movielens").item``.
+
+    Items are numbered by sorted ``movieId``, exactly as :func:`load` numbers them, so
+    ``movielens_titles()[r.item[i]]`` is the movie rated in row ``i``.
+    """
+    return _movielens_titles()
+
+
+@functools.lru_cache(maxsize=1)
+def _movielens_titles() -> tuple:
+    df = _frame("dslabs", "movielens")
+    ids, first = np.unique(df["movieId"].to_numpy(), return_index=True)
+    titles = df["title"].astype(str).to_numpy()[first]
+    years = df["year"].to_numpy()[first]
+    return tuple(f"{t} ({int(y)})" if y == y else t for t, y in zip(titles, years))
 
 
 def ratings_from_indices(user, item, rating, like_threshold: float) -> Ratings:

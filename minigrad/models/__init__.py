@@ -12,11 +12,14 @@ from minigrad.models.masked_embedding import (
     bag_of_words,
     log_inverse_frequency,
 )
+from minigrad.models.triplet import TripletEmbedding, triplets_from_classes
 
 __all__ = [
     "BagOfWords",
     "FactorizationMachine",
     "MaskedEmbeddingClassifier",
+    "TripletEmbedding",
     "bag_of_words",
     "log_inverse_frequency",
+    "triplets_from_classes",
 ]

@@ -1,135 +1,66 @@
-"""Masked-embedding text classifier (neural bag of words with learned word weights).
+"""Masked-embedding text classifier (neural bag of words with learned word importance).
 
-Document vector ``r = sum_w E[w] * M[w] * mask_w`` over the real tokens of a padded
-``(batch, length)`` token matrix, ``M`` initialised to ones (Sheikh et al., "Learning
-word importance with the neural bag-of-words model", arXiv 1612.03969), then a linear
-layer and a softmax.
+Document vector ``r = sum_w mask_w * E[w] * M[w]`` (element-wise product) over the real
+tokens of a padded ``(batch, length)`` token matrix, then a linear layer and a softmax.
+``E`` and ``M`` both have shape ``(vocab, dim)`` and ``M`` starts at ones: the model
+learns a weight for every *dimension* of every word (the seed's model, after Sheikh et
+al., "Learning word importance with the neural bag-of-words model", arXiv 1612.03969).
+``mask_kind="per_word"`` offers the cheaper variant with one scalar weight per word
+(``M`` of shape ``(vocab, 1)``); it is an option, never the default.
 
-How padding is kept out of the gradient: :class:`BagOfWords` (a non-differentiable
-structural op) turns ``(tokens, mask)`` into a CSR ``(batch, vocab)`` matrix holding one
-entry per *real* token (mask != 0) with the mask value as its weight; then
-``r = S @ (E[cols] * M[cols])`` with ``cols`` the stored columns of ``S`` (what
-``mg.sparse.dot(S, E * M)`` computes after the core pushes the gather through ``E * M``;
-the gathers are written out so that ``M``'s broadcast axis (vocab, 1) is reduced on the
-gathered rows). Only the rows of the real tokens are read, and the gradients of ``E``
-and ``M`` are row-sparse over those rows only: padding positions contribute no index at
-all (not even a zero row), so gradient noise or weight decay applied "to the touched
-rows" never moves them.
+How padding is kept out of the gradient: :class:`~minigrad.ops.bag.BagOfWords` (a
+non-differentiable structural op) turns ``(tokens, mask)`` into a CSR ``(batch, vocab)``
+matrix ``S`` holding one entry per *real* token (mask != 0) with the mask value as its
+weight; then ``r = S @ (E[cols] * M[cols])`` with ``cols`` the stored columns of ``S``
+(per dimension), or ``mg.sparse.dot(S, E, scale=M)`` (per word: one weighted pass). Only
+the rows of the real tokens are read, and the gradients of ``E`` and ``M`` are row-sparse
+over those rows only: padding positions contribute no index at all (not even a zero row),
+so gradient noise or weight decay applied "to the touched rows" never moves them.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-import scipy.sparse as sp
 
 import minigrad as mg
-from minigrad.graph import Apply, Op
+from minigrad.ops.bag import BagOfWords, bag_of_words
 from minigrad.ops.sparse import CSRColumns, CSRGatheredDot
-from minigrad.types import INT_KINDS, CSRType
-from minigrad.variables import as_variable
 
+__all__ = ["BagOfWords", "MaskedEmbeddingClassifier", "bag_of_words", "log_inverse_frequency",
+           "MASK_KINDS"]
 
-class BagOfWords(Op):
-    """``(tokens, mask, table) -> CSR (batch, table rows)``: one entry per real token.
-
-    ``table`` is read for its row count only (``shape_only_inputs``). Validates, before
-    anything runs that could change state: ``mask`` has the shape of ``tokens``
-    (``ValueError``) and every real token is a valid row (``IndexError``). Entries whose
-    mask is 0 are dropped, whatever their token id. No gradient (structure only).
-    """
-
-    __props__ = ("dtype",)
-    shape_only_inputs = (2,)
-
-    def __init__(self, dtype):
-        self.dtype = np.dtype(dtype).name
-
-    def make_node(self, tokens, mask, table):
-        tokens, mask, table = (as_variable(v) for v in (tokens, mask, table))
-        if tokens.ndim != 2 or np.dtype(tokens.dtype).kind not in INT_KINDS:
-            raise TypeError(f"tokens must be an integer matrix (batch, length), got {tokens.type}")
-        if mask.ndim != 2:
-            raise TypeError(f"mask must be a matrix (batch, length), got {mask.type}")
-        return Apply(self, [tokens, mask, table], [CSRType(self.dtype, table.type.shape[0])])
-
-    def perform(self, node, inputs):
-        tokens, mask, table = inputs
-        names = [v.name or default for v, default in zip(node.inputs, ("tokens", "mask"))]
-        if mask.shape != tokens.shape:
-            raise ValueError(
-                f"{names[1]!r} has shape {mask.shape} but {names[0]!r} has shape "
-                f"{tokens.shape}; they must match"
-            )
-        # array-module generic: the same code runs on NumPy and, in backend="cupy", on CuPy
-        xp, sparse = _array_modules(tokens)
-        n_rows = np.shape(table)[0]
-        keep = mask != 0
-        cols = tokens[keep]
-        if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= n_rows):
-            bad = int(cols.min()) if int(cols.min()) < 0 else int(cols.max())
-            raise IndexError(
-                f"{names[0]!r}: token id {bad} is out of range for a vocabulary of "
-                f"{n_rows} (valid: 0..{n_rows - 1})"
-            )
-        index_dtype = np.int64 if xp is np else np.int32  # cupyx CSR takes int32 indices
-        indptr = xp.zeros(tokens.shape[0] + 1, dtype=index_dtype)
-        indptr[1:] = xp.cumsum(keep.sum(axis=1))
-        data = mask[keep].astype(self.dtype, copy=False)
-        out = sparse.csr_matrix((data, cols.astype(index_dtype, copy=False), indptr),
-                                shape=(tokens.shape[0], n_rows))
-        return (out,)
-
-    def grad(self, inputs, outputs, output_grads):
-        return [None, None, None]
-
-
-def _array_modules(x):
-    """``(numpy, scipy.sparse)`` for host arrays, ``(cupy, cupyx.scipy.sparse)`` on a GPU."""
-    from minigrad.types import array_module
-
-    xp = array_module(x)
-    if xp is np:
-        return np, sp
-    import cupyx.scipy.sparse as cupy_sparse
-
-    return xp, cupy_sparse
-
-
-def _register_cupy():
-    """Run ``BagOfWords`` on the device in ``backend="cupy"`` (its perform is generic)."""
-    from minigrad.backends.cupy import device_generic
-
-    device_generic(BagOfWords)
-
-
-_register_cupy()
-
-
-def bag_of_words(tokens, mask, table, dtype=None):
-    """Symbolic CSR bag of the real tokens (see :class:`BagOfWords`)."""
-    return BagOfWords(dtype or table.dtype)(tokens, mask, table)
+MASK_KINDS = ("per_dimension", "per_word")
 
 
 class MaskedEmbeddingClassifier:
     """``softmax(W^T (sum_w E[w] * M[w]) + c)`` over the real tokens of each document.
 
-    Parameters (``.params``): ``E`` (vocab, dim) ~ N(0, init_std^2), ``M`` (vocab, 1)
-    ones (one learned importance per word; ``vector_mask=True`` gives (vocab, dim)),
-    ``W`` (dim, n_classes) Glorot-uniform and ``c`` (n_classes,) zeros. ``E`` and ``M``
-    get row-sparse gradients. Holds only shared variables and numbers: picklable.
+    Parameters (``.params``): ``E`` (vocab, dim) ~ N(0, init_std^2); ``M`` ones, of shape
+    (vocab, dim) with ``mask_kind="per_dimension"`` (the default: one weight per word and
+    dimension) or (vocab, 1) with ``mask_kind="per_word"`` (one scalar importance per
+    word); ``W`` (dim, n_classes) Glorot-uniform and ``c`` (n_classes,) zeros. ``E`` and
+    ``M`` get row-sparse gradients. Holds only shared variables and numbers: picklable.
+
+    ``vector_mask`` is the deprecated spelling of the same choice (``True`` = per
+    dimension, ``False`` = per word); it warns and may not contradict ``mask_kind``.
     """
 
     def __init__(self, vocab_size, dim, n_classes, seed=0, dtype=None, init_std=0.1,
-                 vector_mask=False):
+                 mask_kind=None, vector_mask=None):
         if vocab_size < 1 or dim < 1 or n_classes < 2:
             raise ValueError(
                 f"need vocab_size >= 1, dim >= 1, n_classes >= 2; got {vocab_size}, {dim}, "
                 f"{n_classes}"
             )
+        mask_kind = _resolve_mask_kind(mask_kind, vector_mask)
         dtype = np.dtype(dtype or mg.config.floatX)
         rng = np.random.default_rng(seed)
         self.vocab_size, self.dim, self.n_classes = int(vocab_size), int(dim), int(n_classes)
+        self.mask_kind = mask_kind
         self.E = mg.shared(normal_table(rng, (vocab_size, dim), init_std, dtype), name="E")
-        self.M = mg.shared(np.ones((vocab_size, dim if vector_mask else 1), dtype), name="M")
+        mask_width = dim if mask_kind == "per_dimension" else 1
+        self.M = mg.shared(np.ones((vocab_size, mask_width), dtype), name="M")
         limit = np.sqrt(6.0 / (dim + n_classes))
         self.W = mg.shared(rng.uniform(-limit, limit, (dim, n_classes)).astype(dtype), name="W")
         self.c = mg.shared(np.zeros(n_classes, dtype), name="c")
@@ -141,11 +72,13 @@ class MaskedEmbeddingClassifier:
     def document_vectors(self, tokens, mask):
         """``r``: (batch, dim) sum of the masked, weighted word vectors.
 
-        With one weight per word, ``r = bag @ (M * E)`` is ``mg.sparse.dot(bag, E,
-        scale=M)``: one weighted pass over the gathered rows, never the products.
+        Per dimension: the rows of ``E`` and ``M`` for the stored tokens are gathered,
+        multiplied and summed per document (``E * M`` is never formed for the whole
+        vocabulary). Per word: ``r = bag @ (M * E)`` is ``mg.sparse.dot(bag, E, scale=M)``,
+        one weighted pass over the gathered rows.
         """
         bag = bag_of_words(tokens, mask, self.E)
-        if self.M.type.shape[1] == 1:
+        if self.mask_kind == "per_word":
             return mg.sparse.dot(bag, self.E, scale=self.M)
         cols = CSRColumns()(bag, self.E)
         return CSRGatheredDot()(bag, self.E[cols] * self.M[cols])
@@ -170,6 +103,22 @@ class MaskedEmbeddingClassifier:
             if not isinstance(weights, mg.Variable):
                 weights = mg.constant(np.asarray(weights, dtype=self.E.dtype))
         return mg.nn.cross_entropy(self.logits(tokens, mask), labels, weights)
+
+
+def _resolve_mask_kind(mask_kind, vector_mask):
+    """``mask_kind`` from the new argument and the deprecated ``vector_mask`` flag."""
+    if vector_mask is not None:
+        warnings.warn("MaskedEmbeddingClassifier(vector_mask=...) is deprecated; use "
+                      "mask_kind='per_dimension' (the default) or mask_kind='per_word'",
+                      DeprecationWarning, stacklevel=3)
+        implied = "per_dimension" if vector_mask else "per_word"
+        if mask_kind is not None and mask_kind != implied:
+            raise ValueError(f"vector_mask={vector_mask!r} contradicts mask_kind={mask_kind!r}")
+        mask_kind = implied
+    mask_kind = "per_dimension" if mask_kind is None else mask_kind
+    if mask_kind not in MASK_KINDS:
+        raise ValueError(f"mask_kind must be one of {MASK_KINDS}, got {mask_kind!r}")
+    return mask_kind
 
 
 def normal_table(rng, shape, std, dtype):

@@ -41,6 +41,19 @@ def _broadcast_static(shapes):
     return tuple(out)
 
 
+def broadcast_error(op, variables, shapes, when):
+    """A broadcast failure naming the variables, their shapes, the op, and what to do."""
+    from minigrad.naming import describe
+
+    shown = ", ".join(f"{describe(v)} of shape {tuple('?' if n is None else n for n in s)}"
+                      for v, s in zip(variables, shapes))
+    return ValueError(
+        f"{op}: cannot broadcast {shown} ({when}). NumPy broadcasting compares shapes from "
+        "the last axis: each pair of lengths must be equal or 1. Transpose (x.T), insert an "
+        "axis (x[:, None]) or reshape one operand, or check the data you fed"
+    )
+
+
 def _is_weak_scalar(var):
     """A rank-0 constant made from a Python number adopts the other operand's dtype."""
     return isinstance(var, TensorConstant) and var.ndim == 0 and var.tag.get("weak", False)
@@ -87,7 +100,11 @@ class Elemwise(Op):
         for x in inputs:
             if not isinstance(x.type, TensorType):
                 raise TypeError(f"{self.name}: expected dense tensors, got {x.type}")
-        shape = _broadcast_static([x.type.shape for x in inputs])
+        try:
+            shape = _broadcast_static([x.type.shape for x in inputs])
+        except ValueError:
+            raise broadcast_error(self, inputs, [x.type.shape for x in inputs],
+                                  "while building the graph") from None
         dtype = self.out_kind or result_dtype(inputs)
         if dtype == "float":
             dtype = result_dtype(inputs)
@@ -96,7 +113,19 @@ class Elemwise(Op):
         return Apply(self, inputs, [TensorType(dtype, shape)])
 
     def perform(self, node, inputs):
-        out = self.fn(*inputs)
+        try:
+            out = self.fn(*inputs)
+        except ValueError:
+            shapes = [np.shape(x) for x in inputs]
+            try:
+                np.broadcast_shapes(*shapes)
+            except ValueError:
+                from minigrad.naming import describe
+
+                raise broadcast_error(self, node.inputs, shapes,
+                                      f"in {describe(node.outputs[0])}, with the values fed"
+                                      ) from None
+            raise
         return (np.asarray(out, dtype=node.outputs[0].dtype),)
 
     def grad(self, inputs, outputs, output_grads):
@@ -199,7 +228,11 @@ class Where(Op):
 
     def make_node(self, cond, a, b):
         cond, a, b = as_variable(cond), as_variable(a), as_variable(b)
-        shape = _broadcast_static([cond.type.shape, a.type.shape, b.type.shape])
+        try:
+            shape = _broadcast_static([cond.type.shape, a.type.shape, b.type.shape])
+        except ValueError:
+            raise broadcast_error("where", [cond, a, b], [v.type.shape for v in (cond, a, b)],
+                                  "while building the graph") from None
         return Apply(self, [cond, a, b], [TensorType(result_dtype([a, b]), shape)])
 
     def perform(self, node, inputs):

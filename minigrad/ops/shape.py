@@ -337,4 +337,8 @@ class SubtensorGrad(Op):
 
 
 def subtensor(x, key):
+    from minigrad.ops.dynamic_slice import dynamic_subtensor, has_symbolic_bounds
+
+    if has_symbolic_bounds(key):  # X[i * B:(i + 1) * B] with i an integer scalar input
+        return dynamic_subtensor(x, key)
     return Subtensor(_freeze_key(key))(x)

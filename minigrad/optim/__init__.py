@@ -1,8 +1,9 @@
 """``mg.optim``: optimizers whose row-sparse updates cost O(rows touched).
 
-See ``docs/optimizers.md`` for the update formulas, the ``sparse="exact"`` catch-up and
-the ``"lazy"`` mode.
+See ``docs/optimizers.md`` for the update formulas, the ``sparse="exact"`` catch-up, the
+``"lazy"`` mode and the learning-rate schedules (``mg.optim.schedules``).
 """
+from minigrad.optim import schedules
 from minigrad.optim.adagrad import Adagrad
 from minigrad.optim.adam import Adam, AdamW
 from minigrad.optim.base import Optimizer
@@ -13,5 +14,5 @@ from minigrad.optim.transforms import ClipGradNorm, GradientNoise, clip_grad_nor
 
 __all__ = [
     "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Optimizer",
-    "GradientNoise", "ClipGradNorm", "clip_grad_norm",
+    "GradientNoise", "ClipGradNorm", "clip_grad_norm", "schedules",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from minigrad.graph import Apply, Op
-from minigrad.types import RowSparse, RowSparseType
+from minigrad.types import RowSparse, RowSparseType, TensorType
 
 
 def kernel_module(backend=None):
@@ -83,32 +83,34 @@ class PrepareRows(Op):
 
 
 class RowUpdate(Op):
-    """In-place fused update of the touched rows: ``kernel(param, *states, idx, g, t, last,
-    *hyper)`` from ``kernels``. Inputs: param, present states, [last], grad, t_new."""
+    """In-place fused update of the touched rows through ``ParamState.run`` (the rule's
+    kernel, hyperparameters by name). Inputs: param, present states, [last], grad, t_new,
+    hyper (``[lr, weight_decay]`` of this step, from ``StepHyper``)."""
 
-    __props__ = ("kernel", "layout", "present", "exact", "hyper")
+    __props__ = ("state", "exact")
 
-    def __init__(self, kernel, layout, present, exact, hyper):
-        self.kernel, self.layout, self.present = kernel, tuple(layout), tuple(present)
-        self.exact, self.hyper = bool(exact), tuple(hyper)
-        n = 1 + len(self.present) + self.exact
+    def __init__(self, state, exact):
+        self.state, self.exact = state, bool(exact)
+        n = 1 + len(state.states) + self.exact
         self.destroy_map = {i: i for i in range(n)}
 
     def make_node(self, param, *rest):
-        tables = [param, *rest[:-2]]
-        return Apply(self, [*tables, *rest[-2:]], [v.type for v in tables])
+        tables = [param, *rest[:-3]]
+        return Apply(self, [*tables, *rest[-3:]], [v.type for v in tables])
 
     def run(self, module, inputs):
-        tables, (grad, t) = inputs[:-2], inputs[-2:]
-        param, states = tables[0], dict(zip(self.present, tables[1:]))
-        last = tables[-1] if self.exact else None
-        fn = getattr(module, self.kernel)
-        fn(param, *[states.get(name) for name in self.layout], grad.indices, grad.values,
-           int(t), last, *self.hyper)
+        tables, (grad, t, hyper) = inputs[:-3], inputs[-3:]
+        hyper = np.asarray(_host(hyper), dtype=np.float64)
+        self.state.run(module, list(tables), grad.indices, grad.values, int(t),
+                       float(hyper[0]), float(hyper[1]), self.exact)
         return tuple(tables)
 
     def perform(self, node, inputs):
         return self.run(kernel_module("numpy"), inputs)
+
+
+def _host(a):
+    return a.get() if hasattr(a, "__cuda_array_interface__") else a
 
 
 def _register_numba():
@@ -162,24 +164,75 @@ def _register_cupy():
 _register_cupy()
 
 
-class CatchUpRows(Op):
-    """Bring the rows a forward gather is about to read up to date (exact mode).
+def _check_rows(node, rows, n_rows):
+    if rows.shape[0] and (int(rows[0]) < 0 or int(rows[-1]) >= n_rows):
+        bad = int(rows[0]) if int(rows[0]) < 0 else int(rows[-1])
+        raise IndexError(
+            f"index {node.inputs[-1].name or 'index'!r}: value {bad} is out of range for "
+            f"{node.inputs[0].name or 'the table'} with {n_rows} rows "
+            f"(valid: 0..{n_rows - 1})"
+        )
+
+
+class FreshTake(Op):
+    """``table[idx]`` as the dense optimizer would hold it: the gathered rows of an
+    exact-mode table, caught up to the table's current step.
 
     In exact mode a row's stored value lags while it is not touched; the optimizer applies
-    the skipped steps when the row next appears in a gradient. But the *forward* pass of
-    that step reads the row first. This node runs the rule's catch-up (the fused kernel
-    with no gradient) on the unique rows of ``idx`` up to step ``t_new - 1`` and returns the
-    parameter, so ``Take(CatchUpRows(...), idx)`` reads exactly what the dense optimizer
-    would hold. Catching up changes the representation, not the logical state (the
-    parameter "is" its caught-up value), so running it before a later error is harmless
-    and it runs in graph order rather than in the destructive phase.
+    the skipped steps when the row next appears in a gradient (or at a flush). A gather
+    that reads it first (the forward pass of a training step, or an evaluation function)
+    goes through this node: the lagging gathered rows are copied out and caught up in the
+    copy by the rule's kernel, so the read costs O(rows gathered) and writes nothing
+    (a call that fails later leaves table and ``last`` bitwise unchanged, issue 15.5).
+    Inputs: param, present states, last, step (the table's step counter), idx.
     """
 
-    __props__ = ("kernel", "layout", "present", "hyper")
+    __props__ = ("state",)
 
-    def __init__(self, kernel, layout, present, hyper):
-        self.kernel, self.layout = kernel, tuple(layout)
-        self.present, self.hyper = tuple(present), tuple(hyper)
+    def __init__(self, state):
+        self.state = state
+
+    def make_node(self, *inputs):
+        param, idx = inputs[0], inputs[-1]
+        shape = idx.type.shape + param.type.shape[1:]
+        return Apply(self, list(inputs), [TensorType(param.dtype, shape)])
+
+    def run(self, module, node, inputs):
+        from minigrad.types import array_module
+
+        tables, (t, idx) = list(inputs[:-2]), inputs[-2:]
+        param, last, t = tables[0], tables[-1], int(t)
+        xp = array_module(param)
+        idx = xp.asarray(idx)
+        flat = idx.reshape(-1)
+        rows, inverse = xp.unique(flat, return_inverse=True)
+        _check_rows(node, rows, param.shape[0])
+        out_shape = tuple(idx.shape) + tuple(param.shape[1:])
+        behind = (last[rows] < t).nonzero()[0] if rows.shape[0] and t >= 1 else rows[:0]
+        if behind.shape[0] == 0:
+            return (param[flat].reshape(out_shape),)
+        gathered = param[rows]
+        lagging = rows[behind]
+        sub = [xp.ascontiguousarray(a[lagging]) for a in tables]
+        local = xp.arange(lagging.shape[0], dtype=np.int64)
+        self.state.catch_up(module, sub, local, t)
+        gathered[behind] = sub[0]
+        return (gathered[inverse.reshape(-1)].reshape(out_shape),)
+
+    def perform(self, node, inputs):
+        return self.run(kernel_module("numpy"), node, inputs)
+
+
+class CatchUpAll(Op):
+    """Every row of an exact-mode table caught up (in place) to the table's step: what a
+    *dense* read of it needs (an elementwise op over the whole table reads all rows).
+    Catching up changes the representation, not the logical state (the parameter "is" its
+    caught-up value), so it runs in graph order. Inputs: param, states, last, step."""
+
+    __props__ = ("state",)
+
+    def __init__(self, state):
+        self.state = state
 
     def make_node(self, param, *rest):
         return Apply(self, [param, *rest], [param.type])
@@ -187,90 +240,80 @@ class CatchUpRows(Op):
     def run(self, module, node, inputs):
         from minigrad.types import array_module
 
-        tables, (t_new, idx) = inputs[:-2], inputs[-2:]
-        param = tables[0]
-        xp = array_module(param)
-        rows = xp.unique(xp.asarray(idx).reshape(-1))
-        if rows.shape[0] and (int(rows[0]) < 0 or int(rows[-1]) >= param.shape[0]):
-            bad = int(rows[0]) if int(rows[0]) < 0 else int(rows[-1])
-            raise IndexError(
-                f"index {node.inputs[-1].name or 'index'!r}: value {bad} is out of range for "
-                f"{node.inputs[0].name or 'the table'} with {param.shape[0]} rows "
-                f"(valid: 0..{param.shape[0] - 1})"
-            )
-        if int(t_new) > 1:  # before the first step there is nothing to catch up
-            self.catch_up(module, tables, rows.astype(np.int64), int(t_new) - 1)
+        tables, t = list(inputs[:-1]), int(inputs[-1])
+        param, last = tables[0], tables[-1]
+        # nothing pending (e.g. a table updated densely every step): skip the kernel call
+        if t >= 1 and int(last.min()) < t:
+            rows = array_module(param).arange(param.shape[0], dtype=np.int64)
+            self.state.catch_up(module, tables, rows, t)
         return (param,)
-
-    def catch_up(self, module, tables, rows, t):
-        """Apply the pending steps up to ``t`` to ``rows`` (the fused kernel, no gradient)."""
-        param, states, last = tables[0], dict(zip(self.present, tables[1:-1])), tables[-1]
-        getattr(module, self.kernel)(
-            param, *[states.get(name) for name in self.layout], rows, None, t, last,
-            *self.hyper,
-        )
 
     def perform(self, node, inputs):
         return self.run(kernel_module("numpy"), node, inputs)
-
-
-class CatchUpAll(CatchUpRows):
-    """``CatchUpRows`` for every row: what a *dense* read of the parameter needs (an
-    elementwise op over the whole table reads all rows, so all must be up to date)."""
-
-    def run(self, module, node, inputs):
-        from minigrad.types import array_module
-
-        tables, t_new = inputs[:-1], int(inputs[-1])
-        param, last = tables[0], tables[-1]
-        # nothing pending (e.g. a table updated densely every step): skip the kernel call
-        if t_new > 1 and int(last.min()) < t_new - 1:
-            rows = array_module(param).arange(param.shape[0], dtype=np.int64)
-            self.catch_up(module, tables, rows, t_new - 1)
-        return (param,)
 
 
 def _reads_densely(node, position):
     """Whether ``node`` reads the values of its input ``position`` (not just its shape)."""
     from minigrad.ops.indexing import Take
 
-    if isinstance(node.op, (Take, RowUpdate, CatchUpRows, PrepareRows)):
+    if isinstance(node.op, (Take, RowUpdate, FreshTake, CatchUpAll, PrepareRows)):
         return False
     return position not in getattr(node.op, "shape_only_inputs", ())
 
 
+def needs_flush(var, nodes):
+    """Whether a function made of ``nodes`` must flush ``var`` before each call: some node
+    reads its values other than through ``FreshTake``/``CatchUpAll`` (which catch up what
+    they read) or the optimizer's own nodes."""
+    for node in nodes:
+        if isinstance(node.op, (RowUpdate, FreshTake, CatchUpAll, PrepareRows)):
+            continue
+        for k, v in enumerate(node.inputs):
+            if v is var and k not in getattr(node.op, "shape_only_inputs", ()):
+                return True
+    return False
+
+
 def fresh_reads(outputs):
-    """Rewrite: reads of a parameter updated by an exact-mode ``RowUpdate`` see caught-up
-    values. A row gather reads through ``CatchUpRows`` (only the gathered rows); any other
-    op that reads the values (e.g. ``P ** 2`` of a dense cost) reads through ``CatchUpAll``.
+    """Rewrite: reads of an exact-mode table see caught-up values. A row gather reads
+    through ``FreshTake`` (only the gathered rows are caught up, in a copy), in a training
+    step as in a function that only evaluates; in a function that updates the table, any
+    other op that reads its values (e.g. ``P ** 2`` of a dense cost) reads through
+    ``CatchUpAll``. (Dense reads in other functions are served by a flush before the call.)
     """
     from minigrad.graph import toposort
     from minigrad.ops.indexing import Take
+    from minigrad.optim.param_state import exact_state_of
     from minigrad.rewrite import apply_local
+    from minigrad.variables import SharedVariable
 
-    exact = {}
+    updated = {}
+    gathered = {}
     for node in toposort(outputs):
         if isinstance(node.op, RowUpdate) and node.op.exact:
-            n_tables = 1 + len(node.op.present) + 1
-            exact[node.inputs[0]] = (node.op, node.inputs[:n_tables], node.inputs[-1])
-    if not exact:
+            updated[node.inputs[0]] = node.op.state
+        elif isinstance(node.op, Take) and isinstance(node.inputs[0], SharedVariable):
+            state = exact_state_of(node.inputs[0])
+            if state is not None:
+                gathered[node.inputs[0]] = state
+    gathered.update(updated)
+    if not gathered:
         return outputs
     caught_up_all = {}
 
+    def tables(state):
+        return state.table_vars(True) + [state.step]
+
     def fresh_table(param):
         if param not in caught_up_all:
-            op, tables, t_new = exact[param]
-            caught_up_all[param] = CatchUpAll(op.kernel, op.layout, op.present, op.hyper)(
-                *tables, t_new)
+            caught_up_all[param] = CatchUpAll(updated[param])(*tables(updated[param]))
         return caught_up_all[param]
 
     def local(node):
-        if isinstance(node.op, Take) and node.inputs[0] in exact:
-            op, tables, t_new = exact[node.inputs[0]]
-            catch_up = CatchUpRows(op.kernel, op.layout, op.present, op.hyper)
-            fresh = catch_up(*tables, t_new, node.inputs[1])
-            return [Take()(fresh, node.inputs[1])]
-        dense = [k for k, v in enumerate(node.inputs) if v in exact and _reads_densely(node, k)]
+        if isinstance(node.op, Take) and node.inputs[0] in gathered:
+            state = gathered[node.inputs[0]]
+            return [FreshTake(state)(*tables(state), node.inputs[1])]
+        dense = [k for k, v in enumerate(node.inputs) if v in updated and _reads_densely(node, k)]
         if not dense:
             return None
         inputs = list(node.inputs)
@@ -295,7 +338,7 @@ def _register_backends():
         from minigrad.backends.numba import impl as numba_impl
 
         @numba_impl.register(CatchUpAll)
-        @numba_impl.register(CatchUpRows)
+        @numba_impl.register(FreshTake)
         def _catch_up_numba(op, node):
             module = kernel_module()
             return lambda inputs: op.run(module, node, inputs)
@@ -305,7 +348,7 @@ def _register_backends():
         from minigrad.backends.cupy import impl as cupy_impl
 
         @cupy_impl.register(CatchUpAll)
-        @cupy_impl.register(CatchUpRows)
+        @cupy_impl.register(FreshTake)
         def _catch_up_cupy(op, node):
             import kernels.gpu as gpu
 

@@ -69,6 +69,12 @@ class GradientNoise:
         return [AddGradientNoise(self.eta, self.gamma, self.seed, i)(g, step)
                 for i, g in enumerate(grads)]
 
+    def eager(self, grads, step, indices):
+        """The same noise on run-time ``RowSparse`` gradients (``opt.apply``); ``indices``
+        are the parameters' positions in the optimizer (the ``index`` of the draw)."""
+        return [AddGradientNoise(self.eta, self.gamma, self.seed, i)._rows(g, int(step))
+                for g, i in zip(grads, indices)]
+
     def __repr__(self):
         return f"GradientNoise(eta={self.eta}, gamma={self.gamma}, seed={self.seed})"
 
@@ -112,6 +118,15 @@ class ClipGradNorm:
 
     def __call__(self, grads, step=None):
         return clip_grad_norm(grads, self.max_norm)
+
+    def eager(self, grads, step=None, indices=None):
+        """Clip run-time ``RowSparse`` gradients by their global norm (``opt.apply``: the
+        gradients of one call, so one parameter's)."""
+        grads = [g.coalesce() for g in grads]
+        total = sum(float((g.values.astype(np.float64) ** 2).sum()) for g in grads)
+        coef = min(1.0, self.max_norm / (np.sqrt(total) + 1e-6))
+        return [RowSparse(g.indices, g.values * np.asarray(coef, dtype=g.values.dtype),
+                          g.shape, coalesced=True) for g in grads]
 
     def __repr__(self):
         return f"ClipGradNorm(max_norm={self.max_norm})"

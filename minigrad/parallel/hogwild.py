@@ -74,7 +74,7 @@ class HogwildResult:
 
 
 def hogwild(make_step, params, dataset, n_workers, epochs, batch_size, seed=0, progress=True,
-            worker_timeout=None, *, start_method=None, sampling="shard", startup_timeout=120.0,
+            worker_timeout=None, *, start_method=None, sampling="shard", startup_timeout=None,
             report_every=0.1, checkpoint_every=None, checkpoint_path=None):
     """Train with ``n_workers`` lock-free processes; returns a :class:`HogwildResult`.
 
@@ -90,12 +90,16 @@ def hogwild(make_step, params, dataset, n_workers, epochs, batch_size, seed=0, p
     worker passes over all rows each epoch in its own order (seeded by ``seed``, rank).
     ``start_method``: ``None`` picks the platform default, except that ``"fork"`` becomes
     ``"spawn"`` when this process already runs numba's GNU OpenMP pool (not fork-safe).
-    ``worker_timeout``: seconds a training worker may go without finishing a step;
-    building the step (imports, ``make_step``) has ``startup_timeout``.
+    ``worker_timeout``: seconds a worker may go without finishing a step, and also to
+    start (imports, unpickling, ``make_step``) unless ``startup_timeout`` says otherwise;
+    with neither, start-up is bounded by 120 s and training is not. Workers notice a
+    dead parent (even SIGKILLed) within about a second, unlink the shared memory and exit.
     ``checkpoint_every`` (seconds) with ``checkpoint_path``: atomically save a snapshot
     of the shared parameters through ``mg.save`` while training.
     """
     t_call = time.perf_counter()
+    if startup_timeout is None:
+        startup_timeout = worker_timeout if worker_timeout is not None else 120.0
     params = _check_params(params)
     columns = _check_dataset(dataset)
     _check_args(n_workers, epochs, batch_size, sampling, checkpoint_every, checkpoint_path)
@@ -112,8 +116,12 @@ def hogwild(make_step, params, dataset, n_workers, epochs, batch_size, seed=0, p
         arenas.append(Arena.create(flat))
         *views, control = arenas[0].views
         args = (cfg, payload, arenas[0].spec, arenas[1].spec, column_specs)
+        forked = ctx.get_start_method() == "fork"
         for rank in range(cfg.n_workers):
-            workers.append(_Worker.start(ctx, rank, args))
+            # a forked child inherits the read ends of the pipes made so far (its own
+            # included): it closes them, so its writes fail once the parent is gone
+            inherited = [w.conn.fileno() for w in workers] if forked else []
+            workers.append(_Worker.start(ctx, rank, args, inherited))
         n_rows = columns[0].shape[0]
         total = n_rows * cfg.epochs * (cfg.n_workers if sampling == "shuffle" else 1)
         sup = _Supervisor(workers, control, worker_timeout, startup_timeout,
@@ -143,10 +151,11 @@ class _Worker:
         self.losses, self.samples, self.stats = [], 0, {}
 
     @classmethod
-    def start(cls, ctx, rank, args):
+    def start(cls, ctx, rank, args, inherited=()):
         recv, send = ctx.Pipe(duplex=False)
+        fds = (*inherited, recv.fileno()) if ctx.get_start_method() == "fork" else ()
         process = ctx.Process(target=worker_main, name=f"hogwild-worker-{rank}", daemon=True,
-                              args=(rank, *args, send))
+                              args=(rank, *args, send, os.getpid(), fds))
         with _environ(ONE_THREAD_ENV), _sigint_ignored():  # inherited through fork/exec
             process.start()
         send.close()  # only the worker holds the write end: its death means EOF here
@@ -202,7 +211,7 @@ class _Supervisor:
         elif kind == "done":
             w.done, w.stats = True, msg[2]
         elif kind == "error":
-            w.process.join(2.0)  # for its exit code; it is on its way out
+            w.process.join(5.0)  # for its exit code; it is on its way out (a loaded box)
             raise WorkerError(w.rank, w.process.exitcode, "raised an exception", msg[2])
         return 0
 
@@ -293,15 +302,7 @@ class _Checkpointer:
 
         # A copy of racing memory: each row is as some worker left it at that instant.
         snapshot = [mg.shared(v, name=p.name) for p, v in zip(self.params, self.views)]
-        path = os.fspath(self.path)
-        root, ext = os.path.splitext(path)
-        tmp = f"{root}.tmp-{os.getpid()}{ext or '.npz'}"
-        try:
-            mg.save(tmp, snapshot)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        mg.save(self.path, snapshot)  # atomic: temporary file, fsync, rename
         self.last = time.perf_counter()
 
 

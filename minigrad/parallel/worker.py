@@ -9,11 +9,13 @@ lock-free on its own batches. It talks to the parent through its own pipe: ``rea
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -56,9 +58,20 @@ class WorkerConfig:
     report_every: float
 
 
-def worker_main(rank, cfg, payload, param_spec, data_spec, columns, conn):
-    """Process target. Exit code 0 when done or stopped, 1 after reporting an error."""
+#: how often a worker checks that its parent is still alive (seconds)
+PARENT_POLL_S = 0.25
+#: exit code of a worker that found its parent dead
+ORPHANED = 3
+
+
+def worker_main(rank, cfg, payload, param_spec, data_spec, columns, conn, parent_pid=None,
+                inherited_fds=()):
+    """Process target. Exit code 0 when done or stopped, 1 after reporting an error, 3 when
+    the parent died (the worker then unlinks the segments and leaves at once)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C
+    _close_inherited(inherited_fds)
+    if parent_pid is not None:
+        _die_with_parent(parent_pid, [param_spec.name, data_spec.name])
     _one_thread()
     arenas, failed = [], False
     try:
@@ -104,8 +117,10 @@ def _train(rank, cfg, step, params, views, data, conn, control):
             conn.send(("progress", rank, n_new, losses))
             losses, n_total, n_new, last = [], n_total + n_new, 0, now
             if control[STOP]:
+                _flush(params)
                 return
     train_s = time.perf_counter() - t0
+    _flush(params)
     conn.send(("progress", rank, n_new, losses))
     conn.send(("done", rank, {"samples": n_total + n_new, "train_s": train_s, "dense": dense}))
 
@@ -123,6 +138,13 @@ def _batches(rank, cfg, data):
         mine = np.random.default_rng([cfg.seed, epoch]).permutation(n)[rank:: cfg.n_workers]
         for (rows,) in batches(mine, batch_size=cfg.batch_size, seed=rng):
             yield tuple(column[rows] for column in data)
+
+
+def _flush(params):
+    """Exact-mode optimizers: catch this worker's pending rows up, in shared memory, before
+    the parent reads the parameters (their flush hooks are this worker's)."""
+    for p in params:
+        p.flush()
 
 
 def _rebind(params, views):
@@ -159,6 +181,75 @@ def _one_thread():
         numba.set_num_threads(1)
     except (ImportError, ValueError, RuntimeError):
         pass
+
+
+def _close_inherited(fds):
+    """Close the pipe ends a forked worker inherited from the parent (its own read end and
+    the other workers'): holding them, it would never see EPIPE if the parent died."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _die_with_parent(parent_pid, segment_names):
+    """Make sure this worker does not outlive the process that started the run.
+
+    Two mechanisms: ``PR_SET_PDEATHSIG`` (Linux: the kernel sends SIGKILL when the parent
+    dies, even if this process is stuck in C code holding the GIL), and a watchdog thread
+    that polls the parent every ``PARENT_POLL_S`` s (every platform, and the case where the
+    parent died before the signal was armed). The watchdog unlinks the run's segments:
+    their owner is gone, so nobody else would.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    direct = os.getppid() == parent_pid  # fork/spawn: the parent; forkserver: not
+
+    def parent_alive():
+        if direct:
+            return os.getppid() == parent_pid
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch():
+        while parent_alive():
+            time.sleep(PARENT_POLL_S)
+        _unlink(segment_names)
+        os._exit(ORPHANED)
+
+    if not parent_alive():  # died while this process was starting
+        _unlink(segment_names)
+        os._exit(ORPHANED)
+    threading.Thread(target=watch, name="hogwild-parent-watch", daemon=True).start()
+
+
+def _unlink(names):
+    from multiprocessing import shared_memory
+
+    for name in names:
+        try:
+            seg = shared_memory.SharedMemory(name=name)
+        except (FileNotFoundError, OSError, ValueError):
+            continue
+        try:
+            seg.unlink()  # also unregisters it from the resource tracker
+        except (FileNotFoundError, OSError):
+            pass
+        finally:
+            try:
+                seg.close()
+            except (BufferError, OSError):
+                pass
 
 
 def _release(arenas):

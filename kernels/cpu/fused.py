@@ -1,0 +1,166 @@
+"""Numba versions of the fused sparse-path kernels (see ``kernels.reference.fused``).
+
+The backward kernels de-duplicate through a **slot map**: a V-long int32 array, all -1
+between calls, in which ``slot[c]`` is the output row of column ``c`` while a call runs.
+One pass collects the distinct columns, a sort of the *distinct* columns only (a few
+hundred to a few thousand, not nnz) fixes their order, the accumulation writes each
+entry straight into its row, and the touched slots are reset: O(nnz + u log u), never
+O(V). The caller owns the scratch (one per table and thread); without one a fresh map is
+allocated, which costs O(V) and is only meant for direct, one-off calls.
+"""
+
+import numpy as np
+from numba import njit
+
+from kernels import _validate as V
+from kernels.reference.fused import (
+    _table,
+    check_scatter_shapes,
+    fused_csr_args,
+)
+
+__all__ = ["csr_gather_mul_sum", "csr_scatter_grad_rows", "slot_coalesce_rows", "new_slot_map"]
+
+
+def new_slot_map(n_table_rows):
+    """A fresh slot map for a table of ``n_table_rows`` rows (all -1)."""
+    return np.full(int(n_table_rows), -1, dtype=np.int32)
+
+
+def _check_slot(slot, n_table_rows):
+    if slot is None:
+        return new_slot_map(n_table_rows)
+    if slot.dtype != np.int32 or slot.ndim != 1 or slot.shape[0] < n_table_rows:
+        raise ValueError(f"slot must be an int32 vector of at least {n_table_rows} entries")
+    return slot
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gather_mul_sum(indptr, indices, data, table, factor, use_factor, out):
+    width = table.shape[1]
+    fw = factor.shape[1]
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            c = indices[k]
+            x = data[k]
+            if not use_factor:
+                for d in range(width):
+                    out[r, d] += x * table[c, d]
+            elif fw == 1:
+                x = x * factor[c, 0]
+                for d in range(width):
+                    out[r, d] += x * table[c, d]
+            else:
+                for d in range(width):
+                    out[r, d] += x * table[c, d] * factor[c, d]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _distinct_sorted(indices, slot):
+    """Distinct values of ``indices`` sorted, and ``slot[c]`` set to each one's rank."""
+    uniq = np.empty(indices.shape[0], dtype=np.int64)
+    n = 0
+    for k in range(indices.shape[0]):
+        c = indices[k]
+        if slot[c] < 0:
+            slot[c] = 0
+            uniq[n] = c
+            n += 1
+    uniq = np.sort(uniq[:n])
+    for i in range(n):
+        slot[uniq[i]] = i
+    return uniq
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _reset(uniq, slot):
+    for i in range(uniq.shape[0]):
+        slot[uniq[i]] = -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scatter_grad(indptr, indices, data, grad, factor, use_factor, out_width, slot):
+    uniq = _distinct_sorted(indices, slot)
+    width = grad.shape[1]
+    fw = factor.shape[1]
+    values = np.zeros((uniq.shape[0], out_width), dtype=grad.dtype)
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            c = indices[k]
+            s = slot[c]
+            x = data[k]
+            if not use_factor:
+                for d in range(width):
+                    values[s, d] += x * grad[r, d]
+            elif out_width == 1 and width != 1:
+                acc = 0.0
+                for d in range(width):
+                    acc += grad[r, d] * factor[c, d]
+                values[s, 0] += x * acc
+            elif fw == 1:
+                x = x * factor[c, 0]
+                for d in range(width):
+                    values[s, d] += x * grad[r, d]
+            else:
+                for d in range(width):
+                    values[s, d] += x * grad[r, d] * factor[c, d]
+    _reset(uniq, slot)
+    return uniq, values
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _slot_coalesce(indices, values, slot):
+    uniq = _distinct_sorted(indices, slot)
+    out = np.zeros((uniq.shape[0], values.shape[1]), dtype=values.dtype)
+    for k in range(indices.shape[0]):
+        s = slot[indices[k]]
+        for d in range(values.shape[1]):
+            out[s, d] += values[k, d]
+    _reset(uniq, slot)
+    return uniq, out
+
+
+def _factor_or_dummy(factor, dtype):
+    if factor is None:
+        return np.zeros((1, 1), dtype=dtype), False
+    return np.asarray(factor, dtype=dtype), True  # no copy: tables may be huge or strided
+
+
+def csr_gather_mul_sum(indptr, indices, data, table, factor=None):
+    """``out[r] = sum over stored (r, c) of data * table[c] * factor[c]``; see the reference."""
+    table = _table("table", table)
+    indptr, indices, factor = fused_csr_args(indptr, indices, data, table, factor)
+    if factor is not None and factor.shape[1] not in (1, table.shape[1]):
+        raise ValueError(f"factor width {factor.shape[1]} must be 1 or {table.shape[1]}")
+    out = np.zeros((indptr.shape[0] - 1, table.shape[1]), dtype=table.dtype)
+    f, use = _factor_or_dummy(factor, table.dtype)
+    _gather_mul_sum(indptr, indices, np.ascontiguousarray(data, dtype=table.dtype),
+                    table, f, use, out)  # any layout: a copy of a big table costs O(V)
+    return out
+
+
+def csr_scatter_grad_rows(indptr, indices, data, grad, n_table_rows, factor=None,
+                          out_width=None, slot=None):
+    """Row-sparse gradient through ``X @ (T * F)`` via a slot map; see the reference."""
+    grad = _table("grad", grad)
+    out_width = grad.shape[1] if out_width is None else int(out_width)
+    indptr, indices, factor = fused_csr_args(indptr, indices, data, grad, factor, n_table_rows)
+    V.check_same_length("indptr[1:]", indptr[1:], "grad", grad)
+    check_scatter_shapes(grad, factor, out_width)
+    slot = _check_slot(slot, int(n_table_rows))
+    f, use = _factor_or_dummy(factor, grad.dtype)
+    return _scatter_grad(indptr, indices, np.ascontiguousarray(data, dtype=grad.dtype),
+                         np.ascontiguousarray(grad), f, use, out_width, slot)
+
+
+def slot_coalesce_rows(indices, values, n_table_rows, slot=None):
+    """Sum rows sharing an index through a slot map: ``(sorted unique int64, summed)``."""
+    indices = V.index_array("indices", np.asarray(indices))
+    values = np.asarray(values)
+    V.float_array("values", values)
+    V.check_same_length("indices", indices, "values", values)
+    V.check_index_range("indices", indices, int(n_table_rows))
+    slot = _check_slot(slot, int(n_table_rows))
+    flat = np.ascontiguousarray(values).reshape(values.shape[0], V.row_width(values))
+    uniq, out = _slot_coalesce(indices, flat, slot)
+    return uniq, out.reshape((uniq.shape[0],) + values.shape[1:])

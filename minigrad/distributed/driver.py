@@ -1,0 +1,571 @@
+"""``mg.distributed.train``: the driver of an asynchronous sharded parameter server on Ray.
+
+The driver checks everything it can before Ray starts (parameters, data, that
+``make_cost`` and ``optimizer`` pickle and build), works out the split of the parameters
+(``sharding.analyse``), starts the shard actors (rows and optimizer state), then the
+worker actors, and hands out chunks of a fixed batch plan (``plan.py``) to whichever
+worker is free. It only reads results: the caller's parameters are written once, after
+every chunk is done and every shard has exported its rows; on any failure they keep the
+values they had.
+
+Failures: a shard (``max_restarts``, its calls retried by Ray) comes back from its newest
+checkpoint; a worker that dies is restarted by Ray and its unfinished chunk is handed out
+again (to it or another worker; the shards drop batches they already applied). An
+exception in user code, a shard that cannot come back, or every worker gone ends the
+run with ``DistributedError`` naming the actor, with its traceback. All actors are killed
+before the call returns; a local Ray started here is shut down and every process left in
+its network namespace is ended.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minigrad.distributed import netns, plan, ray_setup, sharding
+from minigrad.distributed.errors import DistributedError
+from minigrad.distributed.shard import Shard
+from minigrad.distributed.worker import Worker
+from minigrad.variables import SharedVariable
+
+
+@dataclass
+class DistributedResult:
+    """What a run measured. ``samples_per_s``: total over workers from the first chunk
+    handed out to the last one done (actor start-up, i.e. Ray workers and compiling the
+    step, excluded and reported as ``startup_s``); ``wall_s``: the whole call."""
+
+    losses: list  # one list of per-batch losses per worker
+    samples_per_s: float
+    wall_s: float
+    recoveries: int  # actor restarts + chunks handed out again
+    recovery_events: list
+    pushes: int
+    duplicates_dropped: int
+    lost_pushes: int  # pushes applied then lost to a shard restart (all shards)
+    bytes_pulled: int
+    bytes_pushed: int
+    bytes_per_sample: float
+    rows_pushed: int
+    pull_p50_s: float
+    pull_p99_s: float
+    startup_s: float
+    train_s: float
+    n_workers: int
+    n_shards: int
+    samples: int
+    shard_info: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def final_loss(self):
+        """Mean loss of each worker's last 10% of batches, averaged over workers."""
+        tails = [w[-max(1, len(w) // 10):] for w in self.losses if w]
+        return float(np.mean([np.mean(t) for t in tails])) if tails else float("nan")
+
+
+def train(make_cost, params, dataset, optimizer, n_workers=2, n_shards=2, epochs=1,
+          batch_size=256, staleness=1, address=None, seed=0, progress=True,
+          checkpoint_every=None, checkpoint_path=None, *, max_restarts=3, chunk_batches=8,
+          num_cpus=None, shard_options=None, worker_options=None):
+    """Train ``params`` on ``dataset`` with ``n_workers`` workers and ``n_shards`` shards.
+
+    ``make_cost(params) -> (inputs, cost)``: the symbolic inputs (one per column of
+    ``dataset``, in order) and scalar cost; picklable, no optimizer inside.
+    ``optimizer(params) -> mg.optim.Optimizer``: a picklable factory, e.g.
+    ``functools.partial(mg.optim.Adam, lr=1e-3)``; each shard builds one per parameter.
+    ``staleness``: pushes in flight per worker and shard (0: synchronous).
+    ``checkpoint_every``: pushes between atomic shard checkpoints (in
+    ``checkpoint_path``, a directory; a temporary one when not given). Without it a
+    restarted shard starts again from the initial rows.
+    ``address=None`` starts a local Ray bound to loopback inside a loopback-only network
+    namespace (this process's if it is one, else a child process in a new one); an
+    already initialised Ray in this process is used as it is; any other ``address`` is
+    passed to ``ray.init``. Returns a :class:`DistributedResult`; the parameters hold the
+    trained values (untouched after a failure).
+    ``shard_options`` / ``worker_options``: extra Ray actor options (``resources=...``,
+    ``scheduling_strategy=...``) to place shards and workers on a real cluster.
+    """
+    t_call = time.perf_counter()
+    params = _check_params(params)
+    columns = _check_dataset(dataset)
+    cfg = _Config(int(_positive("n_workers", n_workers)), int(_positive("n_shards", n_shards)),
+                  int(_positive("epochs", epochs)), int(_positive("batch_size", batch_size)),
+                  _non_negative("staleness", staleness), int(seed), bool(progress),
+                  _optional_positive("checkpoint_every", checkpoint_every), checkpoint_path,
+                  int(_non_negative("max_restarts", max_restarts)),
+                  int(_positive("chunk_batches", chunk_batches)), num_cpus,
+                  dict(shard_options or {}), dict(worker_options or {}))
+    payload = _pickle_model(make_cost, params)
+    factory = _pickle_optimizer(optimizer)
+    ray_setup.import_ray_or_raise()
+    ray = sys.modules.get("ray")
+    if address is None and not (ray is not None and ray.is_initialized()):
+        if not netns.only_loopback():
+            from minigrad.distributed import isolation
+
+            return isolation.train_in_namespace(
+                make_cost, params, dataset, optimizer, cfg.as_kwargs(), t_call)
+        with ray_setup.local_ray(num_cpus=num_cpus) as ray:
+            return _Run(ray, cfg, params, columns, payload, factory, t_call).execute()
+    if ray is not None and ray.is_initialized():
+        return _Run(ray, cfg, params, columns, payload, factory, t_call).execute()
+    with ray_setup.connected_ray(address) as ray:
+        return _Run(ray, cfg, params, columns, payload, factory, t_call).execute()
+
+
+@dataclass
+class _Config:
+    n_workers: int
+    n_shards: int
+    epochs: int
+    batch_size: int
+    staleness: int
+    seed: int
+    progress: bool
+    checkpoint_every: int | None
+    checkpoint_path: str | None
+    max_restarts: int
+    chunk_batches: int
+    num_cpus: int | None
+    shard_options: dict
+    worker_options: dict
+
+    def as_kwargs(self):
+        return {"n_workers": self.n_workers, "n_shards": self.n_shards, "epochs": self.epochs,
+                "batch_size": self.batch_size, "staleness": self.staleness,
+                "seed": self.seed, "progress": self.progress,
+                "checkpoint_every": self.checkpoint_every,
+                "checkpoint_path": self.checkpoint_path, "max_restarts": self.max_restarts,
+                "chunk_batches": self.chunk_batches, "num_cpus": self.num_cpus,
+                "shard_options": self.shard_options, "worker_options": self.worker_options}
+
+
+class _Run:
+    """One training run on a connected Ray: actors, the chunk loop, the write-back."""
+
+    POLL_S = 0.1
+
+    def __init__(self, ray, cfg, params, columns, payload, factory, t_call):
+        self.ray, self.cfg, self.params, self.columns = ray, cfg, params, columns
+        self.payload, self.factory, self.t_call = payload, factory, t_call
+        self.run_id = uuid.uuid4().hex[:8]
+        self.actors, self.notes, self.events, self.pinned = [], [], [], []
+        self.tmp_dir = None
+
+    def execute(self):
+        try:
+            return self._execute()
+        finally:
+            for actor in self.actors:
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor, no_restart=True)
+            if self.tmp_dir is not None:
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def _execute(self):
+        cfg, ray = self.cfg, self.ray
+        n_rows = self.columns[0].shape[0]
+        batches = plan.batch_plan(n_rows, cfg.epochs, cfg.batch_size, cfg.seed)
+        layout, meta = self._layout(batches[0])
+        values = [p.get_value(borrow=True) for p in self.params]
+        ckpt_dir = self._checkpoint_dir()
+        # shards
+        actor = ray.remote(Shard)
+        shards = []
+        for s in range(cfg.n_shards):
+            slices = [sharding.shard_slice(values[t], s, cfg.n_shards) for t in layout.tables]
+            names = [self._name(t) for t in layout.tables]
+            shards.append(self._start(actor, f"shard-{s}", slices, names, ckpt_dir,
+                                      len(batches)))
+        dense_shard = None
+        if layout.dense:
+            dense_shard = self._start(actor, "shard-dense", [values[t] for t in layout.dense],
+                                      [self._name(t) for t in layout.dense], ckpt_dir,
+                                      len(batches))
+        # workers
+        wactor = ray.remote(Worker)
+        data_ref, plan_ref = ray.put(list(self.columns)), ray.put(batches)
+        self.pinned += [data_ref, plan_ref]  # held until the end (worker restarts read them)
+        workers = []
+        for rank in range(cfg.n_workers):
+            w = wactor.options(name=f"mg-{self.run_id}-worker-{rank}", namespace="minigrad",
+                               **{"max_restarts": cfg.max_restarts, "max_task_retries": 0,
+                                  "num_cpus": 0, **cfg.worker_options}).remote(
+                rank, self.payload, layout.signature(), meta, data_ref, shards, dense_shard,
+                cfg.staleness, plan_ref)
+            self.actors.append(w)
+            workers.append(w)
+        t_start = time.perf_counter()
+        all_shards = shards + ([dense_shard] if dense_shard else [])
+        shard_names = [f"shard-{s}" for s in range(cfg.n_shards)] + (
+            ["shard-dense"] if dense_shard else [])
+        self._ready(all_shards, shard_names)
+        self._ready(workers, [f"worker-{r}" for r in range(cfg.n_workers)])
+        t_go = time.perf_counter()
+        loop = _ChunkLoop(ray, workers, plan.chunks(len(batches), cfg.chunk_batches), cfg,
+                          n_rows * cfg.epochs, self.events)
+        loop.run()
+        t_end = time.perf_counter()
+        # results: export first, write back only when everything is in hand
+        exported = self._call_all(all_shards, shard_names, "export")
+        info = self._call_all(all_shards, shard_names, "info")
+        new_values = [None] * len(self.params)
+        for t in layout.tables:
+            new_values[t] = np.empty_like(values[t])
+        for s, parts in enumerate(exported[:cfg.n_shards]):
+            for t, part in zip(layout.tables, parts):
+                new_values[t][s::cfg.n_shards] = part
+        if dense_shard is not None:
+            for t, part in zip(layout.dense, exported[-1]):
+                new_values[t] = part
+        restarts = self._restarts()
+        _write_back(self.params, new_values)
+        return self._result(loop, info, restarts, len(batches), t_start, t_go, t_end)
+
+    # --- pieces ----------------------------------------------------------------------
+    def _name(self, t):
+        return self.params[t].name or f"param{t}"
+
+    def _layout(self, first_batch):
+        """The split, from a private copy of the model (the caller's is never touched),
+        with every group's id remapping checked on the first batch."""
+        make_cost, copies = pickle.loads(self.payload)
+        for p, orig in zip(copies, self.params):
+            sharding.put_stand_in(p, sharding.stand_in(*_shape_dtype(orig)))
+        inputs, cost = make_cost(copies)
+        inputs = list(inputs)
+        if len(inputs) != len(self.columns):
+            raise ValueError(f"make_cost returned {len(inputs)} inputs but dataset has "
+                             f"{len(self.columns)} columns")
+        layout = sharding.analyse(inputs, cost, copies)
+        whole = _unfaithful_groups(layout, inputs, copies, self.params,
+                                   [c[first_batch] for c in self.columns])
+        if whole:
+            layout = sharding.analyse(inputs, cost, copies, whole=set(whole))
+            layout.notes.append(f"row ids of {[self._name(t) for t in whole]} are not "
+                                "plain input values: those tables are pulled whole")
+        self.notes += layout.notes
+        meta = [_shape_dtype(p) for p in self.params]
+        return layout, meta
+
+    def _checkpoint_dir(self):
+        if not self.cfg.checkpoint_every:
+            return None
+        if self.cfg.checkpoint_path is None:
+            self.tmp_dir = tempfile.mkdtemp(prefix="mg-dist-ckpt-")
+            return self.tmp_dir
+        path = os.fspath(self.cfg.checkpoint_path)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def _start(self, actor, name, slices, names, ckpt_dir, n_batches):
+        file = None if ckpt_dir is None else os.path.join(ckpt_dir, f"{name}.npz")
+        if file is not None and os.path.exists(file):
+            os.remove(file)  # a fresh run starts from the caller's parameters
+        # the rows go through the object store under a reference this driver holds for the
+        # whole run: a restarted shard re-reads its constructor arguments (Ray would free
+        # an argument it put there itself once the first construction is done)
+        rows_ref = self.ray.put(slices)
+        self.pinned.append(rows_ref)
+        handle = actor.options(name=f"mg-{self.run_id}-{name}", namespace="minigrad",
+                               **{"max_restarts": self.cfg.max_restarts,
+                                  "max_task_retries": -1, "num_cpus": 0,
+                                  **self.cfg.shard_options}).remote(
+            name, rows_ref, names, self.factory, n_batches, self.cfg.checkpoint_every, file)
+        self.actors.append(handle)
+        return handle
+
+    def _ready(self, actors, names):
+        """Wait until every actor is built (its constructor ran: step compiled, rows in)."""
+        return self._call_all(actors, names, "info", "failed to start")
+
+    def _call_all(self, actors, names, method, what=None):
+        refs = [getattr(a, method).remote() for a in actors]
+        try:
+            return self.ray.get(refs)
+        except (self.ray.exceptions.RayTaskError, self.ray.exceptions.RayActorError) as err:
+            i = _first_failed(self.ray, refs)
+            name = "an actor" if i is None else names[i]
+            raise DistributedError(name, what or f"{method} failed", str(err)) from None
+
+    def _restarts(self):
+        """Restarts per actor, from Ray's own actor table (GCS)."""
+        counts = {}
+        try:
+            from ray._private import state
+
+            table = state.actors()
+        except Exception:  # noqa: BLE001 - an internal API: report none rather than fail
+            return counts
+        for entry in table.values():
+            name = entry.get("Name") or ""
+            if name.startswith(f"mg-{self.run_id}-") and entry.get("NumRestarts"):
+                counts[name[len(f"mg-{self.run_id}-"):]] = int(entry["NumRestarts"])
+        return counts
+
+    def _result(self, loop, info, restarts, n_batches, t_start, t_go, t_end):
+        train_s = max(t_end - t_go, 1e-9)
+        stats = loop.stats
+        samples = sum(loop.samples)
+        pulls = np.asarray(loop.pull_s) if loop.pull_s else np.zeros(1)
+        events = list(self.events)
+        for name, n in sorted(restarts.items()):
+            shard = next((i for i in info if i["name"] == name), None)
+            events.append({"actor": name, "kind": "restart", "count": n,
+                           "restore_s": None if shard is None else shard["restore_s"],
+                           "ready_at": None if shard is None else shard["started_at"],
+                           "restored_from_checkpoint": bool(shard and shard["restored_from"])})
+        lost = sum(n_batches - i["applied_batches"] for i in info)
+        return DistributedResult(
+            losses=loop.losses, samples_per_s=samples / train_s,
+            wall_s=time.perf_counter() - self.t_call,
+            recoveries=sum(restarts.values()) + len(self.events), recovery_events=events,
+            pushes=sum(i["pushes"] for i in info),
+            duplicates_dropped=sum(i["duplicates"] for i in info), lost_pushes=int(lost),
+            bytes_pulled=int(stats["bytes_pulled"]), bytes_pushed=int(stats["bytes_pushed"]),
+            bytes_per_sample=(stats["bytes_pulled"] + stats["bytes_pushed"]) / max(samples, 1),
+            rows_pushed=int(stats["rows_pushed"]),
+            pull_p50_s=float(np.percentile(pulls, 50)),
+            pull_p99_s=float(np.percentile(pulls, 99)),
+            startup_s=t_go - t_start, train_s=train_s, n_workers=self.cfg.n_workers,
+            n_shards=self.cfg.n_shards, samples=samples, shard_info=info,
+            notes=self.notes,
+        )
+
+
+class _ChunkLoop:
+    """Hands chunks to free workers (two in flight each), collects their results, and
+    hands a dead worker's chunk out again."""
+
+    PER_WORKER = 2
+    POLL_S = 0.1
+
+    def __init__(self, ray, workers, chunks, cfg, total_samples, events):
+        self.ray, self.workers, self.cfg, self.events = ray, workers, cfg, events
+        self.todo = list(reversed(chunks))  # pop() takes the next one
+        self.inflight = {}  # ref -> (worker index, chunk)
+        self.failures = [0] * len(workers)
+        self.alive = [True] * len(workers)
+        self.losses = [[] for _ in workers]
+        self.samples = [0] * len(workers)
+        self.pull_s, self.stats = [], {}
+        self.total = total_samples
+
+    def run(self):
+        with _progress_bar(self.cfg.progress, self.total, len(self.workers)) as bar:
+            self._fill()
+            while self.inflight:
+                ready, _ = self.ray.wait(list(self.inflight), num_returns=1,
+                                         timeout=self.POLL_S)
+                for ref in ready:
+                    bar.update(self._collect(ref))
+                self._fill()
+
+    def _fill(self):
+        load = [0] * len(self.workers)
+        for w, _ in self.inflight.values():
+            load[w] += 1
+        for w in sorted(range(len(self.workers)), key=lambda i: load[i]):
+            while self.todo and self.alive[w] and load[w] < self.PER_WORKER:
+                chunk = self.todo.pop()
+                self.inflight[self.workers[w].run.remote(*chunk)] = (w, chunk)
+                load[w] += 1
+
+    def _collect(self, ref):
+        w, chunk = self.inflight.pop(ref)
+        ray = self.ray
+        try:
+            out = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, DistributedError):
+                raise DistributedError(cause.actor, f"{cause.reason} (seen by worker-{w})",
+                                       cause.remote_traceback) from None
+            raise DistributedError(f"worker-{w}", "raised an exception", str(err)) from None
+        except ray.exceptions.RayActorError as err:
+            self.failures[w] += 1
+            self.todo.append(chunk)  # handed out again first; shards drop repeats
+            self.events.append({"actor": f"worker-{w}", "kind": "chunk reassigned",
+                                "chunk": list(chunk), "at": time.time()})
+            if self.failures[w] > self.cfg.max_restarts:
+                self.alive[w] = False
+                if not any(self.alive):
+                    raise DistributedError(f"worker-{w}", "died and every worker is gone "
+                                           f"({type(err).__name__})", str(err)) from None
+            return 0
+        self.losses[w] += out["losses"]
+        self.samples[w] += out["samples"]
+        self.pull_s += out["pull_s"]
+        for k, v in out["stats"].items():
+            self.stats[k] = self.stats.get(k, 0) + v
+        return out["samples"]
+
+
+# ---------------------------------------------------------------------------------------
+# Checks and helpers
+
+
+def _unfaithful_groups(layout, inputs, copies, params, batch):
+    """Tables of groups whose id inputs do not remap faithfully on ``batch``."""
+    import minigrad as mg
+
+    if not layout.id_vars:
+        return []
+    fn = mg.function([inputs[i] for i in layout.id_inputs], layout.id_vars)
+
+    def ids_of(args, n_rows):
+        for g, n in zip(layout.groups, n_rows):
+            for t in g.tables:
+                shape, dtype = _shape_dtype(params[t])
+                sharding.put_stand_in(copies[t], sharding.stand_in((n,) + shape[1:], dtype))
+        out = fn(*[args[i] for i in layout.id_inputs])
+        return out if isinstance(out, (list, tuple)) else [out]
+
+    global_ids = ids_of(batch, [g.n_rows for g in layout.groups])
+    uniques = [sharding.group_unique_ids(g, global_ids) for g in layout.groups]
+    local_batch = list(batch)
+    for g, u in zip(layout.groups, uniques):
+        for i in g.inputs:
+            local_batch[i] = sharding.remap_input(batch[i], u)
+    local_ids = ids_of(local_batch, [max(u.shape[0], 1) for u in uniques])
+    bad = []
+    for g, u in zip(layout.groups, uniques):
+        for k in g.id_outputs:
+            want = np.asarray(global_ids[k]).reshape(-1)
+            got = np.asarray(local_ids[k]).reshape(-1)
+            if want.shape != got.shape or (u.shape[0] and not np.array_equal(u[got], want)):
+                bad += g.tables
+                break
+    return sorted(set(bad))
+
+
+def _shape_dtype(p):
+    v = p.get_value(borrow=True)
+    return tuple(v.shape), v.dtype
+
+
+def _write_back(params, values):
+    for p, v in zip(params, values):
+        current = p.get_value(borrow=True)
+        if current.shape == np.shape(v) and current.flags.writeable:
+            np.copyto(current, v)
+        else:
+            p.set_value(np.array(v), borrow=True)
+
+
+def _first_failed(ray, refs):
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+    ready = set(ready)
+    for i, ref in enumerate(refs):
+        if ref in ready:
+            try:
+                ray.get(ref)
+            except Exception:  # noqa: BLE001 - only which one
+                return i
+    return None
+
+
+def _check_params(params):
+    params = list(params)
+    if not params or not all(isinstance(p, SharedVariable) for p in params):
+        raise TypeError("params must be a non-empty list of mg.shared variables")
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError("params lists the same shared variable twice")
+    for p in params:
+        if p.type.dtype not in ("float32", "float64"):
+            raise TypeError(f"parameter {p.name or p!r} must be float32/float64, "
+                            f"got {p.type.dtype}")
+    return params
+
+
+def _check_dataset(dataset):
+    columns = tuple(dataset) if isinstance(dataset, (tuple, list)) else (dataset,)
+    if not columns:
+        raise ValueError("dataset must hold at least one array")
+    rows = {c.shape[0] for c in columns}
+    if len(rows) != 1:
+        raise ValueError(f"dataset arrays must have the same number of rows, got {sorted(rows)}")
+    if rows.pop() == 0:
+        raise ValueError("dataset has no rows")
+    return columns
+
+
+def _positive(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
+
+
+def _non_negative(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+    return int(v)
+
+
+def _optional_positive(name, v):
+    return None if v is None else int(_positive(name, v))
+
+
+def _pickle_model(make_cost, params):
+    """Pickle ``(make_cost, params)`` together with empty placeholder values (the rows
+    travel separately, cut per shard), so a model reachable from ``make_cost`` sees the
+    same shared variables in the worker."""
+    saved = [(p._value, p._flush_hooks) for p in params]
+    try:
+        for p, (value, _) in zip(params, saved):
+            p._value = np.empty((0,) * np.ndim(value), dtype=value.dtype)
+            p._flush_hooks = []
+        return pickle.dumps((make_cost, params), protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError) as err:
+        raise TypeError(f"make_cost must be picklable (a module-level function, a "
+                        f"functools.partial, a method of a picklable object): {err}") from err
+    finally:
+        for p, (value, hooks) in zip(params, saved):
+            p._value, p._flush_hooks = value, hooks
+
+
+def _pickle_optimizer(optimizer):
+    """Check that ``optimizer`` pickles and builds on a one-row stand-in; return bytes."""
+    import minigrad as mg
+
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be a factory optimizer(params) -> Optimizer, "
+                        f"got {optimizer!r}")
+    try:
+        blob = pickle.dumps(optimizer, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError) as err:
+        raise TypeError(f"optimizer must be a picklable factory such as "
+                        f"functools.partial(mg.optim.Adam, lr=1e-3): {err}") from err
+    opt = optimizer([mg.shared(np.zeros((1, 1)), name="probe")])
+    if not hasattr(opt, "state_dict"):
+        raise TypeError(f"optimizer(params) must return an mg.optim optimizer, got {opt!r}")
+    return blob
+
+
+@contextlib.contextmanager
+def _progress_bar(progress, total, n_workers):
+    """One tqdm bar on a terminal, nothing otherwise."""
+    if not (progress and sys.stderr.isatty()):
+        yield _NoBar()
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="sample", desc=f"distributed x{n_workers}", leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class _NoBar:
+    def update(self, n):
+        pass

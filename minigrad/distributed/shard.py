@@ -1,0 +1,184 @@
+"""The parameter-server shard: one Ray actor holding some rows and their optimizer state.
+
+A Ray actor runs its calls one at a time, so every row update is atomic without locks.
+Each push is one optimizer step (``opt.apply``, the same fused kernels as the compiled
+single-process update) of each parameter the shard holds, empty ones included, so that
+every parameter's step counter moves exactly as in one process.
+
+Pushes are tagged ``(worker, batch)``; the shard remembers which batches it has applied
+(a bit per batch of the run), so a push that is retried, or a batch redone by another
+worker after a failure, is never applied twice. Every ``checkpoint_every`` applied pushes
+it writes its rows, optimizer state and that bitmap atomically (temporary file, then
+``os.replace``); a restarted shard (Ray's ``max_restarts``) resumes from the newest
+checkpoint: it loses at most the pushes applied since, and it knows exactly which.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+
+import numpy as np
+
+from minigrad.distributed.rows import read_rows
+
+FORMAT = "minigrad-distributed-shard"
+
+
+class Shard:
+    """State and calls of one shard; ``ray.remote`` wraps it (see ``train.py``).
+
+    ``slices``: the initial arrays (already cut to this shard's rows), ``names`` their
+    labels, ``optimizer``: the pickled factory, ``n_batches``: batches in the whole run,
+    ``checkpoint_every`` (pushes, or ``None``) and ``checkpoint_file``.
+    """
+
+    def __init__(self, name, slices, names, optimizer, n_batches, checkpoint_every=None,
+                 checkpoint_file=None):
+        import minigrad as mg
+
+        t0 = time.time()
+        self.name, self.names = name, list(names)
+        self.scalar = [np.ndim(v) == 0 for v in slices]  # kept as (1,): apply needs an axis
+        self.params = [mg.shared(np.reshape(v, (1,)) if s else v, name=f"{name}/{n}")
+                       for v, s, n in zip(slices, self.scalar, self.names)]
+        factory = pickle.loads(optimizer)
+        # one optimizer per parameter: each push is one step of each, so every step
+        # counter matches single-process training whatever the optimizer counts
+        self.opts = [factory([p]) for p in self.params]
+        self.applied = np.zeros(int(n_batches), dtype=bool)
+        self.counters = {"pushes": 0, "duplicates": 0, "rows_pushed": 0, "rows_pulled": 0,
+                         "checkpoints": 0}
+        self.every, self.file = checkpoint_every, checkpoint_file
+        self.since_checkpoint = 0
+        self.restored_from = None
+        if self.file and os.path.exists(self.file):
+            self._restore()
+        self.started_at, self.restore_s = time.time(), time.time() - t0
+
+    # --- the calls workers make ------------------------------------------------------
+    def pull(self, ids):
+        """Rows of each parameter: ``ids[k]`` local row ids, or ``None`` for all of it."""
+        out = []
+        for opt, p, idx in zip(self.opts, self.params, ids):
+            if idx is None:
+                out.append(p.get_value(borrow=True))  # whole: every pending row caught up
+            else:
+                out.append(read_rows(opt, p, idx))  # exact mode: catch up these rows only
+                self.counters["rows_pulled"] += int(idx.shape[0])
+        return out
+
+    def push(self, worker, batch, grads):
+        """Apply one step. ``grads[k]``: ``(ids, rows)`` for a row-sparse gradient of
+        parameter ``k`` (``ids`` local), or an ndarray. Returns False for a duplicate."""
+        from minigrad.types import RowSparse
+
+        if self.applied[batch]:
+            self.counters["duplicates"] += 1
+            return False
+        prepared = []
+        for k, (p, g) in enumerate(zip(self.params, grads)):
+            if isinstance(g, tuple):
+                ids, rows = g
+                prepared.append(RowSparse(np.asarray(ids, np.int64), rows, p.value.shape))
+            else:
+                prepared.append(np.reshape(g, (1,)) if self.scalar[k] else g)
+        self._check(prepared, worker, batch)
+        for opt, p, g in zip(self.opts, self.params, prepared):
+            opt.apply(p, g)
+            if isinstance(g, RowSparse):
+                self.counters["rows_pushed"] += int(g.indices.shape[0])
+        self.applied[batch] = True
+        self.counters["pushes"] += 1
+        self.since_checkpoint += 1
+        if self.every and self.since_checkpoint >= self.every:
+            self.checkpoint()
+        return True
+
+    def _check(self, grads, worker, batch):
+        """Every gradient is checked before the first one is applied (a push is atomic)."""
+        from minigrad.types import RowSparse
+
+        if len(grads) != len(self.params):
+            raise ValueError(f"{self.name}: push from worker {worker} (batch {batch}) has "
+                             f"{len(grads)} gradients for {len(self.params)} parameters")
+        for p, g, label in zip(self.params, grads, self.names):
+            n_rows = p.value.shape[0]
+            if isinstance(g, RowSparse):
+                idx = g.indices
+                bad = idx.shape[0] and (int(idx.min()) < 0 or int(idx.max()) >= n_rows)
+                if bad or g.values.shape[1:] != p.value.shape[1:]:
+                    raise ValueError(f"{self.name}: bad row-sparse gradient for {label!r} "
+                                     f"from worker {worker} (batch {batch})")
+            elif np.shape(g) != p.value.shape:
+                raise ValueError(f"{self.name}: gradient of shape {np.shape(g)} for {label!r} "
+                                 f"of shape {p.value.shape} from worker {worker}")
+
+    # --- checkpoints -----------------------------------------------------------------
+    def checkpoint(self):
+        """Write rows, optimizer state and the applied-batch bitmap atomically."""
+        if not self.file:
+            return None
+        arrays, opt_meta = {}, []
+        for i, (opt, p) in enumerate(zip(self.opts, self.params)):
+            sd = opt.state_dict()  # flushes exact-mode catch-up first
+            arrays[f"param/{i}"] = p.get_value(borrow=True)
+            arrays.update({f"opt/{i}/{k}": v for k, v in sd["state"].items()})
+            opt_meta.append({k: sd.get(k) for k in ("optimizer", "version", "t", "steps")})
+        arrays["applied"] = self.applied
+        meta = {"format": FORMAT, "name": self.name, "opts": opt_meta,
+                "counters": self.counters}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        tmp = f"{self.file}.tmp-{os.getpid()}.npz"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.file)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        self.counters["checkpoints"] += 1
+        self.since_checkpoint = 0
+        return self.file
+
+    def _restore(self):
+        with np.load(self.file) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+        if meta.get("format") != FORMAT or meta.get("name") != self.name:
+            raise ValueError(f"{self.file} is not a checkpoint of {self.name}")
+        dicts = []
+        for i, (opt, om) in enumerate(zip(self.opts, meta["opts"])):
+            prefix = f"opt/{i}/"
+            sd = {k: v for k, v in om.items() if v is not None}
+            sd["state"] = {k[len(prefix):]: v for k, v in arrays.items()
+                           if k.startswith(prefix)}
+            opt.check_state_dict(sd)  # every check passes before anything is loaded
+            dicts.append(sd)
+        for i, (opt, p, sd) in enumerate(zip(self.opts, self.params, dicts)):
+            p.set_value(arrays[f"param/{i}"])
+            opt.load_state_dict(sd)
+        self.applied = arrays["applied"].astype(bool)
+        self.counters = dict(meta["counters"])
+        self.restored_from = self.file
+
+    # --- the calls the driver makes --------------------------------------------------
+    def export(self):
+        """The current values (exact-mode rows caught up), in the caller's shapes."""
+        if self.file:
+            self.checkpoint()
+        return [np.reshape(p.get_value(), ()) if s else p.get_value()
+                for p, s in zip(self.params, self.scalar)]
+
+    def info(self):
+        import ray
+
+        return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at,
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "restore_s": self.restore_s, "restored_from": self.restored_from,
+                "applied_batches": int(self.applied.sum()),
+                "missing_batches": np.flatnonzero(~self.applied).tolist(), **self.counters}
+

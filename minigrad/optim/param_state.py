@@ -1,0 +1,161 @@
+"""``ParamState``: one parameter's optimizer state and the one place its kernel is called.
+
+It holds the parameter's state tables, its step counter and, in exact mode, its per-row
+last-step array and ``StepHistory``. The compiled ``RowUpdate``/``FreshTake`` nodes,
+``opt.apply`` and ``flush`` all call the rule's fused kernel through ``run``/``catch_up``
+here, with the hyperparameters by name, so the rule is written once and called one way.
+
+Lifetime: the optimizer and every compiled update node hold their ``ParamState``; the
+flush hooks on the shared variables hold it only *weakly* (issue 15.21). Dropping the
+optimizer and its compiled functions frees the state tables, and the hooks go with it. A
+hook costs one attribute check when nothing is pending (``pending`` is set by an exact
+step and cleared by a flush).
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from kernels.reference.history import StepHistory
+from minigrad.variables import shared
+
+#: live exact-mode states by the id of their parameter: how ``fresh_reads`` finds the
+#: catch-up of a table read by a function that does not update it (an evaluation step)
+_EXACT = {}
+
+
+def module_for(array):
+    """The kernel module for ``array``: ``kernels.gpu`` for CuPy arrays, else the CPU one."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        import kernels.gpu as gpu
+
+        return gpu
+    from minigrad.optim.ops import kernel_module
+
+    return kernel_module()
+
+
+class _FlushHook:
+    """A flush hook holding its ``ParamState`` weakly."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, state):
+        self.ref = weakref.ref(state)
+
+    def __call__(self):
+        state = self.ref()
+        if state is not None and state.pending:
+            state.flush()
+
+
+def _drop_hooks(variables, hook):
+    for var in variables:
+        if hook in var._flush_hooks:
+            var._flush_hooks.remove(hook)
+
+
+def _forget(key, ref):
+    if _EXACT.get(key) is ref:
+        del _EXACT[key]
+
+
+class ParamState:
+    """Tables, step counter, last-step array and history of one parameter."""
+
+    def __init__(self, label, param, states, step, kernel, layout, kernel_hyper, matrix):
+        self.label, self.param, self.states, self.step = label, param, states, step
+        self.kernel, self.layout = kernel, tuple(layout)
+        self.kernel_hyper = dict(kernel_hyper)
+        self.matrix = matrix
+        self.last = None
+        self.history = None
+        self.pending = False
+        self._hook = _FlushHook(self)
+        self._watch([param, *states.values()])
+
+    def __repr__(self):
+        return f"ParamState({self.label})"
+
+    def _watch(self, variables):
+        for var in variables:
+            var.add_flush_hook(self._hook)
+        weakref.finalize(self, _drop_hooks, list(variables), self._hook)
+
+    # --- exact mode ---------------------------------------------------------------------
+    def ensure_exact(self):
+        """Create the last-step array and the step history (exact mode), once."""
+        if self.last is not None:
+            return
+        step = int(self.step.value)
+        rows = self.param.value.shape[0] if self.param.value.ndim else 1
+        self.last = shared(np.full(rows, step, dtype=np.int64), name=f"{self.label}.last_step")
+        self.history = StepHistory(self.matrix)
+        self.history.restart(step)
+        self._watch([self.last])
+        key, ref = id(self.param), weakref.ref(self)
+        _EXACT[key] = ref
+        weakref.finalize(self, _forget, key, ref)
+
+    def table_vars(self, exact):
+        """The shared variables a kernel call updates: param, states, [last]."""
+        return [self.param, *self.states.values()] + ([self.last] if exact else [])
+
+    def arrays(self, exact):
+        return [v.value for v in self.table_vars(exact)]
+
+    # --- kernel calls -----------------------------------------------------------------
+    def _call(self, module, tables, idx, grad, t, lr, wd, exact):
+        param, *rest = tables
+        last = rest.pop() if exact else None
+        states = dict(zip(self.states, rest))
+        by_name = {k: v for k, v in states.items() if k not in self.layout}
+        getattr(module, self.kernel)(
+            param, *[states.get(name) for name in self.layout], idx, grad, t, last,
+            lr=lr, weight_decay=wd, history=self.history if exact else None,
+            **by_name, **self.kernel_hyper)
+
+    def run(self, module, tables, idx, grad, t, lr, wd, exact):
+        """Step ``t`` on rows ``idx`` of ``tables`` (the arrays of ``table_vars``): exact
+        mode records the step's lr / weight decay first (a retried step overwrites it)."""
+        if exact:
+            self.history.record(t, lr, wd)
+        self._call(module, tables, idx, grad, t, lr, wd, exact)
+        if exact:
+            self.pending = True
+
+    def catch_up(self, module, tables, rows, t):
+        """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step)."""
+        if t < 1 or rows.shape[0] == 0:
+            return
+        h = self.history
+        self._call(module, tables, rows, None, t, float(h.lr[t]), float(h.wd[t]), True)
+
+    def flush(self):
+        """Catch every row up to the current step (what ``get_value`` needs)."""
+        if self.last is None:
+            self.pending = False
+            return
+        t = int(self.step.value)
+        last = self.last.value
+        idx = (last < t).nonzero()[0]
+        if idx.shape[0]:
+            module = module_for(self.param.value)
+            self.catch_up(module, self.arrays(True), idx, t)
+        self.pending = False
+
+    def restart(self, step):
+        """After a load: every row is up to date at ``step``; no skipped step remains."""
+        self.step._value = np.asarray(step, dtype=np.int64)
+        if self.last is not None:
+            self.last.value[...] = step
+            self.history.restart(step)
+        self.pending = False
+
+
+def exact_state_of(var):
+    """The live exact-mode ``ParamState`` of parameter ``var``, or None."""
+    ref = _EXACT.get(id(var))
+    state = ref() if ref is not None else None
+    return state if state is not None and state.param is var else None
