@@ -5,8 +5,9 @@ killed shard takes to come back.
 Ray only ever starts in a new loopback-only network namespace: ``run`` re-executes this
 module there (``python -m benchmarks.distributed --inner OUT``) and reads its JSON. All
 systems train the same factorization machine (Adagrad, lr 0.05, batch 512) on the same
-synthetic ratings; samples/s are over the training phase (actor start-up and compiling
-excluded, reported as ``startup_s``). ``python -m benchmarks.distributed [--quick]``.
+synthetic ratings; samples/s are over the training phase after each worker's first chunk
+(actor start-up and JIT warm-up excluded, reported as ``startup_s`` / ``warmup_s``).
+``python -m benchmarks.distributed [--quick]``.
 """
 from __future__ import annotations
 
@@ -86,7 +87,9 @@ def distributed(X, y, epochs, n_workers, n_shards, **kw):
                                staleness=1, progress=False, **kw)
     return {"system": f"distributed {n_workers}w x {n_shards}s",
             "n_workers": n_workers, "n_shards": n_shards,
-            "samples_per_s": res.samples_per_s, "rows_per_s": res.rows_pushed / res.train_s,
+            "samples_per_s": res.samples_per_s,
+            "rows_per_s": res.samples_per_s * res.rows_pushed / max(res.samples, 1),
+            "warmup_s": res.warmup_s,
             "bytes_per_sample": res.bytes_per_sample, "pull_p50_ms": 1e3 * res.pull_p50_s,
             "pull_p99_ms": 1e3 * res.pull_p99_s, "train_s": res.train_s,
             "startup_s": res.startup_s, "final_loss": res.final_loss,

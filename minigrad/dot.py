@@ -58,6 +58,7 @@ class _Writer:
         self.readable, self.show_types = readable, show_types
         self.lines, self.ids, self.done = [], {}, set()
         self.counter = 0
+        self.scope = None  # the cluster being drawn: its leaves are its own nodes
 
     def fresh(self, prefix):
         self.counter += 1
@@ -78,7 +79,7 @@ class _Writer:
 
     # ------------------------------------------------------------------ nodes
     def leaf(self, var, indent):
-        key = ("leaf", var)
+        key = ("leaf", var, self.scope)
         if key in self.ids:
             return self.ids[key]
         ident = self.ids[key] = self.fresh("v")
@@ -171,19 +172,23 @@ class _Writer:
         ident = self.fresh("cluster_")
         self.lines.append(f"{indent}subgraph {ident} {{")
         sub = indent + "  "
-        self.lines.append(f'{sub}label={_op_label(node.op)}; style="rounded,dashed"; '
+        title = str(node.op)
+        title = title if len(title) <= 60 else title[:57] + "..."
+        self.lines.append(f'{sub}label=<<b>{_html(title)}</b>>; style="rounded,dashed"; '
                           "color=blue;")
+        outer_scope, self.scope = self.scope, ident
         placeholders = {}
         for k, var in enumerate(ins):
             placeholders[var] = p = self.fresh("i")
             self.lines.append(f'{sub}{p} [shape=circle, width=0.3, fontsize=9, label="in {k}"];')
-            self.ids[("leaf", var)] = p
+            self.ids[("leaf", var, ident)] = p
         for k, var in enumerate(outs):
             src = self.source(var, sub)
             o = self.fresh("o")
             self.lines.append(f'{sub}{o} [shape=circle, width=0.3, fontsize=9, label="out {k}"];')
             self.edge(src, o, var, None, False, sub)
             self.ids[("out", node, k)] = o
+        self.scope = outer_scope
         self.lines.append(f"{indent}}}")
         outer = list(zip(range(len(node.inputs)), node.inputs))
         for (pos, var), inner_in in zip(outer, ins):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigrad.graph import clone_replace, toposort
+from minigrad.graph import Constant, clone_replace, toposort
 from minigrad.ops.elemwise import Binary, MulReduceLike, Unary
 from minigrad.ops.fused import FusedCSRGatherSum, FusedCSRScatterGrad, SlotTakeGrad
 from minigrad.ops.indexing import Take, TakeGrad
@@ -230,8 +230,6 @@ def fusable_elemwise(node):
 
 
 def _is_scalar_constant(var):
-    from minigrad.graph import Constant
-
     return isinstance(var, Constant) and np.ndim(var.data) == 0
 
 
@@ -281,8 +279,8 @@ def fused_elemwise_node(members):
             if var not in produced and not _is_scalar_constant(var) and var not in outer:
                 outer.append(var)
     leaves = []
-    for var in outer:
-        leaf = var.type.make_variable()
+    for var in outer:  # a constant stays one inside (error messages call it "a constant")
+        leaf = var.clone() if isinstance(var, Constant) else var.type.make_variable()
         leaf.name = var.name
         leaves.append(leaf)
     (inner_out,) = clone_replace([members[-1].outputs[0]], dict(zip(outer, leaves)))

@@ -33,12 +33,7 @@ def test_broadcast_error_while_building_names_variables():
         mg.where(h > 0, h, mg.tensor("z", shape=(4,)))
 
 
-@pytest.mark.parametrize("fused", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="FusedElemwise (ops/fused.py, backends/numba_fused.py) re-raises "
-        "NumPy's message; it should raise ops.elemwise.broadcast_error for its node")),
-], ids=["unfused", "fused"])
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
 def test_unnamed_variables_are_described_by_their_formula(fused):
     x = mg.matrix("x")
     mode = mg.Mode() if fused else mg.Mode(exclude=("fuse",))

@@ -13,12 +13,12 @@ __all__ = ["sgd_rows", "momentum_rows", "adagrad_rows", "rmsprop_rows", "adam_ro
 
 
 def _on_device(fn):
-    def wrapper(param, *args):
+    def wrapper(param, *args, **kwargs):
         cp = require_cupy()
         if not isinstance(param, cp.ndarray):
             raise TypeError(f"kernels.gpu.{fn.__name__} needs CuPy arrays, got "
                             f"{type(param).__name__}")
-        return fn(param, *args)
+        return fn(param, *args, **kwargs)
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     return wrapper

@@ -267,7 +267,10 @@ def _fused_elemwise(op: FusedElemwise, node):
     def thunk(inputs):
         if not kernel:
             kernel.append(elemwise_kernel(op))
-        shape, args = flat_arguments(inputs)
+        try:
+            shape, args = flat_arguments(inputs)
+        except ValueError:  # shapes that do not broadcast: the reference names the culprit
+            return op.perform(node, inputs)
         n = 1
         for length in shape:
             n *= length

@@ -39,12 +39,15 @@ from minigrad.variables import SharedVariable
 
 @dataclass
 class DistributedResult:
-    """What a run measured. ``samples_per_s``: total over workers from the first chunk
-    handed out to the last one done (actor start-up, i.e. Ray workers and compiling the
-    step, excluded and reported as ``startup_s``); ``wall_s``: the whole call."""
+    """What a run measured. ``samples_per_s``: total over workers, from the moment every
+    worker has finished its first chunk (the warm-up, ``warmup_s``: Numba compiles the
+    step's and the shards' kernels there) to the last chunk done; actor start-up (Ray
+    workers, building the step) is ``startup_s``; ``wall_s`` is the whole call. Pull
+    latencies (``pull_p50_s``/``pull_p99_s``) are taken after the warm-up too."""
 
     losses: list  # one list of per-batch losses per worker
     samples_per_s: float
+    warmup_s: float
     wall_s: float
     recoveries: int  # actor restarts + chunks handed out again
     recovery_events: list
@@ -64,6 +67,9 @@ class DistributedResult:
     samples: int
     shard_info: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    # set when the call ran in a child namespace: its inode and how many processes were
+    # still in it when the child exited (killed then; 0 when Ray shut down cleanly)
+    isolation: dict | None = None
 
     @property
     def final_loss(self):
@@ -316,7 +322,14 @@ class _Run:
         train_s = max(t_end - t_go, 1e-9)
         stats = loop.stats
         samples = sum(loop.samples)
-        pulls = np.asarray(loop.pull_s) if loop.pull_s else np.zeros(1)
+        pulls = np.asarray(loop.pull_s) if loop.pull_s else np.full(1, np.nan)
+        rate, warm_s = samples / train_s, 0.0
+        if loop.t_warm is not None and samples > loop.samples_at_warm and t_end > loop.t_warm:
+            rate = (samples - loop.samples_at_warm) / (t_end - loop.t_warm)
+            warm_s = loop.t_warm - t_go
+        else:
+            self.notes.append("too few chunks to leave out the warm-up: samples_per_s "
+                              "includes each worker's first chunk (JIT compiles)")
         events = list(self.events)
         for name, n in sorted(restarts.items()):
             shard = next((i for i in info if i["name"] == name), None)
@@ -326,14 +339,16 @@ class _Run:
                            "restored_from_checkpoint": bool(shard and shard["restored_from"])})
         lost = sum(n_batches - i["applied_batches"] for i in info)
         return DistributedResult(
-            losses=loop.losses, samples_per_s=samples / train_s,
+            losses=loop.losses, samples_per_s=rate, warmup_s=warm_s,
             wall_s=time.perf_counter() - self.t_call,
-            recoveries=sum(restarts.values()) + len(self.events), recovery_events=events,
+            recoveries=sum(restarts.values()) + len(loop.reassigned), recovery_events=events,
             pushes=sum(i["pushes"] for i in info),
             duplicates_dropped=sum(i["duplicates"] for i in info), lost_pushes=int(lost),
-            bytes_pulled=int(stats["bytes_pulled"]), bytes_pushed=int(stats["bytes_pushed"]),
-            bytes_per_sample=(stats["bytes_pulled"] + stats["bytes_pushed"]) / max(samples, 1),
-            rows_pushed=int(stats["rows_pushed"]),
+            bytes_pulled=int(stats.get("bytes_pulled", 0)),
+            bytes_pushed=int(stats.get("bytes_pushed", 0)),
+            bytes_per_sample=(stats.get("bytes_pulled", 0) + stats.get("bytes_pushed", 0))
+            / max(samples, 1),
+            rows_pushed=int(stats.get("rows_pushed", 0)),
             pull_p50_s=float(np.percentile(pulls, 50)),
             pull_p99_s=float(np.percentile(pulls, 99)),
             startup_s=t_go - t_start, train_s=train_s, n_workers=self.cfg.n_workers,
@@ -348,6 +363,7 @@ class _ChunkLoop:
 
     PER_WORKER = 2
     POLL_S = 0.1
+    UNAVAILABLE_S = 60.0  # a worker restarting for longer is given up
 
     def __init__(self, ray, workers, chunks, cfg, total_samples, events):
         self.ray, self.workers, self.cfg, self.events = ray, workers, cfg, events
@@ -359,22 +375,35 @@ class _ChunkLoop:
         self.samples = [0] * len(workers)
         self.pull_s, self.stats = [], {}
         self.total = total_samples
+        # warm-up: each worker's first chunk (Numba compiles the step's and the shards'
+        # kernels there); throughput and latencies are taken after it
+        self.first_done = [False] * len(workers)
+        self.cooldown = [0.0] * len(workers)  # a restarting worker gets no chunk until then
+        self.unavailable_since = [None] * len(workers)
+        self.reassigned = set()
+        self.t_warm = self.samples_at_warm = None
 
     def run(self):
         with _progress_bar(self.cfg.progress, self.total, len(self.workers)) as bar:
             self._fill()
-            while self.inflight:
-                ready, _ = self.ray.wait(list(self.inflight), num_returns=1,
-                                         timeout=self.POLL_S)
-                for ref in ready:
-                    bar.update(self._collect(ref))
+            while self.inflight or self.todo:
+                if not self.inflight:  # every live worker is restarting: wait for one
+                    time.sleep(self.POLL_S)
+                else:
+                    ready, _ = self.ray.wait(list(self.inflight), num_returns=1,
+                                             timeout=self.POLL_S)
+                    for ref in ready:
+                        bar.update(self._collect(ref))
                 self._fill()
 
     def _fill(self):
         load = [0] * len(self.workers)
         for w, _ in self.inflight.values():
             load[w] += 1
+        now = time.monotonic()
         for w in sorted(range(len(self.workers)), key=lambda i: load[i]):
+            if now < self.cooldown[w]:
+                continue
             while self.todo and self.alive[w] and load[w] < self.PER_WORKER:
                 chunk = self.todo.pop()
                 self.inflight[self.workers[w].run.remote(*chunk)] = (w, chunk)
@@ -392,19 +421,33 @@ class _ChunkLoop:
                                        cause.remote_traceback) from None
             raise DistributedError(f"worker-{w}", "raised an exception", str(err)) from None
         except ray.exceptions.RayActorError as err:
-            self.failures[w] += 1
             self.todo.append(chunk)  # handed out again first; shards drop repeats
-            self.events.append({"actor": f"worker-{w}", "kind": "chunk reassigned",
-                                "chunk": list(chunk), "at": time.time()})
-            if self.failures[w] > self.cfg.max_restarts:
+            if chunk not in self.reassigned:
+                self.reassigned.add(chunk)
+                self.events.append({"actor": f"worker-{w}", "kind": "chunk reassigned",
+                                    "chunk": list(chunk), "at": time.time()})
+            now = time.monotonic()
+            if isinstance(err, ray.exceptions.ActorUnavailableError):  # Ray is restarting it
+                self.unavailable_since[w] = self.unavailable_since[w] or now
+                self.cooldown[w] = now + 0.2
+                gone = now - self.unavailable_since[w] > self.UNAVAILABLE_S
+            else:
+                self.failures[w] += 1
+                gone = self.failures[w] > self.cfg.max_restarts
+            if gone:
                 self.alive[w] = False
                 if not any(self.alive):
                     raise DistributedError(f"worker-{w}", "died and every worker is gone "
                                            f"({type(err).__name__})", str(err)) from None
             return 0
+        self.unavailable_since[w] = None
         self.losses[w] += out["losses"]
         self.samples[w] += out["samples"]
-        self.pull_s += out["pull_s"]
+        if self.t_warm is not None:
+            self.pull_s += out["pull_s"]
+        self.first_done[w] = True
+        if self.t_warm is None and all(self.first_done):
+            self.t_warm, self.samples_at_warm = time.perf_counter(), sum(self.samples)
         for k, v in out["stats"].items():
             self.stats[k] = self.stats.get(k, 0) + v
         return out["samples"]

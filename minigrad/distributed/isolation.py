@@ -38,12 +38,13 @@ def train_in_namespace(make_cost, params, dataset, optimizer, kwargs, t_call):
                 "'unshare -n' as root or unprivileged user namespaces for 'unshare -rn'); "
                 "run the call inside such a namespace, or connect to a cluster of your own "
                 "with address=")
-        status = _run_child(cmd, tmp)
+        status, isolation = _run_child(cmd, tmp)
         kind, *rest = status
         if kind == "ok":
             values, result = rest
             _write_back(params, values)
             result.wall_s = time.perf_counter() - t_call
+            result.isolation = isolation
             result.notes.append("ran in a child process in a new loopback-only network "
                                 "namespace (this process is in an ordinary one)")
             return result
@@ -64,22 +65,27 @@ def _run_child(cmd, tmp):
         proc.wait()
         raise
     finally:
-        reap_namespace_of(tmp)
+        inode, killed = reap_namespace_of(tmp)
+    isolation = {"netns_inode": inode, "leftover_killed": len(killed)}
     result = os.path.join(tmp, "result.pkl")
     if not os.path.exists(result):
         raise DistributedError("driver", f"the namespace child process exited with code {rc} "
                                "before reporting a result")
     with open(result, "rb") as f:
-        return pickle.load(f)
+        return pickle.load(f), isolation
 
 
 def reap_namespace_of(tmp):
     """Kill whatever is left in the namespace whose inode a child wrote to ``tmp/netns``
-    (it does so first thing); never this process's own namespace."""
+    (it does so first thing); never this process's own namespace.
+
+    Returns ``(inode, killed pids)`` (``(None, [])`` when no inode was recorded).
+    """
     try:
         with open(os.path.join(tmp, "netns")) as f:
             inode = int(f.read())
     except (OSError, ValueError):
-        return
-    if inode != netns.namespace_inode():  # never our own namespace
-        netns.kill_namespace(inode)
+        return None, []
+    if inode == netns.namespace_inode():  # never our own namespace
+        return inode, []
+    return inode, netns.kill_namespace(inode)

@@ -8,24 +8,19 @@ def read_rows(opt, param, ids):
     """``param``'s rows ``ids`` as the dense optimizer would hold them now.
 
     In ``sparse="exact"`` mode an untouched row lags; a single-process step catches up the
-    rows its forward pass gathers (``CatchUpRows``) and only those. A shard must do the
-    same for the rows a worker pulls: catching up every row at each pull (a flush) would
-    apply the skipped steps in many pieces instead of one closed form, which is the same
-    value mathematically but not bit for bit. Same kernel call as ``CatchUpRows``.
+    rows its forward pass gathers and only those. A shard must do the same for the rows a
+    worker pulls: catching up every row at each pull (a flush) would apply the skipped
+    steps in many pieces instead of one closed form, which is the same value
+    mathematically but not bit for bit. Uses the parameter's ``ParamState.catch_up``.
     """
-    i = next(k for k, p in enumerate(opt.params) if p is param)
-    last = opt.last[i] if getattr(opt, "last", None) is not None else None
-    table = param.value
-    if last is not None and ids.shape[0]:
-        steps = getattr(opt, "steps", None)
-        t = int((steps[i] if steps is not None else opt.t).value)
-        rows = np.unique(ids)
-        rows = rows[last.value[rows] < t]
-        if rows.shape[0] and t > 0:
-            from minigrad.optim.base import _module_for
+    from minigrad.optim.param_state import exact_state_of, module_for
 
-            states = {k: v.value for k, v in opt.state[i].items()}
-            kernel = getattr(_module_for(table), opt.kernel)
-            kernel(table, *[states.get(k) for k in opt.layout], rows.astype(np.int64), None,
-                   t, last.value, *opt.hyper())
-    return table[ids]
+    state = exact_state_of(param)
+    if state is not None and state.last is not None and ids.shape[0]:
+        t = int(state.step.value)
+        rows = np.unique(ids)
+        rows = rows[state.last.value[rows] < t]
+        if rows.shape[0]:
+            state.catch_up(module_for(param.value), state.arrays(True),
+                           rows.astype(np.int64), t)
+    return param.value[ids]

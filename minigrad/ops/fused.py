@@ -223,6 +223,8 @@ class FusedElemwise(Op):
         return Apply(self, inputs, [o.type for o in self.inner_outputs])
 
     def perform(self, node, inputs):
+        """Each inner node's own ``perform`` in turn: a failure (values that do not
+        broadcast) is reported by the inner node where it happens, with its formula."""
         values = dict(zip(self.inner_inputs, inputs))
         for inner in self.inner_nodes:
             args = [values[v] if v in values else v.data for v in inner.inputs]

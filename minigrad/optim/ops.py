@@ -204,20 +204,23 @@ class FreshTake(Op):
         param, last, t = tables[0], tables[-1], int(t)
         xp = array_module(param)
         idx = xp.asarray(idx)
-        flat = idx.reshape(-1)
-        rows, inverse = xp.unique(flat, return_inverse=True)
-        _check_rows(node, rows, param.shape[0])
-        out_shape = tuple(idx.shape) + tuple(param.shape[1:])
-        behind = (last[rows] < t).nonzero()[0] if rows.shape[0] and t >= 1 else rows[:0]
-        if behind.shape[0] == 0:
-            return (param[flat].reshape(out_shape),)
-        gathered = param[rows]
-        lagging = rows[behind]
-        sub = [xp.ascontiguousarray(a[lagging]) for a in tables]
-        local = xp.arange(lagging.shape[0], dtype=np.int64)
-        self.state.catch_up(module, sub, local, t)
-        gathered[behind] = sub[0]
-        return (gathered[inverse.reshape(-1)].reshape(out_shape),)
+        flat = idx.reshape(-1).astype(np.int64, copy=False)
+        if flat.shape[0]:
+            lo, hi = int(flat.min()), int(flat.max())
+            _check_rows(node, xp.asarray([lo, hi]), param.shape[0])
+        out = param[flat]
+        if flat.shape[0] == 0 or t < 1:
+            return (out.reshape(tuple(idx.shape) + tuple(param.shape[1:])),)
+        behind = (last[flat] < t).nonzero()[0]
+        if behind.shape[0]:
+            # each lagging read gets its own copy (a repeated index is caught up twice,
+            # identically: cheaper than de-duplicating every read)
+            lagging = flat[behind]
+            sub = [xp.ascontiguousarray(a[lagging]) for a in tables]
+            local = xp.arange(lagging.shape[0], dtype=np.int64)
+            self.state.catch_up(module, sub, local, t)
+            out[behind] = sub[0]
+        return (out.reshape(tuple(idx.shape) + tuple(param.shape[1:])),)
 
     def perform(self, node, inputs):
         return self.run(kernel_module("numpy"), node, inputs)
