@@ -203,7 +203,7 @@ class Function:
         destructive phase takes its inputs from those. Constants are bound once.
         """
         const = dict(self.constants)
-        labels = [str(n.op) for n in self.nodes]
+        labels = [_node_label(n) for n in self.nodes]
         safe = [(*entry, label) for entry, label in zip(self.safe_program, labels)]
         late = [(*entry, label) for entry, label in
                 zip(self.destructive_program, labels[self.n_safe:])]
@@ -366,6 +366,18 @@ class Function:
                 value = value.copy()
             handed_out.add(id(value))
         return value
+
+
+def _node_label(node):
+    """A short label for the generated code's comment: the Op's class name for a fused
+    node (its printed formula can be as deep as its inner graph), else ``str(op)``."""
+    op = node.op
+    if getattr(op, "inner_nodes", None) is not None or op.inner_graph(node) is not None:
+        return type(op).__name__
+    try:
+        return str(op)
+    except Exception:  # a label must never stop a compile
+        return type(op).__name__
 
 
 def function(inputs, outputs=None, updates=None, backend=None, nan_guard=None, name=None,
