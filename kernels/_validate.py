@@ -262,6 +262,26 @@ def csr_row_dots_args(indptr, data, grad, rows):
     return indptr, data, grad, rows
 
 
+def csr_gathered_dot_args(indptr, data, rows):
+    """Validate ``csr_gathered_dot``: one (already gathered) row per stored entry; ``data``
+    is cast to ``rows.dtype``. Returns ``(indptr, data, rows, n_rows)``."""
+    float_array("rows", rows)
+    indptr = index_array("indptr", indptr)
+    if data.ndim != 1:
+        raise ValueError(f"data must be 1-D, got shape {data.shape}")
+    if indptr.shape[0] < 1:
+        raise ValueError("indptr must have at least one entry (n_rows + 1)")
+    first, last = int(indptr[0]), int(indptr[-1])
+    if first != 0 or last != data.shape[0]:
+        raise ValueError(
+            f"indptr must start at 0 and end at nnz={data.shape[0]}, got {first} .. {last}"
+        )
+    if indptr.shape[0] > 1 and bool((indptr[1:] < indptr[:-1]).any()):
+        raise ValueError("indptr must be non-decreasing")
+    check_same_length("data", data, "rows", rows)
+    return indptr, _same_float("data", data, rows.dtype), rows, indptr.shape[0] - 1
+
+
 def segment_sum_args(values, segment_ids, n_segments):
     """Validate ``segment_sum``: every id in ``[0, n_segments)``."""
     float_array("values", values)

@@ -135,18 +135,14 @@ def _finite(xp, a):
     return a.dtype.kind != "f" or bool(xp.isfinite(a).all())
 
 
-def _rows_finite(table, rows):
-    """``table[rows]`` all finite, with the Numba kernel when the call uses it."""
+def _rows_finite(table, rows, kernels=None):
+    """``table[rows]`` all finite, with the kernel module of the call's backend."""
     if table.dtype.kind != "f":
         return True
     if rows is None:
         return _finite(array_module(table), table)
-    if isinstance(table, np.ndarray):
-        from minigrad.kernels_dispatch import _impl  # honours backend="numpy"
-
-        impl = _impl()
-        if impl and hasattr(impl, "rows_finite"):
-            return impl.rows_finite(table, rows)
+    if isinstance(table, np.ndarray) and hasattr(kernels, "rows_finite"):
+        return kernels.rows_finite(table, rows)
     xp = array_module(table)
     return bool(xp.isfinite(xp.take(table, rows, axis=0)).all())
 
@@ -157,7 +153,7 @@ def _take_rows(table, rows):
     return array_module(table).take(table, rows, axis=0)
 
 
-def run_destructive_guarded(nodes, program, storage, label):
+def run_destructive_guarded(nodes, program, storage, label, kernels=None):
     """Run the in-place nodes; if one writes a non-finite value, undo every write.
 
     For each node: copy the rows it will overwrite in each destroyed table (``rows`` of a
@@ -180,7 +176,7 @@ def run_destructive_guarded(nodes, program, storage, label):
             for s, r in zip(outs, results):
                 storage[s] = r
             for var, table in written:
-                if not _rows_finite(table, rows):
+                if not _rows_finite(table, rows, kernels):
                     raise FloatingPointError(
                         f"{label}: the update of {var} is not finite (NaN or inf); the step "
                         "was undone and no shared variable was changed (nan_guard=False "

@@ -3,16 +3,19 @@
 Compilation is five plain steps:
 
 1. **collect** the outputs and the new values of the updates;
-2. **rewrite** a copy of that graph (merge duplicates, fold constants, push row gathers
-   through element-wise ops...; see ``rewrite.py``);
+2. **rewrite** a copy of that graph, a ``FunctionGraph`` (``fgraph.py``), with the rewrite
+   database's phases chosen by the ``mg.Mode`` (merge duplicates, fold constants, push row
+   gathers through element-wise ops, fuse...; see ``rewrite.py``);
 3. **order** the nodes topologically, putting nodes that overwrite a shared value in place
    (optimizer row updates, ``op.destroy_map``) after every other node;
-4. **make a thunk** per node with the chosen backend;
-5. **run**: the VM is one loop over thunks reading and writing a list of value slots.
+4. **make a thunk** per node from the backend's table (``backends/``);
+5. **link**: each phase (safe, destructive) becomes one generated straight-line Python
+   function with values in locals (``linker.py``; ``Mode(linker="vm")``: a loop).
 
-A call is atomic. Inputs are validated (count, rank, dtype kind, sparse format) before
-anything runs, Ops validate their index ranges while computing, and nothing is written to
-a shared variable until every non-destructive node has run: an exception in that phase
+A call is atomic. Inputs are validated (count, rank, dtype kind, sparse format) and index
+inputs range-checked once, in a prologue (``prologue.py``), before anything runs; Ops
+validate what the prologue could not know while computing, and nothing is written to a
+shared variable until every non-destructive node has run: an exception in that phase
 leaves all state exactly as it was.
 """
 from __future__ import annotations
@@ -26,9 +29,12 @@ from minigrad import call_checks
 from minigrad.backends import get_backend
 from minigrad.fgraph import FunctionGraph
 from minigrad.graph import Constant, Variable
+from minigrad.linker import generated_phase, vm_phase
 from minigrad.mode import resolve_mode
+from minigrad.prologue import Prologue
 from minigrad.rewrite import DB
 from minigrad.types import CSRType, RowSparse, RowSparseType
+from minigrad.undo import logged, roll_back, writes_early
 from minigrad.variables import SharedVariable, as_variable
 
 
@@ -124,6 +130,10 @@ class Function:
             n for n in nodes if n.op.destroy_map
         ]
         self.n_safe = sum(1 for n in self.nodes if not n.op.destroy_map)
+        # index inputs range-checked once per call, before anything runs; marks the nodes
+        # it covers (node.index_checked) so their thunks skip the check: before make_thunk
+        self.prologue = Prologue(self.nodes, self.inputs)
+        self._kernels = self.backend.kernels() if self.n_safe < len(self.nodes) else None
         slot = {}
 
         def slot_of(var):
@@ -143,9 +153,11 @@ class Function:
                 self.shared.append((var, slot_of(var)))
             elif isinstance(var, Constant):
                 self.constants.append((slot_of(var), self.backend.to_device(var.data)))
+        # catch-up nodes write tables in the safe phase: their rows are logged first so a
+        # call that fails before its destructive phase puts them back (see undo.py)
+        self._undo_log = []
         self.program = [
-            (self.backend.make_thunk(n), [slot_of(i) for i in n.inputs],
-             [slot_of(o) for o in n.outputs])
+            (self._thunk(n), [slot_of(i) for i in n.inputs], [slot_of(o) for o in n.outputs])
             for n in self.nodes
         ]
         # Shared values this function updates in place are its own to keep consistent (an
@@ -181,6 +193,39 @@ class Function:
             guard.extend(ins)
         self.guard_slots = sorted(set(guard) - self.leaf_slots)
         self.n_slots = len(slot)
+        self._make_phases()
+
+    def _make_phases(self):
+        """One callable per phase, by the mode's linker (see ``linker.py``).
+
+        The safe phase takes the inputs and shared values and returns what the rest of
+        the call needs (outputs, update values, the destructive nodes' inputs); the
+        destructive phase takes its inputs from those. Constants are bound once.
+        """
+        const = dict(self.constants)
+        labels = [_node_label(n) for n in self.nodes]
+        safe = [(*entry, label) for entry, label in zip(self.safe_program, labels)]
+        late = [(*entry, label) for entry, label in
+                zip(self.destructive_program, labels[self.n_safe:])]
+        self.safe_in = list(range(len(self.inputs))) + [s for _, s in self.shared]
+        made_late = {o for _, _, outs in self.destructive_program for o in outs}
+        self.destructive_in = sorted({i for _, ins, _ in self.destructive_program
+                                      for i in ins if i not in made_late and i not in const})
+        needed = set(self.output_slots) | {s for _, s, _ in self.update_slots}
+        self.safe_out = sorted((needed | set(self.destructive_in) | set(self.guard_slots))
+                               - made_late)
+        if self.mode.linker == "vm":
+            self._safe_run = vm_phase(safe, self.safe_in, self.safe_out, self.n_slots, const)
+            self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)
+        else:
+            self._safe_run = generated_phase(safe, self.safe_in, self.safe_out, "safe_phase",
+                                             const)
+            self._destructive_run = generated_phase(late, self.destructive_in, (),
+                                                    "destructive_phase", const)
+
+    def _thunk(self, node):
+        thunk = self.backend.make_thunk(node)
+        return logged(node, thunk, self._undo_log) if writes_early(node) else thunk
 
     def _missing_inputs(self, nodes):
         given = set(self.inputs)
@@ -201,11 +246,13 @@ class Function:
         values = []
         for i, (var, value) in enumerate(zip(self.inputs, args)):
             label = f"input {i}" + (f" ({var.name!r})" if var.name else "")
-            values.append(self.backend.to_device(var.type.filter(
-                value, name=label, allow_downcast=self.allow_input_downcast)))
+            values.append(var.type.filter(value, name=label,
+                                          allow_downcast=self.allow_input_downcast))
         if self.updates:
             call_checks.check_not_empty(self.inputs, values, self._label())
-        return values
+        if self.prologue:
+            self.prologue(values)  # on the host, before any upload or node
+        return [self.backend.to_device(v) for v in values]
 
     def _label(self):
         return f"function {self.name!r}" if self.name else "this function"
@@ -225,11 +272,20 @@ class Function:
         for s, data in self.constants:
             storage[s] = data
         call_checks.check_destinations(self.in_place_targets, storage, self._label())
-        self._run(self.safe_program, storage)
+        self._undo_log.clear()
+        try:
+            results = self._safe_run(*[storage[s] for s in self.safe_in])
+        except BaseException:
+            roll_back(self._undo_log)  # the caught-up rows of a failed call go back
+            raise
+        for s, value in zip(self.safe_out, results):
+            storage[s] = value
         if self.nan_guard and not self._all_finite(storage):
+            roll_back(self._undo_log)
             return self._on_nan()
         if self.update_guard and not call_checks.dense_updates_finite(self.update_slots,
                                                                       storage):
+            roll_back(self._undo_log)
             return self._on_nan()
         handed_out = set()  # ids of arrays already returned or stored in a shared variable
         outputs = [
@@ -237,17 +293,24 @@ class Function:
             for s, var in zip(self.output_slots, self.output_shared)
         ]
         if self.update_guard:
+            # the guarded runner undoes its own writes on any error; the catch-up rows of
+            # the safe phase then go back too, so the call changes nothing
             try:
                 call_checks.run_destructive_guarded(self.destructive_nodes,
                                                     self.destructive_program, storage,
-                                                    self._label())
+                                                    self._label(), self._kernels)
             except FloatingPointError as err:
+                roll_back(self._undo_log)
                 if self.on_nan == "raise":
                     raise
                 warnings.warn(f"{err} (step skipped)", RuntimeWarning, stacklevel=3)
                 return None
+            except BaseException:
+                roll_back(self._undo_log)
+                raise
         else:
-            self._run(self.destructive_program, storage)
+            self._destructive_run(*[storage[s] for s in self.destructive_in])
+        self._undo_log.clear()
         for target, s, in_place in self.update_slots:
             if not in_place:
                 value = storage[s]
@@ -261,14 +324,12 @@ class Function:
 
     @staticmethod
     def _run(program, storage):
-        """The VM: run each thunk on its input slots, store its outputs in their slots."""
+        """The plain VM over a program of ``(thunk, input_slots, output_slots)`` entries
+        and a slot list (for code that runs part of a program itself)."""
         for thunk, ins, outs in program:
             results = thunk([storage[i] for i in ins])
-            if len(outs) == 1:
-                storage[outs[0]] = results[0]
-            else:
-                for s, r in zip(outs, results):
-                    storage[s] = r
+            for s, r in zip(outs, results):
+                storage[s] = r
 
     def _all_finite(self, storage):
         for s in self.guard_slots:
@@ -305,6 +366,18 @@ class Function:
                 value = value.copy()
             handed_out.add(id(value))
         return value
+
+
+def _node_label(node):
+    """A short label for the generated code's comment: the Op's class name for a fused
+    node (its printed formula can be as deep as its inner graph), else ``str(op)``."""
+    op = node.op
+    if getattr(op, "inner_nodes", None) is not None or op.inner_graph(node) is not None:
+        return type(op).__name__
+    try:
+        return str(op)
+    except Exception:  # a label must never stop a compile
+        return type(op).__name__
 
 
 def function(inputs, outputs=None, updates=None, backend=None, nan_guard=None, name=None,

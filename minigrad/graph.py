@@ -147,6 +147,12 @@ class Op:
     def grad(self, inputs, outputs, output_grads) -> list:
         raise NotImplementedError(f"{self} has no gradient")
 
+    def inner_graph(self, node):
+        """For a fused node: ``(inputs, outputs)`` of the graph it computes in one go, over
+        fresh leaf variables typed like ``node.inputs`` (``debugprint``/``to_dot`` print it
+        under the node). ``None`` for an ordinary Op."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------
 # Walking the graph

@@ -1,120 +1,70 @@
-"""Pick the array kernels behind the Ops' ``perform`` methods and ``RowSparse``.
+"""Which array kernels a computation uses, decided in one visible place.
 
-``RowSparse.coalesce``, dense scatter-adds and the sparse products use ``kernels.cpu``
-(Numba) when it imports and ``MINIGRAD_BACKEND`` is not ``numpy``; otherwise the NumPy
-definitions in ``kernels.reference``. A ``backend="numpy"`` function runs its calls under
-``reference_only()``, so the reference backend is NumPy end to end whatever is installed.
+* ``Op.perform`` is the NumPy reference, so the helpers below use ``kernels.reference``
+  unless a caller passes another kernel module (``kernels=``). There is no global switch,
+  environment read or context variable: a ``backend="numpy"`` function runs NumPy end to
+  end because it only ever calls ``perform``.
+* A backend's implementation table (``minigrad/backends/numba.py``, ``cupy.py``) calls its
+  own kernels (``kernels.cpu``, ``kernels.gpu``) directly.
+* Code outside a compiled function that wants "the fast kernels of the configured backend"
+  (an optimizer's flush, ``opt.apply``) asks :func:`kernels_for`, whose default is
+  ``mg.config.backend`` (itself read once from ``MINIGRAD_BACKEND`` in ``config.py``).
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import os
+import importlib
 
 import numpy as np
 
-_REFERENCE_ONLY = contextvars.ContextVar("minigrad_reference_kernels", default=False)
+_MODULES = {"numpy": "kernels.reference", "numba": "kernels.cpu", "cupy": "kernels.gpu"}
 
 
-@contextlib.contextmanager
-def reference_only():
-    """Within this block (this thread/context), use ``kernels.reference``."""
-    token = _REFERENCE_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _REFERENCE_ONLY.reset(token)
+def kernels_for(backend=None):
+    """The kernel module of ``backend`` (``None``: ``mg.config.backend``)."""
+    if backend is None:
+        from minigrad.config import config
+
+        backend = config.backend
+    if backend not in _MODULES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(_MODULES)}")
+    return importlib.import_module(_MODULES[backend])
 
 
-def _load():
-    if os.environ.get("MINIGRAD_BACKEND", "").lower() != "numpy":
-        try:
-            import kernels.cpu as impl
+def reference():
+    """``kernels.reference``: the NumPy definition of every kernel."""
+    import kernels.reference as ref
 
-            return impl
-        except ImportError:
-            pass
-    return _reference()
+    return ref
 
 
-def _impl():
-    global _IMPL
-    if _REFERENCE_ONLY.get():
-        return _reference()
-    if _IMPL is None:
-        _IMPL = _load()
-    return _IMPL
-
-
-def _reference():
-    try:
-        import kernels.reference as impl
-
-        return impl
-    except ImportError:  # a source tree without the kernels package: plain NumPy below
-        return False
-
-
-_IMPL = None
-
-
-def coalesce_rows(indices, values):
+def coalesce_rows(indices, values, kernels=None):
     """Sorted unique indices and the summed rows of each."""
     if len(indices) == 0:
         return np.zeros(0, dtype=np.int64), values.reshape((0,) + values.shape[1:])
-    if _impl():
-        return _impl().coalesce_rows(indices, values)
-    unique, inverse = np.unique(indices, return_inverse=True)
-    summed = np.zeros((len(unique),) + values.shape[1:], dtype=values.dtype)
-    np.add.at(summed, inverse, values)
-    return unique.astype(np.int64), summed
+    return (kernels or reference()).coalesce_rows(indices, values)
 
 
-def scatter_add_rows(out, indices, values):
+def scatter_add_rows(out, indices, values, kernels=None):
     """``out[indices[i]] += values[i]`` in place, duplicates summed."""
-    if not len(indices):
-        return
-    if _impl():
-        _impl().scatter_add_rows(out, indices, values)
-    else:
-        np.add.at(out, indices, values)
+    if len(indices):
+        (kernels or reference()).scatter_add_rows(out, indices, values)
 
 
-def csr_scale_rows(indptr, data, grad):
+def csr_scale_rows(indptr, data, grad, kernels=None):
     """``out[k] = data[k] * grad[row of stored entry k]`` (the gathered rows' gradient)."""
-    impl = _impl()
     data = data.astype(grad.dtype, copy=False)
-    if impl:
-        return impl.csr_scale_rows(indptr, data, grad)
-    row_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    return data.reshape((-1,) + (1,) * (grad.ndim - 1)) * grad[row_of]
+    return (kernels or reference()).csr_scale_rows(indptr, data, grad)
 
 
-def csr_row_dots(indptr, data, grad, rows):
+def csr_row_dots(indptr, data, grad, rows, kernels=None):
     """``out[k] = data[k] * <grad[row of entry k], rows[k]>`` (the scales' gradient)."""
-    impl = _impl()
     data = data.astype(grad.dtype, copy=False)
-    if impl:
-        return impl.csr_row_dots(indptr, data, grad, rows)
-    n = len(data)
-    row_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    return data * np.einsum("kd,kd->k", grad[row_of].reshape(n, -1), rows.reshape(n, -1))
+    return (kernels or reference()).csr_row_dots(indptr, data, grad, rows)
 
 
-def csr_gathered_dot(indptr, data, rows):
-    """``out[i] = sum_{k in row i} data[k] * rows[k]`` (rows already gathered)."""
-    n = len(indptr) - 1
-    impl = _impl()
-    width = rows.size // max(rows.shape[0], 1)
-    if impl and impl.__name__ == "kernels.cpu" and width > 1 and len(data):
-        # the CSR x dense kernel with the identity as column map: one pass, no temporaries
-        dense = rows.astype(np.result_type(data, rows), copy=False)
-        return impl.csr_dense_dot(indptr, np.arange(len(data), dtype=np.int64), data, dense)
-    counts = np.diff(indptr)
-    out = np.zeros((n,) + rows.shape[1:], dtype=np.result_type(data, rows))
-    nonempty = counts > 0
-    if nonempty.any():
-        # CSR rows are contiguous slices, so a segmented sum (reduceat) does the job
-        weighted = data.reshape((-1,) + (1,) * (rows.ndim - 1)) * rows
-        out[nonempty] = np.add.reduceat(weighted, indptr[:-1][nonempty], axis=0)
-    return out
+def csr_gathered_dot(indptr, data, rows, kernels=None):
+    """``out[i] = sum_{k in row i} data[k] * rows[k]`` (rows already gathered), in the
+    result dtype of ``data`` and ``rows``."""
+    dtype = np.result_type(data, rows)
+    rows = rows.astype(dtype, copy=False)
+    return (kernels or reference()).csr_gathered_dot(indptr, data, rows)

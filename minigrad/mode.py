@@ -9,12 +9,14 @@ passing a mode, never by editing the global rewrite database::
 
 ``include``/``exclude`` are rewrite tags (a rewriter's name, its phase or any tag it was
 registered with; see ``minigrad/rewrite.py``). ``backend=None`` means ``mg.config.backend``
-at compile time. ``linker`` chooses how the compiled nodes run: ``"vm"`` (a loop over
-thunks).
+at compile time. ``linker`` chooses how the compiled nodes run: ``"generated"`` (each
+phase of the step is one generated straight-line Python function, the default) or ``"vm"``
+(a loop over thunks, the simplest form, kept for comparison and debugging); see
+``minigrad/linker.py``.
 """
 from __future__ import annotations
 
-LINKERS = ("vm",)
+LINKERS = ("generated", "vm")
 
 
 def _tags(value, what):
@@ -35,7 +37,7 @@ class Mode:
 
     __slots__ = ("backend", "include", "exclude", "linker")
 
-    def __init__(self, backend=None, include=(), exclude=(), linker="vm"):
+    def __init__(self, backend=None, include=(), exclude=(), linker="generated"):
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"Mode backend must be a name such as 'numpy', got {backend!r}")
         if linker not in LINKERS:

@@ -331,6 +331,17 @@ class RowSparse:
             raise IndexError(f"RowSparse: row index {bad} out of range [0, {self.shape[0]})")
         self._coalesced = bool(coalesced)
 
+    @classmethod
+    def trusted(cls, indices, values, shape, coalesced=False):
+        """A RowSparse from parts the caller has validated: int64 1-D ``indices`` in range,
+        ``values`` of shape ``(n, *shape[1:])``. For compiled code after its prologue (the
+        checks of ``__init__`` would repeat work already done); users call the constructor.
+        """
+        rs = cls.__new__(cls)
+        rs.indices, rs.values, rs.shape = indices, values, tuple(shape)
+        rs._coalesced = bool(coalesced)
+        return rs
+
     dtype = property(lambda self: self.values.dtype)
     ndim = property(lambda self: len(self.shape))
 

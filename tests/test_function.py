@@ -276,3 +276,65 @@ def test_nan_guard_checks_row_sparse_gradients():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         mg.function([], mg.constant(1.0), backend="tpu")
+
+
+# ---- checks once: the index prologue ------------------------------------------------
+
+
+def test_index_inputs_are_checked_once_in_the_prologue(monkeypatch):
+    pytest.importorskip("numba", reason="numba not installed")
+    import minigrad.backends.numba as numba_backend
+
+    calls = []
+    original = numba_backend.check_index_range
+    monkeypatch.setattr(numba_backend, "check_index_range",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    E = mg.shared(np.arange(20.0).reshape(10, 2), name="E")
+    idx = mg.lvector("tokens")
+    f = mg.function([idx], [E[idx].sum(), (E[idx] ** 2).sum()], backend="numba")
+    assert f.prologue and any(getattr(n, "index_checked", False) for n in f.nodes)
+    f(np.array([0, 9, 3]))
+    assert calls == []  # the Take thunks skipped their own check
+    with pytest.raises(IndexError, match=r"index 'tokens': value 10 is out of range for E "
+                                         r"with 10 rows"):
+        f(np.array([0, 10]))
+    with pytest.raises(IndexError, match="value -1"):
+        f(np.array([-1, 2]))
+
+
+def test_the_prologue_stops_a_bad_label_before_any_node_runs():
+    E = mg.shared(np.ones((6, 3)), name="E")
+    W = mg.shared(np.ones((3, 4)), name="W")
+    c = mg.shared(np.zeros(4), name="c")
+    idx, y = mg.lvector("idx"), mg.lvector("y")
+    f = mg.function([idx, y], mg.nn.cross_entropy(E[idx] @ W + c, y))
+    assert len(f.prologue.checks) == 2  # idx against rows of E, y against columns of W
+    ran = []
+    f._safe_run = lambda *a: ran.append(1)  # nothing may run on a bad call
+    with pytest.raises(IndexError, match="label 4 is out of range for 4 classes"):
+        f(np.array([1, 2]), np.array([0, 4]))
+    assert ran == []
+
+
+def test_csr_column_indices_are_checked_once():
+    V = mg.shared(np.ones((5, 2)), name="V")
+    X = mg.csr_matrix("X")
+    # the unfused product: a gather of V's rows by the CSR columns (the fused kernels of
+    # the fuse phase read the rows themselves and check their own arguments)
+    f = mg.function([X], mg.sparse.dot(X, V).sum(), mode=mg.Mode(exclude=("fuse",)))
+    assert f.prologue.csr_inputs == [0]
+    good = sp.csr_matrix(np.eye(5)[:3])
+    assert f(good) == pytest.approx(6.0)
+    bad = sp.csr_matrix((np.ones(2), np.array([1, 7]), np.array([0, 1, 2])), shape=(2, 5))
+    with pytest.raises(IndexError, match="CSR column index 7"):
+        f(bad)
+
+
+def test_shared_table_shrunk_by_set_value_is_seen_by_the_prologue():
+    E = mg.shared(np.ones((10, 2)), name="E")
+    idx = mg.lvector("idx")
+    f = mg.function([idx], E[idx].sum())
+    assert f(np.array([8])) == 2.0
+    E.set_value(np.ones((5, 2)))
+    with pytest.raises(IndexError, match="with 5 rows"):
+        f(np.array([8]))

@@ -145,3 +145,18 @@ def test_sparse_dot_with_scale_verify_grad():
         numeric = (f(Xv, *plus) - f(Xv, *minus)) / (2 * eps)
         dense = grad.to_dense() if isinstance(grad, mg.RowSparse) else grad
         assert float(np.sum(dense * direction)) == pytest.approx(float(numeric), rel=1e-6)
+
+
+def test_fused_nodes_expose_their_inner_graph():
+    s = mg.shared(np.ones((5, 1)), name="s")
+    a = mg.matrix("a")
+    f = mg.function([a], mg.grad((mg.tanh(a) * s).sum(), s))
+    (fused,) = [n for n in f.nodes if isinstance(n.op, MulReduceLike)]
+    inputs, outputs = fused.op.inner_graph(fused)
+    assert [v.name for v in inputs] == ["a", "b", "x"]
+    assert [type(n.op).__name__ for n in mg.toposort(outputs)] == ["Binary", "ReduceLike"]
+    inner = mg.function(inputs, outputs[0], backend="numpy")
+    rng = np.random.default_rng(0)
+    av, bv, xv = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), np.ones((5, 1))
+    np.testing.assert_allclose(inner(av, bv, xv), (av * bv).sum(axis=1, keepdims=True))
+    assert all(n.op.inner_graph(n) is None for n in f.nodes if n is not fused)

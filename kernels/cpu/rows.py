@@ -32,6 +32,7 @@ __all__ = [
     "segment_sum",
     "csr_scale_rows",
     "csr_row_dots",
+    "csr_gathered_dot",
     "rows_finite",
 ]
 
@@ -340,6 +341,22 @@ def gather_rows(table, indices):
     return out
 
 
+def gather_rows_unchecked(table, indices):
+    """``gather_rows`` without argument checks, for callers that validated them already.
+
+    Compiled minigrad code calls it after its prologue range-checked ``indices``; a C-
+    contiguous float ``table`` and int64 1-D ``indices`` in range are the caller's promise
+    (Numba does not bounds-check). Users call :func:`gather_rows`.
+    """
+    out = np.empty((indices.shape[0],) + table.shape[1:], dtype=table.dtype)
+    out2d = out.reshape(out.shape[0], V.row_width(out))
+    table2d = table.reshape(table.shape[0], out2d.shape[1])
+    distance = _PREFETCH_DISTANCE if table2d.nbytes > _PREFETCH_MIN_BYTES else 0
+    _rows(_gather_range, _gather_chunks, out.shape[0], out.size, table2d, indices, out2d,
+          distance)
+    return out
+
+
 def scatter_add_rows(out, indices, values):
     """In place ``out[indices[i]] += values[i]``; duplicate indices are summed.
 
@@ -428,6 +445,22 @@ def csr_row_dots(indptr, data, grad, rows):
     if out.size:
         _csr_row_dots(_as_i64(indptr), np.ascontiguousarray(data), _as_2d(grad),
                       _as_2d(rows.astype(grad.dtype, copy=False)), out)
+    return out
+
+
+def csr_gathered_dot(indptr, data, rows):
+    """``out[i] = sum over k in row i of data[k] * rows[k]``; see the reference.
+
+    The CSR x dense loop with the identity as column map: one pass, no temporaries.
+    """
+    indptr, data, rows, n_rows = V.csr_gathered_dot_args(np.asarray(indptr), np.asarray(data),
+                                                         np.asarray(rows))
+    out = np.zeros((n_rows,) + rows.shape[1:], dtype=rows.dtype)
+    if out.size and data.shape[0]:
+        identity = np.arange(data.shape[0], dtype=np.int64)
+        _rows(_csr_dense_dot_range, _csr_dense_dot_chunks, n_rows,
+              data.shape[0] * V.row_width(rows), _as_i64(indptr), identity,
+              np.ascontiguousarray(data), _as_2d(rows), out.reshape(n_rows, -1))
     return out
 
 

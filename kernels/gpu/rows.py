@@ -30,6 +30,7 @@ __all__ = [
     "segment_sum",
     "csr_scale_rows",
     "csr_row_dots",
+    "csr_gathered_dot",
 ]
 
 _gather = cp.ElementwiseKernel(
@@ -190,6 +191,20 @@ def csr_dense_dot(indptr, indices, data, dense):
         V.row_width(dense),
         out.reshape(-1),
     )
+    return out
+
+
+def csr_gathered_dot(indptr, data, rows):
+    """``out[i] = sum over k in row i of data[k] * rows[k]``; see the reference.
+
+    The CSR x dense kernel with the identity as column map (deterministic, no atomics).
+    """
+    indptr, data, rows, n_rows = V.csr_gathered_dot_args(cp.asarray(indptr), cp.asarray(data),
+                                                         cp.asarray(rows))
+    out = cp.empty((n_rows,) + rows.shape[1:], dtype=rows.dtype)
+    identity = cp.arange(data.shape[0], dtype=cp.int64)
+    _csr_dense_dot(_flat(indptr), identity, _flat(data), _flat(rows), V.row_width(rows),
+                   out.reshape(-1))
     return out
 
 

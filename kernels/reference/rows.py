@@ -20,6 +20,7 @@ __all__ = [
     "segment_sum",
     "csr_scale_rows",
     "csr_row_dots",
+    "csr_gathered_dot",
     "rows_finite",
 ]
 
@@ -111,6 +112,19 @@ def csr_row_dots(indptr, data, grad, rows):
     n, width = data.shape[0], V.row_width(grad)
     expanded = grad[_csr_row_ids(indptr)].reshape(n, width)
     return data * np.einsum("kd,kd->k", expanded, rows.reshape(n, width))
+
+
+def csr_gathered_dot(indptr, data, rows):
+    """``out[i] = sum over k in row i of data[k] * rows[k]``, shape ``(n_rows,) + rows.shape[1:]``.
+
+    ``X @ W`` once the rows ``W[X.indices]`` have been gathered (one per stored entry): the
+    forward pass of ``mg.sparse.dot``. The result has ``rows``' dtype.
+    """
+    indptr, data, rows, n_rows = V.csr_gathered_dot_args(np.asarray(indptr), np.asarray(data),
+                                                         np.asarray(rows))
+    out = np.zeros((n_rows,) + rows.shape[1:], dtype=rows.dtype)
+    np.add.at(out, _csr_row_ids(indptr), _scale_rows(data, rows))
+    return out
 
 
 def segment_sum(values, segment_ids, n_segments):

@@ -1,6 +1,11 @@
-"""The reference backend: every Op runs its own NumPy ``perform``."""
+"""The reference backend: every Op runs its own NumPy ``perform``, and nothing else.
+
+``Op.perform`` is the definition of each Op (it calls ``kernels.reference`` where it needs
+a kernel), so this backend's table is empty: the default implementation is ``perform``.
+"""
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -23,10 +28,15 @@ def make_thunk(node):
 
 
 def call_context():
-    """The reference backend runs on NumPy only (see ``kernels_dispatch``)."""
-    from minigrad.kernels_dispatch import reference_only
+    """Nothing to set up around a call (kept in the backend interface for others)."""
+    return contextlib.nullcontext()
 
-    return reference_only()
+
+def kernels():
+    """The kernel module this backend's implementations call."""
+    import kernels.reference as ref
+
+    return ref
 
 
 def load_shared(var):

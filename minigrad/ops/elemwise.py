@@ -319,6 +319,11 @@ class MulReduceLike(Op):
 
     shape_only_inputs = (2,)
 
+    def inner_graph(self, node):
+        """``ReduceLike(a * b, x)``: the two nodes this one replaces."""
+        a, b, x = (v.type.make_variable(name=n) for v, n in zip(node.inputs, "abx"))
+        return [a, b, x], [ReduceLike()(Binary("mul")(a, b), x)]
+
     def make_node(self, a, b, x):
         return Apply(self, [a, b, x], [TensorType(result_dtype([a, b]), x.type.shape)])
 

@@ -7,6 +7,7 @@ evenly among ties, so the gradient is the average of the one-sided derivatives).
 from __future__ import annotations
 
 import builtins
+import math
 
 import numpy as np
 
@@ -117,7 +118,7 @@ class CountOf(Op):
 
     def perform(self, node, inputs):
         shape = np.shape(inputs[0])
-        return (np.asarray(int(np.prod([shape[a] for a in self.axes])), dtype="int64"),)
+        return (np.asarray(math.prod(shape[a] for a in self.axes), dtype="int64"),)
 
     def grad(self, inputs, outputs, output_grads):
         return [None]

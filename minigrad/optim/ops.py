@@ -9,17 +9,19 @@ table is written.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from minigrad.graph import Apply, Op
 from minigrad.types import RowSparse, RowSparseType, TensorType
 
 
-def kernel_module(backend="numba"):
-    """``kernels.cpu`` unless the NumPy backend is asked for (or Numba is missing)."""
-    if backend != "numpy" and os.environ.get("MINIGRAD_BACKEND", "").lower() != "numpy":
+def kernel_module(backend=None):
+    """The host kernels of ``backend`` (default ``mg.config.backend``, the one place that
+    reads ``MINIGRAD_BACKEND``): ``kernels.reference`` for "numpy", else ``kernels.cpu``
+    (``kernels.reference`` when Numba is missing)."""
+    from minigrad.config import config
+
+    if (backend or config.backend) != "numpy":
         try:
             import kernels.cpu as cpu
 

@@ -1,0 +1,172 @@
+"""Checks once: every index input is range-checked in one prologue, before anything runs.
+
+The graph knows which input indexes which table: a ``Take(table, idx)`` node whose ``idx``
+is a declared input and whose ``table`` is a shared variable (possibly read through an
+exact-mode ``CatchUpAll``) needs ``0 <= idx < rows(table)``; a ``PickColumns(logits, labels)``
+(cross-entropy) needs ``0 <= labels < columns(logits)``, and the number of columns of the
+logits is usually known from a shared weight matrix (``r @ W + c``). The prologue computes
+``min`` and ``max`` of each such input once per call, compares them with every bound, and
+raises the same ``IndexError`` the node would have raised, but *before* any node ran.
+
+Nodes whose index the prologue checked get ``node.index_checked = True`` (the compiled
+graph's nodes are the compiler's own copies), and backends skip their own range check for
+them; kernels called by users still validate everything.
+"""
+from __future__ import annotations
+
+from minigrad.variables import SharedVariable
+
+
+def _param_of(var):
+    """The shared variable whose rows ``var`` holds (through catch-up nodes), or ``None``."""
+    while var.owner is not None and type(var.owner.op).__name__ == "CatchUpAll":
+        var = var.owner.inputs[0]
+    return var if isinstance(var, SharedVariable) else None
+
+
+def _dim(var, axis, depth=0):
+    """A callable giving ``var.shape[axis]`` at call time from shared values, or ``None``.
+
+    A tiny shape inference, enough for the bounds of index inputs: static lengths, shared
+    variables, element-wise ops (broadcasting), matrix products and row gathers.
+    """
+    from minigrad.ops.elemwise import Cast, Elemwise
+    from minigrad.ops.indexing import Take
+    from minigrad.ops.linalg import MatMul
+    from minigrad.ops.nn import LogSoftmax, Softmax
+
+    if depth > 20 or axis >= var.ndim:
+        return None
+    static = var.type.shape[axis] if hasattr(var.type, "shape") else None
+    if static is not None:
+        return lambda: static
+    param = _param_of(var)
+    if param is not None:
+        return lambda: param.value.shape[axis]
+    node = var.owner
+    if node is None:
+        return None
+    if isinstance(node.op, (Softmax, LogSoftmax, Cast)):  # the shape of their input
+        return _dim(node.inputs[0], axis, depth + 1)
+    if isinstance(node.op, Elemwise):
+        offset = var.ndim - axis
+        for x in node.inputs:
+            if x.ndim >= offset and x.type.shape[x.ndim - offset] != 1:
+                found = _dim(x, x.ndim - offset, depth + 1)
+                if found is not None:
+                    return found
+        return None
+    if isinstance(node.op, MatMul) and axis == var.ndim - 1 and node.inputs[1].ndim >= 2:
+        b = node.inputs[1]
+        return _dim(b, b.ndim - 1, depth + 1)
+    if isinstance(node.op, Take) or type(node.op).__name__ == "FreshTake":
+        table, idx = node.inputs[0], node.inputs[-1]  # FreshTake(param, ..., idx)
+        if axis >= idx.ndim:
+            return _dim(table, axis - idx.ndim + 1, depth + 1)
+    return None
+
+
+class Prologue:
+    """The index checks of one compiled function; call it with the filtered inputs."""
+
+    def __init__(self, nodes, inputs):
+        from minigrad.ops.indexing import Take, TakeGrad
+        from minigrad.ops.nn import PickColumns
+
+        position = {var: k for k, var in enumerate(inputs)}
+        checks = {}  # input position -> [(bound, message_fn)]
+        self.csr_inputs = []  # positions of CSR inputs whose column indices are checked
+        checked = set()  # (index variable, shared table) pairs known to be in range
+        for node in nodes:
+            if isinstance(node.op, Take):
+                table, idx = node.inputs
+                param = _param_of(table)
+                if param is None:
+                    continue
+                if idx in position:
+                    checks.setdefault(position[idx], []).append(
+                        (_rows_of(param), _take_message(idx, table, param)))
+                elif not self._csr_columns_in_range(idx, param, position):
+                    continue
+                node.index_checked = True
+                checked.add((idx, param))
+            elif isinstance(node.op, PickColumns):
+                logits, labels = node.inputs
+                columns = _dim(logits, 1)
+                if labels in position and columns is not None:
+                    checks.setdefault(position[labels], []).append(
+                        (columns, _label_message(labels)))
+        for node in nodes:  # gradients of checked gathers: their indices are the same
+            if isinstance(node.op, TakeGrad) and (node.inputs[1], _param_of(node.inputs[0])) \
+                    in checked:
+                node.index_checked = True
+        self.checks = sorted(checks.items())
+
+    def _csr_columns_in_range(self, idx, param, position):
+        """Whether ``idx = CSRColumns(X, W)`` holds valid rows of ``param``.
+
+        ``CSRColumns`` checks ``X.shape[1] == rows(W)`` before the gather runs, so the
+        columns are valid rows of ``W`` when ``X``'s column indices lie below ``X.shape[1]``:
+        true by construction for a ``BagOfWords`` of the same table, and checked here once
+        per call for a CSR input.
+        """
+        from minigrad.ops.sparse import CSRColumns
+
+        node = idx.owner
+        if node is None or not isinstance(node.op, CSRColumns):
+            return False
+        X, W = node.inputs
+        if _param_of(W) is not param:
+            return False
+        if X in position:
+            if position[X] not in self.csr_inputs:
+                self.csr_inputs.append(position[X])
+            return True
+        source = X.owner
+        return (source is not None and type(source.op).__name__ == "BagOfWords"
+                and _param_of(source.inputs[2]) is param)
+
+    def __bool__(self):
+        return bool(self.checks or self.csr_inputs)
+
+    def __call__(self, values):
+        for k in self.csr_inputs:
+            X = values[k]
+            cols = X.indices
+            if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= X.shape[1]):
+                bad = int(cols.min()) if int(cols.min()) < 0 else int(cols.max())
+                raise IndexError(f"input {k}: CSR column index {bad} is out of range for "
+                                 f"{X.shape[1]} columns")
+        for k, bounds in self.checks:
+            idx = values[k]
+            if idx.size == 0:
+                continue
+            lo, hi = int(idx.min()), int(idx.max())  # once per input and call
+            for bound, message in bounds:
+                n = int(bound())
+                if lo < 0 or hi >= n:
+                    raise IndexError(message(lo if lo < 0 else hi, n))
+
+
+def _rows_of(param):
+    return lambda: param.value.shape[0]
+
+
+def _take_message(idx, table, param):
+    idx_name = idx.name or "index"
+    table_name = table.name or param.name or "the table"
+
+    def message(bad, n):
+        return (f"index {idx_name!r}: value {bad} is out of range for {table_name} "
+                f"with {n} rows (valid: 0..{n - 1})")
+
+    return message
+
+
+def _label_message(labels):
+    name = labels.name or "labels"
+
+    def message(bad, n):
+        return f"{name}: label {bad} is out of range for {n} classes (valid: 0..{n - 1})"
+
+    return message
