@@ -228,6 +228,7 @@ def test_huge_table_gradient_allocates_only_touched_rows(kind, backend):
     assert isinstance(g.type, mg.RowSparseType)
     fn = mg.function(inputs, [cost, g], backend=backend)
     fn(*warm)  # compile kernels outside the measurement
+    fn(*args)  # and the large-table paths (a cold JIT cache would compile them here)
     peak, (c, value) = _peak_bytes(fn, *args)
     assert peak < 10 ** 6 < DENSE_BYTES, f"peak {peak} bytes"
     assert isinstance(value, mg.RowSparse) and value.shape == (N_ROWS, 4)
