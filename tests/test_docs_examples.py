@@ -30,3 +30,15 @@ def test_example_scripts_run(script, args):
                           capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.strip()
+
+
+def test_readme_schedule_example_runs_after_the_fifteen_lines():
+    text = (ROOT / "README.md").read_text()
+    first = re.search(r"## Fifteen lines\n\n```python\n(.*?)```", text, re.S).group(1)
+    sched = re.search(r"## Learning-rate schedules\n\n```python\n(.*?)```", text, re.S).group(1)
+    namespace = {}
+    exec(compile(first + sched, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["opt"].current_lr() == 0.0  # linear warm-up starts at 0
+    toks = namespace["rng"].integers(0, 100_000, (64, 20))
+    namespace["step"](toks, toks[:, 0] % 2)
+    assert 0.0 < namespace["opt"].current_lr() < 1e-3
