@@ -45,7 +45,7 @@ def test_eval_function_reads_caught_up_rows_without_a_flush(cls, kw, backend):
     np.testing.assert_array_equal(opt.last[0].value, last_before)
     # ... and returned what a full flush gives (the flush runs the Numba kernels, so the
     # NumPy backend's reference kernels agree to rounding only)
-    if backend == "numba":
+    if backend == "numba" and mg.config.backend == "numba":  # flush on the same kernels
         np.testing.assert_array_equal(got, E.get_value()[rows])
     else:
         np.testing.assert_allclose(got, E.get_value()[rows], rtol=1e-13)
