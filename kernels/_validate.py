@@ -229,9 +229,9 @@ def csr_t_dense_dot_rows_args(indptr, indices, data, grad):
     return indptr, indices, data, grad, n_rows
 
 
-def csr_scale_rows_args(indptr, data, grad):
-    """Validate ``csr_scale_rows``: ``grad`` has one row per CSR row."""
-    float_array("grad", grad)
+def csr_structure(indptr, data):
+    """The CSR invariants every CSR kernel relies on: ``data`` 1-D, ``indptr`` an index
+    array starting at 0, ending at nnz and non-decreasing. Returns ``indptr`` as checked."""
     indptr = index_array("indptr", indptr)
     if data.ndim != 1:
         raise ValueError(f"data must be 1-D, got shape {data.shape}")
@@ -244,6 +244,13 @@ def csr_scale_rows_args(indptr, data, grad):
         )
     if indptr.shape[0] > 1 and bool((indptr[1:] < indptr[:-1]).any()):
         raise ValueError("indptr must be non-decreasing")
+    return indptr
+
+
+def csr_scale_rows_args(indptr, data, grad):
+    """Validate ``csr_scale_rows``: ``grad`` has one row per CSR row."""
+    float_array("grad", grad)
+    indptr = csr_structure(indptr, data)
     n_rows = indptr.shape[0] - 1
     if grad.shape[0] != n_rows:
         raise ValueError(f"grad must have n_rows={n_rows} rows, got shape {tuple(grad.shape)}")
@@ -266,18 +273,7 @@ def csr_gathered_dot_args(indptr, data, rows):
     """Validate ``csr_gathered_dot``: one (already gathered) row per stored entry; ``data``
     is cast to ``rows.dtype``. Returns ``(indptr, data, rows, n_rows)``."""
     float_array("rows", rows)
-    indptr = index_array("indptr", indptr)
-    if data.ndim != 1:
-        raise ValueError(f"data must be 1-D, got shape {data.shape}")
-    if indptr.shape[0] < 1:
-        raise ValueError("indptr must have at least one entry (n_rows + 1)")
-    first, last = int(indptr[0]), int(indptr[-1])
-    if first != 0 or last != data.shape[0]:
-        raise ValueError(
-            f"indptr must start at 0 and end at nnz={data.shape[0]}, got {first} .. {last}"
-        )
-    if indptr.shape[0] > 1 and bool((indptr[1:] < indptr[:-1]).any()):
-        raise ValueError("indptr must be non-decreasing")
+    indptr = csr_structure(indptr, data)
     check_same_length("data", data, "rows", rows)
     return indptr, _same_float("data", data, rows.dtype), rows, indptr.shape[0] - 1
 
