@@ -79,10 +79,24 @@ def _killer(ray, suffix, how, after_batches, record):
         else:
             raise TimeoutError(f"*{suffix} did not come back within 30 s")
         record["t_back"] = time.time()
-        record["recovery_s"] = record["t_back"] - record["t_kill"]
-        record["started_at"] = info["started_at"]
+        record.update(recovery_parts(record["t_kill"], info, record["t_back"]))
     except Exception:  # noqa: BLE001 - reported to the test through the record
         record["error"] = traceback.format_exc()
+
+
+def recovery_parts(t_kill, info, t_back):
+    """A recovery in seconds from the kill: ``recovery_s`` until the new process is ready
+    (its constructor returned: rows and optimizer state restored, step compiled), split
+    into failure detection and process spawn, the new process's imports and the
+    constructor; ``answered_s`` until the probe's call came back (for a worker that
+    includes waiting behind the chunk the driver has already handed it again)."""
+    parts = {"started_at": info["started_at"], "recovery_s": info["started_at"] - t_kill,
+             "answered_s": t_back - t_kill,
+             "constructor_s": info["started_at"] - info["init_at"]}
+    if info.get("born_at") is not None:
+        parts.update(detect_spawn_s=info["born_at"] - t_kill,
+                     imports_s=info["init_at"] - info["born_at"])
+    return parts
 
 
 def fault(ray, out, name, suffix, how, checkpoint_every=5):
@@ -208,7 +222,8 @@ def cluster_node_removal(out):
         ray._private.utils.write_ray_address = lambda *args, **kwargs: None
         node = dict(num_cpus=1, node_ip_address="127.0.0.1", include_dashboard=False)
         cluster = Cluster(initialize_head=True, head_node_args=dict(
-            node, temp_dir=temp_dir, _system_config=ray_setup.safe_system_config()))
+            node, temp_dir=temp_dir,
+            _system_config=ray_setup.safe_system_config(multi_node=True)))
         try:
             hosts = [cluster.add_node(**node, resources={"shardhost": 4}) for _ in range(2)]
             cluster.wait_for_nodes()
@@ -229,8 +244,9 @@ def cluster_node_removal(out):
                         try:
                             info = ray.get(shard.info.remote(), timeout=30)
                             if info["node_id"] != where:
-                                record.update(recovery_s=time.time() - record["t_kill"],
-                                              moved=True)
+                                record["moved"] = True
+                                record.update(recovery_parts(record["t_kill"], info,
+                                                             time.time()))
                                 return
                         except ray.exceptions.RayActorError:
                             pass

@@ -89,6 +89,7 @@ def test_analyse_masked_embedding_ids_come_from_tokens():
     layout = sharding.analyse([tok, mask, y], m.cost(tok, mask, y), m.params)
     assert [(g.tables, g.inputs) for g in layout.groups] == [([0, 1], [0])]
     assert layout.dense == [2, 3]
+    assert layout.id_inputs == [0, 1]  # the ids of the real tokens need the mask too
 
 
 def test_analyse_dense_use_makes_a_table_dense():
@@ -295,7 +296,7 @@ def test_two_workers_two_shards_async_loss_falls(scenarios):
 @NEEDS_RAY
 @pytest.mark.distributed
 @pytest.mark.parametrize("name", ["shard_ray_kill", "shard_sigkill", "worker_sigkill"])
-def test_fault_accounting_is_exact(scenarios, name):
+def test_fault_accounting_is_exact(scenarios, name, record_property):
     import distributed_scenarios as sc
 
     record = _scenario(scenarios, name)
@@ -310,8 +311,10 @@ def test_fault_accounting_is_exact(scenarios, name):
     assert lost == expected_lost, record  # every lost row update accounted for, none doubled
     assert lost >= 0, record
     assert record["lost_pushes"] <= record["checkpoint_every"], record
-    # kill -> the actor answers from a new process: "within seconds", not a speed test (the
-    # box is shared; 1-4 s measured, up to 7 s at load ~20; the benchmark reports it)
+    # kill -> the new process restored and serving: under 5 s on an idle box (ray.kill
+    # 0.8-1.3 s, shard SIGKILL 1.3-1.9 s, worker SIGKILL ~1.8 s; more under load). Bounded
+    # here only as a no-hang check (the box is shared); the figure is reported.
+    _report_recovery(record_property, record)
     assert record["recovery_s"] < 30.0, record
     assert record["recoveries"] >= 1, record
     if name == "worker_sigkill":
@@ -353,10 +356,11 @@ def test_network_safety(scenarios):
 
 @NEEDS_RAY
 @pytest.mark.distributed
-def test_cluster_node_removal_moves_the_shard_and_counts_exactly():
+def test_cluster_node_removal_moves_the_shard_and_counts_exactly(record_property):
     """Three local nodes on 127.0.0.1 (``ray.cluster_utils.Cluster``); the node holding
     shard-0 is removed. Recovery includes Ray's node failure detection (health checks
-    tightened to ~2 s); 5.8 s measured at load average ~14 on this shared 2-core box."""
+    tightened to ~1 s, ``ray_setup.FAST_HEALTH_CHECKS``): 2.6 s measured in all at load
+    average ~8 on this shared 2-core box (4.8-5.8 s with the earlier 500 ms checks)."""
     import shutil
 
     import distributed_scenarios as sc
@@ -372,8 +376,19 @@ def test_cluster_node_removal_moves_the_shard_and_counts_exactly():
     lost = record["expected_row_updates"] - record["applied_row_updates"]
     assert lost == expected_lost >= 0, record
     assert record["lost_pushes"] <= 2 * record["checkpoint_every"], record  # both may move
-    assert record["recovery_s"] < 30.0, record  # measured, not a speed test (see above)
+    _report_recovery(record_property, record)
+    assert record["recovery_s"] < 30.0, record  # a no-hang check, not a speed test
     assert results["_leftover"] == []
+
+
+def _report_recovery(record_property, record):
+    """Put the measured recovery and its parts in the test report (``-rP``, JUnit XML)."""
+    keys = ("recovery_s", "detect_spawn_s", "imports_s", "constructor_s", "answered_s")
+    parts = {k: round(record[k], 3) for k in keys if record.get(k) is not None}
+    for k, v in parts.items():
+        record_property(k, v)
+    what = f"{record['how']} of *{record['suffix']}" if "how" in record else "node removal"
+    print(f"recovery ({what}): {parts}")
 
 
 def test_pickled_error_keeps_actor_and_traceback():

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from minigrad.distributed.proc_times import process_started_at
 from minigrad.distributed.rows import read_rows
 
 FORMAT = "minigrad-distributed-shard"
@@ -56,6 +57,8 @@ class Shard:
         if self.file and os.path.exists(self.file):
             self._restore()
         self.started_at, self.restore_s = time.time(), time.time() - t0
+        self.init_at, self.born_at = t0, process_started_at()
+        self.first_push_at = None  # the first push this process applied (recovery timing)
 
     # --- the calls workers make ------------------------------------------------------
     def pull(self, ids):
@@ -90,6 +93,8 @@ class Shard:
             if isinstance(g, RowSparse):
                 self.counters["rows_pushed"] += int(g.indices.shape[0])
         self.applied[batch] = True
+        if self.first_push_at is None:
+            self.first_push_at = time.time()
         self.counters["pushes"] += 1
         self.since_checkpoint += 1
         if self.every and self.since_checkpoint >= self.every:
@@ -177,6 +182,8 @@ class Shard:
         import ray
 
         return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at,
+                "init_at": self.init_at, "born_at": self.born_at,
+                "first_push_at": self.first_push_at,
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "restore_s": self.restore_s, "restored_from": self.restored_from,
                 "applied_batches": int(self.applied.sum()),

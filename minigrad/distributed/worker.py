@@ -26,6 +26,7 @@ import numpy as np
 
 from minigrad.distributed import sharding
 from minigrad.distributed.errors import DistributedError
+from minigrad.distributed.proc_times import process_started_at
 
 
 class Worker:
@@ -35,7 +36,7 @@ class Worker:
                  staleness, plan):
         import minigrad as mg
 
-        self.started_at = time.time()
+        self.init_at, self.born_at = time.time(), process_started_at()
         self.rank, self.name = rank, f"worker-{rank}"
         self.shards, self.dense_shard = list(shards), dense_shard
         self.shard_names = [f"shard-{s}" for s in range(len(self.shards))]
@@ -59,11 +60,13 @@ class Worker:
         self.stats = collections.Counter()
         self.pull_s = []
         self.inflight = [collections.deque() for _ in range(len(self.shards) + 1)]
+        self.started_at = time.time()
 
     def info(self):
         import os
 
-        return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at}
+        return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at,
+                "init_at": self.init_at, "born_at": self.born_at}
 
     # --- one chunk of batches ------------------------------------------------------
     def run(self, first, stop):
