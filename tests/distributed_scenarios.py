@@ -136,6 +136,12 @@ def equality(ray, out, name, opt_factory):
     _write(out, name, _summary(res))
 
 
+def clip_optimizer():
+    """Adam with a global-norm clip small enough to act at every step."""
+    return functools.partial(mg.optim.Adam, lr=0.05,
+                             transforms=[mg.optim.ClipGradNorm(0.05)])
+
+
 def async_training(ray, out):
     sys.path.insert(0, os.path.dirname(__file__))
     from test_distributed import EmbeddingModel, embedding_data
@@ -314,7 +320,7 @@ def main(out):
     if not netns.only_loopback():
         raise SystemExit(f"not in a loopback-only namespace: {netns.interfaces()}")
     scenarios = sys.argv[2].split(",") if len(sys.argv) > 2 else [
-        "momentum", "async", "shard_ray_kill", "shard_sigkill", "worker_sigkill",
+        "momentum", "clip", "async", "shard_ray_kill", "shard_sigkill", "worker_sigkill",
         "bad_index", "shard_dead"]
     if scenarios == ["cluster"]:  # a Cluster wants a fresh process (no earlier session)
         try:
@@ -328,6 +334,8 @@ def main(out):
                 if name == "momentum":
                     equality(ray, out, name, functools.partial(
                         mg.optim.Momentum, lr=0.05, momentum=0.9, sparse="exact"))
+                elif name == "clip":
+                    equality(ray, out, name, clip_optimizer())
                 elif name == "shard_ray_kill":
                     fault(ray, out, name, "-shard-0", "ray.kill")
                 elif name == "shard_sigkill":

@@ -178,6 +178,9 @@ def _train_args(**kw):
     ({"optimizer": lambda params: None}, TypeError, "optimizer must be a picklable"),
     ({"optimizer": functools.partial(mg.optim.SGD, lr=-1.0)}, ValueError, "lr must be .*>= 0"),
     ({"params": []}, TypeError, "non-empty list of mg.shared"),
+    ({"optimizer": functools.partial(mg.optim.SGD, lr=0.1, transforms=[
+        mg.optim.GradientNoise(), mg.optim.ClipGradNorm(1.0)])}, ValueError,
+     "ClipGradNorm .*must come first"),
 ])
 def test_bad_arguments_fail_before_ray_starts(bad, error, match):
     model, args = _train_args(**bad)
@@ -185,6 +188,41 @@ def test_bad_arguments_fail_before_ray_starts(bad, error, match):
     with pytest.raises(error, match=match):
         mg.distributed.train(**args)
     assert all(np.array_equal(b, p.get_value()) for b, p in zip(before, model.params))
+
+
+def test_global_clip_equals_clip_grad_norm_of_one_process():
+    """The worker's clip (the whole gradient, before the split by shard) is the compiled
+    ``mg.optim.clip_grad_norm`` on the same gradients: row-sparse ones coalesced."""
+    from minigrad.distributed import clipping
+    from minigrad.types import RowSparse
+
+    r = np.random.default_rng(5)
+    ids = np.array([3, 1, 3, 7, 1])  # repeats: coalesced before the norm
+    rows, dense = r.normal(size=(5, 4)), r.normal(size=(4, 3))
+    g_rows = mg.shared(np.zeros((5, 4)))
+    E, W = mg.shared(r.normal(size=(10, 4))), mg.shared(r.normal(size=(4, 3)))
+    idx = mg.lvector("idx")
+    cost = (E[idx] * g_rows).sum() + (W * mg.constant(dense)).sum()
+    g_rows.set_value(rows)
+    for max_norm in (0.5, 1e3):  # clipping, and a norm below the bound (unchanged)
+        want = mg.function([idx], mg.optim.clip_grad_norm(mg.grad(cost, [E, W]),
+                                                          max_norm))(ids)
+        got = clipping.clip_global([RowSparse(ids, rows, (10, 4)), dense], [max_norm])
+        np.testing.assert_allclose(got[0].to_dense(), want[0].to_dense(), rtol=1e-13)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-13)
+    clipped_rows, clipped_dense = clipping.clip_global([RowSparse(ids, rows, (10, 4)),
+                                                        dense], [0.5])
+    norm = np.sqrt((clipped_rows.to_dense() ** 2).sum() + (clipped_dense ** 2).sum())
+    assert abs(norm - 0.5) < 1e-6
+
+
+def test_shards_leave_the_clip_to_the_workers():
+    from minigrad.distributed.shard import Shard
+
+    factory = pickle.dumps(functools.partial(mg.optim.Adam, lr=0.1, transforms=[
+        mg.optim.ClipGradNorm(1.0), mg.optim.GradientNoise()]))
+    shard = Shard("shard-0", [np.ones((4, 2))], ["E"], factory, n_batches=3)
+    assert [type(t).__name__ for t in shard.opts[0].transforms] == ["GradientNoise"]
 
 
 # --- with Ray, in loopback-only namespaces ---------------------------------------------
@@ -277,6 +315,26 @@ def test_one_worker_sync_equals_single_process_exact_momentum(scenarios):
     assert np.array_equal(got[0], ref.E.get_value())
     np.testing.assert_allclose(got[1], ref.W.get_value(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got[2], ref.c.get_value(), rtol=1e-12, atol=1e-14)
+
+
+@NEEDS_RAY
+@pytest.mark.distributed
+def test_global_clip_one_worker_sync_equals_single_process(scenarios):
+    """ClipGradNorm in the factory clips the whole gradient (every table's rows on every
+    shard, and the dense parameters) by one global norm, as in one process."""
+    import distributed_scenarios as sc
+
+    _scenario(scenarios, "clip")
+    ref = EmbeddingModel()
+    single_process(ref, embedding_data(), sc.clip_optimizer(), epochs=2, batch_size=50)
+    with np.load(os.path.join(scenarios["_dir"], "clip.npz")) as z:
+        got = [z[f"arr_{i}"] for i in range(3)]
+    for g, p in zip(got, ref.params):
+        np.testing.assert_allclose(g, p.get_value(), rtol=1e-12, atol=1e-14)  # bit-exact here
+    unclipped = EmbeddingModel()
+    single_process(unclipped, embedding_data(), functools.partial(mg.optim.Adam, lr=0.05),
+                   epochs=2, batch_size=50)
+    assert not np.allclose(got[0], unclipped.E.get_value(), rtol=1e-6)  # the clip acted
 
 
 @NEEDS_RAY

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from minigrad.distributed import clipping
 from minigrad.distributed.proc_times import process_started_at
 from minigrad.distributed.rows import read_rows
 
@@ -47,7 +48,9 @@ class Shard:
         factory = pickle.loads(optimizer)
         # one optimizer per parameter: each push is one step of each, so every step
         # counter matches single-process training whatever the optimizer counts
-        self.opts = [factory([p]) for p in self.params]
+        # ... without the leading ClipGradNorm transforms: a clip here would see only this
+        # shard's slice; the workers clip the whole gradient (``clipping.py``)
+        self.opts = [clipping.without_clips(factory([p])) for p in self.params]
         self.applied = np.zeros(int(n_batches), dtype=bool)
         self.counters = {"pushes": 0, "duplicates": 0, "rows_pushed": 0, "rows_pulled": 0,
                          "checkpoints": 0}
