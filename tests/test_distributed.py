@@ -216,6 +216,41 @@ def test_global_clip_equals_clip_grad_norm_of_one_process():
     assert abs(norm - 0.5) < 1e-6
 
 
+def test_shard_restart_restores_rows_state_and_applied_batches(tmp_path):
+    """A shard built over an existing checkpoint takes its rows, optimizer state, step
+    counters and applied-batch bitmap from it (not from the initial rows), and refuses a
+    checkpoint whose rows do not fit."""
+    from minigrad.distributed.shard import Shard
+
+    r = np.random.default_rng(2)
+    slices = [np.float64(0.5), np.zeros((50, 1)), r.normal(size=(50, 3))]
+    factory = pickle.dumps(functools.partial(mg.optim.Adam, lr=0.05, sparse="exact"))
+    file = str(tmp_path / "shard-0.npz")
+    first = Shard("shard-0", slices, ["b", "w", "V"], factory, 10, 3, file)
+    snapshot = None
+    for b in (0, 2, 5, 7):  # the 3rd push checkpoints; the 4th is lost with the process
+        ids = np.unique(r.integers(0, 50, 12))
+        first.push(0, b, [np.float64(1.0), (ids, np.ones((ids.size, 1))),
+                          (ids, r.normal(size=(ids.size, 3)))])
+        if b == 5:
+            snapshot = ([p.get_value() for p in first.params],
+                        [o.state_dict() for o in first.opts])
+    back = Shard("shard-0", slices, ["b", "w", "V"], factory, 10, 3, file)
+    assert back.restored_from == file
+    assert np.flatnonzero(back.applied).tolist() == [0, 2, 5]
+    assert back.counters["pushes"] == 3 and not back.push(0, 5, None)  # a repeat: dropped
+    values, states = snapshot
+    for p, v in zip(back.params, values):
+        assert np.array_equal(p.get_value(), v)
+    for opt, want in zip(back.opts, states):
+        got = opt.state_dict()
+        assert got["t"] == want["t"] and got["state"].keys() == want["state"].keys()
+        assert all(np.array_equal(got["state"][k], want["state"][k]) for k in want["state"])
+    wrong = [np.float64(0.5), np.zeros((50, 1)), np.zeros((50, 4))]
+    with pytest.raises(ValueError, match="rows of 'V' do not match shard-0"):
+        Shard("shard-0", wrong, ["b", "w", "V"], factory, 10, 3, file)
+
+
 def test_shards_leave_the_clip_to_the_workers():
     from minigrad.distributed.shard import Shard
 
