@@ -24,6 +24,14 @@ def _param_of(var):
     return var if isinstance(var, SharedVariable) else None
 
 
+def _param_of_shape(shape_var):
+    """The shared variable ``shape_var`` is the shape of (``Shape(param)``), or ``None``."""
+    from minigrad.ops.shape import shape_source
+
+    source = shape_source(shape_var)
+    return None if source is None else _param_of(source)
+
+
 def _dim(var, axis, depth=0):
     """A callable giving ``var.shape[axis]`` at call time from shared values, or ``None``.
 
@@ -97,8 +105,8 @@ class Prologue:
                     checks.setdefault(position[labels], []).append(
                         (columns, _label_message(labels)))
         for node in nodes:  # gradients of checked gathers: their indices are the same
-            if isinstance(node.op, TakeGrad) and (node.inputs[1], _param_of(node.inputs[0])) \
-                    in checked:
+            if isinstance(node.op, TakeGrad) and \
+                    (node.inputs[1], _param_of_shape(node.inputs[0])) in checked:
                 node.index_checked = True
         self.checks = sorted(checks.items())
 
@@ -115,8 +123,8 @@ class Prologue:
         node = idx.owner
         if node is None or not isinstance(node.op, CSRColumns):
             return False
-        X, W = node.inputs
-        if _param_of(W) is not param:
+        X, W_shape = node.inputs
+        if _param_of_shape(W_shape) is not param:
             return False
         if X in position:
             if position[X] not in self.csr_inputs:
@@ -124,7 +132,7 @@ class Prologue:
             return True
         source = X.owner
         return (source is not None and type(source.op).__name__ == "BagOfWords"
-                and _param_of(source.inputs[2]) is param)
+                and _param_of_shape(source.inputs[2]) is param)
 
     def __bool__(self):
         return bool(self.checks or self.csr_inputs)
