@@ -10,7 +10,10 @@ raises the same ``IndexError`` the node would have raised, but *before* any node
 
 Nodes whose index the prologue checked get ``node.index_checked = True`` (the compiled
 graph's nodes are the compiler's own copies), and backends skip their own range check for
-them; kernels called by users still validate everything.
+them; kernels called by users still validate everything. A CSR batch is checked whole
+(structure and column range) by ``CSRType.filter`` at the input boundary, once; the fused
+sparse kernels reading it (``FusedCSRGatherSum``/``FusedCSRScatterGrad``) are marked too,
+and so are the gradients of checked gathers (``TakeGrad``, ``SlotTakeGrad``).
 """
 from __future__ import annotations
 
@@ -78,6 +81,7 @@ class Prologue:
     """The index checks of one compiled function; call it with the filtered inputs."""
 
     def __init__(self, nodes, inputs):
+        from minigrad.ops.fused import FusedCSRGatherSum, FusedCSRScatterGrad, SlotTakeGrad
         from minigrad.ops.indexing import Take, TakeGrad
         from minigrad.ops.nn import PickColumns
 
@@ -98,6 +102,11 @@ class Prologue:
                     continue
                 node.index_checked = True
                 checked.add((idx, param))
+            elif isinstance(node.op, (FusedCSRGatherSum, FusedCSRScatterGrad)):
+                # columns < X.shape[1] (the filter) and X.shape[1] == rows(T) (the op's own
+                # O(1) check_columns): the kernels need not scan the batch again
+                if self._csr_batch_vouched(node.inputs[0], position):
+                    node.index_checked = True
             elif isinstance(node.op, PickColumns):
                 logits, labels = node.inputs
                 columns = _dim(logits, 1)
@@ -105,7 +114,7 @@ class Prologue:
                     checks.setdefault(position[labels], []).append(
                         (columns, _label_message(labels)))
         for node in nodes:  # gradients of checked gathers: their indices are the same
-            if isinstance(node.op, TakeGrad) and \
+            if isinstance(node.op, (TakeGrad, SlotTakeGrad)) and \
                     (node.inputs[1], _param_of_shape(node.inputs[0])) in checked:
                 node.index_checked = True
         self.checks = sorted(checks.items())
@@ -134,17 +143,24 @@ class Prologue:
         return (source is not None and type(source.op).__name__ == "BagOfWords"
                 and _param_of_shape(source.inputs[2]) is param)
 
+    def _csr_batch_vouched(self, X, position):
+        """Whether the CSR batch ``X`` (or the CSR whose pattern it has, ``square(X)``)
+        is a function input (validated whole by ``CSRType.filter``) or a ``BagOfWords``
+        (which checks its token ids against its table)."""
+        while X.owner is not None and getattr(X.owner.op, "same_pattern", False):
+            X = X.owner.inputs[0]
+        if X in position:
+            if position[X] not in self.csr_inputs:
+                self.csr_inputs.append(position[X])
+            return True
+        return X.owner is not None and type(X.owner.op).__name__ == "BagOfWords"
+
     def __bool__(self):
-        return bool(self.checks or self.csr_inputs)
+        return bool(self.checks)
 
     def __call__(self, values):
-        for k in self.csr_inputs:
-            X = values[k]
-            cols = X.indices
-            if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= X.shape[1]):
-                bad = int(cols.min()) if int(cols.min()) < 0 else int(cols.max())
-                raise IndexError(f"input {k}: CSR column index {bad} is out of range for "
-                                 f"{X.shape[1]} columns")
+        # CSR inputs (``csr_inputs``) need nothing here: ``CSRType.filter`` checked their
+        # structure and column range when the call validated its inputs
         for k, bounds in self.checks:
             idx = values[k]
             if idx.size == 0:
