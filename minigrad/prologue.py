@@ -114,8 +114,13 @@ class Prologue:
                     checks.setdefault(position[labels], []).append(
                         (columns, _label_message(labels)))
         for node in nodes:  # gradients of checked gathers: their indices are the same
-            if isinstance(node.op, (TakeGrad, SlotTakeGrad)) and \
-                    (node.inputs[1], _param_of_shape(node.inputs[0])) in checked:
+            if not isinstance(node.op, (TakeGrad, SlotTakeGrad)):
+                continue
+            idx, param = node.inputs[1], _param_of_shape(node.inputs[0])
+            # the gather itself may have been fused away (FusedCSRGatherSum): the stored
+            # columns of a checked CSR batch are valid rows all the same
+            if (idx, param) in checked or (
+                    param is not None and self._csr_columns_in_range(idx, param, position)):
                 node.index_checked = True
         self.checks = sorted(checks.items())
 
