@@ -98,7 +98,8 @@ class Prologue:
                 if idx in position:
                     checks.setdefault(position[idx], []).append(
                         (_rows_of(param), _take_message(idx, table, param)))
-                elif not self._csr_columns_in_range(idx, param, position):
+                elif not (self._csr_columns_in_range(idx, param, position)
+                          or _row_sparse_indices_of(idx, param)):
                     continue
                 node.index_checked = True
                 checked.add((idx, param))
@@ -175,6 +176,29 @@ class Prologue:
                 n = int(bound())
                 if lo < 0 or hi >= n:
                     raise IndexError(message(lo if lo < 0 else hi, n))
+
+
+#: row-sparse Ops whose value has the row count of their first input
+_SAME_ROWS = ("RowSparseWithValues", "RowSparseCoalesce", "RowSparseReduceColumns",
+              "RowSparseAdd")
+#: row-sparse producers and the position of the table shape they take
+_SHAPE_INPUT = {"TakeGrad": 0, "SlotTakeGrad": 0, "FusedCSRScatterGrad": 2}
+
+
+def _row_sparse_indices_of(idx, param):
+    """Whether ``idx`` is ``RowSparseIndices(rs)`` of a row-sparse value shaped like
+    ``param`` (built from ``Shape(param)``): a ``RowSparse`` keeps its indices in
+    ``[0, rows)`` (checked when it is built), so a gather of ``param`` by them is in range
+    (``(V * g)[rows of g]``, the FM's gradient through ``V ** 2``)."""
+    node = idx.owner
+    if node is None or type(node.op).__name__ != "RowSparseIndices":
+        return False
+    node = node.inputs[0].owner
+    while node is not None and type(node.op).__name__ in _SAME_ROWS:
+        node = node.inputs[0].owner
+    if node is None or type(node.op).__name__ not in _SHAPE_INPUT:
+        return False
+    return _param_of_shape(node.inputs[_SHAPE_INPUT[type(node.op).__name__]]) is param
 
 
 def _rows_of(param):
