@@ -499,6 +499,16 @@ def shape_of_same_shape(fgraph, node):
     return None if source is node.inputs[0] else node.op.make_node(source).outputs
 
 
+@graph_rewriter("specialize", order=80)
+def shape_inference(fgraph):
+    """Shape bookkeeping that symbolic dimensions prove useless goes (``shape_infer.py``):
+    ``ReduceLike``/``BroadcastLike``/``ReshapeLike`` of a value that already has the
+    target's dimensions, and duplicate ``Shape`` nodes of equally shaped values."""
+    from minigrad.shape_infer import infer_shapes
+
+    infer_shapes(fgraph)
+
+
 def _csr_columns_class():
     from minigrad.ops.sparse import CSRColumns
 

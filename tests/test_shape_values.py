@@ -174,3 +174,60 @@ def test_exact_gather_read_sees_caught_up_rows_without_a_flush():
     got = read(np.array([1, 2]))
     np.testing.assert_array_equal(E._value, before)  # nothing flushed
     np.testing.assert_allclose(got, 2.0 * E.get_value()[[1, 2]])
+
+
+# --- shape inference: equal symbolic dimensions ---------------------------------------
+
+
+def _ops_of(f):
+    return [type(n.op).__name__ for n in f.nodes]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_reductions_to_an_equal_shape_are_dropped(backend):
+    a, b = mg.matrix("a"), mg.matrix("b")
+    cost = (mg.sigmoid(a) * b).sum()
+    f = mg.function([a, b], mg.grad(cost, [a, b]), backend=backend)
+    plain = mg.function([a, b], mg.grad(cost, [a, b]), backend=backend,
+                        mode=mg.Mode(backend=backend, exclude=("shape_inference",)))
+    assert "ReduceLike" not in _ops_of(f) and len(f.nodes) < len(plain.nodes)
+    rng = np.random.default_rng(0)
+    av, bv = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    for got, want in zip(f(av, bv), plain(av, bv)):
+        np.testing.assert_allclose(got, want)
+    # unknown lengths that broadcast at run time: keys differ, the sum back stays
+    ga, gb = f(av, bv[:1])
+    np.testing.assert_allclose(gb, plain(av, bv[:1])[1])
+    assert gb.shape == (1, 3) and ga.shape == (4, 3)
+
+
+def test_a_static_one_keeps_its_reduction():
+    a, bias = mg.matrix("a"), mg.shared(np.ones((1, 3)), name="bias")
+    f = mg.function([a], mg.grad((a * bias).sum(), bias), backend="numpy")
+    assert "ReduceLike" in _ops_of(f) or "MulReduceLike" in _ops_of(f)
+    np.testing.assert_allclose(f(np.ones((5, 3))), np.full((1, 3), 5.0))
+
+
+def test_the_fm_step_loses_its_shape_bookkeeping_and_keeps_its_values():
+    def step(mode):
+        fm = mg.models.FactorizationMachine(30, 4, seed=0)
+        X, y = mg.csr_matrix("X"), mg.vector("y")
+        cost = fm.cost(X, y)
+        f = mg.function([X, y], cost, updates=mg.optim.SGD(fm.params, 0.1).updates(cost),
+                        mode=mode)
+        return f, fm
+
+    import scipy.sparse as sp
+
+    f, fm = step(mg.Mode(backend="numpy"))
+    g, fm2 = step(mg.Mode(backend="numpy", exclude=("shape_inference",)))
+    assert len(f.nodes) < len(g.nodes)
+    shapes = [n for n in f.nodes if isinstance(n.op, Shape)]
+    assert len({n.inputs[0] for n in shapes}) == len(shapes)  # one Shape per distinct value
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        X = sp.random(8, 30, density=0.2, format="csr", random_state=rng)
+        y = rng.integers(0, 2, 8).astype(float)
+        np.testing.assert_allclose(f(X, y), g(X, y))
+    for p, q in zip(fm.params, fm2.params):
+        np.testing.assert_allclose(p.get_value(), q.get_value())

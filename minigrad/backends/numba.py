@@ -245,15 +245,15 @@ def _register_optimizer_ops():
 
     @impl.register(PrepareRows)
     def _prepare_rows(op, node):
-        cpu = kernels()
+        from kernels.cpu.rows import coalesce_rows_trusted
 
         def thunk(inputs):
             grad, param, *tables = inputs
             op.check_shapes(node, grad, param, tables)
             if grad._coalesced or not len(grad.indices):
                 idx, vals = grad.indices, grad.values
-            else:
-                idx, vals = cpu.coalesce_rows(grad.indices, grad.values)
+            else:  # a RowSparse keeps its indices in range (checked when it was built)
+                idx, vals = coalesce_rows_trusted(grad.indices, grad.values)
             vals = np.ascontiguousarray(vals, dtype=param.dtype)
             # the parts of a RowSparse value, coalesced: nothing new to check
             return (RowSparse.trusted(idx, vals, grad.shape, coalesced=True),)

@@ -55,9 +55,15 @@ class Reduce(Op):
 
     float_result = False
 
+    #: the ufunc whose ``reduce`` is ``numpy_fn`` (called directly: no Python wrapper)
+    ufunc = None
+
     def perform(self, node, inputs):
         (x,) = inputs
-        out = type(self).numpy_fn(x, axis=self.axes, keepdims=self.keepdims)
+        if self.ufunc is not None and type(x) is np.ndarray:
+            out = self.ufunc.reduce(x, axis=self.axes, keepdims=self.keepdims)
+        else:
+            out = type(self).numpy_fn(x, axis=self.axes, keepdims=self.keepdims)
         return (np.asarray(out, dtype=node.outputs[0].dtype),)
 
     def _gz_kept(self, gz):
@@ -69,6 +75,7 @@ class Reduce(Op):
 
 class Sum(Reduce):
     numpy_fn = staticmethod(np.sum)
+    ufunc = np.add
 
     def grad(self, inputs, outputs, output_grads):
         from minigrad.ops.shape import broadcast_like
@@ -93,6 +100,7 @@ class Mean(Reduce):
 
 class Max(Reduce):
     numpy_fn = staticmethod(np.max)
+    ufunc = np.maximum
 
     def grad(self, inputs, outputs, output_grads):
         from minigrad.ops import cast, eq
