@@ -20,8 +20,9 @@ safe phase that is one compiled call::
         return (v3, v5)
 
 **Order.** Nodes may be reordered within the dependency constraints to make runs longer:
-covered nodes run as soon as their inputs exist; uncovered nodes keep their relative
-order, and a node that writes early (a catch-up) is a barrier no node crosses.
+uncovered nodes keep their relative order and run as soon as they are ready; covered
+nodes then join one segment as far as their inputs exist. A node that writes early (a
+catch-up writing tables) keeps every node that reads one of those tables on its side.
 
 **Errors.** The compiled code checks what ``perform`` checks (shapes, labels, index
 ranges where the prologue did not) and raises a terse exception before it could read out
@@ -88,16 +89,26 @@ def schedule(nodes, is_covered):
         for out in node.outputs:
             producer[out] = i
     deps = [{producer[v] for v in node.inputs if v in producer} for node in nodes]
-    barriers = [i for i, n in enumerate(nodes) if writes_early(n)]
-    for i in range(len(nodes)):
-        deps[i] |= {b for b in barriers if b < i}
-    for b in barriers:
-        deps[b] |= set(range(b))
-    done, groups = set(), []
+    for b, node in enumerate(nodes):
+        if writes_early(node):  # a node sharing a value with b keeps its side of b
+            written = set(node.inputs)
+            for i, other in enumerate(nodes):
+                if i != b and written & set(other.inputs):
+                    (deps[i] if i > b else deps[b]).add(b if i > b else i)
     python_queue = [i for i in range(len(nodes)) if not is_covered[i]]
+    for earlier, later in zip(python_queue, python_queue[1:]):
+        deps[later].add(earlier)  # Python thunks keep their relative order
+    done, groups = set(), []
     while len(done) < len(nodes):
-        run = []
-        progress = True
+        # ready Python thunks first (they may unblock covered nodes), then every covered
+        # node that is ready, repeatedly: one segment as long as dependencies allow
+        ran = []
+        while python_queue and deps[python_queue[0]] <= done:
+            ran.append(python_queue.pop(0))
+            done.add(ran[-1])
+        if ran:
+            groups.append((False, ran))
+        run, progress = [], True
         while progress:
             progress = False
             for i in range(len(nodes)):
@@ -107,14 +118,7 @@ def schedule(nodes, is_covered):
                     progress = True
         if run:
             groups.append((True, run))
-        if python_queue and deps[python_queue[0]] <= done:
-            i = python_queue.pop(0)
-            done.add(i)
-            if groups and not groups[-1][0]:
-                groups[-1][1].append(i)
-            else:
-                groups.append((False, [i]))
-        elif not run and len(done) < len(nodes):  # cannot happen for a DAG
+        if not ran and not run:  # cannot happen for a DAG
             raise RuntimeError("jit linker: no node is ready (cyclic graph?)")
     return groups
 
