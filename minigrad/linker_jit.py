@@ -46,6 +46,7 @@ import importlib.util
 import itertools
 import linecache
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -188,9 +189,12 @@ class _Segment:
                     params.append(slot)
                     slot_args.append((slot, vals[table]))
                 else:
-                    body.append(f"    {slot} = np.full({ins[2].shape(0)}, -1, dtype=np.int32)")
+                    body.append(f"    {slot} = J.slot_map({ins[2].shape(0)})")
             lines = numba_jit.emit(node.op, node, ins, outs)
             body.extend("    " + line for line in lines)
+        # zero-length arrays standing for dtypes (numba_jit.like), passed from Python
+        self.likes = sorted(set(re.findall(r"\bL_([a-z]+[0-9]*)\b", "\n".join(body))))
+        params += [f"L_{dtype}" for dtype in self.likes]
         results = [p for o in self.outputs for p in vals[o].parts()]
         ret = ", ".join(results) + ("," if len(results) == 1 else "")
         head = ["@njit(cache=CACHE, nogil=True, error_model=\"numpy\")",
@@ -283,6 +287,9 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
             namespace[f"P{k}_{j}"] = _slot_pool()
             py_lines.append(f"{pad}{sname} = P{k}_{j}.take({table.name}.shape[0])")
             args.append(sname)
+        for dtype in seg.likes:  # after the slot maps, as in the segment's signature
+            namespace[f"_L_{dtype}"] = np.empty(0, dtype=dtype)
+            args.append(f"_L_{dtype}")
         py_lines.append(f"{pad}try:")
         py_lines.append(f"{pad}    ({tgt}) = s{k}({', '.join(args)})")
         py_lines.append(f"{pad}except Exception as err:")
@@ -332,8 +339,9 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
     linecache.cache[filename] = (len(py_source), None, py_source.splitlines(True), filename)
     exec(code, namespace)  # noqa: S102 - our own generated source
     run = namespace[name]
+    shown = module_source.replace("cache=CACHE", f"cache={path is not None}")
     run.source = py_source + (f"\n# ---- compiled segments ({path or 'in memory'}) ----\n"
-                              + module_source if module_source else "")
+                              + shown if module_source else "")
     run.segments = [list(s.indices) for s in segments]
     run.segment_file = path
     run.jit_fallbacks = state["fallbacks"]

@@ -212,3 +212,229 @@ def csr_gathered_dot_1d(indptr, data, rows):
         for k in range(indptr[r], indptr[r + 1]):
             out[r] += data[k] * rows[k]
     return out
+
+
+# --- one cached helper per NumPy function the generated segments use ----------------------
+# Numba compiles the implementation of ``np.sum(a, axis)``, ``np.zeros(shape, dtype)``, a
+# ufunc on arrays, ... afresh inside every function that uses it, and does not cache that
+# work across processes. Called through these helpers (each cached on disk per signature),
+# a new segment only types and links calls: its compile is several times shorter. ``like``
+# is a zero-length array giving a dtype (Numba cannot take a dtype object as an argument).
+
+
+@njit(**_OPTS)
+def add(a, b):
+    return np.add(a, b)
+
+
+@njit(**_OPTS)
+def subtract(a, b):
+    return np.subtract(a, b)
+
+
+@njit(**_OPTS)
+def multiply(a, b):
+    return np.multiply(a, b)
+
+
+@njit(**_OPTS)
+def true_divide(a, b):
+    return np.true_divide(a, b)
+
+
+@njit(**_OPTS)
+def power(a, b):
+    return np.power(a, b)
+
+
+@njit(**_OPTS)
+def maximum(a, b):
+    return np.maximum(a, b)
+
+
+@njit(**_OPTS)
+def minimum(a, b):
+    return np.minimum(a, b)
+
+
+@njit(**_OPTS)
+def less(a, b):
+    return np.less(a, b)
+
+
+@njit(**_OPTS)
+def less_equal(a, b):
+    return np.less_equal(a, b)
+
+
+@njit(**_OPTS)
+def greater(a, b):
+    return np.greater(a, b)
+
+
+@njit(**_OPTS)
+def greater_equal(a, b):
+    return np.greater_equal(a, b)
+
+
+@njit(**_OPTS)
+def equal(a, b):
+    return np.equal(a, b)
+
+
+@njit(**_OPTS)
+def not_equal(a, b):
+    return np.not_equal(a, b)
+
+
+@njit(**_OPTS)
+def negative(a):
+    return np.negative(a)
+
+
+@njit(**_OPTS)
+def absolute(a):
+    return np.abs(a)
+
+
+@njit(**_OPTS)
+def sign(a):
+    return np.sign(a)
+
+
+@njit(**_OPTS)
+def exp(a):
+    return np.exp(a)
+
+
+@njit(**_OPTS)
+def log(a):
+    return np.log(a)
+
+
+@njit(**_OPTS)
+def log1p(a):
+    return np.log1p(a)
+
+
+@njit(**_OPTS)
+def sqrt(a):
+    return np.sqrt(a)
+
+
+@njit(**_OPTS)
+def square(a):
+    return np.square(a)
+
+
+@njit(**_OPTS)
+def tanh(a):
+    return np.tanh(a)
+
+
+@njit(**_OPTS)
+def logaddexp(a, b):
+    return np.logaddexp(a, b)
+
+
+@njit(**_OPTS)
+def astype(a, like):
+    return a.astype(like.dtype)
+
+
+@njit(**_OPTS)
+def sum_all(a):
+    return np.sum(a)
+
+
+@njit(**_OPTS)
+def sum_axis(a, axis):
+    """``a.sum(axis)`` of an array of rank >= 2 (Numba: a run-time axis is fine)."""
+    return np.sum(a, axis=axis)
+
+
+@njit(**_OPTS)
+def sum_keep(a, axis):
+    """``a.sum(axis, keepdims=True)`` of an array of rank >= 2."""
+    return np.expand_dims(np.sum(a, axis=axis), axis)
+
+
+@njit(**_OPTS)
+def expand_dims(a, axis):
+    return np.expand_dims(a, axis)
+
+
+@njit(**_OPTS)
+def contiguous(a):
+    return np.ascontiguousarray(a)
+
+
+@njit(**_OPTS)
+def flat(a):
+    """``a`` as a contiguous vector (a view when it already is contiguous)."""
+    return np.ascontiguousarray(a).reshape(a.size)
+
+
+@njit(**_OPTS)
+def rows_of(a, width):
+    """``a`` as a contiguous ``(-1, width)`` matrix."""
+    c = np.ascontiguousarray(a)
+    if width == 0 or c.size % width:
+        raise ValueError("cannot reshape to rows of this width")
+    return c.reshape((c.size // width, width))
+
+
+@njit(**_OPTS)
+def reshape(a, shape):
+    return np.ascontiguousarray(a).reshape(shape)
+
+
+@njit(**_OPTS)
+def transpose(a, axes):
+    return np.transpose(a, axes)
+
+
+@njit(**_OPTS)
+def broadcast_to(g, shape):
+    """A fresh contiguous copy of ``g`` broadcast to ``shape`` (``np.array(broadcast_to)``)."""
+    out = np.empty(shape, dtype=g.dtype)
+    out[...] = g
+    return out
+
+
+@njit(**_OPTS)
+def full(shape, value, like):
+    out = np.empty(shape, dtype=like.dtype)
+    out[...] = value
+    return out
+
+
+@njit(**_OPTS)
+def zeros(shape, like):
+    return np.zeros(shape, dtype=like.dtype)
+
+
+@njit(**_OPTS)
+def slot_map(n):
+    return np.full(n, -1, dtype=np.int32)
+
+
+@njit(**_OPTS)
+def arange(n):
+    return np.arange(n).astype(np.int64)
+
+
+@njit(**_OPTS)
+def dot(a, b):
+    return np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+
+
+@njit(**_OPTS)
+def take_rows(table, idx):
+    """``table[idx]`` for a vector ``idx`` (rows of a table of any rank)."""
+    return table[idx]
+
+
+@njit(**_OPTS)
+def as_int64(a):
+    return a.astype(np.int64)

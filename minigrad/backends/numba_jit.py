@@ -120,6 +120,12 @@ def np_dtype(dtype):
     return "np.bool_" if dtype == "bool" else f"np.{dtype}"
 
 
+def like(dtype):
+    """The name of the zero-length array of ``dtype`` a segment receives (Numba helpers
+    take a dtype as an array of it; the linker passes each one the code names)."""
+    return f"L_{np.dtype(dtype).name}"
+
+
 def cast(expr, src_dtype, dst_dtype, scalar):
     """``expr`` (of NumPy dtype ``src_dtype``) as ``dst_dtype``; scalars always wrapped
     (Numba's scalar arithmetic widens small integers)."""
@@ -127,26 +133,27 @@ def cast(expr, src_dtype, dst_dtype, scalar):
         return f"{np_dtype(dst_dtype)}({expr})"
     if np.dtype(src_dtype) == np.dtype(dst_dtype):
         return expr
-    return f"({expr}).astype({np_dtype(dst_dtype)})"
+    return f"J.astype({expr}, {like(dst_dtype)})"
 
 
 # --- element-wise ----------------------------------------------------------------------
 
+#: each element-wise Op as a call of a cached helper of ``kernels/cpu/jit_ops.py``
 UNARY = {
-    "neg": "np.negative({0})", "abs": "np.abs({0})", "sign": "np.sign({0})",
-    "exp": "np.exp({0})", "log": "np.log({0})", "log1p": "np.log1p({0})",
-    "sqrt": "np.sqrt({0})", "square": "np.square({0})", "tanh": "np.tanh({0})",
-    "sigmoid": "J.sigmoid({0})", "relu": "np.maximum({0}, {zero})",
-    "softplus": "np.logaddexp({zero}, {0})",
+    "neg": "J.negative({0})", "abs": "J.absolute({0})", "sign": "J.sign({0})",
+    "exp": "J.exp({0})", "log": "J.log({0})", "log1p": "J.log1p({0})",
+    "sqrt": "J.sqrt({0})", "square": "J.square({0})", "tanh": "J.tanh({0})",
+    "sigmoid": "J.sigmoid({0})", "relu": "J.maximum({0}, {zero})",
+    "softplus": "J.logaddexp({zero}, {0})",
 }
 BINARY = {
-    "add": "np.add({0}, {1})", "sub": "np.subtract({0}, {1})",
-    "mul": "np.multiply({0}, {1})", "true_div": "np.true_divide({0}, {1})",
-    "pow": "np.power({0}, {1})", "maximum": "np.maximum({0}, {1})",
-    "minimum": "np.minimum({0}, {1})", "lt": "np.less({0}, {1})",
-    "le": "np.less_equal({0}, {1})", "gt": "np.greater({0}, {1})",
-    "ge": "np.greater_equal({0}, {1})", "eq": "np.equal({0}, {1})",
-    "neq": "np.not_equal({0}, {1})",
+    "add": "J.add({0}, {1})", "sub": "J.subtract({0}, {1})",
+    "mul": "J.multiply({0}, {1})", "true_div": "J.true_divide({0}, {1})",
+    "pow": "J.power({0}, {1})", "maximum": "J.maximum({0}, {1})",
+    "minimum": "J.minimum({0}, {1})", "lt": "J.less({0}, {1})",
+    "le": "J.less_equal({0}, {1})", "gt": "J.greater({0}, {1})",
+    "ge": "J.greater_equal({0}, {1})", "eq": "J.equal({0}, {1})",
+    "neq": "J.not_equal({0}, {1})",
 }
 _SCALAR_BINARY = {"add": "({0}) + ({1})", "sub": "({0}) - ({1})", "mul": "({0}) * ({1})",
                   "true_div": "({0}) / ({1})", "lt": "({0}) < ({1})",
@@ -210,7 +217,7 @@ def _register_elemwise():
         (x,), (out,) = ins, outs
         if out.is_scalar:
             return [f"{out.name} = {np_dtype(op.dtype)}({x.name})"]
-        return [f"{out.name} = {x.name}.astype({np_dtype(op.dtype)})"]
+        return [f"{out.name} = J.astype({x.name}, {like(op.dtype)})"]
 
 
 def fused_elemwise_lines(op, ins, out):
@@ -257,17 +264,17 @@ def reduce_like_lines(g, x, out, target_dtype):
     if x.is_scalar:
         if g.is_scalar:
             return [f"{out.name} = {np_dtype(target_dtype)}({g.name})"]
-        return [f"{out.name} = {np_dtype(target_dtype)}(np.sum({g.name}))"]
+        return [f"{out.name} = {np_dtype(target_dtype)}(J.sum_all({g.name}))"]
     if g.is_scalar or x.ndim > g.ndim:
         return None
     lines, cur = [], g.name
     for k in range(g.ndim - x.ndim):
-        lines.append(f"{out.name}_l{k} = np.sum({cur}, axis=0)")
+        lines.append(f"{out.name}_l{k} = J.sum_axis({cur}, 0)")
         cur = f"{out.name}_l{k}"
     for i in range(x.ndim):
         nxt = f"{out.name}_a{i}"
         summed = (f"J.sum_keep_1d({cur})" if x.ndim == 1
-                  else f"np.expand_dims(np.sum({cur}, axis={i}), {i})")
+                  else f"J.sum_keep({cur}, {i})")
         lines += [f"if {x.shape(i)} == 1 and {cur}.shape[{i}] != 1:",
                   f"    {nxt} = {summed}",
                   "else:",
@@ -284,31 +291,30 @@ def reduce_lines(x, out, axes, keepdims, fn="sum"):
         return [f"{out.name} = {np_dtype(out.dtype)}({x.name})"]
     acc = out.dtype if fn == "mean" else x.dtype
     if len(axes) == x.ndim:
-        lines = [f"{out.name}_s = np.sum({cast(x.name, x.dtype, acc, False)})"]
+        lines = [f"{out.name}_s = J.sum_all({cast(x.name, x.dtype, acc, False)})"]
         if fn == "mean":
             lines.append(f"{out.name}_s = {out.name}_s0 / {x.name}.size")
             lines[0] = lines[0].replace(f"{out.name}_s =", f"{out.name}_s0 =", 1)
         if keepdims:
             shape = "(" + "1, " * x.ndim + ")"
-            lines.append(f"{out.name} = np.full({shape}, {out.name}_s, "
-                         f"dtype={np_dtype(out.dtype)})")
+            lines.append(f"{out.name} = J.full({shape}, {out.name}_s, {like(out.dtype)})")
         else:
             lines.append(f"{out.name} = {np_dtype(out.dtype)}({out.name}_s)")
         return lines
     cur = cast(x.name, x.dtype, acc, False)
     lines = []
     for k, a in enumerate(sorted(axes, reverse=True)):
-        lines.append(f"{out.name}_r{k} = np.sum({cur}, axis={a})")
+        lines.append(f"{out.name}_r{k} = J.sum_axis({cur}, {a})")
         cur = f"{out.name}_r{k}"
     if fn == "mean":
         count = " * ".join(x.shape(a) for a in axes)
-        lines.append(f"{out.name}_m = {cur} / ({count})")
+        lines.append(f"{out.name}_m = J.true_divide({cur}, {count})")
         cur = f"{out.name}_m"
     if keepdims:
         for k, a in enumerate(sorted(axes)):
-            lines.append(f"{out.name}_k{k} = np.expand_dims({cur}, {a})")
+            lines.append(f"{out.name}_k{k} = J.expand_dims({cur}, {a})")
             cur = f"{out.name}_k{k}"
-    lines.append(f"{out.name} = {cur}.astype({np_dtype(out.dtype)})"
+    lines.append(f"{out.name} = J.astype({cur}, {like(out.dtype)})"
                  if fn == "mean" or np.dtype(x.dtype).kind != "f" else f"{out.name} = {cur}")
     return lines
 
@@ -362,18 +368,19 @@ def _register_reductions():
             return [f"{out.name} = {g.name}"] if g.is_scalar else None
         if g.ndim > x.ndim:
             return None
-        return [f"{out.name} = np.empty({x.shape_tuple()}, dtype={np_dtype(out.dtype)})",
-                f"{out.name}[...] = {g.name}"]
+        if g.is_scalar:
+            return [f"{out.name} = J.full({x.shape_tuple()}, {g.name}, {like(out.dtype)})"]
+        return [f"{out.name} = J.broadcast_to({g.name}, {x.shape_tuple()})"]
 
     @emit.register(ExpandDims)
     def _expand_dims(op, node, ins, outs):
         (x,), (out,) = ins, outs
         if x.is_scalar:
             shape = "(" + "1, " * len(op.axes) + ")"
-            return [f"{out.name} = np.full({shape}, {x.name}, dtype={np_dtype(out.dtype)})"]
+            return [f"{out.name} = J.full({shape}, {x.name}, {like(out.dtype)})"]
         lines, cur = [], x.name
         for k, a in enumerate(op.axes):
-            lines.append(f"{out.name}_e{k} = np.expand_dims({cur}, {a})")
+            lines.append(f"{out.name}_e{k} = J.expand_dims({cur}, {a})")
             cur = f"{out.name}_e{k}"
         return lines + [f"{out.name} = {cur}"]
 
@@ -382,7 +389,7 @@ def _register_reductions():
         (x,), (out,) = ins, outs
         if x.is_scalar or x.ndim < 2:
             return [f"{out.name} = {x.name}"]
-        return [f"{out.name} = np.transpose({x.name}, {tuple(op.axes)!r})"]
+        return [f"{out.name} = J.transpose({x.name}, {tuple(op.axes)!r})"]
 
 
 # --- linear algebra, softmax family ----------------------------------------------------
@@ -401,7 +408,7 @@ def _register_nn():
             return None
         return [f"if {a.name}.shape[1] != {b.name}.shape[0]:",
                 "    raise ValueError('matmul: shapes do not align')",
-                f"{out.name} = np.dot({a.name}, {b.name})"]
+                f"{out.name} = J.dot({a.name}, {b.name})"]
 
     @emit.register(LogSoftmax)
     def _log_softmax(op, node, ins, outs):
@@ -429,7 +436,7 @@ def _register_nn():
                 f"or {gz.name}.shape[0] != {x.name}.shape[0]:",
                 "    raise IndexError('label out of range or wrong count')",
                 f"{out.name} = J.pick_columns_grad({x.name}.shape[0], {x.name}.shape[1], "
-                f"{labels.name}, {gz.name}, np.empty(0, dtype={np_dtype(out.dtype)}))"]
+                f"{labels.name}, {gz.name}, {like(out.dtype)})"]
 
 
 # --- sparse: CSR, row gathers, row-sparse values ---------------------------------------
@@ -437,9 +444,7 @@ def _register_nn():
 
 def _table_2d(v, dtype):
     """Source of ``v`` as a 2-D table of ``dtype`` (a vector as a column)."""
-    expr = v.name if v.ndim == 2 else f"{v.name}.reshape(({v.name}.shape[0], 1))"
-    if v.ndim == 1:
-        expr = f"np.ascontiguousarray({v.name}).reshape(({v.name}.shape[0], 1))"
+    expr = v.name if v.ndim == 2 else f"J.rows_of({v.name}, 1)"
     return cast(expr, v.dtype, dtype, False)
 
 
@@ -468,7 +473,7 @@ def _register_sparse():
     @emit.register(Square)
     def _square(op, node, ins, outs):
         (X,), (out,) = ins, outs
-        return [f"{out.part('data')} = {X.part('data')} * {X.part('data')}",
+        return [f"{out.part('data')} = J.multiply({X.part('data')}, {X.part('data')})",
                 *(f"{out.part(p)} = {X.part(p)}" for p in ("indices", "indptr", "nr", "nc"))]
 
     @emit.register(CSRColumns)
@@ -478,7 +483,7 @@ def _register_sparse():
             return None
         return [f"if {X.part('nc')} != {W.shape(0)}:",
                 "    raise ValueError('sparse.dot: columns and rows differ')",
-                f"{outs[0].name} = {X.part('indices')}.astype(np.int64)"]
+                f"{outs[0].name} = J.as_int64({X.part('indices')})"]
 
     @emit.register(CSRGatheredDotGradRows)
     def _scale_rows(op, node, ins, outs):
@@ -491,7 +496,7 @@ def _register_sparse():
                 "    raise ValueError('gradient rows and CSR rows differ')",
                 f"{out.name} = {fn}({X.part('indptr')}, "
                 f"{cast(X.part('data'), X.dtype, gz.dtype, False)}, "
-                f"np.ascontiguousarray({gz.name}))"]
+                f"J.contiguous({gz.name}))"]
 
     @emit.register(CSRGatheredDot)
     def _gathered_dot(op, node, ins, outs):
@@ -519,7 +524,7 @@ def _register_sparse():
                  "    raise ValueError('sparse.dot: columns and rows differ')",
                  f"{out.name}_t = {t}"]
         if f is None:
-            lines += [f"{out.name}_f = np.zeros((1, 1), dtype={np_dtype(dt)})",
+            lines += [f"{out.name}_f = J.zeros((1, 1), {like(dt)})",
                       f"{out.name}_u = False"]
         else:
             lines += [f"{out.name}_f = {f}", f"{out.name}_u = True",
@@ -530,8 +535,7 @@ def _register_sparse():
                       "    raise ValueError('factor width must be 1 or the table width')",
                       f"if {out.name}_f.shape[0] != {out.name}_t.shape[0]:",
                       "    raise ValueError('factor rows and table rows differ')"]
-        lines += [f"{out.name} = np.zeros(({X.part('nr')}, {out.name}_t.shape[1]), "
-                  f"dtype={np_dtype(dt)})",
+        lines += [f"{out.name} = J.zeros(({X.part('nr')}, {out.name}_t.shape[1]), {like(dt)})",
                   f"F._gather_mul_sum({X.part('indptr')}, {X.part('indices')}, "
                   f"{cast(X.part('data'), X.dtype, dt, False)}, {out.name}_t, {out.name}_f, "
                   f"{out.name}_u, {out.name})"]
@@ -550,10 +554,10 @@ def _register_sparse():
                  "    raise ValueError('sparse.dot: columns and rows differ')",
                  f"if {gz.name}.shape[0] != {X.part('nr')}:",
                  "    raise ValueError('gradient rows and CSR rows differ')",
-                 f"{out.name}_g = np.ascontiguousarray({cast(gz.name, gz.dtype, dt, False)})",
+                 f"{out.name}_g = J.contiguous({cast(gz.name, gz.dtype, dt, False)})",
                  f"{out.name}_w = {width}"]
         if f is None:
-            lines += [f"{out.name}_f = np.zeros((1, 1), dtype={np_dtype(dt)})",
+            lines += [f"{out.name}_f = J.zeros((1, 1), {like(dt)})",
                       f"{out.name}_u = False",
                       f"if {out.name}_w != {out.name}_g.shape[1]:",
                       "    raise ValueError('gradient width and table width differ')"]
@@ -571,8 +575,7 @@ def _register_sparse():
                   f"{out.name}_g, {out.name}_f, {out.name}_u, {out.name}_w, {out.name}_s)",
                   f"{out.part('n')} = {table.shape(0)}"]
         if table.ndim == 1:
-            lines.append(f"{out.part('val')} = {out.name}_v.reshape(({out.part('idx')}"
-                         ".shape[0],))")
+            lines.append(f"{out.part('val')} = J.flat({out.name}_v)")
         else:
             lines.append(f"{out.part('val')} = {out.name}_v")
         return lines
@@ -584,17 +587,16 @@ def _register_sparse():
         if table.is_scalar or rows.is_scalar or table.ndim > 2 or out.dtype[0] != "f":
             return None
         width = "1" if table.ndim == 1 else table.shape(1)
-        return [f"{out.name}_r = np.ascontiguousarray("
-                f"{cast(rows.name, rows.dtype, out.dtype, False)}).reshape((-1, {width}))",
+        return [f"{out.name}_r = J.rows_of("
+                f"{cast(rows.name, rows.dtype, out.dtype, False)}, {width})",
                 f"if {out.name}_r.shape[0] != {idx.name}.shape[0]:",
                 "    raise ValueError('gradient rows and indices differ')",
                 f"if not J.index_in_range({idx.name}, {table.shape(0)}):",
                 "    raise IndexError('index out of range')",
                 f"{out.part('idx')}, {out.name}_v = J.coalesce_stable("
-                f"{idx.name}.astype(np.int64), {out.name}_r)",
+                f"J.as_int64({idx.name}), {out.name}_r)",
                 f"{out.part('n')} = {table.shape(0)}",
-                f"{out.part('val')} = " + (f"{out.name}_v.reshape(({out.part('idx')}"
-                                           ".shape[0],))" if table.ndim == 1
+                f"{out.part('val')} = " + (f"J.flat({out.name}_v)" if table.ndim == 1
                                            else f"{out.name}_v")]
 
     @emit.register(TakeGrad)
@@ -603,11 +605,10 @@ def _register_sparse():
         (out,) = outs
         if table.is_scalar or gz.is_scalar or table.ndim > 2 or idx.is_scalar:
             return None
-        shape = ("(-1,)" if table.ndim == 1 else f"(-1, {table.shape(1)})")
-        lines = [f"{out.part('idx')} = np.ascontiguousarray({idx.name}).reshape((-1,))"
-                 ".astype(np.int64)",
-                 f"{out.part('val')} = np.ascontiguousarray("
-                 f"{cast(gz.name, gz.dtype, out.dtype, False)}).reshape({shape})",
+        gz_cast = cast(gz.name, gz.dtype, out.dtype, False)
+        lines = [f"{out.part('idx')} = J.as_int64(J.flat({idx.name}))",
+                 f"{out.part('val')} = " + (f"J.flat({gz_cast})" if table.ndim == 1 else
+                                            f"J.rows_of({gz_cast}, {table.shape(1)})"),
                  f"if {out.part('val')}.shape[0] != {out.part('idx')}.shape[0]:",
                  "    raise ValueError('gradient rows and indices differ')",
                  f"{out.part('n')} = {table.shape(0)}"]
@@ -626,12 +627,12 @@ def _register_sparse():
         if not getattr(node, "index_checked", False):
             lines += [f"if not J.index_in_range({idx.name}, {table.shape(0)}):",
                       "    raise IndexError('index out of range')"]
-        flat = idx.name if idx.ndim == 1 else f"np.ascontiguousarray({idx.name}).reshape((-1,))"
         if idx.ndim == 1:
-            return lines + [f"{out.name} = {table.name}[{flat}]"]
+            return lines + [f"{out.name} = J.take_rows({table.name}, {idx.name})"]
         shape = [idx.shape(a) for a in range(idx.ndim)] + [table.shape(a)
                                                            for a in range(1, table.ndim)]
-        return lines + [f"{out.name} = {table.name}[{flat}].reshape(({', '.join(shape)},))"]
+        return lines + [f"{out.name} = J.reshape(J.take_rows({table.name}, J.flat({idx.name})),"
+                        f" ({', '.join(shape)},))"]
 
     @emit.register(RowSparseIndices)
     def _rs_indices(op, node, ins, outs):
@@ -646,8 +647,8 @@ def _register_sparse():
         (g,), (out,) = ins, outs
         if g.is_scalar:
             return None
-        return [f"{out.part('idx')} = np.arange({g.name}.shape[0]).astype(np.int64)",
-                f"{out.part('val')} = np.ascontiguousarray({g.name})",
+        return [f"{out.part('idx')} = J.arange({g.name}.shape[0])",
+                f"{out.part('val')} = J.contiguous({g.name})",
                 f"{out.part('n')} = {g.name}.shape[0]"]
 
     @emit.register(BagOfWords)
@@ -660,7 +661,7 @@ def _register_sparse():
                 "    raise ValueError('mask and tokens differ in shape')",
                 f"{out.part('data')}, {out.part('indices')}, {out.part('indptr')} = "
                 f"J.bag_of_words({tokens.name}, {mask.name}, {table.shape(0)}, "
-                f"np.empty(0, dtype={np_dtype(op.dtype)}))",
+                f"{like(op.dtype)})",
                 f"{out.part('nr')} = {tokens.name}.shape[0]",
                 f"{out.part('nc')} = {table.shape(0)}"]
 
