@@ -147,7 +147,6 @@ def test_rows_pended_by_a_numpy_function_are_flushed_by_the_reference_kernels(mo
 # --- empty batches in functions without updates ---------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_a_mean_over_an_empty_batch_is_nan_without_raw_warnings(backend):
     x = mg.matrix("x")
     W = mg.shared(np.ones((3, 2)), name="W")
