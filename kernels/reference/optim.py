@@ -126,15 +126,30 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     return param.reshape(shape[0], width), flat, idx, grad, t
 
 
-def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, history):
-    """Gather rows, catch up skipped steps, apply step ``t``, scatter back."""
+def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, history,
+           guard=None):
+    """Gather rows, catch up skipped steps, apply step ``t``, scatter back.
+
+    With a ``guard`` (``kernels.row_guard.RowGuard``) the old rows are saved into its
+    scratch and the new ones are checked before the scatter: a non-finite result writes
+    nothing and returns the position of the first bad row (else -1)."""
     p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
     if history is not None and last is not None:
         check_history(history, t - (grad is not None))
     if idx.shape[0] == 0:
-        return
+        if guard is not None:
+            guard.buffers([p2, *s2], last, idx)
+            return guard.finish(-1)
+        return -1
     tables = [p2] + s2
     rows = [None if a is None else a[idx] for a in tables]
+    if guard is not None:
+        saved, saved_last = guard.buffers(tables, last, idx)
+        for buf, r in zip(saved, rows):
+            if r is not None:
+                buf[...] = r
+        if last is not None:
+            saved_last[...] = last[idx]
     if last is not None:
         lag_from = last[idx]
         k = (t - 1 if grad is not None else t) - lag_from
@@ -146,12 +161,33 @@ def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, h
                 if r is not None:
                     r[sel] = s
     if grad is not None:
-        step(rows, grad, t)
+        if guard is not None:  # a non-finite result is reported by the guard, not warned
+            with np.errstate(all="ignore"):
+                step(rows, grad, t)
+        else:
+            step(rows, grad, t)
+    if guard is not None:
+        bad = _first_bad_row(rows)
+        if bad >= 0:
+            return guard.finish(bad, written=0)
     for a, r in zip(tables, rows):
         if a is not None:
             a[idx] = r
     if last is not None:
         last[idx] = t
+    return guard.finish(-1) if guard is not None else -1
+
+
+def _first_bad_row(rows):
+    """Position of the first row holding a NaN or inf in any of ``rows``, or -1."""
+    xp = _xp(rows[0])
+    ok = None
+    for r in rows:
+        if r is not None:
+            fin = xp.isfinite(r).all(axis=1)
+            ok = fin if ok is None else ok & fin
+    bad = (~ok).nonzero()[0]
+    return int(bad[0]) if bad.shape[0] else -1
 
 
 def check_history(history, need, needs_blocks=False):
@@ -296,20 +332,21 @@ def _momentum_catch_up(rows, lag_from, k, hyper, mu, damp, nesterov):
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
-                  weight_decay, history=None):
+                  weight_decay, history=None, guard=None):
     """SGD with momentum (torch semantics) on rows ``idx``; exact catch-up is closed form
     (a product of the 2x2 step maps: a matrix power, or block products of the history)."""
     hyper = _Hyper(lr, weight_decay, history)
     rule = (momentum, dampening, nesterov)
-    _drive(param, [buf] if momentum else [None], idx, grad, t, last,
-           lambda r, g, s: _momentum_step(r, g, s, hyper.lr, hyper.wd, *rule),
-           lambda r, lf, k: _momentum_catch_up(r, lf, k, hyper, *rule),
-           [bool(momentum)], ["buf"], history)
+    return _drive(param, [buf] if momentum else [None], idx, grad, t, last,
+                  lambda r, g, s: _momentum_step(r, g, s, hyper.lr, hyper.wd, *rule),
+                  lambda r, lf, k: _momentum_catch_up(r, lf, k, hyper, *rule),
+                  [bool(momentum)], ["buf"], history, guard)
 
 
-def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None):
+def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None):
     """Plain SGD: momentum_rows without a buffer (skipped steps decay by prod(1 - lr*wd))."""
-    momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay, history)
+    return momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay,
+                         history, guard)
 
 
 # --- Adagrad -------------------------------------------------------------------------------
@@ -325,7 +362,7 @@ def _adagrad_step(rows, g, s, lr, wd, eps, lr_decay):
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
-                 history=None):
+                 history=None, guard=None):
     """Adagrad (torch). A zero gradient changes nothing unless weight decay is on."""
     hyper = _Hyper(lr, weight_decay, history)
 
@@ -336,7 +373,8 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
         if hyper.wd_any:
             _replay(step, r, lf, k, hyper)
 
-    _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"], history)
+    return _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"], history,
+                  guard)
 
 
 # --- RMSprop -------------------------------------------------------------------------------
@@ -379,7 +417,7 @@ def _rmsprop_catch_up(rows, lag_from, k, hyper, alpha, momentum):
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
-                 momentum, centered, weight_decay, history=None):
+                 momentum, centered, weight_decay, history=None, guard=None):
     """RMSprop (torch; ``alpha`` is the API's ``rho``); ``grad_avg``/``buf`` may be None."""
     hyper = _Hyper(lr, weight_decay, history)
     rule = (alpha, eps, momentum, centered)
@@ -393,9 +431,9 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
         else:
             _rmsprop_catch_up(r, lf, k, hyper, alpha, momentum)
 
-    _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up,
-           [True, bool(centered), bool(momentum)], ["square_avg", "grad_avg", "buf"],
-           history)
+    return _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up,
+                  [True, bool(centered), bool(momentum)], ["square_avg", "grad_avg", "buf"],
+                  history, guard)
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
@@ -492,7 +530,7 @@ def _adam_drift(rows, lag_from, k, hyper, b1, b2, eps, decoupled, amsgrad, tol):
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
-              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None):
+              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None):
     """Adam (``decoupled=False``: L2 weight decay) or AdamW on rows ``idx``.
 
     ``last=None`` is lazy mode with ``torch.optim.SparseAdam``'s update; exact mode uses
@@ -512,5 +550,5 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
         else:
             _adam_drift(r, lf, k, hyper, *rule, amsgrad, tol=adam_drift_tol(r[0].dtype))
 
-    _drive(param, [m, v, max_exp_avg_sq], idx, grad, t, last, step, catch_up,
-           [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history)
+    return _drive(param, [m, v, max_exp_avg_sq], idx, grad, t, last, step, catch_up,
+                  [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history, guard)
