@@ -13,9 +13,10 @@ reshaping of the compiler (interpreted thunks today, generated code later):
 * **empty batches**: a step on an empty input is refused before anything runs;
 * **destinations**: every array an in-place node will write is checked (host or device
   array, C-contiguous, writeable, the variable's dtype) before the first write;
-* **non-finite updates** (:func:`run_destructive_guarded`): the rows an in-place node is
-  about to overwrite are snapshotted, checked after the write and restored (with every
-  earlier in-place write of the call) when a NaN or inf appears, so a non-finite update
+* **non-finite updates** (:func:`run_destructive_guarded`): an optimizer's row kernel
+  saves the rows it overwrites into its node's scratch and checks them as it writes;
+  any other in-place node's rows are snapshotted and checked here. When a NaN or inf
+  appears, every write of the call is restored (in reverse order), so a non-finite update
   never reaches a parameter and a failed call changes nothing.
 """
 from __future__ import annotations

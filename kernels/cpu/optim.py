@@ -20,6 +20,10 @@ from kernels.reference.optim import (
     momentum_matrix,
     rmsprop_matrix,
 )
+from kernels.rules import adagrad as adagrad_rule
+from kernels.rules import adam as adam_rule
+from kernels.rules import momentum as momentum_rule
+from kernels.rules import rmsprop as rmsprop_rule
 
 __all__ = ["sgd_rows", "momentum_rows", "adagrad_rows", "rmsprop_rows", "adam_rows"]
 
@@ -192,13 +196,9 @@ def _matpow2(a11, a12, a21, a22, k):
     return r11, r12, r21, r22
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _momentum_elem(p, b, g, first, lr, mu, damp, nesterov, wd):
-    g = g + wd * p
-    if mu != 0.0:
-        b = g if first else mu * b + (1.0 - damp) * g
-        g = g + mu * b if nesterov else b
-    return p - lr * g, b
+#: the rule, written once in kernels/rules/momentum.py, inlined into the row loop
+_momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    momentum_rule.update)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -269,11 +269,8 @@ def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=No
 # --- Adagrad -------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _adagrad_elem(p, acc, g, clr, eps, wd):
-    g = g + wd * p
-    acc = acc + g * g
-    return p - clr * (g / (np.sqrt(acc) + eps)), acc
+_adagrad_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    adagrad_rule.update)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -322,21 +319,8 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
 # --- RMSprop -------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _rmsprop_elem(p, sq, ga, b, g, lr, alpha, eps, mom, centered, wd):
-    g = g + wd * p
-    sq = alpha * sq + (1.0 - alpha) * (g * g)
-    if centered:
-        ga = alpha * ga + (1.0 - alpha) * g
-        avg = np.sqrt(sq - ga * ga) + eps
-    else:
-        avg = np.sqrt(sq) + eps
-    if mom != 0.0:
-        b = mom * b + g / avg
-        p = p - lr * b
-    else:
-        p = p - lr * (g / avg)
-    return p, sq, ga, b
+_rmsprop_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    rmsprop_rule.update)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -416,30 +400,15 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
 # --- Adam / AdamW --------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _adam_elem(p, m, v, vmax, g, b1, b2, eps, l2, q, step_size, sqrt_bc2, lazy, amsgrad):
-    p = p * q
-    g = g + l2 * p
-    m = b1 * m + (1.0 - b1) * g
-    v = b2 * v + (1.0 - b2) * (g * g)
-    if amsgrad:
-        vmax = max(vmax, v)
-        denom = vmax
-    else:
-        denom = v
-    if lazy:
-        p = p - step_size * (m / (np.sqrt(denom) + eps))
-    else:
-        p = p - step_size * (m / (np.sqrt(denom) / sqrt_bc2 + eps))
-    return p, m, v, vmax
+_adam_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    adam_rule.update)
+_adam_rule_scalars = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    adam_rule.scalars)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_scalars(lr, b1, b2, s, lazy):
-    bc1, bc2 = 1.0 - b1 ** float(s), 1.0 - b2 ** float(s)
-    if lazy:
-        return lr * np.sqrt(bc2) / bc1, np.sqrt(bc2)
-    return lr / bc1, np.sqrt(bc2)
+    return _adam_rule_scalars(lr, b1, b2, float(s), lazy)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -18,9 +18,17 @@ In ``"exact"`` mode a row whose ``last`` is ``L`` first receives the ``k = t - 1
 zero-gradient steps it skipped (closed forms where they exist, see ``docs/optimizers.md``),
 then step ``t``; afterwards ``last[idx] = t``. The code here is vectorised over the touched
 rows and written against the array namespace of ``param`` so ``kernels.gpu`` can run it on
-CuPy arrays.
+CuPy arrays. Each rule's per-element update comes from ``kernels/rules/<rule>.py``, the
+same function ``kernels.cpu`` compiles into its loops. ``guard=`` (a
+``kernels.row_guard.RowGuard``) saves the old rows and refuses a non-finite result before
+anything is written (the kernel then returns the bad row's position, else -1).
 """
 import numpy as np
+
+from kernels.rules import adagrad as adagrad_rule
+from kernels.rules import adam as adam_rule
+from kernels.rules import momentum as momentum_rule
+from kernels.rules import rmsprop as rmsprop_rule
 
 # the kernels (same names in kernels.cpu and kernels.gpu); the helpers below them
 # (check_rows_args, adam_drift_tol, ...) are imported by name where they are shared
@@ -330,15 +338,13 @@ def _linear_catch_up(rows, a, e, hyper, matrix):
 
 
 def _momentum_step(rows, g, s, lr, wd, mu, damp, nesterov):
-    """torch.optim.SGD at step ``s`` (scalar or per-row column): buffer = g at step 1."""
-    xp = _xp(rows[0])
-    p = rows[0]
-    g = g + wd * p
+    """torch.optim.SGD at step ``s`` (a scalar: the step, or 1 for a row's first step):
+    the rule of ``kernels/rules/momentum.py`` on the gathered rows."""
+    first = int(np.asarray(s).reshape(-1)[0]) == 1
+    buf = rows[1] if mu else None
+    rows[0], buf = momentum_rule.update(rows[0], buf, g, first, lr, mu, damp, nesterov, wd)
     if mu:
-        buf = xp.where(xp.asarray(s) == 1, g, mu * rows[1] + (1 - damp) * g)
         rows[1] = buf
-        g = g + mu * buf if nesterov else buf
-    rows[0] = p - lr * g
 
 
 def _matpow(a, k):
@@ -355,15 +361,7 @@ def _matpow(a, k):
     return out
 
 
-def momentum_matrix(lr, mu, damp, nesterov, wd):
-    """The 2x2 map of one zero-gradient step on ``(param, buffer)`` (after step 1), as
-    ``(a11, a12, a21, a22)``; with ``mu = 0`` it is plain SGD's ``p *= 1 - lr*wd``."""
-    c = 1.0 - damp
-    if nesterov:
-        return (1.0 - lr * wd - lr * mu * c * wd, -lr * mu * mu, c * wd, mu)
-    if not mu:
-        return (1.0 - lr * wd, 0.0, 0.0, 1.0)
-    return (1.0 - lr * c * wd, -lr * mu, c * wd, mu)
+momentum_matrix = momentum_rule.matrix
 
 
 def _momentum_catch_up(rows, lag_from, k, hyper, mu, damp, nesterov):
@@ -411,11 +409,8 @@ def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=No
 
 def _adagrad_step(rows, g, s, lr, wd, eps, lr_decay):
     xp = _xp(rows[0])
-    p, acc = rows
-    g = g + wd * p
-    acc = acc + g * g
-    clr = lr / (1.0 + (xp.asarray(s, dtype=np.float64) - 1.0) * lr_decay)
-    rows[0], rows[1] = p - clr * (g / (xp.sqrt(acc) + eps)), acc
+    clr = adagrad_rule.step_lr(lr, xp.asarray(s, dtype=np.float64), lr_decay)
+    rows[0], rows[1] = adagrad_rule.update(rows[0], rows[1], g, clr, eps, wd)
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
@@ -439,26 +434,10 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
 
 
 def _rmsprop_step(rows, g, s, lr, wd, alpha, eps, momentum, centered):
-    xp = _xp(rows[0])
-    p, sq, ga, buf = rows
-    g = g + wd * p
-    sq = alpha * sq + (1 - alpha) * (g * g)
-    if centered:
-        ga = alpha * ga + (1 - alpha) * g
-        avg = xp.sqrt(sq - ga * ga) + eps
-    else:
-        avg = xp.sqrt(sq) + eps
-    if momentum:
-        buf = momentum * buf + g / avg
-        p = p - lr * buf
-    else:
-        p = p - lr * (g / avg)
-    rows[:] = [p, sq, ga, buf]
+    rows[:] = rmsprop_rule.update(*rows, g, lr, alpha, eps, momentum, centered, wd)
 
 
-def rmsprop_matrix(lr, momentum):
-    """One zero-gradient step on ``(param, buffer)`` without weight decay."""
-    return (1.0, -lr * momentum, 0.0, momentum)
+rmsprop_matrix = rmsprop_rule.matrix
 
 
 def _rmsprop_catch_up(rows, lag_from, k, hyper, alpha, momentum):
@@ -500,26 +479,15 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
 
 
 def _adam_step(rows, g, s, lr, wd, b1, b2, eps, decoupled, lazy, amsgrad=False):
-    """torch.optim.Adam/AdamW at step ``s``; ``lazy``: torch.optim.SparseAdam's formula."""
+    """torch.optim.Adam/AdamW at step ``s``; ``lazy``: torch.optim.SparseAdam's formula.
+    The rule of ``kernels/rules/adam.py`` on the gathered rows (``s``, ``lr``, ``wd`` may
+    be per-row columns)."""
     xp = _xp(rows[0])
-    p, m, v, vmax = rows
-    if decoupled:
-        p = p * (1.0 - lr * wd)
-    else:
-        g = g + wd * p
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * (g * g)
-    s = xp.asarray(s, dtype=np.float64)
-    bc1, bc2 = 1.0 - b1 ** s, 1.0 - b2 ** s
-    denom_v = v
-    if amsgrad:
-        vmax = xp.maximum(vmax, v)
-        denom_v = vmax
-    if lazy:
-        p = p - (lr * xp.sqrt(bc2) / bc1) * (m / (xp.sqrt(denom_v) + eps))
-    else:
-        p = p - (lr / bc1) * (m / (xp.sqrt(denom_v) / xp.sqrt(bc2) + eps))
-    rows[:] = [p, m, v, vmax]
+    step_size, sqrt_bc2 = adam_rule.scalars(lr, b1, b2, xp.asarray(s, dtype=np.float64), lazy)
+    q = 1.0 - lr * wd if decoupled else 1.0
+    l2 = 0.0 if decoupled else wd
+    rows[:] = adam_rule.update(*rows, g, b1, b2, eps, l2, q, step_size, sqrt_bc2, lazy,
+                               amsgrad)
 
 
 def adam_drift_ratio(lr, b1, b2, wd, decoupled):
@@ -530,9 +498,7 @@ def adam_drift_ratio(lr, b1, b2, wd, decoupled):
     return (q, r / (1.0 - r)) if r < 1 else (q, np.inf)
 
 
-def adam_matrix(lr, wd):
-    """AdamW's decoupled decay of one skipped step (``p *= 1 - lr*wd``) as a 2x2 map."""
-    return (1.0 - lr * wd, 0.0, 0.0, 1.0)
+adam_matrix = adam_rule.matrix
 
 
 #: elements per chunk array of the vectorised drift sum (steps x rows x width, float64)
