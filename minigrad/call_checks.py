@@ -10,7 +10,9 @@ reshaping of the compiler (interpreted thunks today, generated code later):
   kernels' own threads, not from calling one model from many Python threads;
 * **output structure**: a variable, a list, a tuple or a dict of variables comes back with
   the same structure; anything else is refused when compiling;
-* **empty batches**: a step on an empty input is refused before anything runs;
+* **empty batches**: a step on an empty input is refused before anything runs; a function
+  without updates runs on it and returns what NumPy defines (a mean over no rows is NaN)
+  without NumPy's raw warnings (:func:`quiet_empty_batch`);
 * **destinations**: every array an in-place node will write is checked (host or device
   array, C-contiguous, writeable, the variable's dtype) before the first write;
 * **non-finite updates** (:func:`run_destructive_guarded`): an optimizer's row kernel
@@ -21,7 +23,9 @@ reshaping of the compiler (interpreted thunks today, generated code later):
 """
 from __future__ import annotations
 
+import contextlib
 import threading
+import warnings
 
 import numpy as np
 
@@ -92,6 +96,24 @@ def check_not_empty(inputs, values, label):
             )
 
 
+def has_empty_batch(values):
+    """Whether some input value has no rows (length 0 along its first axis)."""
+    for value in values:
+        shape = getattr(value, "shape", ())
+        if len(shape) and shape[0] == 0:
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def quiet_empty_batch():
+    """Around a call on an empty batch (no updates): NumPy's "Mean of empty slice" and
+    0/0 warnings are what the NaN result already says; they are not passed on."""
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        yield
+
+
 # --- destinations ----------------------------------------------------------------------
 
 
@@ -108,7 +130,7 @@ def check_destinations(targets, storage, label):
         if not (device or isinstance(value, np.ndarray)):
             raise TypeError(f"{label}: {var} holds a {type(value).__name__}, not an array")
         problem = None
-        if str(value.dtype) != var.type.dtype:
+        if value.dtype != _np_dtype(var.type.dtype):  # dtype objects: no str() per call
             problem = f"has dtype {value.dtype}, expected {var.type.dtype}"
         elif not value.flags.c_contiguous:
             problem = "is not C-contiguous"
@@ -119,6 +141,16 @@ def check_destinations(targets, storage, label):
                 f"{label}: {var} {problem}, so it cannot be updated in place; nothing was "
                 f"changed (give it a fresh array with {var}.set_value(...))"
             )
+
+
+_DTYPES = {}
+
+
+def _np_dtype(name):
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        dtype = _DTYPES[name] = np.dtype(name)
+    return dtype
 
 
 # --- guarded destructive phase ---------------------------------------------------------

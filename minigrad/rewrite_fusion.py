@@ -34,6 +34,7 @@ from minigrad.graph import Constant, clone_replace, toposort
 from minigrad.ops.elemwise import Binary, MulReduceLike, Unary
 from minigrad.ops.fused import FusedCSRGatherSum, FusedCSRScatterGrad, SlotTakeGrad
 from minigrad.ops.indexing import Take, TakeGrad
+from minigrad.ops.shape import shape_source
 from minigrad.ops.sparse import (
     CSRColumns,
     CSRGatheredDot,
@@ -156,7 +157,7 @@ def _fused_backward(table, cols, rows):
         for grad_rows, other in ((a, b), (b, a)):
             pair, factor = _csr_grad_rows(grad_rows), gathered_table(other, cols)
             if (pair is not None and factor is not None
-                    and gathered_table(like, cols) is table):
+                    and _gathered_shape_of(like, cols) is table):
                 found = (*pair, factor)
                 break
     elif isinstance(node.op, CSRScaledDotGradRows):
@@ -164,9 +165,9 @@ def _fused_backward(table, cols, rows):
         factor = gathered_table(scale_rows, cols)
         found = None if factor is None else (X, gz, factor)
     elif isinstance(node.op, CSRScaledDotGradScale):
-        X, gz, table_rows, scale_rows = node.inputs
+        X, gz, table_rows, scale_shape = node.inputs
         factor = gathered_table(table_rows, cols)
-        if factor is not None and gathered_table(scale_rows, cols) is table:
+        if factor is not None and _gathered_shape_of(scale_shape, cols) is table:
             found = (X, gz, factor)
     if found is None or not columns_of(found[0], cols):
         return None
@@ -176,6 +177,12 @@ def _fused_backward(table, cols, rows):
     if factor is not None and (factor.ndim not in (1, 2) or factor.dtype != table.dtype):
         return None
     return X, gz, factor
+
+
+def _gathered_shape_of(shape, cols):
+    """The table ``T`` when ``shape`` is the shape of the gathered rows ``T[cols]``."""
+    source = shape_source(shape)
+    return None if source is None else gathered_table(source, cols)
 
 
 def optimizer_only_readers(outputs):
@@ -199,15 +206,16 @@ def fuse_csr_scatter_grad(outputs):
     for node in toposort(outputs):
         if not isinstance(node.op, TakeGrad) or node.outputs[0] not in only_optimizer:
             continue
-        table, idx, rows = node.inputs
+        table_shape, idx, rows = node.inputs
         if idx.ndim != 1:
             continue
-        found = _fused_backward(table, idx, rows)
+        table = shape_source(table_shape)
+        found = None if table is None else _fused_backward(table, idx, rows)
         if found is not None:
             X, gz, factor = found
-            new = FusedCSRScatterGrad()(X, gz, table, factor)
+            new = FusedCSRScatterGrad(node.op.dtype)(X, gz, table_shape, factor)
         else:
-            new = SlotTakeGrad()(table, idx, rows)
+            new = SlotTakeGrad(node.op.dtype)(table_shape, idx, rows)
         if new.type == node.outputs[0].type:
             replace[node.outputs[0]] = new
     if not replace:

@@ -312,8 +312,11 @@ PARALLEL_LAUNCH_LOCK = threading.Lock()
 
 def _rows(kernel_range, kernel_chunks, n, work, *args):
     """Run a row kernel over ``n`` output rows, in parallel only when ``work`` pays for it."""
+    if work < PARALLEL_MIN_WORK or n < 2:  # the common case: no thread query (it locks)
+        kernel_range(0, n, *args)
+        return
     threads = numba.get_num_threads()
-    if work < PARALLEL_MIN_WORK or threads < 2 or n < 2:
+    if threads < 2:
         kernel_range(0, n, *args)
     else:
         with PARALLEL_LAUNCH_LOCK:
@@ -382,6 +385,22 @@ def coalesce_rows(indices, values):
     if unique.shape[0]:
         _rows(_sum_runs_range, _sum_runs_chunks, unique.shape[0], values.size, _as_2d(values),
               order, starts, summed.reshape(unique.shape[0], -1))
+    return unique, summed
+
+
+def coalesce_rows_trusted(indices, values):
+    """``coalesce_rows`` without the index scan, for compiled code whose prologue checked
+    ``indices`` (int64, 1-D, in range of the table) already; ``values`` a float array with
+    one row per index (checked: O(1))."""
+    if values.shape[0] != indices.shape[0] or values.dtype.kind != "f":
+        raise ValueError(f"{values.shape[0]} {values.dtype} value rows for "
+                         f"{indices.shape[0]} indices")
+    order, starts, unique = _sorted_runs(_as_i64(indices))
+    summed = np.zeros((unique.shape[0],) + values.shape[1:], dtype=values.dtype)
+    if unique.shape[0]:
+        _rows(_sum_runs_range, _sum_runs_chunks, unique.shape[0], values.size,
+              _as_2d(np.ascontiguousarray(values)), order, starts,
+              summed.reshape(unique.shape[0], -1))
     return unique, summed
 
 

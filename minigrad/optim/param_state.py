@@ -146,7 +146,8 @@ class ParamState:
         last = self.last.value
         idx = (last < t).nonzero()[0]
         if idx.shape[0]:
-            module = module_for(self.param.value)
+            # the kernels of the function that pended the rows (compile.py sets it)
+            module = getattr(self, "flush_module", None) or module_for(self.param.value)
             self.catch_up(module, self.arrays(True), idx, t)
         self.pending = False
 
