@@ -51,6 +51,27 @@ def time_blocks(fn, repeats, per_repeat, sync=None):
     return out
 
 
+def measure_step(make, settings):
+    """Build a system with ``make() -> (step, compile_s, keep)``, time its first step apart
+    (JIT compile or cache load), then ``settings["repeats"]`` timed blocks of warm steps.
+
+    The block length aims at ``settings["block_s"]`` seconds (at most
+    ``settings["max_steps"]`` steps), so fast and slow systems get comparable spreads.
+    ``keep`` holds whatever must stay alive while the steps run (tables, optimizers).
+    """
+    build_s, (step, compile_s, keep) = time_once(make)
+    first_s, _ = time_once(step, 0)
+    warm_s, _ = time_once(step, 1)
+    per_block = int(np.clip(round(settings["block_s"] / max(warm_s, 1e-6)), 1,
+                            settings["max_steps"]))
+    times = time_blocks(lambda i: step(i + 2), settings["repeats"], per_block)
+    del keep
+    row = summarize(times)
+    row.update(build_s=build_s, compile_s=compile_s, first_step_s=first_s,
+               steps_per_repeat=per_block)
+    return row
+
+
 def summarize(times, prefix=""):
     """``{median_s, min_s, max_s, repeats}`` of a list of seconds (keys get ``prefix``)."""
     arr = np.asarray(times, dtype=np.float64)

@@ -94,21 +94,6 @@ def torch_step(torch, vocab, sparse, batches, mask_kind="per_dimension"):
 # --- measurement -------------------------------------------------------------------------
 
 
-def measure(make, settings):
-    """Build a system, time its first step apart, then ``repeats`` timed blocks."""
-    build_s, (step, compile_s, keep) = common.time_once(make)
-    first_s, _ = common.time_once(step, 0)
-    warm_s, _ = common.time_once(step, 1)
-    per_block = int(np.clip(round(settings["block_s"] / max(warm_s, 1e-6)), 1,
-                            settings["max_steps"]))
-    times = common.time_blocks(lambda i: step(i + 2), settings["repeats"], per_block)
-    del keep
-    row = common.summarize(times)
-    row.update(build_s=build_s, compile_s=compile_s, first_step_s=first_s,
-               steps_per_repeat=per_block)
-    return row
-
-
 SYSTEMS = {  # label: (library, builder argument)
     "minigrad dense Adam": ("minigrad", "dense"),
     "minigrad lazy Adam": ("minigrad", "lazy"),
@@ -137,7 +122,7 @@ def measure_system(label, vocab, settings, compare, mask_kind="per_dimension", t
             torch.set_num_threads(threads)
         threads = torch.get_num_threads()
         make = functools.partial(torch_step, torch, vocab, arg, batches, mask_kind)
-    row = measure(make, settings)
+    row = common.measure_step(make, settings)
     gc.collect()
     return {"bench": "embedding", "system": label, "vocab": vocab, "mask_kind": mask_kind,
             "threads": threads, **row}

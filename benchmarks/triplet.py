@@ -113,21 +113,6 @@ SYSTEMS = {  # label: (library, threads or None for the default, argument)
 HOGWILD = "minigrad exact Momentum, hogwild 2 workers"
 
 
-def measure(make, settings):
-    """Build a system, time its first step apart, then ``repeats`` timed blocks."""
-    build_s, (step, compile_s, keep) = common.time_once(make)
-    first_s, _ = common.time_once(step, 0)
-    warm_s, _ = common.time_once(step, 1)
-    per_block = int(np.clip(round(settings["block_s"] / max(warm_s, 1e-6)), 1,
-                            settings["max_steps"]))
-    times = common.time_blocks(lambda i: step(i + 2), settings["repeats"], per_block)
-    del keep
-    row = common.summarize(times)
-    row.update(build_s=build_s, compile_s=compile_s, first_step_s=first_s,
-               steps_per_repeat=per_block)
-    return row
-
-
 @functools.lru_cache(maxsize=1)
 def _cached_batches(vocab, n_batches):
     a, p, n = make_triplets(vocab, BATCH * n_batches)
@@ -146,7 +131,7 @@ def measure_system(label, vocab, settings):
 
         torch.set_num_threads(threads)
         make = functools.partial(torch_system, torch, vocab, batches, arg)
-    row = measure(make, settings)
+    row = common.measure_step(make, settings)
     return {"bench": "triplet", "system": label, "vocab": vocab, "threads": threads, **row}
 
 

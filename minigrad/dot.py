@@ -8,7 +8,8 @@ box, one edge per operand, the output at the bottom.
 * Each edge is labelled with the operand position it feeds (``sub(a, b)`` and
   ``sub(b, a)`` differ) and the type of the value it carries.
 * Row-sparse values travel on thick red edges; inputs an Op reads only for their shape
-  (``shape_only_inputs``) are dashed grey edges: they borrow a shape, not data.
+  (the input of a ``Shape`` node) are dashed grey edges: they borrow a shape, not data;
+  the readable view drops borrowed shapes (``readable.shape_inputs``) altogether.
 * An Op with an inner graph (``op.inner_inputs``/``op.inner_outputs``, e.g. a fused
   element-wise chain) is drawn as a cluster holding that graph.
 * ``readable=True`` looks through bookkeeping Ops, as ``debugprint(readable=True)`` does.
@@ -27,7 +28,7 @@ import numpy as np
 
 from minigrad.graph import Constant
 from minigrad.printing import _short_type, inner_graph, leaf_label, roots_of
-from minigrad.readable import legend_line, look_through, op_name, shape_only
+from minigrad.readable import legend_line, look_through, op_name, shape_inputs, shape_only
 from minigrad.types import RowSparseType
 from minigrad.variables import SharedVariable
 
@@ -69,12 +70,12 @@ class _Writer:
 
     def inputs_of(self, node):
         """(position, variable, shape_only) for each operand edge to draw."""
-        skip = shape_only(node.op)
+        dashed, borrowed = shape_only(node), shape_inputs(node)
         out = []
         for i, var in enumerate(node.inputs):
-            if self.readable and i in skip:
+            if self.readable and i in borrowed:
                 continue
-            out.append((i, self.view(var), i in skip))
+            out.append((i, self.view(var), i in dashed))
         return out
 
     # ------------------------------------------------------------------ nodes
@@ -193,7 +194,7 @@ class _Writer:
         outer = list(zip(range(len(node.inputs)), node.inputs))
         for (pos, var), inner_in in zip(outer, ins):
             src = self.source(var, indent)
-            self.edge(src, placeholders[inner_in], var, pos, pos in shape_only(node.op), indent)
+            self.edge(src, placeholders[inner_in], var, pos, pos in shape_only(node), indent)
 
 
 def to_dot(obj, path=None, readable=False, show_types=True):

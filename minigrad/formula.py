@@ -45,8 +45,16 @@ def _children(var):
     if node is None:
         return []
     if op_name(node.op) == "CountOf":
-        return [look_through(node.inputs[0])]
+        return [look_through(_shape_target(node.inputs[0]))]
     return [look_through(v) for v in data_inputs(node)]
+
+
+def _shape_target(var):
+    """``x`` for ``var = Shape(x)`` (the value a count or a borrowed shape is about)."""
+    from minigrad.ops.shape import shape_source
+
+    source = shape_source(var)
+    return var if source is None else source
 
 
 def _constant_text(var):
@@ -209,7 +217,8 @@ class _Printer:
             args = [inner]
             if len(axes) != len(node.inputs[0].type.shape):
                 args.append(f"axis={axes[0] if len(axes) == 1 else axes}")
-            if node.inputs[-1].ndim and node.inputs[-1].ndim == node.inputs[0].ndim:
+            target_ndim = node.inputs[-1].type.shape[0]  # the length of the shape value
+            if target_ndim and target_ndim == node.inputs[0].ndim:
                 args.append("keepdims=True")
             return f"sum({', '.join(args)})", ATOM
         if name in ("SubtensorGrad", "DynamicSubtensorGrad"):
@@ -223,7 +232,7 @@ class _Printer:
                 subscript.pop()
             return f"{self._arg(kids[0], depth, ATOM)}[{', '.join(subscript)}]", ATOM
         if name == "CountOf":
-            x = look_through(node.inputs[0])
+            x = look_through(_shape_target(node.inputs[0]))
             base = self._arg(x, depth, ATOM)
             if tuple(op.axes) == tuple(range(x.ndim)):
                 return f"{base}.size", ATOM

@@ -2,12 +2,12 @@
 
 Full view (the default): one line per variable with its Op, an id (``#n``; a shared
 sub-graph is printed once and later marked "see above") and its type; a row-sparse
-value is marked ``<- row-sparse``; an input an Op reads only for its shape is marked
-``(shape only)``, because it is not a data dependency; a fused Op's inner graph is
-printed under it.
+value is marked ``<- row-sparse``; the input of a ``Shape`` node (an Op that borrows a
+shape, like the VJP of a sum, takes ``Shape(x)``) is marked ``(shape only)``, because it
+is not a data dependency; a fused Op's inner graph is printed under it.
 
 Readable view (``readable=True``): the bookkeeping Ops of :mod:`minigrad.readable` are
-looked through, shape-only inputs are dropped, small sub-trees are written as one
+looked through, borrowed shapes are dropped, small sub-trees are written as one
 formula (the ``mg.pp`` text), ids appear only where a value is used twice, and a legend
 explains every internal Op that is shown or was hidden. It is meant for reading a
 gradient: the triplet-loss gradient is 98 lines in the full view and 15 here.
@@ -113,7 +113,7 @@ def _full_tree(roots, titles, depth, id_prefix="#"):
         inner_done.add(var.owner)
         if inner is not None:
             _inner_lines(inner, level, lines, ident(var))
-        skip = shape_only(op)
+        skip = shape_only(var.owner)
         for i, inp in enumerate(var.owner.inputs):
             walk(inp, level + 1, "  (shape only)" if i in skip else "")
 
@@ -246,9 +246,9 @@ def _view_legend(roots):
 
 
 def _is_hidden(node):
-    from minigrad.readable import is_bookkeeping
+    from minigrad.readable import is_bookkeeping, reads_shape_only
 
-    return is_bookkeeping(node.op)
+    return is_bookkeeping(node.op) or reads_shape_only(node.op)  # borrowed shapes: dropped
 
 
 def _op_text(var):

@@ -10,7 +10,10 @@ raises the same ``IndexError`` the node would have raised, but *before* any node
 
 Nodes whose index the prologue checked get ``node.index_checked = True`` (the compiled
 graph's nodes are the compiler's own copies), and backends skip their own range check for
-them; kernels called by users still validate everything.
+them; kernels called by users still validate everything. A CSR batch is checked whole
+(structure and column range) by ``CSRType.filter`` at the input boundary, once; the fused
+sparse kernels reading it (``FusedCSRGatherSum``/``FusedCSRScatterGrad``) are marked too,
+and so are the gradients of checked gathers (``TakeGrad``, ``SlotTakeGrad``).
 """
 from __future__ import annotations
 
@@ -22,6 +25,14 @@ def _param_of(var):
     while var.owner is not None and type(var.owner.op).__name__ == "CatchUpAll":
         var = var.owner.inputs[0]
     return var if isinstance(var, SharedVariable) else None
+
+
+def _param_of_shape(shape_var):
+    """The shared variable ``shape_var`` is the shape of (``Shape(param)``), or ``None``."""
+    from minigrad.ops.shape import shape_source
+
+    source = shape_source(shape_var)
+    return None if source is None else _param_of(source)
 
 
 def _dim(var, axis, depth=0):
@@ -70,6 +81,7 @@ class Prologue:
     """The index checks of one compiled function; call it with the filtered inputs."""
 
     def __init__(self, nodes, inputs):
+        from minigrad.ops.fused import FusedCSRGatherSum, FusedCSRScatterGrad, SlotTakeGrad
         from minigrad.ops.indexing import Take, TakeGrad
         from minigrad.ops.nn import PickColumns
 
@@ -86,10 +98,16 @@ class Prologue:
                 if idx in position:
                     checks.setdefault(position[idx], []).append(
                         (_rows_of(param), _take_message(idx, table, param)))
-                elif not self._csr_columns_in_range(idx, param, position):
+                elif not (self._csr_columns_in_range(idx, param, position)
+                          or _row_sparse_indices_of(idx, param)):
                     continue
                 node.index_checked = True
                 checked.add((idx, param))
+            elif isinstance(node.op, (FusedCSRGatherSum, FusedCSRScatterGrad)):
+                # columns < X.shape[1] (the filter) and X.shape[1] == rows(T) (the op's own
+                # O(1) check_columns): the kernels need not scan the batch again
+                if self._csr_batch_vouched(node.inputs[0], position):
+                    node.index_checked = True
             elif isinstance(node.op, PickColumns):
                 logits, labels = node.inputs
                 columns = _dim(logits, 1)
@@ -97,8 +115,13 @@ class Prologue:
                     checks.setdefault(position[labels], []).append(
                         (columns, _label_message(labels)))
         for node in nodes:  # gradients of checked gathers: their indices are the same
-            if isinstance(node.op, TakeGrad) and (node.inputs[1], _param_of(node.inputs[0])) \
-                    in checked:
+            if not isinstance(node.op, (TakeGrad, SlotTakeGrad)):
+                continue
+            idx, param = node.inputs[1], _param_of_shape(node.inputs[0])
+            # the gather itself may have been fused away (FusedCSRGatherSum): the stored
+            # columns of a checked CSR batch are valid rows all the same
+            if (idx, param) in checked or (
+                    param is not None and self._csr_columns_in_range(idx, param, position)):
                 node.index_checked = True
         self.checks = sorted(checks.items())
 
@@ -115,8 +138,8 @@ class Prologue:
         node = idx.owner
         if node is None or not isinstance(node.op, CSRColumns):
             return False
-        X, W = node.inputs
-        if _param_of(W) is not param:
+        X, W_shape = node.inputs
+        if _param_of_shape(W_shape) is not param:
             return False
         if X in position:
             if position[X] not in self.csr_inputs:
@@ -124,19 +147,26 @@ class Prologue:
             return True
         source = X.owner
         return (source is not None and type(source.op).__name__ == "BagOfWords"
-                and _param_of(source.inputs[2]) is param)
+                and _param_of_shape(source.inputs[2]) is param)
+
+    def _csr_batch_vouched(self, X, position):
+        """Whether the CSR batch ``X`` (or the CSR whose pattern it has, ``square(X)``)
+        is a function input (validated whole by ``CSRType.filter``) or a ``BagOfWords``
+        (which checks its token ids against its table)."""
+        while X.owner is not None and getattr(X.owner.op, "same_pattern", False):
+            X = X.owner.inputs[0]
+        if X in position:
+            if position[X] not in self.csr_inputs:
+                self.csr_inputs.append(position[X])
+            return True
+        return X.owner is not None and type(X.owner.op).__name__ == "BagOfWords"
 
     def __bool__(self):
-        return bool(self.checks or self.csr_inputs)
+        return bool(self.checks)
 
     def __call__(self, values):
-        for k in self.csr_inputs:
-            X = values[k]
-            cols = X.indices
-            if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= X.shape[1]):
-                bad = int(cols.min()) if int(cols.min()) < 0 else int(cols.max())
-                raise IndexError(f"input {k}: CSR column index {bad} is out of range for "
-                                 f"{X.shape[1]} columns")
+        # CSR inputs (``csr_inputs``) need nothing here: ``CSRType.filter`` checked their
+        # structure and column range when the call validated its inputs
         for k, bounds in self.checks:
             idx = values[k]
             if idx.size == 0:
@@ -146,6 +176,29 @@ class Prologue:
                 n = int(bound())
                 if lo < 0 or hi >= n:
                     raise IndexError(message(lo if lo < 0 else hi, n))
+
+
+#: row-sparse Ops whose value has the row count of their first input
+_SAME_ROWS = ("RowSparseWithValues", "RowSparseCoalesce", "RowSparseReduceColumns",
+              "RowSparseAdd")
+#: row-sparse producers and the position of the table shape they take
+_SHAPE_INPUT = {"TakeGrad": 0, "SlotTakeGrad": 0, "FusedCSRScatterGrad": 2}
+
+
+def _row_sparse_indices_of(idx, param):
+    """Whether ``idx`` is ``RowSparseIndices(rs)`` of a row-sparse value shaped like
+    ``param`` (built from ``Shape(param)``): a ``RowSparse`` keeps its indices in
+    ``[0, rows)`` (checked when it is built), so a gather of ``param`` by them is in range
+    (``(V * g)[rows of g]``, the FM's gradient through ``V ** 2``)."""
+    node = idx.owner
+    if node is None or type(node.op).__name__ != "RowSparseIndices":
+        return False
+    node = node.inputs[0].owner
+    while node is not None and type(node.op).__name__ in _SAME_ROWS:
+        node = node.inputs[0].owner
+    if node is None or type(node.op).__name__ not in _SHAPE_INPUT:
+        return False
+    return _param_of_shape(node.inputs[_SHAPE_INPUT[type(node.op).__name__]]) is param
 
 
 def _rows_of(param):

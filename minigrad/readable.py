@@ -4,8 +4,9 @@
 own: they put axes back (``ExpandDims``), broadcast a gradient to its input's shape
 (``BroadcastLike``), sum it back over broadcast axes (``ReduceLike``) or change its dtype
 (``Cast``). ``debugprint(..., readable=True)``, ``pp`` and ``to_dot(..., readable=True)``
-look *through* them to the value they carry, and drop inputs that an Op reads only for
-their shape (``shape_only_inputs``), which are not data dependencies.
+look *through* them to the value they carry, and drop the ``Shape`` values such an Op
+takes (``broadcast_like(g, x)`` is ``BroadcastLike(g, Shape(x))``): a borrowed shape is
+not a data dependency.
 
 The tables are keyed by class name so that Ops defined elsewhere (fused Ops, optimizer
 Ops, a student's own Op) get the same treatment by declaring ``bookkeeping = True`` and
@@ -113,13 +114,37 @@ def Op_doc():  # noqa: N802 - the docstring of the base class, which explains no
     return Op.__doc__
 
 
-def shape_only(op) -> set:
-    return set(getattr(op, "shape_only_inputs", ()))
+def reads_shape_only(op) -> bool:
+    """Whether ``op`` reads only the shape of its input (``Shape``), never its data."""
+    return bool(getattr(op, "reads_shape_only", False))
+
+
+def shape_only(node) -> set:
+    """Positions of ``node``'s inputs it reads only for their shape (a ``Shape`` node's)."""
+    return set(range(len(node.inputs))) if reads_shape_only(node.op) else set()
+
+
+def is_shape_value(var) -> bool:
+    """Whether ``var`` is ``Shape(x)`` for some ``x``."""
+    return var.owner is not None and op_name(var.owner.op) == "Shape"
+
+
+def shape_inputs(node) -> set:
+    """Positions of the shape values an Op takes beside its data (the ``x`` of
+    ``BroadcastLike(g, Shape(x))``, the table of ``TakeGrad(Shape(T), idx, gz)``): the
+    readable views drop them. A shape that is the whole input (``x.shape[0]``) or an
+    operand of arithmetic stays, it is the value being computed with."""
+    from minigrad.ops.elemwise import Elemwise
+
+    if isinstance(node.op, Elemwise):
+        return set()
+    found = {i for i, v in enumerate(node.inputs) if is_shape_value(v)}
+    return found if len(found) < len(node.inputs) else set()
 
 
 def data_inputs(node):
-    """``node``'s inputs without those it reads only for their shape."""
-    skip = shape_only(node.op)
+    """``node``'s inputs without the shapes it borrows (``shape_inputs``)."""
+    skip = shape_inputs(node)
     return [v for i, v in enumerate(node.inputs) if i not in skip]
 
 
@@ -137,11 +162,14 @@ def _is_const(var, value):
 
 
 def definite_reduction(g, x):
-    """Axes of ``g`` that ``ReduceLike(g, x)`` certainly sums over, from static shapes
+    """Axes of ``g`` that ``ReduceLike(g, x)`` (``x`` a shape value) certainly sums over,
+    from static shapes
     (leading extra axes, and axes where ``x`` has a static 1 and ``g`` does not);
     ``()`` when the shapes say nothing (then it is the identity unless fed broadcasting
     values, and the views hide it)."""
-    gs, xs = tuple(getattr(g.type, "shape", ())), tuple(getattr(x.type, "shape", ()))
+    from minigrad.ops.shape import static_shape
+
+    gs, xs = tuple(getattr(g.type, "shape", ())), static_shape(x)
     lead = len(gs) - len(xs)
     if lead < 0:
         return ()

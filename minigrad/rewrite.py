@@ -488,18 +488,25 @@ def _same_shape_source(var):
 
 
 @node_rewriter("specialize")
-def shape_only_inputs(fgraph, node):
-    """An op that needs only the *shape* of an input (``TakeGrad``, ``CSRColumns``) reads
-    it from the element-wise op's own input, so ``V ** 2`` is not computed to learn it."""
-    positions = getattr(node.op, "shape_only_inputs", ())
-    if not positions:
+def shape_of_same_shape(fgraph, node):
+    """``Shape(f(x)) -> Shape(x)`` for an element-wise ``f`` that keeps ``x``'s shape, so
+    that ``V ** 2`` is not computed (or kept alive) only to learn its shape."""
+    from minigrad.ops.shape import Shape
+
+    if not isinstance(node.op, Shape):
         return None
-    inputs = list(node.inputs)
-    for p in positions:
-        inputs[p] = _same_shape_source(inputs[p])
-    if all(a is b for a, b in zip(inputs, node.inputs)):
-        return None
-    return node.op.make_node(*inputs).outputs
+    source = _same_shape_source(node.inputs[0])
+    return None if source is node.inputs[0] else node.op.make_node(source).outputs
+
+
+@graph_rewriter("specialize", order=80)
+def shape_inference(fgraph):
+    """Shape bookkeeping that symbolic dimensions prove useless goes (``shape_infer.py``):
+    ``ReduceLike``/``BroadcastLike``/``ReshapeLike`` of a value that already has the
+    target's dimensions, and duplicate ``Shape`` nodes of equally shaped values."""
+    from minigrad.shape_infer import infer_shapes
+
+    infer_shapes(fgraph)
 
 
 def _csr_columns_class():
@@ -550,12 +557,19 @@ def merge_take_grads(fgraph, node):
     if not isinstance(node.op, RowSparseAdd):
         return None
     a, b = _rows_of(node.inputs[0]), _rows_of(node.inputs[1])
-    if a is None or b is None or a[0] is not b[0] or a[1] is not b[1]:
+    if a is None or b is None or not _same_shape_value(a[0], b[0]) or a[1] is not b[1]:
         return None
     summed = Binary("add")(a[2], b[2])
     if summed.ndim != a[2].ndim or summed.dtype != node.outputs[0].dtype:
         return None
-    return TakeGrad().make_node(a[0], a[1], summed).outputs
+    return TakeGrad(node.outputs[0].dtype).make_node(a[0], a[1], summed).outputs
+
+
+def _same_shape_value(a, b):
+    """Whether the shape values ``a`` and ``b`` are the shape of the same variable."""
+    from minigrad.ops.shape import shape_source
+
+    return a is b or (shape_source(a) is not None and shape_source(a) is shape_source(b))
 
 
 # --------------------------------------------------------------------------------------

@@ -64,6 +64,11 @@ def test_numba_backend_table_calls_the_compiled_kernels(monkeypatch):
             return _original(*args)
 
         monkeypatch.setattr(cpu, name, spy)
+    import kernels.cpu.rows as rows  # compiled code coalesces a RowSparse without re-checks
+
+    original_trusted = rows.coalesce_rows_trusted
+    monkeypatch.setattr(rows, "coalesce_rows_trusted",
+                        lambda *a: seen.append("coalesce_rows") or original_trusted(*a))
     # the unfused sparse product and row-sparse ops (the fuse phase has its own kernels)
     fm, opt, step = _fm_step("numba", sparse_mode="lazy", exclude=("fuse",))
     Xv = sp.random(6, 30, density=0.2, format="csr", random_state=0)

@@ -19,7 +19,8 @@ from kernels.reference.fused import (
     fused_csr_args,
 )
 
-__all__ = ["csr_gather_mul_sum", "csr_scatter_grad_rows", "slot_coalesce_rows", "new_slot_map"]
+__all__ = ["csr_gather_mul_sum", "csr_scatter_grad_rows", "slot_coalesce_rows", "new_slot_map",
+           "csr_gather_mul_sum_trusted", "csr_scatter_grad_rows_trusted"]
 
 
 def new_slot_map(n_table_rows):
@@ -146,6 +147,50 @@ def csr_scatter_grad_rows(indptr, indices, data, grad, n_table_rows, factor=None
     out_width = grad.shape[1] if out_width is None else int(out_width)
     indptr, indices, factor = fused_csr_args(indptr, indices, data, grad, factor, n_table_rows)
     V.check_same_length("indptr[1:]", indptr[1:], "grad", grad)
+    check_scatter_shapes(grad, factor, out_width)
+    slot = _check_slot(slot, int(n_table_rows))
+    f, use = _factor_or_dummy(factor, grad.dtype)
+    return _scatter_grad(indptr, indices, np.ascontiguousarray(data, dtype=grad.dtype),
+                         np.ascontiguousarray(grad), f, use, out_width, slot)
+
+
+def csr_gather_mul_sum_trusted(indptr, indices, data, table, factor=None):
+    """``csr_gather_mul_sum`` without the O(nnz) scans, for compiled minigrad code.
+
+    The caller promises what the input boundary established once per call: a valid CSR
+    structure (``CSRType.filter``: ``indptr`` from 0 to nnz, non-decreasing; columns in
+    ``[0, n_cols)``) with ``n_cols == table.shape[0]`` (the fused Op's ``check_columns``).
+    The O(1) facts a wrong caller could still get wrong (ranks, widths, factor rows, dtypes)
+    are checked here, so a bug stays an exception, never an out-of-bounds read.
+    """
+    table = _table("table", table)
+    if factor is not None:
+        factor = _table("factor", factor)
+        if factor.shape[0] != table.shape[0] or factor.shape[1] not in (1, table.shape[1]):
+            raise ValueError(f"factor of shape {factor.shape} does not fit the table "
+                             f"{table.shape}")
+    if indices.shape[0] != data.shape[0] or int(indptr[-1]) > indices.shape[0]:
+        raise ValueError("indptr, indices and data do not form a CSR matrix")
+    out = np.zeros((indptr.shape[0] - 1, table.shape[1]), dtype=table.dtype)
+    f, use = _factor_or_dummy(factor, table.dtype)
+    _gather_mul_sum(indptr, indices, np.ascontiguousarray(data, dtype=table.dtype),
+                    table, f, use, out)
+    return out
+
+
+def csr_scatter_grad_rows_trusted(indptr, indices, data, grad, n_table_rows, factor,
+                                  out_width, slot):
+    """``csr_scatter_grad_rows`` without the O(nnz) scans (see
+    :func:`csr_gather_mul_sum_trusted` for the caller's promise); ``slot`` is required."""
+    grad = _table("grad", grad)
+    if factor is not None:
+        factor = _table("factor", factor)
+        if factor.shape[0] != int(n_table_rows):
+            raise ValueError(f"factor has {factor.shape[0]} rows, the table {n_table_rows}")
+    if grad.shape[0] != indptr.shape[0] - 1:
+        raise ValueError(f"grad has {grad.shape[0]} rows for {indptr.shape[0] - 1} CSR rows")
+    if indices.shape[0] != data.shape[0] or int(indptr[-1]) > indices.shape[0]:
+        raise ValueError("indptr, indices and data do not form a CSR matrix")
     check_scatter_shapes(grad, factor, out_width)
     slot = _check_slot(slot, int(n_table_rows))
     f, use = _factor_or_dummy(factor, grad.dtype)

@@ -95,22 +95,11 @@ def impl(op, node):
     """Default: run the NumPy ``perform`` on host copies (recorded in HOST_FALLBACKS)."""
     HOST_FALLBACKS.add(type(op).__name__)
     perform = op.perform
-    shape_only = set(getattr(op, "shape_only_inputs", ()))
 
     def thunk(inputs):
-        host = [_shape_stand_in(x) if i in shape_only else to_host(x)
-                for i, x in enumerate(inputs)]
-        return tuple(to_device(o) for o in perform(node, host))
+        return tuple(to_device(o) for o in perform(node, [to_host(x) for x in inputs]))
 
     return thunk
-
-
-def _shape_stand_in(x):
-    """A zero-stride host array with ``x``'s shape: an input read only for its shape is
-    never copied off the device (it may be a whole embedding table)."""
-    if _is_device(x):
-        return np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
-    return x
 
 
 def make_thunk(node):
@@ -142,7 +131,16 @@ _CUPY_LAMBDAS = {
 @impl.register(elemwise.Binary)
 def _elemwise(op, node):
     fn = _CUPY_LAMBDAS.get(op.name) or getattr(cp(), op.fn.__name__)
+    if any(_is_shape_value(v) for v in node.inputs):  # arithmetic on x.shape: upload it
+        return lambda inputs: (_cast_out(node, cp().asarray(fn(*map(to_device, inputs)))),)
     return lambda inputs: (_cast_out(node, cp().asarray(fn(*inputs))),)
+
+
+def _is_shape_value(var):
+    """A value computed on the host from shapes (``Shape``, a slice of it)."""
+    while var.owner is not None and isinstance(var.owner.op, shape.Subtensor):
+        var = var.owner.inputs[0]
+    return var.owner is not None and isinstance(var.owner.op, shape.Shape)
 
 
 @impl.register
@@ -160,7 +158,7 @@ _sum_to_shape = elemwise.sum_to_shape  # array-module generic
 
 @impl.register
 def _reduce_like(op: elemwise.ReduceLike, node):
-    return lambda inputs: (_sum_to_shape(inputs[0], inputs[1].shape),)
+    return lambda inputs: (_sum_to_shape(inputs[0], shape.shape_tuple(inputs[1])),)
 
 
 @impl.register
@@ -168,7 +166,8 @@ def _mul_reduce_like(op: elemwise.MulReduceLike, node):
     # the same device operations as an unfused multiply + ReduceLike
     dtype = node.outputs[0].dtype
     return lambda inputs: (
-        _sum_to_shape(inputs[0] * inputs[1], inputs[2].shape).astype(dtype, copy=False),
+        _sum_to_shape(inputs[0] * inputs[1], shape.shape_tuple(inputs[2])).astype(dtype,
+                                                                                copy=False),
     )
 
 
@@ -183,11 +182,16 @@ def _reduce(op, node):
 
 
 @impl.register(reduce.CountOf)
-@impl.register(shape.Shape)
 @impl.register(shape.ProdShape)
 def _shape_info(op, node):
-    # Only the shape of the input is read (no transfer); the tiny result goes to the device.
+    # Only a shape is read (no transfer); the tiny result goes to the device.
     return lambda inputs: tuple(cp().asarray(o) for o in op.perform(node, inputs))
+
+
+@impl.register
+def _shape(op: shape.Shape, node):
+    # A shape value stays on the host: the ops taking it need it there (no device sync)
+    return functools.partial(op.perform, node)
 
 
 @impl.register
@@ -197,7 +201,7 @@ def _reshape(op: shape.Reshape, node):
 
 @impl.register
 def _reshape_like(op: shape.ReshapeLike, node):
-    return lambda inputs: (inputs[0].reshape(inputs[1].shape),)
+    return lambda inputs: (inputs[0].reshape(shape.shape_tuple(inputs[1])),)
 
 
 @impl.register
@@ -223,7 +227,8 @@ def _flatten_batch(op: linalg.FlattenBatch, node):
 
 @impl.register
 def _broadcast_like(op: shape.BroadcastLike, node):
-    return lambda inputs: (cp().array(cp().broadcast_to(inputs[0], inputs[1].shape)),)
+    return lambda inputs: (
+        cp().array(cp().broadcast_to(inputs[0], shape.shape_tuple(inputs[1]))),)
 
 
 @impl.register
@@ -244,8 +249,8 @@ def _split_like(op: shape.SplitLike, node):
 @impl.register
 def _subtensor_grad(op: shape.SubtensorGrad, node):
     def thunk(inputs):
-        x, gz = inputs
-        out = cp().zeros(x.shape, dtype=node.outputs[0].dtype)
+        x_shape, gz = inputs
+        out = cp().zeros(shape.shape_tuple(x_shape), dtype=node.outputs[0].dtype)
         out[shape._thaw_key(op.key)] = gz
         return (out,)
 
@@ -300,9 +305,10 @@ def _pick(op: nn.PickColumns, node):
 @impl.register
 def _pick_grad(op: nn.PickColumnsGrad, node):
     def thunk(inputs):
-        x, labels, gz = inputs
-        out = cp().zeros(x.shape, dtype=node.outputs[0].dtype)
-        out[cp().arange(x.shape[0]), labels] = gz
+        x_shape, labels, gz = inputs
+        x_shape = shape.shape_tuple(x_shape)
+        out = cp().zeros(x_shape, dtype=node.outputs[0].dtype)
+        out[cp().arange(x_shape[0]), labels] = gz
         return (out,)
 
     return thunk
@@ -326,9 +332,10 @@ def _take(op: indexing.Take, node):
 @impl.register
 def _take_grad(op: indexing.TakeGrad, node):
     def thunk(inputs):
-        table, idx, gz = inputs
-        values = gz.astype(node.outputs[0].dtype, copy=False).reshape((-1,) + table.shape[1:])
-        return (RowSparse(idx.reshape(-1), values, table.shape),)
+        table_shape, idx, gz = inputs
+        table_shape = shape.shape_tuple(table_shape)
+        values = gz.astype(node.outputs[0].dtype, copy=False).reshape((-1,) + table_shape[1:])
+        return (RowSparse(idx.reshape(-1), values, table_shape),)
 
     return thunk
 
@@ -395,11 +402,11 @@ def _rs_coalesce(op: rowsparse.RowSparseCoalesce, node):
 @impl.register
 def _csr_columns(op: sparse.CSRColumns, node):
     def thunk(inputs):
-        X, W = inputs
-        if X.shape[1] != W.shape[0]:
+        X, W_shape = inputs
+        if X.shape[1] != int(W_shape[0]):
             raise ValueError(
                 f"sparse.dot: {node.inputs[0].name or 'X'} has {X.shape[1]} columns but "
-                f"{node.inputs[1].name or 'W'} has {W.shape[0]} rows"
+                f"{shape.value_name(node.inputs[1], 'W')} has {int(W_shape[0])} rows"
             )
         return (X.indices.astype(cp().int64),)
 
@@ -471,10 +478,10 @@ def _csr_scaled_dot_grad_rows(op: sparse.CSRScaledDotGradRows, node):
 @impl.register
 def _csr_scaled_dot_grad_scale(op: sparse.CSRScaledDotGradScale, node):
     def thunk(inputs):
-        X, gz, rows, scale = inputs
+        X, gz, rows, scale_shape = inputs
         dots = _gpu_kernels().csr_row_dots(X.indptr, X.data.astype(gz.dtype),
                                            cp().ascontiguousarray(gz), rows.astype(gz.dtype))
-        return (dots.reshape(scale.shape),)
+        return (dots.reshape(shape.shape_tuple(scale_shape)),)
 
     return thunk
 
@@ -482,11 +489,10 @@ def _csr_scaled_dot_grad_scale(op: sparse.CSRScaledDotGradScale, node):
 @impl.register
 def _rs_reduce_columns(op: rowsparse.RowSparseReduceColumns, node):
     def thunk(inputs):
-        rs, x = inputs
-        shape = (rs.values.shape[0],) + tuple(x.shape[1:])
-        rows = _sum_to_shape(rs.values, shape)
-        return (RowSparse(rs.indices, rows, (rs.shape[0],) + tuple(x.shape[1:]),
-                          rs._coalesced),)
+        rs, x_shape = inputs
+        trailing = shape.shape_tuple(x_shape)[1:]
+        rows = _sum_to_shape(rs.values, (rs.values.shape[0],) + trailing)
+        return (RowSparse(rs.indices, rows, (rs.shape[0],) + trailing, rs._coalesced),)
 
     return thunk
 from minigrad.backends import cupy_fused  # noqa: E402,F401  (fused Ops on the device)

@@ -97,8 +97,8 @@ def _take_grad(op: TakeGrad, node):
         return reference.impl(op, node)  # perform: RowSparse checks the indices
 
     def thunk(inputs):
-        table, idx, gz = inputs
-        shape = np.shape(table)
+        shape, idx, gz = inputs
+        shape = tuple(shape.tolist())
         values = np.asarray(gz, dtype=dtype).reshape((-1,) + shape[1:])
         indices = np.asarray(idx, dtype=np.int64).reshape(-1)
         return (RowSparse.trusted(indices, values, shape),)
@@ -163,11 +163,11 @@ def _csr_scaled_dot_grad_scale(op: sparse.CSRScaledDotGradScale, node):
     cpu = kernels()
 
     def thunk(inputs):
-        X, gz, rows, scale = inputs
+        X, gz, rows, scale_shape = inputs
         dots = cpu.csr_row_dots(X.indptr, X.data.astype(gz.dtype, copy=False),
                                 np.ascontiguousarray(gz),
                                 np.ascontiguousarray(rows, dtype=gz.dtype))
-        return (dots.reshape(np.shape(scale)),)
+        return (dots.reshape(tuple(scale_shape.tolist())),)
 
     return thunk
 
@@ -245,15 +245,15 @@ def _register_optimizer_ops():
 
     @impl.register(PrepareRows)
     def _prepare_rows(op, node):
-        cpu = kernels()
+        from kernels.cpu.rows import coalesce_rows_trusted
 
         def thunk(inputs):
             grad, param, *tables = inputs
             op.check_shapes(node, grad, param, tables)
             if grad._coalesced or not len(grad.indices):
                 idx, vals = grad.indices, grad.values
-            else:
-                idx, vals = cpu.coalesce_rows(grad.indices, grad.values)
+            else:  # a RowSparse keeps its indices in range (checked when it was built)
+                idx, vals = coalesce_rows_trusted(grad.indices, grad.values)
             vals = np.ascontiguousarray(vals, dtype=param.dtype)
             # the parts of a RowSparse value, coalesced: nothing new to check
             return (RowSparse.trusted(idx, vals, grad.shape, coalesced=True),)

@@ -16,7 +16,7 @@ import numpy as np
 
 import minigrad as mg
 from minigrad.models.masked_embedding import normal_table
-from minigrad.ops.sparse import CSRColumns
+from minigrad.ops.sparse import csr_columns
 
 LOSSES = ("logistic", "squared")
 
@@ -78,7 +78,7 @@ class FactorizationMachine:
 
     def row_penalty(self, X):
         """``sum over stored (i, j) of (w_j^2 + |V_j|^2) / n_rows``; row-sparse gradients."""
-        cols = CSRColumns()(X, self.V)
+        cols = csr_columns(X, self.V)
         rows_sq = (self.V[cols] ** 2).sum() + (self.w[cols] ** 2).sum()
         n_rows = mg.cast(X.shape[0], rows_sq.dtype)
         return rows_sq / n_rows

@@ -25,7 +25,7 @@ import numpy as np
 
 import minigrad as mg
 from minigrad.ops.bag import BagOfWords, bag_of_words
-from minigrad.ops.sparse import CSRColumns, CSRGatheredDot
+from minigrad.ops.sparse import CSRGatheredDot, csr_columns
 
 __all__ = ["BagOfWords", "MaskedEmbeddingClassifier", "bag_of_words", "log_inverse_frequency",
            "MASK_KINDS"]
@@ -80,7 +80,7 @@ class MaskedEmbeddingClassifier:
         bag = bag_of_words(tokens, mask, self.E)
         if self.mask_kind == "per_word":
             return mg.sparse.dot(bag, self.E, scale=self.M)
-        cols = CSRColumns()(bag, self.E)
+        cols = csr_columns(bag, self.E)
         return CSRGatheredDot()(bag, self.E[cols] * self.M[cols])
 
     def logits(self, tokens, mask):

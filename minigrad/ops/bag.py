@@ -17,30 +17,34 @@ from minigrad.variables import as_variable
 
 
 class BagOfWords(Op):
-    """``(tokens, mask, table) -> CSR (batch, table rows)``: one entry per real token.
+    """``(tokens, mask, shape_of(table)) -> CSR (batch, table rows)``: one entry per real
+    token (``bag_of_words(tokens, mask, table)``).
 
-    ``table`` is read for its row count only (``shape_only_inputs``). Validates, before
+    The table matters for its row count only, so its data is not read. Validates, before
     anything runs that could change state: ``mask`` has the shape of ``tokens``
     (``ValueError``) and every real token is a valid row (``IndexError``). Entries whose
     mask is 0 are dropped, whatever their token id. No gradient (structure only).
     """
 
     __props__ = ("dtype",)
-    shape_only_inputs = (2,)
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype).name
 
-    def make_node(self, tokens, mask, table):
-        tokens, mask, table = (as_variable(v) for v in (tokens, mask, table))
+    def make_node(self, tokens, mask, table_shape):
+        from minigrad.ops.shape import check_shape_input, static_shape
+
+        tokens, mask, table_shape = (as_variable(v) for v in (tokens, mask, table_shape))
+        check_shape_input(table_shape, self, "table")
         if tokens.ndim != 2 or np.dtype(tokens.dtype).kind not in INT_KINDS:
             raise TypeError(f"tokens must be an integer matrix (batch, length), got {tokens.type}")
         if mask.ndim != 2:
             raise TypeError(f"mask must be a matrix (batch, length), got {mask.type}")
-        return Apply(self, [tokens, mask, table], [CSRType(self.dtype, table.type.shape[0])])
+        return Apply(self, [tokens, mask, table_shape],
+                     [CSRType(self.dtype, static_shape(table_shape)[0])])
 
     def perform(self, node, inputs):
-        tokens, mask, table = inputs
+        tokens, mask, table_shape = inputs
         names = [v.name or default for v, default in zip(node.inputs, ("tokens", "mask"))]
         if mask.shape != tokens.shape:
             raise ValueError(
@@ -49,7 +53,7 @@ class BagOfWords(Op):
             )
         # array-module generic: the same code runs on NumPy and, in backend="cupy", on CuPy
         xp, sparse = _array_modules(tokens)
-        n_rows = np.shape(table)[0]
+        n_rows = int(table_shape[0])
         keep = mask != 0
         cols = tokens[keep]
         if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= n_rows):
@@ -94,4 +98,7 @@ _register_cupy()
 
 def bag_of_words(tokens, mask, table, dtype=None):
     """Symbolic CSR bag of the real tokens (see :class:`BagOfWords`)."""
-    return BagOfWords(dtype or table.dtype)(tokens, mask, table)
+    from minigrad.ops.shape import shape_of
+
+    table = as_variable(table)
+    return BagOfWords(dtype or table.dtype)(tokens, mask, shape_of(table))

@@ -118,26 +118,33 @@ class DynamicSubtensor(Op):
             raise IndexError(f"{describe(node.inputs[0])}{list(key)}: {err}") from None
 
     def grad(self, inputs, outputs, output_grads):
+        from minigrad.ops.shape import shape_of
+
         x, scalars = inputs[0], inputs[1:]
-        return [DynamicSubtensorGrad(self.key)(x, output_grads[0], *scalars)] + [None] * len(
-            scalars)
+        gx = DynamicSubtensorGrad(self.key)(shape_of(x), output_grads[0], *scalars)
+        return [gx] + [None] * len(scalars)
 
 
 class DynamicSubtensorGrad(Op):
-    """Zeros shaped like ``x`` with ``gz`` written into the run-time slice."""
+    """Zeros of ``x``'s shape (input ``shape_of(x)``) with ``gz`` written into the run-time
+    slice."""
 
     __props__ = ("key",)
-    shape_only_inputs = (0,)
 
     def __init__(self, key):
         self.key = key
 
-    def make_node(self, x, gz, *scalars):
-        return Apply(self, [x, gz, *scalars], [TensorType(gz.dtype, x.type.shape)])
+    def make_node(self, shape, gz, *scalars):
+        from minigrad.ops.shape import check_shape_input, static_shape
+
+        shape = check_shape_input(as_variable(shape), self, "x")
+        return Apply(self, [shape, gz, *scalars], [TensorType(gz.dtype, static_shape(shape))])
 
     def perform(self, node, inputs):
-        x, gz, values = inputs[0], inputs[1], inputs[2:]
-        out = np.zeros(np.shape(x), dtype=node.outputs[0].dtype)
+        from minigrad.ops.shape import shape_tuple
+
+        shape, gz, values = inputs[0], inputs[1], inputs[2:]
+        out = np.zeros(shape_tuple(shape), dtype=node.outputs[0].dtype)
         out[thaw(self.key, values)] = gz
         return (out,)
 

@@ -293,14 +293,17 @@ class ReduceLike(Op):
     declared with unknown lengths still gets a correct ``(1, D)`` gradient.
     """
 
-    shape_only_inputs = (1,)
+    def make_node(self, g, shape):
+        from minigrad.ops.shape import check_shape_input, static_shape
 
-    def make_node(self, g, x):
-        return Apply(self, [g, x], [TensorType(g.dtype, x.type.shape)])
+        g, shape = as_variable(g), check_shape_input(as_variable(shape), self, "x")
+        return Apply(self, [g, shape], [TensorType(g.dtype, static_shape(shape))])
 
     def perform(self, node, inputs):
-        g, x = inputs
-        return (sum_to_shape(g, np.shape(x)),)
+        from minigrad.ops.shape import shape_tuple
+
+        g, shape = inputs
+        return (sum_to_shape(g, shape_tuple(shape)),)
 
     def grad(self, inputs, outputs, output_grads):
         from minigrad.ops.shape import broadcast_like
@@ -317,21 +320,26 @@ class MulReduceLike(Op):
     ``(n, d)`` product. Shapes it cannot express as one einsum fall back to the two steps.
     """
 
-    shape_only_inputs = (2,)
-
     def inner_graph(self, node):
-        """``ReduceLike(a * b, x)``: the two nodes this one replaces."""
-        a, b, x = (v.type.make_variable(name=n) for v, n in zip(node.inputs, "abx"))
-        return [a, b, x], [ReduceLike()(Binary("mul")(a, b), x)]
+        """``ReduceLike(a * b, shape)``: the two nodes this one replaces."""
+        a, b, shape = (v.type.make_variable(name=n) for v, n in zip(node.inputs, "abx"))
+        shape.name = "shape"
+        return [a, b, shape], [ReduceLike()(Binary("mul")(a, b), shape)]
 
-    def make_node(self, a, b, x):
-        return Apply(self, [a, b, x], [TensorType(result_dtype([a, b]), x.type.shape)])
+    def make_node(self, a, b, shape):
+        from minigrad.ops.shape import check_shape_input, static_shape
+
+        a, b = as_variable(a), as_variable(b)
+        shape = check_shape_input(as_variable(shape), self, "x")
+        return Apply(self, [a, b, shape],
+                     [TensorType(result_dtype([a, b]), static_shape(shape))])
 
     def perform(self, node, inputs):
+        from minigrad.ops.shape import shape_tuple
         from minigrad.types import array_module
 
-        a, b, x = inputs
-        xp, shape, dtype = array_module(a), tuple(np.shape(x)), node.outputs[0].dtype
+        a, b, shape = inputs
+        xp, shape, dtype = array_module(a), shape_tuple(shape), node.outputs[0].dtype
         if a.shape != b.shape or a.ndim != len(shape) or a.ndim > 8:
             return (sum_to_shape(a * b, shape).astype(dtype, copy=False),)
         axes = "abcdefgh"[: a.ndim]
@@ -357,4 +365,4 @@ def reduce_like(g, x):
         return _ops().rowsparse_reduce_like(g, x)
     if g.type.shape == x.type.shape and None not in x.type.shape:
         return g
-    return ReduceLike()(g, x)
+    return ReduceLike()(g, _ops().shape_of(x))

@@ -48,13 +48,16 @@ def _as_table(a):
     return a.reshape(-1, 1) if a.ndim == 1 else a
 
 
-def check_columns(node, X, table):
+def check_columns(node, X, table_shape):
     """``X`` must have one column per row of the table (as ``CSRColumns`` checks)."""
-    n_rows = np.shape(table)[0]
+    from minigrad.ops.shape import value_name
+
+    n_rows = int(table_shape[0])
     if X.shape[1] != n_rows:
+        table = value_name(node.inputs[_TABLE_POSITION[type(node.op)]], "W")
         raise ValueError(
             f"sparse.dot: {node.inputs[0].name or 'X'} has {X.shape[1]} columns but "
-            f"{node.inputs[_TABLE_POSITION[type(node.op)]].name or 'W'} has {n_rows} rows"
+            f"{table} has {n_rows} rows"
         )
 
 
@@ -89,7 +92,7 @@ class FusedCSRGatherSum(Op):
     def arrays(node, inputs):
         """``(X, table, factor)`` checked and cast to the output dtype (what kernels take)."""
         X, table, *rest = inputs
-        check_columns(node, X, table)
+        check_columns(node, X, table.shape)
         dtype, xp = node.outputs[0].dtype, array_module(table)  # NumPy, or CuPy on a GPU
         table = xp.asarray(table, dtype=dtype)
         factor = _as_table(xp.asarray(rest[0], dtype=dtype)) if rest else None
@@ -108,39 +111,52 @@ class FusedCSRGatherSum(Op):
         if gz is None:
             return [None] * len(inputs)
         factor = rest[0] if rest else None
-        grads = [None, FusedCSRScatterGrad()(X, gz, table, factor)]
+        grads = [None, scatter_grad(X, gz, table, factor)]
         if factor is not None:
-            grads.append(FusedCSRScatterGrad()(X, gz, factor, table))
+            grads.append(scatter_grad(X, gz, factor, table))
         return grads
 
 
 class FusedCSRScatterGrad(Op):
     """Row-sparse gradient of ``T`` in ``X @ (T * F)``: one row per distinct column of ``X``.
 
-    Inputs ``(X, gz, T)`` or ``(X, gz, T, F)``; ``T`` is read for its shape only. With
+    Inputs ``(X, gz, shape_of(T))`` or ``(X, gz, shape_of(T), F)`` (``scatter_grad``);
+    ``dtype`` is ``T``'s. With
     ``T`` as wide as ``gz``: ``g[c] = sum x_k * gz[r_k] * F[c_k]`` (``F`` of width 1 or D);
     with ``T`` of width 1 (a per-word weight) and ``F`` as wide as ``gz``: ``g[c] = sum x_k
     * <gz[r_k], F[c_k]>``. The value is a coalesced ``RowSparse`` (sorted unique indices).
     """
 
-    shape_only_inputs = (2,)
+    __props__ = ("dtype",)
 
-    def make_node(self, X, gz, table, factor=None):
-        X, gz, table = as_variable(X), as_variable(gz), as_variable(table)
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype).name
+
+    def __str__(self):  # the dtype shows in the output type
+        return type(self).__name__
+
+    def make_node(self, X, gz, shape, factor=None):
+        from minigrad.ops.shape import check_shape_input, static_shape
+
+        X, gz = as_variable(X), as_variable(gz)
+        shape = check_shape_input(as_variable(shape), self, "T")
         if not isinstance(X.type, CSRType):
             raise TypeError(f"FusedCSRScatterGrad needs a CSR input, got {X.type}")
-        if gz.ndim != 2 or table.ndim not in (1, 2):
-            raise TypeError(f"need a (batch, D) gradient and a table, got {gz.type}, {table.type}")
-        inputs = [X, gz, table] + ([as_variable(factor)] if factor is not None else [])
-        return Apply(self, inputs, [RowSparseType(table.dtype, table.type.shape)])
+        if gz.ndim != 2 or shape.type.shape[0] not in (1, 2):
+            raise TypeError(f"need a (batch, D) gradient and the shape of a table, got "
+                            f"{gz.type}, {shape.type}")
+        inputs = [X, gz, shape] + ([as_variable(factor)] if factor is not None else [])
+        return Apply(self, inputs, [RowSparseType(self.dtype, static_shape(shape))])
 
     @staticmethod
     def arrays(node, inputs):
         """``(X, gz, table_shape, factor, out_width)`` checked and cast for the kernels."""
-        X, gz, table, *rest = inputs
-        check_columns(node, X, table)
+        from minigrad.ops.shape import shape_tuple
+
+        X, gz, shape, *rest = inputs
+        shape = shape_tuple(shape)
+        check_columns(node, X, shape)
         dtype = node.outputs[0].dtype
-        shape = tuple(np.shape(table))
         out_width = 1 if len(shape) == 1 else shape[1]
         xp = array_module(gz)
         gz = xp.asarray(gz, dtype=dtype)
@@ -149,8 +165,10 @@ class FusedCSRScatterGrad(Op):
 
     @staticmethod
     def value(shape, unique, rows):
-        return RowSparse(unique, rows.reshape((unique.shape[0],) + shape[1:]), shape,
-                         coalesced=True)
+        # the kernels return sorted unique int64 columns of a validated (or vouched-for)
+        # batch, in range: no second scan of them
+        return RowSparse.trusted(unique, rows.reshape((unique.shape[0],) + shape[1:]), shape,
+                                 coalesced=True)
 
     def perform(self, node, inputs):
         X, gz, shape, factor, out_width = self.arrays(node, inputs)
@@ -162,23 +180,34 @@ class FusedCSRScatterGrad(Op):
 class SlotTakeGrad(Op):
     """``TakeGrad`` whose value is coalesced: rows sharing an index are summed (sorted).
 
-    Same inputs as ``TakeGrad`` (``table`` for its shape only, a 1-D ``idx``, ``rows``).
+    Same inputs as ``TakeGrad`` (``shape_of(table)``, a 1-D ``idx``, ``rows``).
     Coalescing here rather than in the optimizer's ``PrepareRows`` changes no value; it
     lets later rewrites and the optimizer see one row per index.
     """
 
-    shape_only_inputs = (0,)
+    __props__ = ("dtype",)
 
-    def make_node(self, table, idx, rows):
-        table, idx, rows = as_variable(table), as_variable(idx), as_variable(rows)
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype).name
+
+    def __str__(self):  # the dtype shows in the output type
+        return type(self).__name__
+
+    def make_node(self, shape, idx, rows):
+        from minigrad.ops.shape import check_shape_input, static_shape
+
+        shape = check_shape_input(as_variable(shape), self, "table")
+        idx, rows = as_variable(idx), as_variable(rows)
         if idx.ndim != 1 or np.dtype(idx.dtype).kind not in INT_KINDS:
             raise TypeError(f"SlotTakeGrad needs a 1-D integer index, got {idx.type}")
-        return Apply(self, [table, idx, rows], [RowSparseType(table.dtype, table.type.shape)])
+        return Apply(self, [shape, idx, rows], [RowSparseType(self.dtype, static_shape(shape))])
 
     @staticmethod
     def arrays(node, inputs):
-        table, idx, rows = inputs
-        shape = tuple(np.shape(table))
+        from minigrad.ops.shape import shape_tuple
+
+        shape, idx, rows = inputs
+        shape = shape_tuple(shape)
         xp = array_module(rows)
         values = xp.asarray(rows, dtype=node.outputs[0].dtype).reshape((-1,) + shape[1:])
         if values.shape[0] != idx.shape[0]:
@@ -284,6 +313,14 @@ def formula(inner_inputs, out):
 
     text = show(out, top=True)
     return text + (f" where {', '.join(shared)}" if shared else "")
+
+
+def scatter_grad(X, gz, table, factor=None):
+    """``FusedCSRScatterGrad`` for ``table`` (its shape and dtype)."""
+    from minigrad.ops.shape import shape_of
+
+    table = as_variable(table)
+    return FusedCSRScatterGrad(table.dtype)(X, gz, shape_of(table), factor)
 
 
 #: which input is the table whose row count ``X``'s columns must match (error messages)

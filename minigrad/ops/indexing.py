@@ -56,30 +56,49 @@ class Take(Op):
 
     def grad(self, inputs, outputs, output_grads):
         table, idx = inputs
-        return [TakeGrad()(table, idx, output_grads[0]), None]
+        return [take_grad(table, idx, output_grads[0]), None]
 
 
 class TakeGrad(Op):
-    """The VJP of ``Take``: a ``RowSparse`` with rows ``gz`` at ``idx`` (flattened).
-
-    ``table`` is used only for its shape; the rewriter may swap it for any variable of
-    the same shape (``shape_only_inputs``) so that no dense work is done to know it.
+    """The VJP of ``Take``: a ``RowSparse`` of dtype ``dtype`` (the table's) with rows
+    ``gz`` at ``idx`` (flattened). Inputs ``(shape_of(table), idx, gz)``: the table is
+    needed only for its shape, so the graph does not read its data (``take_grad``).
     """
 
-    shape_only_inputs = (0,)
+    __props__ = ("dtype",)
 
-    def make_node(self, table, idx, gz):
-        return Apply(self, [table, idx, gz], [RowSparseType(table.dtype, table.type.shape)])
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype).name
+
+    def __str__(self):  # the dtype shows in the output type
+        return type(self).__name__
+
+    def make_node(self, shape, idx, gz):
+        from minigrad.ops.shape import check_shape_input, static_shape
+
+        shape = check_shape_input(as_variable(shape), self, "table")
+        idx, gz = as_variable(idx), as_variable(gz)
+        return Apply(self, [shape, idx, gz], [RowSparseType(self.dtype, static_shape(shape))])
 
     def perform(self, node, inputs):
-        table, idx, gz = inputs
-        shape = np.shape(table)
+        from minigrad.ops.shape import shape_tuple
+
+        shape, idx, gz = inputs
+        shape = shape_tuple(shape)
         values = np.asarray(gz, dtype=node.outputs[0].dtype).reshape((-1,) + shape[1:])
         return (RowSparse(idx.reshape(-1), values, shape),)
 
 
 def take(table, idx):
     return Take()(table, idx)
+
+
+def take_grad(table, idx, gz):
+    """The row-sparse gradient of ``table[idx]`` given the output gradient ``gz``."""
+    from minigrad.ops.shape import shape_of
+
+    table = as_variable(table)
+    return TakeGrad(table.dtype)(shape_of(table), idx, gz)
 
 
 def getitem(x, key):

@@ -55,9 +55,15 @@ class Reduce(Op):
 
     float_result = False
 
+    #: the ufunc whose ``reduce`` is ``numpy_fn`` (called directly: no Python wrapper)
+    ufunc = None
+
     def perform(self, node, inputs):
         (x,) = inputs
-        out = type(self).numpy_fn(x, axis=self.axes, keepdims=self.keepdims)
+        if self.ufunc is not None and type(x) is np.ndarray:
+            out = self.ufunc.reduce(x, axis=self.axes, keepdims=self.keepdims)
+        else:
+            out = type(self).numpy_fn(x, axis=self.axes, keepdims=self.keepdims)
         return (np.asarray(out, dtype=node.outputs[0].dtype),)
 
     def _gz_kept(self, gz):
@@ -69,6 +75,7 @@ class Reduce(Op):
 
 class Sum(Reduce):
     numpy_fn = staticmethod(np.sum)
+    ufunc = np.add
 
     def grad(self, inputs, outputs, output_grads):
         from minigrad.ops.shape import broadcast_like
@@ -83,15 +90,17 @@ class Mean(Reduce):
 
     def grad(self, inputs, outputs, output_grads):
         from minigrad.ops.elemwise import cast
-        from minigrad.ops.shape import broadcast_like
+        from minigrad.ops.shape import broadcast_like, shape_of
 
         (x,), (gz,) = inputs, output_grads
-        count = cast(CountOf(self.axes)(x), gz.dtype)  # an int64 count would upcast float32
+        # cast: an int64 count would upcast float32
+        count = cast(CountOf(self.axes)(shape_of(x)), gz.dtype)
         return [broadcast_like(self._gz_kept(gz) / count, x)]
 
 
 class Max(Reduce):
     numpy_fn = staticmethod(np.max)
+    ufunc = np.maximum
 
     def grad(self, inputs, outputs, output_grads):
         from minigrad.ops import cast, eq
@@ -104,20 +113,22 @@ class Max(Reduce):
 
 
 class CountOf(Op):
-    """Number of elements reduced over ``axes`` (a run-time scalar)."""
-
-    shape_only_inputs = (0,)
+    """Number of elements reduced over ``axes`` of a value, from its run-time shape
+    (an int64 scalar; the input is ``shape_of(x)``)."""
 
     __props__ = ("axes",)
 
     def __init__(self, axes):
         self.axes = tuple(axes)
 
-    def make_node(self, x):
-        return Apply(self, [x], [TensorType("int64", ())])
+    def make_node(self, shape):
+        from minigrad.ops.shape import check_shape_input
+
+        return Apply(self, [check_shape_input(as_variable(shape), self, "x")],
+                     [TensorType("int64", ())])
 
     def perform(self, node, inputs):
-        shape = np.shape(inputs[0])
+        shape = inputs[0]
         return (np.asarray(math.prod(shape[a] for a in self.axes), dtype="int64"),)
 
     def grad(self, inputs, outputs, output_grads):

@@ -165,16 +165,18 @@ class RowSparseReduceColumns(Op):
     row-sparse (same rows), each row reduced to ``x``'s trailing shape.
     """
 
-    shape_only_inputs = (1,)
+    def make_node(self, rs, shape):
+        from minigrad.ops.shape import check_shape_input, static_shape
 
-    def make_node(self, rs, x):
-        return Apply(self, [rs, x], [RowSparseType(rs.dtype, x.type.shape)])
+        shape = check_shape_input(as_variable(shape), self, "x")
+        return Apply(self, [rs, shape], [RowSparseType(rs.dtype, static_shape(shape))])
 
     def perform(self, node, inputs):
         from minigrad.ops.elemwise import sum_to_shape
+        from minigrad.ops.shape import shape_tuple
 
-        rs, x = inputs
-        shape = np.shape(x)
+        rs, shape = inputs
+        shape = shape_tuple(shape)
         rows = sum_to_shape(rs.values, (rs.values.shape[0],) + tuple(shape[1:]))
         return (RowSparse(rs.indices, rows, (rs.shape[0],) + tuple(shape[1:]), rs._coalesced),)
 
@@ -192,6 +194,8 @@ def rowsparse_reduce_like(rs, x):
     if x.ndim == rs.ndim and x.type.shape[0] != 1:
         trailing = zip(x.type.shape[1:], rs.type.shape[1:])
         if any(a == 1 and b != 1 for a, b in trailing):
-            return RowSparseReduceColumns()(rs, x)
+            from minigrad.ops.shape import shape_of
+
+            return RowSparseReduceColumns()(rs, shape_of(x))
         return rs
     return reduce_like(sum_(values(rs), axis=0, keepdims=True), x)

@@ -9,15 +9,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigrad.graph import Apply, Op
-from minigrad.types import CSRType, TensorType
+from minigrad.graph import Apply, Constant, Op
+from minigrad.types import CSRType, RowSparseType, TensorType
 from minigrad.variables import as_variable
 
 
 class Shape(Op):
-    """The run-time shape of ``x`` as an int64 vector."""
+    """The run-time shape of ``x`` as an int64 vector of length ``x.ndim``.
+
+    Ops that need only the *shape* of a value (``TakeGrad`` needs the table's shape, the VJP
+    of a sum broadcasts to its input's shape) take this vector as an input instead of the
+    value itself, so the graph states what they really read: a function that reads an
+    exact-mode table only through gathers and ``Shape`` does not read its data (no flush);
+    the CuPy backend never copies a device table to learn its shape; and the rewriter can
+    take the shape from a cheaper variable of the same shape (``shape_of_same_shape``).
+    No gradient: a shape is not differentiable (its input's gradient is disconnected).
+    """
+
+    #: reads its input's shape, never its data (``optim.ops.needs_flush``, backends)
+    reads_shape_only = True
 
     def make_node(self, x):
+        x = as_variable(x)
+        if not isinstance(x.type, (TensorType, CSRType, RowSparseType)):
+            raise TypeError(f"{x.type} has no shape")
         return Apply(self, [x], [TensorType("int64", (x.ndim,))])
 
     def perform(self, node, inputs):
@@ -28,9 +43,51 @@ class Shape(Op):
 
 
 def shape_of(x):
-    if not isinstance(x.type, (TensorType, CSRType)):
+    x = as_variable(x)
+    if not isinstance(x.type, (TensorType, CSRType, RowSparseType)):
         raise TypeError(f"{x.type} has no shape")
     return Shape()(x)
+
+
+def shape_source(shape_var):
+    """The variable whose shape ``shape_var`` is (``x`` for ``Shape(x)``), else ``None``."""
+    owner = shape_var.owner
+    return owner.inputs[0] if owner is not None and isinstance(owner.op, Shape) else None
+
+
+def static_shape(shape_var):
+    """What is known before running about the shape held in ``shape_var``: a tuple with
+    ``None`` for unknown lengths (shape inference for ops taking a shape value)."""
+    source = shape_source(shape_var)
+    if source is not None:
+        return tuple(source.type.shape)
+    if isinstance(shape_var, Constant):
+        return tuple(int(n) for n in np.asarray(shape_var.data).reshape(-1))
+    return (None,) * shape_var.type.shape[0]
+
+
+def check_shape_input(shape_var, op, what):
+    """Refuse anything but a shape value (``shape_of(x)``: an int64 vector of static
+    length) where ``op`` takes the shape of ``what``."""
+    t = shape_var.type
+    known_length = t.ndim == 1 and (t.shape[0] is not None or isinstance(shape_var, Constant))
+    if not (isinstance(t, TensorType) and known_length and np.dtype(t.dtype).kind in "iu"):
+        raise TypeError(
+            f"{type(op).__name__} takes the shape of {what} as a value (shape_of({what})), "
+            f"an integer vector of known length; got {t}"
+        )
+    return shape_var
+
+
+def value_name(var, default):
+    """The name to show for ``var`` in an error, looking through ``Shape``: the table's."""
+    source = shape_source(var)
+    return (source if source is not None else var).name or default
+
+
+def shape_tuple(value):
+    """A run-time shape value (int64 vector, or a tuple) as a tuple of Python ints."""
+    return tuple(value.tolist()) if isinstance(value, np.ndarray) else tuple(value)
 
 
 class ProdShape(Op):
@@ -80,16 +137,15 @@ class Reshape(Op):
 
 
 class ReshapeLike(Op):
-    """Reshape ``g`` to the run-time shape of ``x`` (used by gradients)."""
+    """Reshape ``g`` to a run-time shape (``reshape_like(g, x)``: ``x``'s, for gradients)."""
 
-    shape_only_inputs = (1,)
-
-    def make_node(self, g, x):
-        return Apply(self, [g, x], [TensorType(g.dtype, x.type.shape)])
+    def make_node(self, g, shape):
+        g, shape = as_variable(g), check_shape_input(as_variable(shape), self, "x")
+        return Apply(self, [g, shape], [TensorType(g.dtype, static_shape(shape))])
 
     def perform(self, node, inputs):
-        g, x = inputs
-        return (np.reshape(g, np.shape(x)),)
+        g, shape = inputs
+        return (np.reshape(g, shape_tuple(shape)),)
 
     def grad(self, inputs, outputs, output_grads):
         g, _ = inputs
@@ -101,7 +157,7 @@ def reshape(x, shape):
 
 
 def reshape_like(g, x):
-    return ReshapeLike()(g, x)
+    return ReshapeLike()(g, shape_of(x))
 
 
 class Transpose(Op):
@@ -149,7 +205,11 @@ class ExpandDims(Op):
         return Apply(self, [x], [TensorType(x.dtype, tuple(shape))])
 
     def perform(self, node, inputs):
-        return (np.expand_dims(inputs[0], self.axes),)
+        x = inputs[0]
+        shape = list(np.shape(x))
+        for a in self.axes:  # a reshape: np.expand_dims costs ~10x more per call
+            shape.insert(a, 1)
+        return (np.reshape(x, shape),)
 
     def grad(self, inputs, outputs, output_grads):
         (x,), (gz,) = inputs, output_grads
@@ -162,16 +222,18 @@ def expand_dims(x, axes):
 
 
 class BroadcastLike(Op):
-    """Broadcast ``g`` to the run-time shape of ``x`` (the VJP of a sum)."""
+    """Broadcast ``g`` to a run-time shape (``broadcast_like(g, x)``: the VJP of a sum)."""
 
-    shape_only_inputs = (1,)
-
-    def make_node(self, g, x):
-        return Apply(self, [g, x], [TensorType(g.dtype, x.type.shape)])
+    def make_node(self, g, shape):
+        g, shape = as_variable(g), check_shape_input(as_variable(shape), self, "x")
+        return Apply(self, [g, shape], [TensorType(g.dtype, static_shape(shape))])
 
     def perform(self, node, inputs):
-        g, x = inputs
-        return (np.array(np.broadcast_to(g, np.shape(x))),)
+        g, shape = inputs
+        g = np.asarray(g)
+        out = np.empty(shape_tuple(shape), dtype=g.dtype)
+        out[...] = g  # broadcasts (ValueError if it cannot), one pass, no view object
+        return (out,)
 
     def grad(self, inputs, outputs, output_grads):
         from minigrad.ops.elemwise import reduce_like
@@ -181,7 +243,7 @@ class BroadcastLike(Op):
 
 
 def broadcast_like(g, x):
-    return BroadcastLike()(g, x)
+    return BroadcastLike()(g, shape_of(x))
 
 
 class Concatenate(Op):
@@ -310,25 +372,24 @@ class Subtensor(Op):
 
     def grad(self, inputs, outputs, output_grads):
         (x,), (gz,) = inputs, output_grads
-        return [SubtensorGrad(self.key)(x, gz)]
+        return [SubtensorGrad(self.key)(shape_of(x), gz)]
 
 
 class SubtensorGrad(Op):
-    """Zeros shaped like ``x`` with ``gz`` written into the slice ``key``."""
-
-    shape_only_inputs = (0,)
+    """Zeros of the shape ``shape`` (``x``'s) with ``gz`` written into the slice ``key``."""
 
     __props__ = ("key",)
 
     def __init__(self, key):
         self.key = key
 
-    def make_node(self, x, gz):
-        return Apply(self, [x, gz], [TensorType(gz.dtype, x.type.shape)])
+    def make_node(self, shape, gz):
+        shape, gz = check_shape_input(as_variable(shape), self, "x"), as_variable(gz)
+        return Apply(self, [shape, gz], [TensorType(gz.dtype, static_shape(shape))])
 
     def perform(self, node, inputs):
-        x, gz = inputs
-        out = np.zeros(np.shape(x), dtype=node.outputs[0].dtype)
+        shape, gz = inputs
+        out = np.zeros(shape_tuple(shape), dtype=node.outputs[0].dtype)
         out[_thaw_key(self.key)] = gz
         return (out,)
 

@@ -29,22 +29,26 @@ def _require_csr(x, what):
 class CSRColumns(Op):
     """The stored column indices of ``X`` (int64, length nnz), checked against ``W``.
 
-    ``W`` is used only for its row count (``shape_only_inputs``): a mismatch between the
-    columns of ``X`` and the rows of ``W`` fails here, before any state changes.
+    Inputs ``(X, shape_of(W))`` (``csr_columns(X, W)``): ``W`` matters only for its row
+    count, so its data is not read: a mismatch between the columns of ``X`` and the rows
+    of ``W`` fails here, before any state changes.
     """
 
-    shape_only_inputs = (1,)
+    def make_node(self, X, W_shape):
+        from minigrad.ops.shape import check_shape_input
 
-    def make_node(self, X, W):
-        return Apply(self, [X, W], [TensorType("int64", (None,))])
+        X, W_shape = as_variable(X), check_shape_input(as_variable(W_shape), self, "W")
+        return Apply(self, [X, W_shape], [TensorType("int64", (None,))])
 
     def perform(self, node, inputs):
-        X, W = inputs
-        n_rows = np.shape(W)[0]
+        from minigrad.ops.shape import value_name
+
+        X, W_shape = inputs
+        n_rows = int(W_shape[0])
         if X.shape[1] != n_rows:
             raise ValueError(
                 f"sparse.dot: {node.inputs[0].name or 'X'} has {X.shape[1]} columns but "
-                f"{node.inputs[1].name or 'W'} has {n_rows} rows"
+                f"{value_name(node.inputs[1], 'W')} has {n_rows} rows"
             )
         return (X.indices.astype(np.int64, copy=False),)
 
@@ -109,10 +113,12 @@ class CSRScaledGatheredDot(Op):
                                                               copy=False),)
 
     def grad(self, inputs, outputs, output_grads):
+        from minigrad.ops.shape import shape_of
+
         X, rows, scale = inputs
         (gz,) = output_grads
         return [None, CSRScaledDotGradRows()(X, scale, gz),
-                CSRScaledDotGradScale()(X, gz, rows, scale)]
+                CSRScaledDotGradScale()(X, gz, rows, shape_of(scale))]
 
 
 class CSRScaledDotGradRows(Op):
@@ -130,20 +136,32 @@ class CSRScaledDotGradRows(Op):
 
 
 class CSRScaledDotGradScale(Op):
-    """VJP w.r.t. the scales: ``X.data[k] * <gz[row of k], rows[k]>`` in ``scale``'s shape."""
+    """VJP w.r.t. the scales: ``X.data[k] * <gz[row of k], rows[k]>`` in ``scale``'s shape
+    (inputs ``(X, gz, rows, shape_of(scale))``)."""
 
-    shape_only_inputs = (3,)
+    def make_node(self, X, gz, rows, scale_shape):
+        from minigrad.ops.shape import check_shape_input, static_shape
 
-    def make_node(self, X, gz, rows, scale):
-        return Apply(self, [X, gz, rows, scale], [TensorType(gz.dtype, scale.type.shape)])
+        X, gz, rows = as_variable(X), as_variable(gz), as_variable(rows)
+        scale_shape = check_shape_input(as_variable(scale_shape), self, "scale")
+        return Apply(self, [X, gz, rows, scale_shape],
+                     [TensorType(gz.dtype, static_shape(scale_shape))])
 
     def perform(self, node, inputs):
         from minigrad.kernels_dispatch import csr_row_dots
+        from minigrad.ops.shape import shape_tuple
 
-        X, gz, rows, scale = inputs
+        X, gz, rows, scale_shape = inputs
         dots = csr_row_dots(X.indptr, X.data, np.ascontiguousarray(gz),
                             np.ascontiguousarray(rows, dtype=gz.dtype))
-        return (dots.reshape(np.shape(scale)),)
+        return (dots.reshape(shape_tuple(scale_shape)),)
+
+
+def csr_columns(X, W):
+    """The stored columns of ``X`` as row ids of ``W`` (checked against ``W``'s rows)."""
+    from minigrad.ops.shape import shape_of
+
+    return CSRColumns()(X, shape_of(W))
 
 
 def dot(X, W, scale=None):
@@ -157,7 +175,7 @@ def dot(X, W, scale=None):
 
     _require_csr(X, "sparse.dot")
     W = as_variable(W)
-    cols = CSRColumns()(X, W)
+    cols = csr_columns(X, W)
     if scale is None:
         return CSRGatheredDot()(X, take(W, cols))
     return CSRScaledGatheredDot()(X, take(W, cols), take(as_variable(scale), cols))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.row_guard import RowGuard
 from minigrad.graph import Apply, Op
 from minigrad.types import RowSparse, RowSparseType, TensorType
 
@@ -93,6 +94,14 @@ class RowUpdate(Op):
         self.state, self.exact = state, bool(exact)
         n = 1 + len(state.states) + self.exact
         self.destroy_map = {i: i for i in range(n)}
+        self.row_guard = RowGuard()  # scratch of the guarded calls, reused across calls
+        self._guard_on = False
+
+    def guarded(self, on):
+        """While on, ``run`` has the kernel save the rows it writes into ``row_guard`` and
+        check them (``call_checks.run_destructive_guarded`` turns it on around the node's
+        thunk, so the thunk each backend builds stays the same)."""
+        self._guard_on = bool(on)
 
     def make_node(self, param, *rest):
         tables = [param, *rest[:-3]]
@@ -102,7 +111,8 @@ class RowUpdate(Op):
         tables, (grad, t, hyper) = inputs[:-3], inputs[-3:]
         hyper = np.asarray(_host(hyper), dtype=np.float64)
         self.state.run(module, list(tables), grad.indices, grad.values, int(t),
-                       float(hyper[0]), float(hyper[1]), self.exact)
+                       float(hyper[0]), float(hyper[1]), self.exact,
+                       self.row_guard if self._guard_on else None)
         return tuple(tables)
 
     def perform(self, node, inputs):
@@ -255,25 +265,28 @@ class CatchUpAll(Op):
         return self.run(kernel_module("numpy"), node, inputs)
 
 
-def _reads_densely(node, position):
-    """Whether ``node`` reads the values of its input ``position`` (not just its shape)."""
+def _reads_values(op):
+    """Whether ``op`` reads the values of an exact-mode table it takes: not a ``Shape``
+    (it reads the shape only), nor a gather or the optimizer's own nodes (they catch up
+    what they read)."""
     from minigrad.ops.indexing import Take
 
-    if isinstance(node.op, (Take, RowUpdate, FreshTake, CatchUpAll, PrepareRows)):
+    if getattr(op, "reads_shape_only", False):
         return False
-    return position not in getattr(node.op, "shape_only_inputs", ())
+    return not isinstance(op, (Take, RowUpdate, FreshTake, CatchUpAll, PrepareRows))
 
 
 def needs_flush(var, nodes):
     """Whether a function made of ``nodes`` must flush ``var`` before each call: some node
     reads its values other than through ``FreshTake``/``CatchUpAll`` (which catch up what
-    they read) or the optimizer's own nodes."""
+    they read), ``Shape`` or the optimizer's own nodes."""
     for node in nodes:
         if isinstance(node.op, (RowUpdate, FreshTake, CatchUpAll, PrepareRows)):
             continue
-        for k, v in enumerate(node.inputs):
-            if v is var and k not in getattr(node.op, "shape_only_inputs", ()):
-                return True
+        if getattr(node.op, "reads_shape_only", False):  # Shape(var): not a data read
+            continue
+        if any(v is var for v in node.inputs):
+            return True
     return False
 
 
@@ -316,7 +329,7 @@ def fresh_reads(outputs):
         if isinstance(node.op, Take) and node.inputs[0] in gathered:
             state = gathered[node.inputs[0]]
             return [FreshTake(state)(*tables(state), node.inputs[1])]
-        dense = [k for k, v in enumerate(node.inputs) if v in updated and _reads_densely(node, k)]
+        dense = [k for k, v in enumerate(node.inputs) if v in updated and _reads_values(node.op)]
         if not dense:
             return None
         inputs = list(node.inputs)

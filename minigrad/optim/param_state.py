@@ -106,24 +106,29 @@ class ParamState:
         return [v.value for v in self.table_vars(exact)]
 
     # --- kernel calls -----------------------------------------------------------------
-    def _call(self, module, tables, idx, grad, t, lr, wd, exact):
+    def _call(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
         param, *rest = tables
         last = rest.pop() if exact else None
         states = dict(zip(self.states, rest))
         by_name = {k: v for k, v in states.items() if k not in self.layout}
-        getattr(module, self.kernel)(
+        if guard is not None:
+            by_name["guard"] = guard
+        return getattr(module, self.kernel)(
             param, *[states.get(name) for name in self.layout], idx, grad, t, last,
             lr=lr, weight_decay=wd, history=self.history if exact else None,
             **by_name, **self.kernel_hyper)
 
-    def run(self, module, tables, idx, grad, t, lr, wd, exact):
+    def run(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
         """Step ``t`` on rows ``idx`` of ``tables`` (the arrays of ``table_vars``): exact
-        mode records the step's lr / weight decay first (a retried step overwrites it)."""
+        mode records the step's lr / weight decay first (a retried step overwrites it).
+        With a ``RowGuard`` the kernel saves the rows it writes and checks them: returns
+        the position of the first non-finite row, or -1 (``guard.restore()`` undoes)."""
         if exact:
             self.history.record(t, lr, wd)
-        self._call(module, tables, idx, grad, t, lr, wd, exact)
+        bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard)
         if exact:
             self.pending = True
+        return bad if guard is not None else -1
 
     def catch_up(self, module, tables, rows, t):
         """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step)."""
@@ -141,7 +146,8 @@ class ParamState:
         last = self.last.value
         idx = (last < t).nonzero()[0]
         if idx.shape[0]:
-            module = module_for(self.param.value)
+            # the kernels of the function that pended the rows (compile.py sets it)
+            module = getattr(self, "flush_module", None) or module_for(self.param.value)
             self.catch_up(module, self.arrays(True), idx, t)
         self.pending = False
 
