@@ -184,12 +184,12 @@ class _Segment:
             body.append(f"    # {', '.join(o.name for o in outs)} = {label}")
             if isinstance(node.op, FusedCSRScatterGrad):
                 slot = f"slot_{outs[0].name}"
-                table = node.inputs[2]
+                table = node.inputs[2]  # the table's shape
                 if table in self.inputs:  # a map from the Python side's pool (O(1) a call)
                     params.append(slot)
                     slot_args.append((slot, vals[table]))
                 else:
-                    body.append(f"    {slot} = J.slot_map({ins[2].shape(0)})")
+                    body.append(f"    {slot} = J.slot_map({numba_jit.as_shape(ins[2]).shape(0)})")
             lines = numba_jit.emit(node.op, node, ins, outs)
             body.extend("    " + line for line in lines)
         # zero-length arrays standing for dtypes (numba_jit.like), passed from Python
@@ -285,7 +285,7 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
         pad = "        "
         for j, (sname, table) in enumerate(slot_args):
             namespace[f"P{k}_{j}"] = _slot_pool()
-            py_lines.append(f"{pad}{sname} = P{k}_{j}.take({table.name}.shape[0])")
+            py_lines.append(f"{pad}{sname} = P{k}_{j}.take(int({table.name}[0]))")
             args.append(sname)
         for dtype in seg.likes:  # after the slot maps, as in the segment's signature
             namespace[f"_L_{dtype}"] = np.empty(0, dtype=dtype)
@@ -301,7 +301,7 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
         if slot_args:
             py_lines.append(f"{pad}finally:")
             for j, (sname, table) in enumerate(slot_args):
-                py_lines.append(f"{pad}    P{k}_{j}.give({table.name}.shape[0], {sname})")
+                py_lines.append(f"{pad}    P{k}_{j}.give(int({table.name}[0]), {sname})")
         py_lines.append("    else:")
         py_lines.append(f"        ({outs_py}) = f{k}({ins_py})")
 

@@ -438,3 +438,12 @@ def take_rows(table, idx):
 @njit(**_OPTS)
 def as_int64(a):
     return a.astype(np.int64)
+
+
+@njit(**_OPTS)
+def shape_vector(shape):
+    """A shape tuple as the int64 vector ``ops.shape.Shape`` gives."""
+    out = np.empty(len(shape), dtype=np.int64)
+    for i in range(len(shape)):
+        out[i] = shape[i]
+    return out

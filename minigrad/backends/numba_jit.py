@@ -85,6 +85,32 @@ class Val:
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
+class ShapeVal:
+    """A shape *value* (``Shape(x)``: an int64 vector) read as the shape of ``x``: the
+    emitters of Ops that take a shape use ``.ndim``, ``.shape(i)`` as they would on ``x``."""
+
+    is_csr = is_rowsparse = False
+
+    def __init__(self, val):
+        self.name, self.var = val.name, val.var
+        length = val.type.shape[0]
+        if length is None:  # a constant shape: its length is its data's
+            length = int(np.asarray(val.var.data).size)
+        self.ndim = int(length)
+        self.is_scalar = self.ndim == 0
+
+    def shape(self, axis):
+        return f"{self.name}[{axis}]"
+
+    def shape_tuple(self):
+        items = [self.shape(a) for a in range(self.ndim)]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def as_shape(val):
+    return ShapeVal(val)
+
+
 def supported_type(type_):
     """Types a segment can carry: tensors of plain dtypes, CSR matrices, RowSparse."""
     if isinstance(type_, (TensorType, RowSparseType, CSRType)):
@@ -322,16 +348,16 @@ def reduce_lines(x, out, axes, keepdims, fn="sum"):
 def _register_reductions():
     from minigrad.ops.elemwise import MulReduceLike, ReduceLike
     from minigrad.ops.reduce import CountOf, Mean, Sum
-    from minigrad.ops.shape import BroadcastLike, ExpandDims, Transpose
+    from minigrad.ops.shape import BroadcastLike, ExpandDims, Shape, Transpose
 
     @emit.register(ReduceLike)
     def _reduce_like(op, node, ins, outs):
-        g, x = ins
+        g, x = ins[0], as_shape(ins[1])
         return reduce_like_lines(g, x, outs[0], outs[0].dtype)
 
     @emit.register(MulReduceLike)
     def _mul_reduce_like(op, node, ins, outs):
-        a, b, x = ins
+        a, b, x = ins[0], ins[1], as_shape(ins[2])
         (out,) = outs
         scalar = a.is_scalar and b.is_scalar
         expr, natural = elemwise_expr("binary", "mul", [a.name, b.name], [a.dtype, b.dtype],
@@ -354,7 +380,7 @@ def _register_reductions():
 
     @emit.register(CountOf)
     def _count(op, node, ins, outs):
-        (x,) = ins
+        x = as_shape(ins[0])
         if x.is_scalar and op.axes:
             return None
         count = " * ".join(f"np.int64({x.shape(a)})" for a in op.axes) or "1"
@@ -362,7 +388,7 @@ def _register_reductions():
 
     @emit.register(BroadcastLike)
     def _broadcast_like(op, node, ins, outs):
-        g, x = ins
+        g, x = ins[0], as_shape(ins[1])
         (out,) = outs
         if x.is_scalar:
             return [f"{out.name} = {g.name}"] if g.is_scalar else None
@@ -371,6 +397,13 @@ def _register_reductions():
         if g.is_scalar:
             return [f"{out.name} = J.full({x.shape_tuple()}, {g.name}, {like(out.dtype)})"]
         return [f"{out.name} = J.broadcast_to({g.name}, {x.shape_tuple()})"]
+
+    @emit.register(Shape)
+    def _shape(op, node, ins, outs):
+        (x,), (out,) = ins, outs
+        if x.is_scalar:
+            return [f"{out.name} = J.zeros((0,), {like('int64')})"]
+        return [f"{out.name} = J.shape_vector({x.shape_tuple()})"]
 
     @emit.register(ExpandDims)
     def _expand_dims(op, node, ins, outs):
@@ -428,14 +461,14 @@ def _register_nn():
 
     @emit.register(PickColumnsGrad)
     def _pick_grad(op, node, ins, outs):
-        x, labels, gz = ins
+        x, labels, gz = as_shape(ins[0]), ins[1], ins[2]
         (out,) = outs
-        if gz.is_scalar:
+        if gz.is_scalar or x.ndim != 2:
             return None
-        return [f"if J.labels_ok({labels.name}, {x.name}.shape[0], {x.name}.shape[1]) != 0 "
-                f"or {gz.name}.shape[0] != {x.name}.shape[0]:",
+        return [f"if J.labels_ok({labels.name}, {x.shape(0)}, {x.shape(1)}) != 0 "
+                f"or {gz.name}.shape[0] != {x.shape(0)}:",
                 "    raise IndexError('label out of range or wrong count')",
-                f"{out.name} = J.pick_columns_grad({x.name}.shape[0], {x.name}.shape[1], "
+                f"{out.name} = J.pick_columns_grad({x.shape(0)}, {x.shape(1)}, "
                 f"{labels.name}, {gz.name}, {like(out.dtype)})"]
 
 
@@ -478,7 +511,7 @@ def _register_sparse():
 
     @emit.register(CSRColumns)
     def _columns(op, node, ins, outs):
-        X, W = ins
+        X, W = ins[0], as_shape(ins[1])
         if W.is_scalar:
             return None
         return [f"if {X.part('nc')} != {W.shape(0)}:",
@@ -544,6 +577,7 @@ def _register_sparse():
     @emit.register(FusedCSRScatterGrad)
     def _scatter_grad(op, node, ins, outs):
         X, gz, table, *rest = ins
+        table = as_shape(table)
         (out,) = outs
         dt = out.dtype
         if table.ndim not in (1, 2) or gz.ndim != 2 or dt not in ("float32", "float64"):
@@ -582,7 +616,7 @@ def _register_sparse():
 
     @emit.register(SlotTakeGrad)
     def _slot_take_grad(op, node, ins, outs):
-        table, idx, rows = ins
+        table, idx, rows = as_shape(ins[0]), ins[1], ins[2]
         (out,) = outs
         if table.is_scalar or rows.is_scalar or table.ndim > 2 or out.dtype[0] != "f":
             return None
@@ -601,7 +635,7 @@ def _register_sparse():
 
     @emit.register(TakeGrad)
     def _take_grad(op, node, ins, outs):
-        table, idx, gz = ins
+        table, idx, gz = as_shape(ins[0]), ins[1], ins[2]
         (out,) = outs
         if table.is_scalar or gz.is_scalar or table.ndim > 2 or idx.is_scalar:
             return None
@@ -653,7 +687,7 @@ def _register_sparse():
 
     @emit.register(BagOfWords)
     def _bag(op, node, ins, outs):
-        tokens, mask, table = ins
+        tokens, mask, table = ins[0], ins[1], as_shape(ins[2])
         (out,) = outs
         if table.is_scalar:
             return None
