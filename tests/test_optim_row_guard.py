@@ -16,6 +16,9 @@ import pytest
 import minigrad as mg
 from kernels.row_guard import RowGuard
 
+# the inputs are made non-finite on purpose: NumPy's warnings about them are expected
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
 RULES = [
     ("SGD", {"weight_decay": 0.01}),
     ("Momentum", {"momentum": 0.9, "weight_decay": 0.01}),
