@@ -89,6 +89,7 @@ def test_analyse_masked_embedding_ids_come_from_tokens():
     layout = sharding.analyse([tok, mask, y], m.cost(tok, mask, y), m.params)
     assert [(g.tables, g.inputs) for g in layout.groups] == [([0, 1], [0])]
     assert layout.dense == [2, 3]
+    assert layout.id_inputs == [0, 1]  # the ids of the real tokens need the mask too
 
 
 def test_analyse_dense_use_makes_a_table_dense():
@@ -177,6 +178,9 @@ def _train_args(**kw):
     ({"optimizer": lambda params: None}, TypeError, "optimizer must be a picklable"),
     ({"optimizer": functools.partial(mg.optim.SGD, lr=-1.0)}, ValueError, "lr must be .*>= 0"),
     ({"params": []}, TypeError, "non-empty list of mg.shared"),
+    ({"optimizer": functools.partial(mg.optim.SGD, lr=0.1, transforms=[
+        mg.optim.GradientNoise(), mg.optim.ClipGradNorm(1.0)])}, ValueError,
+     "ClipGradNorm .*must come first"),
 ])
 def test_bad_arguments_fail_before_ray_starts(bad, error, match):
     model, args = _train_args(**bad)
@@ -184,6 +188,76 @@ def test_bad_arguments_fail_before_ray_starts(bad, error, match):
     with pytest.raises(error, match=match):
         mg.distributed.train(**args)
     assert all(np.array_equal(b, p.get_value()) for b, p in zip(before, model.params))
+
+
+def test_global_clip_equals_clip_grad_norm_of_one_process():
+    """The worker's clip (the whole gradient, before the split by shard) is the compiled
+    ``mg.optim.clip_grad_norm`` on the same gradients: row-sparse ones coalesced."""
+    from minigrad.distributed import clipping
+    from minigrad.types import RowSparse
+
+    r = np.random.default_rng(5)
+    ids = np.array([3, 1, 3, 7, 1])  # repeats: coalesced before the norm
+    rows, dense = r.normal(size=(5, 4)), r.normal(size=(4, 3))
+    g_rows = mg.shared(np.zeros((5, 4)))
+    E, W = mg.shared(r.normal(size=(10, 4))), mg.shared(r.normal(size=(4, 3)))
+    idx = mg.lvector("idx")
+    cost = (E[idx] * g_rows).sum() + (W * mg.constant(dense)).sum()
+    g_rows.set_value(rows)
+    for max_norm in (0.5, 1e3):  # clipping, and a norm below the bound (unchanged)
+        want = mg.function([idx], mg.optim.clip_grad_norm(mg.grad(cost, [E, W]),
+                                                          max_norm))(ids)
+        got = clipping.clip_global([RowSparse(ids, rows, (10, 4)), dense], [max_norm])
+        np.testing.assert_allclose(got[0].to_dense(), want[0].to_dense(), rtol=1e-13)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-13)
+    clipped_rows, clipped_dense = clipping.clip_global([RowSparse(ids, rows, (10, 4)),
+                                                        dense], [0.5])
+    norm = np.sqrt((clipped_rows.to_dense() ** 2).sum() + (clipped_dense ** 2).sum())
+    assert abs(norm - 0.5) < 1e-6
+
+
+def test_shard_restart_restores_rows_state_and_applied_batches(tmp_path):
+    """A shard built over an existing checkpoint takes its rows, optimizer state, step
+    counters and applied-batch bitmap from it (not from the initial rows), and refuses a
+    checkpoint whose rows do not fit."""
+    from minigrad.distributed.shard import Shard
+
+    r = np.random.default_rng(2)
+    slices = [np.float64(0.5), np.zeros((50, 1)), r.normal(size=(50, 3))]
+    factory = pickle.dumps(functools.partial(mg.optim.Adam, lr=0.05, sparse="exact"))
+    file = str(tmp_path / "shard-0.npz")
+    first = Shard("shard-0", slices, ["b", "w", "V"], factory, 10, 3, file)
+    snapshot = None
+    for b in (0, 2, 5, 7):  # the 3rd push checkpoints; the 4th is lost with the process
+        ids = np.unique(r.integers(0, 50, 12))
+        first.push(0, b, [np.float64(1.0), (ids, np.ones((ids.size, 1))),
+                          (ids, r.normal(size=(ids.size, 3)))])
+        if b == 5:
+            snapshot = ([p.get_value() for p in first.params],
+                        [o.state_dict() for o in first.opts])
+    back = Shard("shard-0", slices, ["b", "w", "V"], factory, 10, 3, file)
+    assert back.restored_from == file
+    assert np.flatnonzero(back.applied).tolist() == [0, 2, 5]
+    assert back.counters["pushes"] == 3 and not back.push(0, 5, None)  # a repeat: dropped
+    values, states = snapshot
+    for p, v in zip(back.params, values):
+        assert np.array_equal(p.get_value(), v)
+    for opt, want in zip(back.opts, states):
+        got = opt.state_dict()
+        assert got["t"] == want["t"] and got["state"].keys() == want["state"].keys()
+        assert all(np.array_equal(got["state"][k], want["state"][k]) for k in want["state"])
+    wrong = [np.float64(0.5), np.zeros((50, 1)), np.zeros((50, 4))]
+    with pytest.raises(ValueError, match="rows of 'V' do not match shard-0"):
+        Shard("shard-0", wrong, ["b", "w", "V"], factory, 10, 3, file)
+
+
+def test_shards_leave_the_clip_to_the_workers():
+    from minigrad.distributed.shard import Shard
+
+    factory = pickle.dumps(functools.partial(mg.optim.Adam, lr=0.1, transforms=[
+        mg.optim.ClipGradNorm(1.0), mg.optim.GradientNoise()]))
+    shard = Shard("shard-0", [np.ones((4, 2))], ["E"], factory, n_batches=3)
+    assert [type(t).__name__ for t in shard.opts[0].transforms] == ["GradientNoise"]
 
 
 # --- with Ray, in loopback-only namespaces ---------------------------------------------
@@ -280,6 +354,26 @@ def test_one_worker_sync_equals_single_process_exact_momentum(scenarios):
 
 @NEEDS_RAY
 @pytest.mark.distributed
+def test_global_clip_one_worker_sync_equals_single_process(scenarios):
+    """ClipGradNorm in the factory clips the whole gradient (every table's rows on every
+    shard, and the dense parameters) by one global norm, as in one process."""
+    import distributed_scenarios as sc
+
+    _scenario(scenarios, "clip")
+    ref = EmbeddingModel()
+    single_process(ref, embedding_data(), sc.clip_optimizer(), epochs=2, batch_size=50)
+    with np.load(os.path.join(scenarios["_dir"], "clip.npz")) as z:
+        got = [z[f"arr_{i}"] for i in range(3)]
+    for g, p in zip(got, ref.params):
+        np.testing.assert_allclose(g, p.get_value(), rtol=1e-12, atol=1e-14)  # bit-exact here
+    unclipped = EmbeddingModel()
+    single_process(unclipped, embedding_data(), functools.partial(mg.optim.Adam, lr=0.05),
+                   epochs=2, batch_size=50)
+    assert not np.allclose(got[0], unclipped.E.get_value(), rtol=1e-6)  # the clip acted
+
+
+@NEEDS_RAY
+@pytest.mark.distributed
 def test_two_workers_two_shards_async_loss_falls(scenarios):
     record = _scenario(scenarios, "async")
     opt = functools.partial(mg.optim.Adam, lr=0.1)
@@ -295,7 +389,7 @@ def test_two_workers_two_shards_async_loss_falls(scenarios):
 @NEEDS_RAY
 @pytest.mark.distributed
 @pytest.mark.parametrize("name", ["shard_ray_kill", "shard_sigkill", "worker_sigkill"])
-def test_fault_accounting_is_exact(scenarios, name):
+def test_fault_accounting_is_exact(scenarios, name, record_property):
     import distributed_scenarios as sc
 
     record = _scenario(scenarios, name)
@@ -310,8 +404,10 @@ def test_fault_accounting_is_exact(scenarios, name):
     assert lost == expected_lost, record  # every lost row update accounted for, none doubled
     assert lost >= 0, record
     assert record["lost_pushes"] <= record["checkpoint_every"], record
-    # kill -> the actor answers from a new process: "within seconds", not a speed test (the
-    # box is shared; 1-4 s measured, up to 7 s at load ~20; the benchmark reports it)
+    # kill -> the new process restored and serving: under 5 s on an idle box (ray.kill
+    # 0.8-1.3 s, shard SIGKILL 1.3-1.9 s, worker SIGKILL ~1.8 s; more under load). Bounded
+    # here only as a no-hang check (the box is shared); the figure is reported.
+    _report_recovery(record_property, record)
     assert record["recovery_s"] < 30.0, record
     assert record["recoveries"] >= 1, record
     if name == "worker_sigkill":
@@ -353,10 +449,11 @@ def test_network_safety(scenarios):
 
 @NEEDS_RAY
 @pytest.mark.distributed
-def test_cluster_node_removal_moves_the_shard_and_counts_exactly():
+def test_cluster_node_removal_moves_the_shard_and_counts_exactly(record_property):
     """Three local nodes on 127.0.0.1 (``ray.cluster_utils.Cluster``); the node holding
     shard-0 is removed. Recovery includes Ray's node failure detection (health checks
-    tightened to ~2 s); 5.8 s measured at load average ~14 on this shared 2-core box."""
+    tightened to ~1 s, ``ray_setup.FAST_HEALTH_CHECKS``): 2.6 s measured in all at load
+    average ~8 on this shared 2-core box (4.8-5.8 s with the earlier 500 ms checks)."""
     import shutil
 
     import distributed_scenarios as sc
@@ -372,8 +469,19 @@ def test_cluster_node_removal_moves_the_shard_and_counts_exactly():
     lost = record["expected_row_updates"] - record["applied_row_updates"]
     assert lost == expected_lost >= 0, record
     assert record["lost_pushes"] <= 2 * record["checkpoint_every"], record  # both may move
-    assert record["recovery_s"] < 30.0, record  # measured, not a speed test (see above)
+    _report_recovery(record_property, record)
+    assert record["recovery_s"] < 30.0, record  # a no-hang check, not a speed test
     assert results["_leftover"] == []
+
+
+def _report_recovery(record_property, record):
+    """Put the measured recovery and its parts in the test report (``-rP``, JUnit XML)."""
+    keys = ("recovery_s", "detect_spawn_s", "imports_s", "constructor_s", "answered_s")
+    parts = {k: round(record[k], 3) for k in keys if record.get(k) is not None}
+    for k, v in parts.items():
+        record_property(k, v)
+    what = f"{record['how']} of *{record['suffix']}" if "how" in record else "node removal"
+    print(f"recovery ({what}): {parts}")
 
 
 def test_pickled_error_keeps_actor_and_traceback():

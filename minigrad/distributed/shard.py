@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from minigrad.distributed import clipping
+from minigrad.distributed.proc_times import process_started_at
 from minigrad.distributed.rows import read_rows
 
 FORMAT = "minigrad-distributed-shard"
@@ -41,21 +43,32 @@ class Shard:
         t0 = time.time()
         self.name, self.names = name, list(names)
         self.scalar = [np.ndim(v) == 0 for v in slices]  # kept as (1,): apply needs an axis
+        self.every, self.file = checkpoint_every, checkpoint_file
+        saved = None
+        if self.file and os.path.exists(self.file):
+            # a restarted shard builds its tables from the checkpoint directly: copying the
+            # initial rows in first, to overwrite them, would double a restore's memory
+            # traffic (the bulk of its time for a large table)
+            saved = self._read_checkpoint(slices)
+            slices = [saved[0].pop(f"param/{i}") for i in range(len(slices))]
         self.params = [mg.shared(np.reshape(v, (1,)) if s else v, name=f"{name}/{n}")
                        for v, s, n in zip(slices, self.scalar, self.names)]
         factory = pickle.loads(optimizer)
         # one optimizer per parameter: each push is one step of each, so every step
         # counter matches single-process training whatever the optimizer counts
-        self.opts = [factory([p]) for p in self.params]
+        # ... without the leading ClipGradNorm transforms: a clip here would see only this
+        # shard's slice; the workers clip the whole gradient (``clipping.py``)
+        self.opts = [clipping.without_clips(factory([p])) for p in self.params]
         self.applied = np.zeros(int(n_batches), dtype=bool)
         self.counters = {"pushes": 0, "duplicates": 0, "rows_pushed": 0, "rows_pulled": 0,
                          "checkpoints": 0}
-        self.every, self.file = checkpoint_every, checkpoint_file
         self.since_checkpoint = 0
         self.restored_from = None
-        if self.file and os.path.exists(self.file):
-            self._restore()
+        if saved is not None:
+            self._restore(*saved)
         self.started_at, self.restore_s = time.time(), time.time() - t0
+        self.init_at, self.born_at = t0, process_started_at()
+        self.first_push_at = None  # the first push this process applied (recovery timing)
 
     # --- the calls workers make ------------------------------------------------------
     def pull(self, ids):
@@ -90,6 +103,8 @@ class Shard:
             if isinstance(g, RowSparse):
                 self.counters["rows_pushed"] += int(g.indices.shape[0])
         self.applied[batch] = True
+        if self.first_push_at is None:
+            self.first_push_at = time.time()
         self.counters["pushes"] += 1
         self.since_checkpoint += 1
         if self.every and self.since_checkpoint >= self.every:
@@ -144,12 +159,26 @@ class Shard:
         self.since_checkpoint = 0
         return self.file
 
-    def _restore(self):
+    def _read_checkpoint(self, slices):
+        """``(arrays, meta)`` of the checkpoint file, its rows checked against ``slices``
+        (the shapes and dtypes this shard holds)."""
         with np.load(self.file) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode())
         if meta.get("format") != FORMAT or meta.get("name") != self.name:
             raise ValueError(f"{self.file} is not a checkpoint of {self.name}")
+        for i, (v, label) in enumerate(zip(slices, self.names)):
+            want = (1,) if np.ndim(v) == 0 else np.shape(v)
+            got = arrays.get(f"param/{i}")
+            if got is None or got.shape != want or got.dtype != np.asarray(v).dtype:
+                raise ValueError(f"{self.file}: rows of {label!r} do not match {self.name} "
+                                 f"(want {want} {np.asarray(v).dtype}, got "
+                                 f"{None if got is None else (got.shape, got.dtype)})")
+        return arrays, meta
+
+    def _restore(self, arrays, meta):
+        """Optimizer state, applied-batch bitmap and counters from a read checkpoint (the
+        rows are already in: ``__init__`` built the parameters from them)."""
         dicts = []
         for i, (opt, om) in enumerate(zip(self.opts, meta["opts"])):
             prefix = f"opt/{i}/"
@@ -158,8 +187,7 @@ class Shard:
                            if k.startswith(prefix)}
             opt.check_state_dict(sd)  # every check passes before anything is loaded
             dicts.append(sd)
-        for i, (opt, p, sd) in enumerate(zip(self.opts, self.params, dicts)):
-            p.set_value(arrays[f"param/{i}"])
+        for opt, sd in zip(self.opts, dicts):
             opt.load_state_dict(sd)
         self.applied = arrays["applied"].astype(bool)
         self.counters = dict(meta["counters"])
@@ -177,6 +205,8 @@ class Shard:
         import ray
 
         return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at,
+                "init_at": self.init_at, "born_at": self.born_at,
+                "first_push_at": self.first_push_at,
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "restore_s": self.restore_s, "restored_from": self.restored_from,
                 "applied_batches": int(self.applied.sum()),

@@ -49,7 +49,7 @@ class Layout:
     groups: list
     dense: list
     id_vars: list  # index variables, the outputs of the ids function
-    id_inputs: list  # positions of the inputs the ids function takes
+    id_inputs: list  # positions of the inputs the ids function takes (carriers and masks)
     grads: list  # the gradient variables of all parameters, in order
     notes: list = field(default_factory=list)
 
@@ -121,7 +121,9 @@ def analyse(inputs, cost, params, whole=()):
                 group.id_outputs.append(id_vars.index(v))
         group.id_outputs = sorted(set(group.id_outputs))
         groups.append(group)
-    id_inputs = sorted({s for g in groups for s in g.inputs})
+    # the ids function takes every input its outputs depend on: the id carriers and
+    # whatever shapes them (the mask that says which tokens of a row are real)
+    id_inputs = sorted({position[v] for v in ancestors(id_vars) if v in position})
     return Layout(groups, sorted(dense), id_vars, id_inputs, grads, notes)
 
 

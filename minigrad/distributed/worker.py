@@ -24,22 +24,24 @@ import time
 
 import numpy as np
 
-from minigrad.distributed import sharding
+from minigrad.distributed import clipping, sharding
 from minigrad.distributed.errors import DistributedError
+from minigrad.distributed.proc_times import process_started_at
 
 
 class Worker:
     """``ray.remote`` wraps this class (see ``train.py``)."""
 
     def __init__(self, rank, payload, signature, meta, dataset, shards, dense_shard,
-                 staleness, plan):
+                 staleness, plan, clips=()):
         import minigrad as mg
 
-        self.started_at = time.time()
+        self.init_at, self.born_at = time.time(), process_started_at()
         self.rank, self.name = rank, f"worker-{rank}"
         self.shards, self.dense_shard = list(shards), dense_shard
         self.shard_names = [f"shard-{s}" for s in range(len(self.shards))]
         self.staleness, self.plan, self.columns = int(staleness), plan, list(dataset)
+        self.clips = list(clips)  # global ClipGradNorm max_norms, applied before the split
         make_cost, self.params = pickle.loads(payload)
         for p, (shape, dtype) in zip(self.params, meta):  # the row counts, not the rows
             sharding.put_stand_in(p, sharding.stand_in(shape, dtype))
@@ -59,11 +61,13 @@ class Worker:
         self.stats = collections.Counter()
         self.pull_s = []
         self.inflight = [collections.deque() for _ in range(len(self.shards) + 1)]
+        self.started_at = time.time()
 
     def info(self):
         import os
 
-        return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at}
+        return {"name": self.name, "pid": os.getpid(), "started_at": self.started_at,
+                "init_at": self.init_at, "born_at": self.born_at}
 
     # --- one chunk of batches ------------------------------------------------------
     def run(self, first, stop):
@@ -116,6 +120,8 @@ class Worker:
             for i in g.inputs:
                 inputs[i] = sharding.remap_input(batch[i], uniques[gi])
         cost, *grads = self.step(*inputs)
+        if self.clips:
+            grads = clipping.clip_global(grads, self.clips)
         # 3. push
         self._push(b, uniques, grads)
         return float(cost)
