@@ -244,12 +244,21 @@ EMB = dict(vocab=30_000, batch=32, length=100, dim=64, n_classes=5, lr=1e-3)
 FM = dict(k=16, batch=256, lr=0.05)
 
 
-def _compile(inputs, cost, updates, fuse):
-    """``mg.function`` with the ``"fuse"`` rewrites on or off."""
+#: the minigrad rows: label -> (fuse rewrites on?, linker); "minigrad jit" is
+#: ``Mode(linker="jit")`` (compiled Numba segments, ``minigrad/linker_jit.py``)
+VARIANTS = {"minigrad": (True, "generated"), "minigrad jit": (True, "jit"),
+            "minigrad unfused": (False, "generated")}
+#: the smoke run (part of the test suite) skips the jit row: its Numba compile on a cold
+#: cache would cost the suite more than the rest of the smoke run
+SMOKE_VARIANTS = {k: v for k, v in VARIANTS.items() if v[1] != "jit"}
+
+
+def _compile(inputs, cost, updates, fuse, linker="generated"):
+    """``mg.function`` with the ``"fuse"`` rewrites on or off, and the given linker."""
     import minigrad as mg
 
     return mg.function(inputs, cost, updates=updates,
-                       mode=mg.Mode(exclude=() if fuse else ("fuse",)))
+                       mode=mg.Mode(exclude=() if fuse else ("fuse",), linker=linker))
 
 
 def classifier(vocab, dim, n_classes, **kw):
@@ -266,22 +275,21 @@ def classifier(vocab, dim, n_classes, **kw):
     return cls(vocab, dim, n_classes, **kw)
 
 
-def embedding_systems(torch, n_batches, vocab=EMB["vocab"]):
+def embedding_systems(torch, n_batches, vocab=EMB["vocab"], variants=VARIANTS):
     """``{label: (step(i), n_nodes)}`` for the masked-embedding step, same batches."""
     import minigrad as mg
     from benchmarks.embedding import make_batches
 
     batches = make_batches(vocab, n_batches)
     systems = {}
-    for fuse in (True, False):
+    for label, (fuse, linker) in variants.items():
         model = classifier(vocab, EMB["dim"], EMB["n_classes"], seed=0, dtype="float32")
         tokens, mask, labels = mg.lmatrix("t"), mg.matrix("m", "float32"), mg.lvector("y")
         cost = model.cost(tokens, mask, labels)
         opt = mg.optim.Adam(model.params, lr=EMB["lr"], sparse="lazy")
-        fn = _compile([tokens, mask, labels], cost, opt.updates(cost), fuse)
-        systems["minigrad" if fuse else "minigrad unfused"] = (
-            (lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
-        if fuse:
+        fn = _compile([tokens, mask, labels], cost, opt.updates(cost), fuse, linker)
+        systems[label] = ((lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
+        if label == "minigrad":
             init = [p.get_value() for p in model.params]
     fl = EmbeddingFloor(*init, lr=EMB["lr"])
     systems["floor"] = (lambda i: fl.step(*batches[i % n_batches]), 1)
@@ -336,14 +344,14 @@ def fm_systems(torch, n_batches, quick, smoke=False):
     batches = [(X[i * FM["batch"]:(i + 1) * FM["batch"]], y[i * FM["batch"]:(i + 1) * FM["batch"]])
                for i in range(n_batches)]
     systems = {}
-    for fuse in (True, False):
+    for label, (fuse, linker) in (SMOKE_VARIANTS if smoke else VARIANTS).items():
         model = mg.models.FactorizationMachine(X.shape[1], FM["k"], seed=0)
         Xs, ys = mg.csr_matrix("X"), mg.vector("y")
         cost = model.cost(Xs, ys)
-        fn = _compile([Xs, ys], cost, mg.optim.SGD(model.params, FM["lr"]).updates(cost), fuse)
-        systems["minigrad" if fuse else "minigrad unfused"] = (
-            (lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
-        if fuse:
+        fn = _compile([Xs, ys], cost, mg.optim.SGD(model.params, FM["lr"]).updates(cost), fuse,
+                      linker)
+        systems[label] = ((lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
+        if label == "minigrad":
             init = [p.get_value() for p in model.params]
     fl = FMFloor(*init, lr=FM["lr"])
     systems["floor"] = (lambda i: fl.step(*batches[i % n_batches]), 1)
@@ -430,7 +438,8 @@ def run(quick=False, compare=(), out_dir=None, smoke=False, verbose=False):
     torch = common.torch_or_none(compare)
     rows, ratios = [], []
     vocab = 2_000 if smoke else EMB["vocab"]
-    builders = {"embedding": lambda n: embedding_systems(torch, n, vocab),
+    variants = SMOKE_VARIANTS if smoke else VARIANTS
+    builders = {"embedding": lambda n: embedding_systems(torch, n, vocab, variants),
                 "fm": lambda n: fm_systems(torch, n, quick, smoke)}
     for k, (case, build) in enumerate(builders.items()):
         timed = measure(build(settings["n_batches"][k]), torch, settings["repeats"],
@@ -448,6 +457,7 @@ def run(quick=False, compare=(), out_dir=None, smoke=False, verbose=False):
              if smoke else [])
     notes += ["one process, systems timed in interleaved blocks (medians); warm-up steps "
              "(JIT, caches) excluded; 'minigrad unfused' = mg.Mode(exclude=('fuse',)); "
+             "'minigrad jit' = mg.Mode(linker='jit') (compiled Numba segments); "
              "torch rows at 1 and 2 intra-op threads",
              "targets (issue 12): embedding <= 1.5x floor; FM <= 2x floor and >= 3x faster "
              "than torch eager"]

@@ -15,9 +15,10 @@ reshaping of the compiler (interpreted thunks today, generated code later):
   without NumPy's raw warnings (:func:`quiet_empty_batch`);
 * **destinations**: every array an in-place node will write is checked (host or device
   array, C-contiguous, writeable, the variable's dtype) before the first write;
-* **non-finite updates** (:func:`run_destructive_guarded`): the rows an in-place node is
-  about to overwrite are snapshotted, checked after the write and restored (with every
-  earlier in-place write of the call) when a NaN or inf appears, so a non-finite update
+* **non-finite updates** (:func:`run_destructive_guarded`): an optimizer's row kernel
+  saves the rows it overwrites into its node's scratch and checks them as it writes;
+  any other in-place node's rows are snapshotted and checked here. When a NaN or inf
+  appears, every write of the call is restored (in reverse order), so a non-finite update
   never reaches a parameter and a failed call changes nothing.
 """
 from __future__ import annotations
@@ -179,48 +180,90 @@ def _rows_finite(table, rows, kernels=None):
     return bool(xp.isfinite(xp.take(table, rows, axis=0)).all())
 
 
-def _take_rows(table, rows):
-    if rows is None:
-        return table.copy()
-    return array_module(table).take(table, rows, axis=0)
+class _Snapshot:
+    """Saved rows (or a whole table) of a node that does not check its own writes."""
+
+    __slots__ = ("table", "rows", "saved")
+
+    def __init__(self, table, rows):
+        self.table, self.rows = table, rows
+        self.saved = table.copy() if rows is None else array_module(table).take(table, rows,
+                                                                                 axis=0)
+
+    def restore(self):
+        if self.rows is None:
+            self.table[...] = self.saved
+        else:
+            self.table[self.rows] = self.saved
+
+    def release(self):
+        pass
+
+
+def _not_finite(label, var, where=""):
+    return FloatingPointError(
+        f"{label}: the update of {var}{where} is not finite (NaN or inf); the step was "
+        "undone and no shared variable was changed (nan_guard=False skips this check)"
+    )
+
+
+def _run_self_checking(node, thunk, values, label, undo):
+    """A row update whose kernel saves and checks the rows it writes (``RowUpdate``): the
+    kernel fills the op's ``row_guard``, which is the undo record of this node."""
+    op = node.op
+    op.guarded(True)
+    try:
+        results = thunk(values)
+    finally:
+        op.guarded(False)
+    guard = op.row_guard
+    undo.append(guard)
+    if guard.bad >= 0:
+        raise _not_finite(label, node.inputs[0], f" (row {guard.bad_row()})")
+    return results
+
+
+def _run_snapshotted(node, thunk, values, label, kernels, undo):
+    """Any other in-place node: copy the rows it will overwrite in each destroyed table
+    (``rows`` of a row-sparse input, else the whole table), run it, check those rows."""
+    rows = _touched_rows(values)
+    written = []
+    for pos in sorted(set(node.op.destroy_map.values())):
+        table = values[pos]
+        undo.append(_Snapshot(table, rows))
+        written.append((node.inputs[pos], table))
+    results = thunk(values)
+    for var, table in written:
+        if not _rows_finite(table, rows, kernels):
+            raise _not_finite(label, var)
+    return results
 
 
 def run_destructive_guarded(nodes, program, storage, label, kernels=None):
     """Run the in-place nodes; if one writes a non-finite value, undo every write.
 
-    For each node: copy the rows it will overwrite in each destroyed table (``rows`` of a
-    row-sparse gradient, else the whole table), run it, and check those rows. The copies
-    are O(rows touched), the rows are in cache, and the restore runs only on failure.
-    Raises ``FloatingPointError`` naming the table (the state is then exactly as before
-    the call).
+    Optimizer row updates check themselves: their kernels save the old rows into a scratch
+    buffer and check the new ones as they write them (no gather, no second scan). Other
+    in-place nodes are snapshotted and scanned here. The saved rows are O(rows touched)
+    and the restore (in reverse write order) runs only on failure. Raises
+    ``FloatingPointError`` naming the table (the state is then exactly as before the call).
     """
-    undo = []  # (table, rows or None, saved copy), in write order
+    undo = []  # restore records (RowGuard or _Snapshot), in write order
     try:
         for node, (thunk, ins, outs) in zip(nodes, program):
             values = [storage[i] for i in ins]
-            rows = _touched_rows(values)
-            written = []
-            for pos in sorted(set(node.op.destroy_map.values())):
-                table = values[pos]
-                undo.append((table, rows, _take_rows(table, rows)))
-                written.append((node.inputs[pos], table))
-            results = thunk(values)
+            if hasattr(node.op, "row_guard"):
+                results = _run_self_checking(node, thunk, values, label, undo)
+            else:
+                results = _run_snapshotted(node, thunk, values, label, kernels, undo)
             for s, r in zip(outs, results):
                 storage[s] = r
-            for var, table in written:
-                if not _rows_finite(table, rows, kernels):
-                    raise FloatingPointError(
-                        f"{label}: the update of {var} is not finite (NaN or inf); the step "
-                        "was undone and no shared variable was changed (nan_guard=False "
-                        "skips this check)"
-                    )
     except BaseException:
-        for table, rows, saved in reversed(undo):
-            if rows is None:
-                table[...] = saved
-            else:
-                table[rows] = saved
+        for record in reversed(undo):
+            record.restore()
         raise
+    for record in undo:
+        record.release()
 
 
 def dense_updates_finite(update_slots, storage):

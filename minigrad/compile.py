@@ -218,7 +218,14 @@ class Function:
         needed = set(self.output_slots) | {s for _, s, _ in self.update_slots}
         self.safe_out = sorted((needed | set(self.destructive_in) | set(self.guard_slots))
                                - made_late)
-        if self.mode.linker == "vm":
+        if self.mode.linker == "jit" and self.backend.name == "numba":
+            from minigrad.linker_jit import jit_phase  # compiled segments (linker_jit.py)
+
+            self._safe_run = jit_phase(self.nodes[: self.n_safe], safe, self.safe_in,
+                                       self.safe_out, "safe_phase", const)
+            self._destructive_run = generated_phase(late, self.destructive_in, (),
+                                                    "destructive_phase", const)
+        elif self.mode.linker == "vm":
             self._safe_run = vm_phase(safe, self.safe_in, self.safe_out, self.n_slots, const)
             self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)
         else:

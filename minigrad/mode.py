@@ -11,12 +11,14 @@ passing a mode, never by editing the global rewrite database::
 registered with; see ``minigrad/rewrite.py``). ``backend=None`` means ``mg.config.backend``
 at compile time. ``linker`` chooses how the compiled nodes run: ``"generated"`` (each
 phase of the step is one generated straight-line Python function, the default) or ``"vm"``
-(a loop over thunks, the simplest form, kept for comparison and debugging); see
-``minigrad/linker.py``.
+(a loop over thunks, the simplest form, kept for comparison and debugging) or ``"jit"``
+(numba backend: runs of nodes with a Numba emitter compiled as whole ``@njit`` functions,
+cached on disk; other backends use ``"generated"``); see ``minigrad/linker.py`` and
+``minigrad/linker_jit.py``.
 """
 from __future__ import annotations
 
-LINKERS = ("generated", "vm")
+LINKERS = ("generated", "vm", "jit")
 
 
 def _tags(value, what):

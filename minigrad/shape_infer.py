@@ -188,6 +188,8 @@ _RULES = {
     "CSRColumns": _csr_columns, "CSRGatheredDot": _csr_rows_times,
     "CSRScaledGatheredDot": _csr_rows_times, "CSRGatheredDotGradRows": _csr_entries_times,
     "CSRScaledDotGradRows": _csr_entries_times,
+    "PickColumns": lambda dims, node: [dims.of(node.inputs[0])[:1]],
+    "PickColumnsGrad": _like_first,
 }
 
 

@@ -121,6 +121,25 @@ def check_csr_structure(m, name="input"):
         raise IndexError(f"{name}: CSR column index {bad} is out of range [0, {n_cols})")
 
 
+def _csr_status(m):
+    """``kernels.cpu.csr_status`` of ``m`` (one compiled pass), or ``None`` without Numba."""
+    global _CSR_STATUS
+    if _CSR_STATUS is None:
+        try:
+            from kernels.cpu.rows import csr_status
+        except ImportError:
+            csr_status = False
+        _CSR_STATUS = csr_status
+    if _CSR_STATUS is False or m.indptr.shape[0] != m.shape[0] + 1:
+        return None
+    if m.indices.shape != m.data.shape or m.data.ndim != 1:
+        return None
+    return _CSR_STATUS(m.indptr, m.indices, m.shape[1])
+
+
+_CSR_STATUS = None
+
+
 def _is_canonical(m):
     """Sorted columns and no duplicates in every row, computed (never SciPy's cached flag,
     which a caller may have set wrongly)."""
@@ -259,8 +278,13 @@ class CSRType(Type):
             raise TypeError(f"{name}: expected a 2-D CSR matrix, got shape {value.shape}")
         if self.n_cols is not None and value.shape[1] != self.n_cols:
             raise ValueError(f"{name}: expected {self.n_cols} columns, got {value.shape[1]}")
-        check_csr_structure(value, name)
-        if not _is_canonical(value):
+        status = _csr_status(value)
+        if status is None or status < 0:
+            check_csr_structure(value, name)  # the NumPy checks: they name the problem
+            if status is not None:
+                raise ValueError(f"{name}: malformed CSR matrix")  # (never reached)
+        canonical = _is_canonical(value) if status is None else status == 0
+        if not canonical:
             value = value.copy()
             value.sum_duplicates()  # also sorts the column indices of each row
         if value.dtype != np.dtype(self.dtype):

@@ -76,14 +76,16 @@ def test_the_fm_step_checks_its_batch_once(monkeypatch, fuse):
     f(*_fm_batch(0))  # compile the kernels before counting
     import minigrad.types
 
-    csr_checks = _Counter(minigrad.types.check_csr_structure)
-    monkeypatch.setattr(minigrad.types, "check_csr_structure", csr_checks)
+    csr_checks = _Counter(minigrad.types._csr_status)  # one compiled pass per CSR input
+    monkeypatch.setattr(minigrad.types, "_csr_status", csr_checks)
+    numpy_checks = _Counter(minigrad.types.check_csr_structure)  # only to name a problem
+    monkeypatch.setattr(minigrad.types, "check_csr_structure", numpy_checks)
     counters = _forbid_index_checks(monkeypatch)
     prologue = _count_prologue(monkeypatch)
     for k in range(3):
         f(*_fm_batch(k))
     assert {name: c.n for name, c in counters.items()} == dict.fromkeys(counters, 0)
-    assert csr_checks.n == 3  # once per call, at the input boundary
+    assert csr_checks.n == 3 and numpy_checks.n == 0  # once per call, at the boundary
     assert prologue.n <= 3
 
 
@@ -145,7 +147,6 @@ def test_rows_pended_by_a_numpy_function_are_flushed_by_the_reference_kernels(mo
 # --- empty batches in functions without updates ---------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_a_mean_over_an_empty_batch_is_nan_without_raw_warnings(backend):
     x = mg.matrix("x")
     W = mg.shared(np.ones((3, 2)), name="W")
@@ -170,3 +171,37 @@ def test_a_step_on_an_empty_batch_is_still_refused():
     with pytest.raises(ValueError, match="empty batch"):
         f(np.zeros((0, 3)))
     np.testing.assert_array_equal(W.get_value(), np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("case", ["decreasing indptr", "indptr past nnz", "column too big",
+                                  "negative column", "duplicates", "unsorted", "fine"])
+def test_the_compiled_csr_check_agrees_with_the_numpy_checks(case):
+    """``kernels.cpu.csr_status`` (the boundary's one pass) against the NumPy checks."""
+    from kernels.cpu.rows import csr_status
+    from minigrad.types import _is_canonical, check_csr_structure
+
+    indptr, indices = np.array([0, 2, 3, 5]), np.array([0, 3, 1, 2, 4])
+    if case == "decreasing indptr":
+        indptr = np.array([0, 4, 3, 5])
+    elif case == "indptr past nnz":
+        indptr = np.array([0, 7, 2, 5])
+    elif case == "column too big":
+        indices = np.array([0, 3, 1, 2, 5])
+    elif case == "negative column":
+        indices = np.array([0, 3, -1, 2, 4])
+    elif case == "duplicates":
+        indices = np.array([3, 3, 1, 2, 4])
+    elif case == "unsorted":
+        indices = np.array([3, 0, 1, 2, 4])
+    m = sp.csr_matrix((np.ones(5), indices, indptr), shape=(3, 5))
+    status = csr_status(m.indptr, m.indices, 5)
+    try:
+        check_csr_structure(m)
+    except (ValueError, IndexError):
+        assert status == -1
+    else:
+        assert status == (0 if _is_canonical(m) else 1)
+    if status == -1:
+        X = mg.csr_matrix("X")
+        with pytest.raises((ValueError, IndexError), match="CSR"):  # named by the boundary
+            mg.function([X], mg.sparse.sum_rows(X))(m)

@@ -32,10 +32,6 @@ def mg_backend():
     ("text_classifier.py", ["--epochs", "1"]),
 ])
 def test_example_scripts_run(script, args):
-    if script == "text_classifier.py" and mg_backend() == "numpy":
-        pytest.skip("on the reference backend the example's exact-Adam catch-up with weight "
-                    "decay is an O(k) Python loop (issue 15 item 22, open): minutes, not "
-                    "seconds; the numba run of this test covers the script")
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args],
                           capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -502,3 +502,21 @@ def test_gpu_fused_kernels_match_the_reference(dtype):
     u_ref, s_ref = ref.slot_coalesce_rows(indices, G[:1].repeat(len(indices), 0), V)
     assert np.array_equal(u.get(), u_ref)
     np.testing.assert_allclose(s.get(), s_ref, **_tol(dtype))
+
+
+def test_cost_rule_a_gather_shared_by_several_products_is_not_fused():
+    """``shared_gathers``: the FM's ``V[cols]`` serves ``X @ V`` and ``X**2 @ V**2``; fused,
+    each product would read ``V``'s rows again at random, so it stays one gather. ``w``'s
+    rows serve one product and are fused."""
+    from minigrad.rewrite_fusion import shared_gathers
+
+    fused, _ = fm_step("float64", "numpy", True)
+    tables = [n.inputs[1].name for n in fused.nodes if isinstance(n.op, FusedCSRGatherSum)]
+    assert tables == ["fm_w"]
+    gathers = [n for n in fused.nodes if type(n.op).__name__ == "Take"]
+    assert any(n.inputs[0].name == "fm_V" for n in gathers)
+    # the rule itself, on the graph as the fuse phase sees it (one gather after merge)
+    fm = mg.models.FactorizationMachine(40, 4, seed=0)
+    X, y = mg.csr_matrix("X"), mg.vector("y")
+    f = mg.function([X, y], fm.cost(X, y), mode=mg.Mode(backend="numpy", exclude=("fuse",)))
+    assert {t.name for t, _ in shared_gathers(f.graph_outputs)} == {"fm_V"}

@@ -81,7 +81,6 @@ def test_an_op_taking_a_shape_refuses_a_data_value():
         ReduceLike()(g, mg.lvector("n"))  # an int vector of unknown length is no shape
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_shape_taking_ops_compute_as_before(backend):
     """The VJPs that borrow shapes: sums, means, broadcasting, slices, reshapes, gathers."""
     rng = np.random.default_rng(0)
@@ -183,7 +182,6 @@ def _ops_of(f):
     return [type(n.op).__name__ for n in f.nodes]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_reductions_to_an_equal_shape_are_dropped(backend):
     a, b = mg.matrix("a"), mg.matrix("b")
     cost = (mg.sigmoid(a) * b).sum()

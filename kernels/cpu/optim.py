@@ -20,20 +20,79 @@ from kernels.reference.optim import (
     momentum_matrix,
     rmsprop_matrix,
 )
+from kernels.rules import adagrad as adagrad_rule
+from kernels.rules import adam as adam_rule
+from kernels.rules import momentum as momentum_rule
+from kernels.rules import rmsprop as rmsprop_rule
 
 __all__ = ["sgd_rows", "momentum_rows", "adagrad_rows", "rmsprop_rows", "adam_rows"]
 
 _NO_LAST = np.zeros(1, dtype=np.int64)
 
 
-def _prepare(param, states, idx, grad, t, last, required, names):
+def _prepare(param, states, idx, grad, t, last, required, names, guard=None):
+    """Checked 2-D views and stand-ins for what a kernel does not use; with a ``guard``
+    (a ``RowGuard``), the scratch views the kernel saves the old rows into, else empty
+    stand-ins (the kernel then neither saves nor checks)."""
     p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
     empty = np.zeros((0, p2.shape[1]), dtype=p2.dtype)
+    exact = last is not None
+    if guard is not None:
+        saved, saved_last = guard.buffers([p2, *s2], last, idx)
+        saved = saved + [empty] * (4 - len(saved))
+    else:
+        saved, saved_last = [empty] * 4, _NO_SAVED_LAST
     s2 = [empty if s is None else s for s in s2]
     has_grad = grad is not None
     grad = empty if grad is None else grad
-    exact = last is not None
-    return p2, s2, idx, grad, has_grad, t, (last if exact else _NO_LAST), exact
+    checks = (guard is not None, *saved, saved_last)
+    return p2, s2, idx, grad, has_grad, t, (last if exact else _NO_LAST), exact, checks
+
+
+_NO_SAVED_LAST = np.zeros(0, dtype=np.int64)
+
+
+def _finish(guard, bad):
+    """The kernel's result: -1, or the position of the first row it found non-finite."""
+    return guard.finish(bad) if guard is not None else -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _save_row(X, S, r, i):
+    if S.shape[0] > i:
+        for d in range(X.shape[1]):
+            S[i, d] = X[r, d]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _save_rows(i, r, last, exact, P, A, B, C, SP, SA, SB, SC, SL):
+    """Copy row ``r`` of each table (and ``last[r]``) into row ``i`` of its scratch (empty
+    scratch: an absent table, nothing saved)."""
+    _save_row(P, SP, r, i)
+    _save_row(A, SA, r, i)
+    _save_row(B, SB, r, i)
+    _save_row(C, SC, r, i)
+    if exact and SL.shape[0] > i:
+        SL[i] = last[r]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_not_finite(X, r):
+    """Whether row ``r`` holds a NaN or inf: ``x - x`` is 0 exactly for finite ``x`` and
+    NaN otherwise. The flags are OR-ed (an integer reduction, so the scan vectorises
+    without fast-math). Empty stand-ins: False."""
+    if X.shape[0] <= r:
+        return False
+    bad = False
+    for d in range(X.shape[1]):
+        bad |= (X[r, d] - X[r, d]) != 0.0
+    return bad
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _rows_bad(r, P, A, B, C):
+    return (_row_not_finite(P, r) or _row_not_finite(A, r) or _row_not_finite(B, r)
+            or _row_not_finite(C, r))
 
 
 _NO_BLOCKS = np.zeros((1, 4))
@@ -137,22 +196,21 @@ def _matpow2(a11, a12, a21, a22, k):
     return r11, r12, r21, r22
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _momentum_elem(p, b, g, first, lr, mu, damp, nesterov, wd):
-    g = g + wd * p
-    if mu != 0.0:
-        b = g if first else mu * b + (1.0 - damp) * g
-        g = g + mu * b if nesterov else b
-    return p - lr * g, b
+#: the rule, written once in kernels/rules/momentum.py, inlined into the row loop
+_momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    momentum_rule.update)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd, a, dist,
-              has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any):
+              has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+              guard, SP, SB, S2, S3, SL):
     width = P.shape[1]
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, B, B)
         r = idx[i]
+        if guard:
+            _save_rows(i, r, last, exact, P, B, B, B, SP, SB, S2, S3, SL)
         if exact:
             k = _lag(last, r, t, has_grad)
             start, end = last[r] + 1, last[r] + k
@@ -185,98 +243,97 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
                 P[r, d] = p
                 if mu != 0.0:
                     B[r, d] = b
+        if guard and _rows_bad(r, P, B, S2, S3):
+            return i
+    return -1
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
-                  weight_decay, history=None):
+                  weight_decay, history=None, guard=None):
     states = [buf] if momentum else [None]
-    p2, (b2,), idx, g, has_grad, t, last_, exact = _prepare(param, states, idx, grad, t, last,
-                                                            [bool(momentum)], ["buf"])
+    p2, (b2,), idx, g, has_grad, t, last_, exact, checks = _prepare(
+        param, states, idx, grad, t, last, [bool(momentum)], ["buf"], guard)
     steps = _Steps(history, lr, weight_decay, t - has_grad, exact, True)
     a = np.array(momentum_matrix(lr, momentum, dampening, nesterov, weight_decay), dtype=float)
-    _momentum(p2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(momentum),
-              float(dampening), bool(nesterov), float(weight_decay), a, _prefetch_distance(p2),
-              *steps.args(), steps.wd_any)
+    return _finish(guard, _momentum(
+        p2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(momentum),
+        float(dampening), bool(nesterov), float(weight_decay), a, _prefetch_distance(p2),
+        *steps.args(), steps.wd_any, *checks))
 
 
-def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None):
-    momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay, history)
+def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None):
+    return momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay,
+                         history, guard)
 
 
 # --- Adagrad -------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _adagrad_elem(p, acc, g, clr, eps, wd):
-    g = g + wd * p
-    acc = acc + g * g
-    return p - clr * (g / (np.sqrt(acc) + eps)), acc
+_adagrad_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    adagrad_rule.update)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist,
-             has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any):
+             has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+             guard, SP, SA, S2, S3, SL):
     width = P.shape[1]
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, A, A)
         r = idx[i]
+        if guard:
+            _save_rows(i, r, last, exact, P, A, A, A, SP, SA, S2, S3, SL)
         if exact:
             k = _lag(last, r, t, has_grad)
             if k > 0 and wd_any:  # replay: a zero gradient still decays the row
-                for d in range(width):
-                    p, acc = float(P[r, d]), float(A[r, d])
-                    for s in range(last[r] + 1, last[r] + k + 1):
-                        lr_s = lr_h[s] if has_h else lr
-                        wd_s = wd_h[s] if has_h else wd
-                        clr = lr_s / (1.0 + (s - 1) * lr_decay)
-                        p, acc = _adagrad_elem(p, acc, 0.0, clr, eps, wd_s)
-                    P[r, d], A[r, d] = p, acc
+                # step-major: each step over the whole row (in L1) vectorises; element-major
+                # would chain every element's sqrt/division latencies (10x slower)
+                for s in range(last[r] + 1, last[r] + k + 1):
+                    lr_s = lr_h[s] if has_h else lr
+                    wd_s = wd_h[s] if has_h else wd
+                    clr = lr_s / (1.0 + (s - 1) * lr_decay)
+                    for d in range(width):
+                        P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]), 0.0,
+                                                         clr, eps, wd_s)
             last[r] = t
         if has_grad:
             clr = lr / (1.0 + (t - 1) * lr_decay)
             for d in range(width):
                 P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]),
                                                  float(G[i, d]), clr, eps, wd)
+        if guard and _rows_bad(r, P, A, S2, S3):
+            return i
+    return -1
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
-                 history=None):
-    p2, (a2,), idx, g, has_grad, t, last_, exact = _prepare(param, [acc], idx, grad, t, last,
-                                                            [True], ["acc"])
+                 history=None, guard=None):
+    p2, (a2,), idx, g, has_grad, t, last_, exact, checks = _prepare(
+        param, [acc], idx, grad, t, last, [True], ["acc"], guard)
     steps = _Steps(history, lr, weight_decay, t - has_grad, exact)
-    _adagrad(p2, a2, idx, g, has_grad, t, last_, exact, float(lr), float(eps),
-             float(weight_decay), float(lr_decay), _prefetch_distance(p2), *steps.args(),
-             steps.wd_any)
+    return _finish(guard, _adagrad(
+        p2, a2, idx, g, has_grad, t, last_, exact, float(lr), float(eps), float(weight_decay),
+        float(lr_decay), _prefetch_distance(p2), *steps.args(), steps.wd_any, *checks))
 
 
 # --- RMSprop -------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _rmsprop_elem(p, sq, ga, b, g, lr, alpha, eps, mom, centered, wd):
-    g = g + wd * p
-    sq = alpha * sq + (1.0 - alpha) * (g * g)
-    if centered:
-        ga = alpha * ga + (1.0 - alpha) * g
-        avg = np.sqrt(sq - ga * ga) + eps
-    else:
-        avg = np.sqrt(sq) + eps
-    if mom != 0.0:
-        b = mom * b + g / avg
-        p = p - lr * b
-    else:
-        p = p - lr * (g / avg)
-    return p, sq, ga, b
+_rmsprop_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    rmsprop_rule.update)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom, centered,
-             wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any):
+             wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+             guard, SP, SS, SGA, SB, SL):
     width = P.shape[1]
     has_buf = mom != 0.0
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, S, B)
         r = idx[i]
+        if guard:
+            _save_rows(i, r, last, exact, P, S, GA, B, SP, SS, SGA, SB, SL)
         if exact:
             k = _lag(last, r, t, has_grad)
             if k > 0 and not wd_any:  # closed form: decays and a linear drift
@@ -294,21 +351,21 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
                         p, b = float(P[r, d]), float(B[r, d])
                         P[r, d] = m11 * p + m12 * b
                         B[r, d] = m21 * p + m22 * b
-            elif k > 0:  # weight decay: replay the zero-gradient steps
-                for d in range(width):
-                    p, sq = float(P[r, d]), float(S[r, d])
-                    ga = float(GA[r, d]) if centered else 0.0
-                    b = float(B[r, d]) if has_buf else 0.0
-                    for s in range(last[r] + 1, last[r] + k + 1):
-                        lr_s = lr_h[s] if has_h else lr
-                        wd_s = wd_h[s] if has_h else wd
-                        p, sq, ga, b = _rmsprop_elem(p, sq, ga, b, 0.0, lr_s, alpha, eps, mom,
-                                                     centered, wd_s)
-                    P[r, d], S[r, d] = p, sq
-                    if centered:
-                        GA[r, d] = ga
-                    if has_buf:
-                        B[r, d] = b
+            elif k > 0:  # weight decay: replay the zero-gradient steps (step-major)
+                for s in range(last[r] + 1, last[r] + k + 1):
+                    lr_s = lr_h[s] if has_h else lr
+                    wd_s = wd_h[s] if has_h else wd
+                    for d in range(width):
+                        ga = float(GA[r, d]) if centered else 0.0
+                        b = float(B[r, d]) if has_buf else 0.0
+                        p, sq, ga, b = _rmsprop_elem(float(P[r, d]), float(S[r, d]), ga, b,
+                                                     0.0, lr_s, alpha, eps, mom, centered,
+                                                     wd_s)
+                        P[r, d], S[r, d] = p, sq
+                        if centered:
+                            GA[r, d] = ga
+                        if has_buf:
+                            B[r, d] = b
             last[r] = t
         if has_grad:
             for d in range(width):
@@ -321,48 +378,37 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
                     GA[r, d] = ga
                 if has_buf:
                     B[r, d] = b
+        if guard and _rows_bad(r, P, S, GA, B):
+            return i
+    return -1
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
-                 momentum, centered, weight_decay, history=None):
+                 momentum, centered, weight_decay, history=None, guard=None):
     states = [square_avg, grad_avg, buf]
-    p2, (s2, ga2, b2), idx, g, has_grad, t, last_, exact = _prepare(
+    p2, (s2, ga2, b2), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, states, idx, grad, t, last, [True, bool(centered), bool(momentum)],
-        ["square_avg", "grad_avg", "buf"])
+        ["square_avg", "grad_avg", "buf"], guard)
     steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(momentum))
     a = np.array(rmsprop_matrix(lr, momentum), dtype=float)
-    _rmsprop(p2, s2, ga2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(alpha),
-             float(eps), float(momentum), bool(centered), float(weight_decay), a,
-             _prefetch_distance(p2), *steps.args(), steps.wd_any)
+    return _finish(guard, _rmsprop(
+        p2, s2, ga2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(alpha),
+        float(eps), float(momentum), bool(centered), float(weight_decay), a,
+        _prefetch_distance(p2), *steps.args(), steps.wd_any, *checks))
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _adam_elem(p, m, v, vmax, g, b1, b2, eps, l2, q, step_size, sqrt_bc2, lazy, amsgrad):
-    p = p * q
-    g = g + l2 * p
-    m = b1 * m + (1.0 - b1) * g
-    v = b2 * v + (1.0 - b2) * (g * g)
-    if amsgrad:
-        vmax = max(vmax, v)
-        denom = vmax
-    else:
-        denom = v
-    if lazy:
-        p = p - step_size * (m / (np.sqrt(denom) + eps))
-    else:
-        p = p - step_size * (m / (np.sqrt(denom) / sqrt_bc2 + eps))
-    return p, m, v, vmax
+_adam_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    adam_rule.update)
+_adam_rule_scalars = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    adam_rule.scalars)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_scalars(lr, b1, b2, s, lazy):
-    bc1, bc2 = 1.0 - b1 ** float(s), 1.0 - b2 ** float(s)
-    if lazy:
-        return lr * np.sqrt(bc2) / bc1, np.sqrt(bc2)
-    return lr / bc1, np.sqrt(bc2)
+    return _adam_rule_scalars(lr, b1, b2, float(s), lazy)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -420,7 +466,7 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-          replay):
+          replay, guard, SP, SM, SV, SVM, SL):
     width = P.shape[1]
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
     q = 1.0 - lr * wd if decoupled else 1.0
@@ -428,6 +474,8 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, M, V)
         r = idx[i]
+        if guard:
+            _save_rows(i, r, last, exact, P, M, V, VM, SP, SM, SV, SVM, SL)
         if exact:
             k = _lag(last, r, t, has_grad)
             if k > 0:
@@ -443,18 +491,22 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
                     b2, eps, l2, q, step_size, sqrt_bc2, not exact, amsgrad)
                 if amsgrad:
                     VM[r, d] = vm
+        if guard and _rows_bad(r, P, M, V, VM):
+            return i
+    return -1
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
-              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None):
-    p2, (m2, v2, vm2), idx, g, has_grad, t, last_, exact = _prepare(
+              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None):
+    p2, (m2, v2, vm2), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, [m, v, max_exp_avg_sq], idx, grad, t, last, [True, True, bool(amsgrad)],
-        ["m", "v", "max_exp_avg_sq"])
+        ["m", "v", "max_exp_avg_sq"], guard)
     steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(decoupled))
     _, ratio = adam_drift_ratio(1.0, beta1, beta2, steps.lrwd_max if decoupled else 0.0,
                                 decoupled)
     replay = steps.wd_any and not decoupled
-    _adam(p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
-          float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
-          float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),
-          *steps.args(), replay)
+    return _finish(guard, _adam(
+        p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
+        float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
+        float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),
+        *steps.args(), replay, *checks))

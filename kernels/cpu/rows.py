@@ -388,6 +388,41 @@ def coalesce_rows(indices, values):
     return unique, summed
 
 
+@njit(cache=True, nogil=True)
+def _csr_status(indptr, indices, n_cols):
+    nnz = indices.shape[0]
+    n_rows = indptr.shape[0] - 1
+    if n_rows < 0 or indptr[0] != 0 or indptr[n_rows] != nnz:
+        return -1
+    canonical = True
+    for r in range(n_rows):
+        start, stop = indptr[r], indptr[r + 1]
+        if stop < start or stop > nnz:  # checked before any read of the row
+            return -1
+        prev = -1
+        for k in range(start, stop):
+            c = indices[k]
+            if c < 0 or c >= n_cols:
+                return -1
+            if c <= prev:
+                canonical = False
+            prev = c
+    return 0 if canonical else 1
+
+
+def csr_status(indptr, indices, n_cols):
+    """One pass over a CSR matrix's structure: ``0`` valid and canonical (columns strictly
+    increasing in every row), ``1`` valid but not canonical, ``-1`` malformed (``indptr``
+    not from 0 to nnz or decreasing, or a column outside ``[0, n_cols)``). The input
+    boundary (``CSRType.filter``) calls it once per call instead of five NumPy passes, and
+    asks the NumPy checks for the message when it says ``-1``."""
+    indptr, indices = np.asarray(indptr), np.asarray(indices)
+    if (indptr.ndim != 1 or indices.ndim != 1 or indptr.dtype.kind not in "iu"
+            or indices.dtype.kind not in "iu"):
+        return -1
+    return int(_csr_status(indptr, indices, int(n_cols)))
+
+
 def coalesce_rows_trusted(indices, values):
     """``coalesce_rows`` without the index scan, for compiled code whose prologue checked
     ``indices`` (int64, 1-D, in range of the table) already; ``values`` a float array with

@@ -18,9 +18,17 @@ In ``"exact"`` mode a row whose ``last`` is ``L`` first receives the ``k = t - 1
 zero-gradient steps it skipped (closed forms where they exist, see ``docs/optimizers.md``),
 then step ``t``; afterwards ``last[idx] = t``. The code here is vectorised over the touched
 rows and written against the array namespace of ``param`` so ``kernels.gpu`` can run it on
-CuPy arrays.
+CuPy arrays. Each rule's per-element update comes from ``kernels/rules/<rule>.py``, the
+same function ``kernels.cpu`` compiles into its loops. ``guard=`` (a
+``kernels.row_guard.RowGuard``) saves the old rows and refuses a non-finite result before
+anything is written (the kernel then returns the bad row's position, else -1).
 """
 import numpy as np
+
+from kernels.rules import adagrad as adagrad_rule
+from kernels.rules import adam as adam_rule
+from kernels.rules import momentum as momentum_rule
+from kernels.rules import rmsprop as rmsprop_rule
 
 # the kernels (same names in kernels.cpu and kernels.gpu); the helpers below them
 # (check_rows_args, adam_drift_tol, ...) are imported by name where they are shared
@@ -126,15 +134,30 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     return param.reshape(shape[0], width), flat, idx, grad, t
 
 
-def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, history):
-    """Gather rows, catch up skipped steps, apply step ``t``, scatter back."""
+def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, history,
+           guard=None):
+    """Gather rows, catch up skipped steps, apply step ``t``, scatter back.
+
+    With a ``guard`` (``kernels.row_guard.RowGuard``) the old rows are saved into its
+    scratch and the new ones are checked before the scatter: a non-finite result writes
+    nothing and returns the position of the first bad row (else -1)."""
     p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
     if history is not None and last is not None:
         check_history(history, t - (grad is not None))
     if idx.shape[0] == 0:
-        return
+        if guard is not None:
+            guard.buffers([p2, *s2], last, idx)
+            return guard.finish(-1)
+        return -1
     tables = [p2] + s2
     rows = [None if a is None else a[idx] for a in tables]
+    if guard is not None:
+        saved, saved_last = guard.buffers(tables, last, idx)
+        for buf, r in zip(saved, rows):
+            if r is not None:
+                buf[...] = r
+        if last is not None:
+            saved_last[...] = last[idx]
     if last is not None:
         lag_from = last[idx]
         k = (t - 1 if grad is not None else t) - lag_from
@@ -146,12 +169,33 @@ def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, h
                 if r is not None:
                     r[sel] = s
     if grad is not None:
-        step(rows, grad, t)
+        if guard is not None:  # a non-finite result is reported by the guard, not warned
+            with np.errstate(all="ignore"):
+                step(rows, grad, t)
+        else:
+            step(rows, grad, t)
+    if guard is not None:
+        bad = _first_bad_row(rows)
+        if bad >= 0:
+            return guard.finish(bad, written=0)
     for a, r in zip(tables, rows):
         if a is not None:
             a[idx] = r
     if last is not None:
         last[idx] = t
+    return guard.finish(-1) if guard is not None else -1
+
+
+def _first_bad_row(rows):
+    """Position of the first row holding a NaN or inf in any of ``rows``, or -1."""
+    xp = _xp(rows[0])
+    ok = None
+    for r in rows:
+        if r is not None:
+            fin = xp.isfinite(r).all(axis=1)
+            ok = fin if ok is None else ok & fin
+    bad = (~ok).nonzero()[0]
+    return int(bad[0]) if bad.shape[0] else -1
 
 
 def check_history(history, need, needs_blocks=False):
@@ -213,6 +257,63 @@ def _replay(step, rows, lag_from, k, hyper):
                 r[sel] = x
 
 
+#: a nonlinear replay (L2 weight decay) of more steps than this goes to the compiled loop
+REPLAY_COMPILED_MIN_STEPS = 512
+
+
+def _replay_compiled(kernel, rows, lag_from, k, hyper, args, min_steps=None, **states):
+    """Replay the skipped steps with the Numba kernel of the same rule, for long gaps.
+
+    With L2 weight decay a zero-gradient step of Adagrad, RMSprop or Adam is a nonlinear
+    map of the row's state (``g = wd * p`` feeds ``sqrt(v)``): no closed form, no product
+    of step maps, nothing to vectorise across steps, so NumPy can only loop over the steps
+    in Python (10**6 skipped steps of one row: 20-50 s). Gaps longer than
+    ``REPLAY_COMPILED_MIN_STEPS`` are handed to ``kernels.cpu`` (a dependency of the
+    package), which runs the same update per element in a compiled loop; shorter ones
+    (and CuPy arrays, or an install without Numba) stay on the NumPy replay, which the
+    tests compare with both the dense loop and the compiled one. Returns whether it ran.
+    ``rows`` (copies of the lagging rows, ``None`` for an absent state) are updated in
+    place; they all catch up to the same step ``lag_from + k``.
+    """
+    if min_steps is None:
+        min_steps = REPLAY_COMPILED_MIN_STEPS
+    if int(k.max()) <= min_steps or _xp(rows[0]) is not np:
+        return False
+    try:
+        import kernels.cpu as cpu
+    except ImportError:  # pragma: no cover - Numba missing
+        return False
+    n = rows[0].shape[0]
+    target = int(lag_from[0]) + int(k[0])
+    getattr(cpu, kernel)(rows[0], *rows[1:], np.arange(n, dtype=np.int64), None, target,
+                         np.ascontiguousarray(lag_from, dtype=np.int64).copy(), *args,
+                         history=hyper.history, **states)
+    return True
+
+
+#: element-steps (rows x width x steps, up to the ~400 steps a drift needs) above which
+#: the drift sum goes to the compiled loop
+DRIFT_COMPILED_MIN_WORK = 1 << 16
+
+
+def _drift_compiled(rows, lag_from, k, hyper, rule, amsgrad):
+    """Adam's drift sum on the compiled loop when it is large (see ``_adam_drift``: the
+    NumPy evaluation is vectorised over chunks of steps but still O(rows x width x steps
+    to the bound), ~50 ms a batch of an embedding model, minutes an epoch); small ones,
+    which the parity tests use, stay on NumPy."""
+    n, width = rows[0].shape
+    work = n * width * min(int(k.max()), 400)
+    if work <= DRIFT_COMPILED_MIN_WORK and int(k.max()) <= REPLAY_COMPILED_MIN_STEPS:
+        return False
+    rest = [rows[0], rows[1], rows[2]]
+    ran = _replay_compiled("adam_rows", rest, lag_from, k, hyper,
+                           (hyper.lr, *rule[:3], hyper.wd, rule[3], amsgrad),
+                           max_exp_avg_sq=rows[3], min_steps=0)
+    if ran:
+        rows[:3] = rest
+    return ran
+
+
 def _linear_catch_up(rows, a, e, hyper, matrix):
     """Apply ``A_e ... A_a`` to ``(rows[0], rows[1])`` per row (``rows[1]`` may be None):
     from the history's block products, or ``matrix(lr, wd) ** k`` for constant hyper."""
@@ -237,15 +338,13 @@ def _linear_catch_up(rows, a, e, hyper, matrix):
 
 
 def _momentum_step(rows, g, s, lr, wd, mu, damp, nesterov):
-    """torch.optim.SGD at step ``s`` (scalar or per-row column): buffer = g at step 1."""
-    xp = _xp(rows[0])
-    p = rows[0]
-    g = g + wd * p
+    """torch.optim.SGD at step ``s`` (a scalar: the step, or 1 for a row's first step):
+    the rule of ``kernels/rules/momentum.py`` on the gathered rows."""
+    first = int(np.asarray(s).reshape(-1)[0]) == 1
+    buf = rows[1] if mu else None
+    rows[0], buf = momentum_rule.update(rows[0], buf, g, first, lr, mu, damp, nesterov, wd)
     if mu:
-        buf = xp.where(xp.asarray(s) == 1, g, mu * rows[1] + (1 - damp) * g)
         rows[1] = buf
-        g = g + mu * buf if nesterov else buf
-    rows[0] = p - lr * g
 
 
 def _matpow(a, k):
@@ -262,15 +361,7 @@ def _matpow(a, k):
     return out
 
 
-def momentum_matrix(lr, mu, damp, nesterov, wd):
-    """The 2x2 map of one zero-gradient step on ``(param, buffer)`` (after step 1), as
-    ``(a11, a12, a21, a22)``; with ``mu = 0`` it is plain SGD's ``p *= 1 - lr*wd``."""
-    c = 1.0 - damp
-    if nesterov:
-        return (1.0 - lr * wd - lr * mu * c * wd, -lr * mu * mu, c * wd, mu)
-    if not mu:
-        return (1.0 - lr * wd, 0.0, 0.0, 1.0)
-    return (1.0 - lr * c * wd, -lr * mu, c * wd, mu)
+momentum_matrix = momentum_rule.matrix
 
 
 def _momentum_catch_up(rows, lag_from, k, hyper, mu, damp, nesterov):
@@ -296,20 +387,21 @@ def _momentum_catch_up(rows, lag_from, k, hyper, mu, damp, nesterov):
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
-                  weight_decay, history=None):
+                  weight_decay, history=None, guard=None):
     """SGD with momentum (torch semantics) on rows ``idx``; exact catch-up is closed form
     (a product of the 2x2 step maps: a matrix power, or block products of the history)."""
     hyper = _Hyper(lr, weight_decay, history)
     rule = (momentum, dampening, nesterov)
-    _drive(param, [buf] if momentum else [None], idx, grad, t, last,
-           lambda r, g, s: _momentum_step(r, g, s, hyper.lr, hyper.wd, *rule),
-           lambda r, lf, k: _momentum_catch_up(r, lf, k, hyper, *rule),
-           [bool(momentum)], ["buf"], history)
+    return _drive(param, [buf] if momentum else [None], idx, grad, t, last,
+                  lambda r, g, s: _momentum_step(r, g, s, hyper.lr, hyper.wd, *rule),
+                  lambda r, lf, k: _momentum_catch_up(r, lf, k, hyper, *rule),
+                  [bool(momentum)], ["buf"], history, guard)
 
 
-def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None):
+def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None):
     """Plain SGD: momentum_rows without a buffer (skipped steps decay by prod(1 - lr*wd))."""
-    momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay, history)
+    return momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay,
+                         history, guard)
 
 
 # --- Adagrad -------------------------------------------------------------------------------
@@ -317,15 +409,12 @@ def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None):
 
 def _adagrad_step(rows, g, s, lr, wd, eps, lr_decay):
     xp = _xp(rows[0])
-    p, acc = rows
-    g = g + wd * p
-    acc = acc + g * g
-    clr = lr / (1.0 + (xp.asarray(s, dtype=np.float64) - 1.0) * lr_decay)
-    rows[0], rows[1] = p - clr * (g / (xp.sqrt(acc) + eps)), acc
+    clr = adagrad_rule.step_lr(lr, xp.asarray(s, dtype=np.float64), lr_decay)
+    rows[0], rows[1] = adagrad_rule.update(rows[0], rows[1], g, clr, eps, wd)
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
-                 history=None):
+                 history=None, guard=None):
     """Adagrad (torch). A zero gradient changes nothing unless weight decay is on."""
     hyper = _Hyper(lr, weight_decay, history)
 
@@ -333,36 +422,22 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
         _adagrad_step(r, g, s, lr, wd, eps, lr_decay)
 
     def catch_up(r, lf, k):
-        if hyper.wd_any:
+        if hyper.wd_any and not _replay_compiled(
+                "adagrad_rows", r, lf, k, hyper, (hyper.lr, eps, hyper.wd, lr_decay)):
             _replay(step, r, lf, k, hyper)
 
-    _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"], history)
+    return _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"], history,
+                  guard)
 
 
 # --- RMSprop -------------------------------------------------------------------------------
 
 
 def _rmsprop_step(rows, g, s, lr, wd, alpha, eps, momentum, centered):
-    xp = _xp(rows[0])
-    p, sq, ga, buf = rows
-    g = g + wd * p
-    sq = alpha * sq + (1 - alpha) * (g * g)
-    if centered:
-        ga = alpha * ga + (1 - alpha) * g
-        avg = xp.sqrt(sq - ga * ga) + eps
-    else:
-        avg = xp.sqrt(sq) + eps
-    if momentum:
-        buf = momentum * buf + g / avg
-        p = p - lr * buf
-    else:
-        p = p - lr * (g / avg)
-    rows[:] = [p, sq, ga, buf]
+    rows[:] = rmsprop_rule.update(*rows, g, lr, alpha, eps, momentum, centered, wd)
 
 
-def rmsprop_matrix(lr, momentum):
-    """One zero-gradient step on ``(param, buffer)`` without weight decay."""
-    return (1.0, -lr * momentum, 0.0, momentum)
+rmsprop_matrix = rmsprop_rule.matrix
 
 
 def _rmsprop_catch_up(rows, lag_from, k, hyper, alpha, momentum):
@@ -379,7 +454,7 @@ def _rmsprop_catch_up(rows, lag_from, k, hyper, alpha, momentum):
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
-                 momentum, centered, weight_decay, history=None):
+                 momentum, centered, weight_decay, history=None, guard=None):
     """RMSprop (torch; ``alpha`` is the API's ``rho``); ``grad_avg``/``buf`` may be None."""
     hyper = _Hyper(lr, weight_decay, history)
     rule = (alpha, eps, momentum, centered)
@@ -389,39 +464,30 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
 
     def catch_up(r, lf, k):
         if hyper.wd_any:
-            _replay(step, r, lf, k, hyper)
+            if not _replay_compiled("rmsprop_rows", r, lf, k, hyper,
+                                    (hyper.lr, alpha, eps, momentum, centered, hyper.wd)):
+                _replay(step, r, lf, k, hyper)
         else:
             _rmsprop_catch_up(r, lf, k, hyper, alpha, momentum)
 
-    _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up,
-           [True, bool(centered), bool(momentum)], ["square_avg", "grad_avg", "buf"],
-           history)
+    return _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up,
+                  [True, bool(centered), bool(momentum)], ["square_avg", "grad_avg", "buf"],
+                  history, guard)
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
 
 
 def _adam_step(rows, g, s, lr, wd, b1, b2, eps, decoupled, lazy, amsgrad=False):
-    """torch.optim.Adam/AdamW at step ``s``; ``lazy``: torch.optim.SparseAdam's formula."""
+    """torch.optim.Adam/AdamW at step ``s``; ``lazy``: torch.optim.SparseAdam's formula.
+    The rule of ``kernels/rules/adam.py`` on the gathered rows (``s``, ``lr``, ``wd`` may
+    be per-row columns)."""
     xp = _xp(rows[0])
-    p, m, v, vmax = rows
-    if decoupled:
-        p = p * (1.0 - lr * wd)
-    else:
-        g = g + wd * p
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * (g * g)
-    s = xp.asarray(s, dtype=np.float64)
-    bc1, bc2 = 1.0 - b1 ** s, 1.0 - b2 ** s
-    denom_v = v
-    if amsgrad:
-        vmax = xp.maximum(vmax, v)
-        denom_v = vmax
-    if lazy:
-        p = p - (lr * xp.sqrt(bc2) / bc1) * (m / (xp.sqrt(denom_v) + eps))
-    else:
-        p = p - (lr / bc1) * (m / (xp.sqrt(denom_v) / xp.sqrt(bc2) + eps))
-    rows[:] = [p, m, v, vmax]
+    step_size, sqrt_bc2 = adam_rule.scalars(lr, b1, b2, xp.asarray(s, dtype=np.float64), lazy)
+    q = 1.0 - lr * wd if decoupled else 1.0
+    l2 = 0.0 if decoupled else wd
+    rows[:] = adam_rule.update(*rows, g, b1, b2, eps, l2, q, step_size, sqrt_bc2, lazy,
+                               amsgrad)
 
 
 def adam_drift_ratio(lr, b1, b2, wd, decoupled):
@@ -432,53 +498,96 @@ def adam_drift_ratio(lr, b1, b2, wd, decoupled):
     return (q, r / (1.0 - r)) if r < 1 else (q, np.inf)
 
 
-def adam_matrix(lr, wd):
-    """AdamW's decoupled decay of one skipped step (``p *= 1 - lr*wd``) as a 2x2 map."""
-    return (1.0 - lr * wd, 0.0, 0.0, 1.0)
+adam_matrix = adam_rule.matrix
+
+
+#: elements per chunk array of the vectorised drift sum (steps x rows x width, float64)
+_DRIFT_CHUNK_ELEMENTS = 1 << 21
 
 
 def _adam_drift(rows, lag_from, k, hyper, b1, b2, eps, decoupled, amsgrad, tol):
     """Exact zero-gradient steps: m, v decay, the parameter drifts by a non-geometric sum.
 
-    The drift of the steps after ``j`` is at most ``lr_max / (1 - b1**(s_j + 1)) *
-    |m_j| / sqrt(v_j) * r/(1-r)`` relative to ``q_min**(i-j)`` (``r = b1 / sqrt(b2) /
-    q_min``, ``lr_max``/``q_min`` bounds over every recorded step), so an element stops as
-    soon as that is ``<= tol * |p|``; its remaining steps then only decay m, v (and, for
-    AdamW, p by the product of the steps' ``1 - lr*wd``) in closed form.
+    Without L2 decay a skipped step's drift does not depend on the parameter: step ``j``
+    (global step ``s = lag_from + j``) moves it by ``lr_s / (1 - b1**s) * m0 b1**j /
+    (sqrt(v0 b2**j) / sqrt(1 - b2**s) + eps)`` (``v0`` stays for AMSGrad's max), and
+    AdamW's decoupled decay multiplies it by ``q_s = 1 - lr_s*wd_s`` first. So the sum is
+    evaluated in chunks of steps at once (``steps x rows x width`` arrays, no Python loop
+    per step): ``p <- Q p - sum_j Q_(j+1..) term_j`` per chunk. After each chunk an element
+    whose bound on the rest of its drift, ``lr_max / (1 - b1**(s + 1)) * |m_j| /
+    sqrt(v_j) * r/(1-r)`` (``r = b1 / sqrt(b2) / q_min``), is ``<= tol * |p|`` stops; its
+    remaining steps only decay m, v (closed form, as every element's) and, for AdamW, p
+    by the product of the steps' ``1 - lr*wd``. Stepping an element further than its own
+    bound needs is still exact. Chunks start at 16 steps and double, so a typical catch-up
+    (a few hundred steps to the bound) takes a handful of NumPy passes.
     """
     xp = _xp(rows[0])
-    p, m, v, vmax = rows
+    p, m0, v0, vmax = rows
+    dtype = p.dtype
     lr_max = hyper.lr_max()
     _, ratio = adam_drift_ratio(1.0, b1, b2, hyper.lrwd_max() if decoupled else 0.0,
                                 decoupled)
     n, width = p.shape
-    stop = xp.zeros((n, width), dtype=np.int64)  # j at which an element was truncated
-    kcol = k[:, None]
-    for j in range(1, int(k.max()) + 1):
-        act = (kcol >= j) & (stop == 0)
-        if not bool(act.any()):
+    p = p.astype(np.float64)
+    m0f, v0f = m0.astype(np.float64), v0.astype(np.float64)
+    den0 = vmax.astype(np.float64) if amsgrad else None  # a zero gradient never raises it
+    stop = xp.zeros((n, width), dtype=np.int64)  # global j at which an element stopped
+    done, chunk = 0, 16
+    while True:
+        live = ((k > done) & (stop == 0).any(axis=1)).nonzero()[0]
+        if live.shape[0] == 0:
             break
-        s_int = lag_from + j
-        s = s_int[:, None].astype(np.float64)
-        lr, wd = hyper.at(xp.minimum(s_int, xp.maximum(lag_from + k, 1)), xp)
+        c = int(min(chunk, int(k[live].max()) - done,
+                    max(1, _DRIFT_CHUNK_ELEMENTS // (live.shape[0] * width))))
+        j = done + xp.arange(1, c + 1, dtype=np.int64)  # (c,) global step offsets
+        kl, lf = k[live], lag_from[live]
+        valid = j[:, None] <= kl[None, :]  # (c, n_live)
+        s_int = xp.minimum(lf[None, :] + j[:, None], (lf + kl)[None, :])
+        s = s_int.astype(np.float64)
+        if hyper.history is None:
+            lr = xp.full(s.shape, hyper.lr)
+            wd = xp.full(s.shape, hyper.wd)
+        else:
+            h = _host(s_int)
+            lr, wd = xp.asarray(hyper.history.lr[h]), xp.asarray(hyper.history.wd[h])
+        jf = j.astype(np.float64)[:, None, None]
+        m_j = m0f[live][None] * b1 ** jf  # (c, n_live, width)
+        den = den0[live][None] if amsgrad else v0f[live][None] * b2 ** jf
+        step_size = (lr / (1.0 - b1 ** s))[:, :, None]
+        sb2 = xp.sqrt(1.0 - b2 ** s)[:, :, None]
+        term = step_size * (m_j / (xp.sqrt(den) / sb2 + eps))
+        act = valid[:, :, None] & (stop[live] == 0)[None]
+        term = xp.where(act, term, 0.0)
+        q = xp.where(valid, 1.0 - lr * wd, 1.0) if decoupled else None
+        pl = p[live]
         if decoupled:
-            p = xp.where(act, p * (1.0 - lr * wd), p)
-        m = xp.where(act, b1 * m, m)
-        v = xp.where(act, b2 * v, v)
-        denom_v = v
-        if amsgrad:
-            denom_v = vmax  # a zero gradient never raises max(vmax, v)
-        sb2 = xp.sqrt(1.0 - b2 ** s)
-        term = (lr / (1.0 - b1 ** s)) * (m / (xp.sqrt(denom_v) / sb2 + eps))
-        p = xp.where(act, p - term, p)
+            # suffix products Q_(i+1..c) within the chunk: later steps' decay of term i
+            suffix = xp.cumprod(q[::-1], axis=0)[::-1]
+            after = xp.concatenate([suffix[1:], xp.ones_like(suffix[:1])], axis=0)
+            # stopped elements get their remaining decay in closed form at the end
+            decay = xp.where(stop[live] == 0, suffix[0][:, None], 1.0)
+            pl = decay * pl - (after[:, :, None] * term).sum(axis=0)
+        else:
+            pl = pl - term.sum(axis=0)
+        p[live] = pl
+        # the bound on what an element's later steps can still add, at the chunk's end
+        last_j = xp.minimum(kl, done + c)  # per live row
+        s_end = (lf + last_j).astype(np.float64)[:, None]
+        jl = last_j.astype(np.float64)[:, None]
+        m_end = xp.abs(m0f[live]) * b1 ** jl
+        den_end = den0[live] if amsgrad else v0f[live] * b2 ** jl
         with np.errstate(divide="ignore", invalid="ignore"):
-            size = xp.where(m == 0, 0.0, xp.abs(m) / xp.sqrt(denom_v))
-        bound = (lr_max / (1.0 - b1 ** (s + 1.0))) * size * ratio
-        done = act & (bound <= tol * xp.abs(p)) & (kcol > j)
-        stop = xp.where(done, j, stop)
-    rest = xp.where(stop > 0, kcol - stop, 0)
-    restf = rest.astype(np.float64)
-    m, v = m * b1 ** restf, v * b2 ** restf
+            size = xp.where(m_end == 0, 0.0, m_end / xp.sqrt(den_end))
+        bound = (lr_max / (1.0 - b1 ** (s_end + 1.0))) * size * ratio
+        st = stop[live]
+        newly = (st == 0) & (bound <= tol * xp.abs(pl)) & (kl[:, None] > last_j[:, None])
+        stop[live] = xp.where(newly, last_j[:, None], st)
+        done += c
+        chunk *= 2
+    kcol = k[:, None].astype(np.float64)
+    m_out = (m0f * b1 ** kcol).astype(dtype)
+    v_out = (v0f * b2 ** kcol).astype(dtype)
+    rest = xp.where(stop > 0, k[:, None] - stop, 0)
     if decoupled and bool((rest > 0).any()):
         for d in range(width):  # per element: each stopped at its own step
             sel = (rest[:, d] > 0).nonzero()[0]
@@ -488,11 +597,11 @@ def _adam_drift(rows, lag_from, k, hyper, b1, b2, eps, decoupled, amsgrad, tol):
             col = [p[sel, d:d + 1], None]
             _linear_catch_up(col, a, lag_from[sel] + k[sel], hyper, adam_matrix)
             p[sel, d] = col[0][:, 0]
-    rows[:] = [p, m, v, vmax]
+    rows[:] = [p.astype(dtype), m_out, v_out, vmax]
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
-              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None):
+              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None):
     """Adam (``decoupled=False``: L2 weight decay) or AdamW on rows ``idx``.
 
     ``last=None`` is lazy mode with ``torch.optim.SparseAdam``'s update; exact mode uses
@@ -508,9 +617,15 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
 
     def catch_up(r, lf, k):
         if hyper.wd_any and not decoupled:
-            _replay(step, r, lf, k, hyper)
-        else:
+            rest = [r[0], r[1], r[2]]
+            if not _replay_compiled("adam_rows", rest, lf, k, hyper,
+                                    (hyper.lr, *rule[:3], hyper.wd, False, amsgrad),
+                                    max_exp_avg_sq=r[3]):
+                _replay(step, r, lf, k, hyper)
+            else:
+                r[:3] = rest
+        elif not _drift_compiled(r, lf, k, hyper, rule, amsgrad):
             _adam_drift(r, lf, k, hyper, *rule, amsgrad, tol=adam_drift_tol(r[0].dtype))
 
-    _drive(param, [m, v, max_exp_avg_sq], idx, grad, t, last, step, catch_up,
-           [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history)
+    return _drive(param, [m, v, max_exp_avg_sq], idx, grad, t, last, step, catch_up,
+                  [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history, guard)

@@ -305,9 +305,10 @@ def _pick(op: nn.PickColumns, node):
 @impl.register
 def _pick_grad(op: nn.PickColumnsGrad, node):
     def thunk(inputs):
-        x, labels, gz = inputs
-        out = cp().zeros(x.shape, dtype=node.outputs[0].dtype)
-        out[cp().arange(x.shape[0]), labels] = gz
+        x_shape, labels, gz = inputs
+        x_shape = shape.shape_tuple(x_shape)
+        out = cp().zeros(x_shape, dtype=node.outputs[0].dtype)
+        out[cp().arange(x_shape[0]), labels] = gz
         return (out,)
 
     return thunk

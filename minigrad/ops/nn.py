@@ -110,18 +110,29 @@ class PickColumns(Op):
         return (x[np.arange(n), labels],)
 
     def grad(self, inputs, outputs, output_grads):
+        from minigrad.ops.shape import shape_of
+
         x, labels = inputs
-        return [PickColumnsGrad()(x, labels, output_grads[0]), None]
+        return [PickColumnsGrad()(shape_of(x), labels, output_grads[0]), None]
 
 
 class PickColumnsGrad(Op):
-    def make_node(self, x, labels, gz):
-        return Apply(self, [x, labels, gz], [TensorType(gz.dtype, x.type.shape)])
+    """Zeros of ``x``'s shape (input ``shape_of(x)``) with ``gz`` at the label columns."""
+
+    def make_node(self, shape, labels, gz):
+        from minigrad.ops.shape import check_shape_input, static_shape
+
+        shape = check_shape_input(as_variable(shape), self, "x")
+        labels, gz = as_variable(labels), as_variable(gz)
+        return Apply(self, [shape, labels, gz], [TensorType(gz.dtype, static_shape(shape))])
 
     def perform(self, node, inputs):
-        x, labels, gz = inputs
-        out = np.zeros(x.shape, dtype=node.outputs[0].dtype)
-        out[np.arange(x.shape[0]), labels] = gz
+        from minigrad.ops.shape import shape_tuple
+
+        shape, labels, gz = inputs
+        shape = shape_tuple(shape)
+        out = np.zeros(shape, dtype=node.outputs[0].dtype)
+        out[np.arange(shape[0]), labels] = gz
         return (out,)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.row_guard import RowGuard
 from minigrad.graph import Apply, Op
 from minigrad.types import RowSparse, RowSparseType, TensorType
 
@@ -93,6 +94,14 @@ class RowUpdate(Op):
         self.state, self.exact = state, bool(exact)
         n = 1 + len(state.states) + self.exact
         self.destroy_map = {i: i for i in range(n)}
+        self.row_guard = RowGuard()  # scratch of the guarded calls, reused across calls
+        self._guard_on = False
+
+    def guarded(self, on):
+        """While on, ``run`` has the kernel save the rows it writes into ``row_guard`` and
+        check them (``call_checks.run_destructive_guarded`` turns it on around the node's
+        thunk, so the thunk each backend builds stays the same)."""
+        self._guard_on = bool(on)
 
     def make_node(self, param, *rest):
         tables = [param, *rest[:-3]]
@@ -102,7 +111,8 @@ class RowUpdate(Op):
         tables, (grad, t, hyper) = inputs[:-3], inputs[-3:]
         hyper = np.asarray(_host(hyper), dtype=np.float64)
         self.state.run(module, list(tables), grad.indices, grad.values, int(t),
-                       float(hyper[0]), float(hyper[1]), self.exact)
+                       float(hyper[0]), float(hyper[1]), self.exact,
+                       self.row_guard if self._guard_on else None)
         return tuple(tables)
 
     def perform(self, node, inputs):

@@ -72,6 +72,7 @@ class ParamState:
         self.last = None
         self.history = None
         self.pending = False
+        self._guard = None  # RowGuard of eager apply() calls, made on first use
         self._hook = _FlushHook(self)
         self._watch([param, *states.values()])
 
@@ -98,6 +99,14 @@ class ParamState:
         _EXACT[key] = ref
         weakref.finalize(self, _forget, key, ref)
 
+    def eager_guard(self):
+        """The scratch of this parameter's checked eager steps (``opt.apply``), reused."""
+        if self._guard is None:
+            from kernels.row_guard import RowGuard
+
+            self._guard = RowGuard()
+        return self._guard
+
     def table_vars(self, exact):
         """The shared variables a kernel call updates: param, states, [last]."""
         return [self.param, *self.states.values()] + ([self.last] if exact else [])
@@ -106,24 +115,29 @@ class ParamState:
         return [v.value for v in self.table_vars(exact)]
 
     # --- kernel calls -----------------------------------------------------------------
-    def _call(self, module, tables, idx, grad, t, lr, wd, exact):
+    def _call(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
         param, *rest = tables
         last = rest.pop() if exact else None
         states = dict(zip(self.states, rest))
         by_name = {k: v for k, v in states.items() if k not in self.layout}
-        getattr(module, self.kernel)(
+        if guard is not None:
+            by_name["guard"] = guard
+        return getattr(module, self.kernel)(
             param, *[states.get(name) for name in self.layout], idx, grad, t, last,
             lr=lr, weight_decay=wd, history=self.history if exact else None,
             **by_name, **self.kernel_hyper)
 
-    def run(self, module, tables, idx, grad, t, lr, wd, exact):
+    def run(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
         """Step ``t`` on rows ``idx`` of ``tables`` (the arrays of ``table_vars``): exact
-        mode records the step's lr / weight decay first (a retried step overwrites it)."""
+        mode records the step's lr / weight decay first (a retried step overwrites it).
+        With a ``RowGuard`` the kernel saves the rows it writes and checks them: returns
+        the position of the first non-finite row, or -1 (``guard.restore()`` undoes)."""
         if exact:
             self.history.record(t, lr, wd)
-        self._call(module, tables, idx, grad, t, lr, wd, exact)
+        bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard)
         if exact:
             self.pending = True
+        return bad if guard is not None else -1
 
     def catch_up(self, module, tables, rows, t):
         """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step)."""

@@ -1,0 +1,449 @@
+"""Numba helpers called by the *generated* whole-phase functions of the jit linker
+(``minigrad/linker_jit.py``; the source emitters are in ``minigrad/backends/numba_jit.py``).
+
+Every helper here is an ``@njit`` function on raw arrays, meant to be called from other
+compiled code only: they do not validate what the emitted code has already checked, and
+where a check belongs to them (a label out of range, a token id out of range) they raise
+a constant-message exception. The Python side of the linker catches any exception of a
+compiled segment and re-runs that segment's nodes through their Python thunks, so the
+user sees the exact error the reference backend gives; the compiled code only has to
+stop *before* reading out of bounds.
+
+Each helper repeats the arithmetic order of the NumPy reference where that is cheap
+(sums in index order, one rounding to the output dtype), so most results are bitwise
+equal to ``backend="numpy"``; ``np.exp``/``np.log`` of Numba and of NumPy may differ in
+the last unit.
+"""
+import numpy as np
+from numba import njit
+
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_OPTS)
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` computed as the reference does (exp of a non-positive
+    number only), in ``x``'s dtype; arrays of any rank (elementwise) and scalars."""
+    e = np.exp(-np.abs(x))
+    one = e - e + 1  # 1 in e's dtype (a float literal would promote float32 to float64)
+    return np.where(x >= 0, one / (one + e), e / (one + e))
+
+
+@njit(**_OPTS)
+def sigmoid_scalar(x):
+    e = np.exp(-np.abs(x))
+    one = e - e + 1
+    if x >= 0:
+        return one / (one + e)
+    return e / (one + e)
+
+
+@njit(**_OPTS)
+def index_in_range(idx, n_rows):
+    """``True`` when every entry of ``idx`` (any rank) is in ``[0, n_rows)``."""
+    flat = idx.ravel()
+    for i in range(flat.shape[0]):
+        if flat[i] < 0 or flat[i] >= n_rows:
+            return False
+    return True
+
+
+@njit(**_OPTS)
+def csr_scale_rows(indptr, data, grad):
+    """``out[k] = data[k] * grad[row of k]`` for a ``(batch, D)`` ``grad``."""
+    out = np.empty((data.shape[0], grad.shape[1]), dtype=grad.dtype)
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            w = data[k]
+            for j in range(grad.shape[1]):
+                out[k, j] = w * grad[r, j]
+    return out
+
+
+@njit(**_OPTS)
+def csr_scale_rows_1d(indptr, data, grad):
+    """``out[k] = data[k] * grad[row of k]`` for a ``(batch,)`` ``grad``."""
+    out = np.empty(data.shape[0], dtype=grad.dtype)
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            out[k] = data[k] * grad[r]
+    return out
+
+
+@njit(**_OPTS)
+def coalesce_stable(indices, values):
+    """Rows sharing an index summed in their order of appearance (as the reference's
+    ``slot_coalesce_rows`` adds them): ``(sorted unique int64, summed rows)``."""
+    n = indices.shape[0]
+    order = np.argsort(indices, kind="mergesort")
+    n_unique = 0
+    for i in range(n):
+        if i == 0 or indices[order[i]] != indices[order[i - 1]]:
+            n_unique += 1
+    unique = np.empty(n_unique, dtype=np.int64)
+    out = np.zeros((n_unique, values.shape[1]), dtype=values.dtype)
+    u = -1
+    for i in range(n):
+        k = order[i]
+        if i == 0 or indices[k] != indices[order[i - 1]]:
+            u += 1
+            unique[u] = indices[k]
+        for d in range(values.shape[1]):
+            out[u, d] += values[k, d]
+    return unique, out
+
+
+@njit(**_OPTS)
+def log_softmax_rows(x):
+    """``x - logsumexp(x, axis=-1, keepdims=True)`` of a matrix, as ``ops/nn.py`` does
+    (the row maximum, NaN-propagating, replaced by 0 when not finite)."""
+    n, k = x.shape
+    out = np.empty((n, k), dtype=x.dtype)
+    zero = np.zeros(1, dtype=x.dtype)[0]
+    for r in range(n):
+        m = x[r, 0]
+        for j in range(1, k):
+            if np.isnan(m):
+                break
+            if np.isnan(x[r, j]) or x[r, j] > m:
+                m = x[r, j]
+        if not np.isfinite(m):
+            m = zero
+        s = zero
+        for j in range(k):
+            s += np.exp(x[r, j] - m)
+        lse = np.log(s) + m
+        for j in range(k):
+            out[r, j] = x[r, j] - lse
+    return out
+
+
+@njit(**_OPTS)
+def labels_ok(labels, n_rows, n_classes):
+    """``0``: fine; ``1``: wrong count; ``2``: a label out of range (checked before use)."""
+    if labels.shape[0] != n_rows:
+        return 1
+    for i in range(labels.shape[0]):
+        if labels[i] < 0 or labels[i] >= n_classes:
+            return 2
+    return 0
+
+
+@njit(**_OPTS)
+def pick_columns(x, labels):
+    out = np.empty(x.shape[0], dtype=x.dtype)
+    for r in range(x.shape[0]):
+        out[r] = x[r, labels[r]]
+    return out
+
+
+@njit(**_OPTS)
+def pick_columns_grad(n_rows, n_cols, labels, gz, dtype_like):
+    """Zeros of ``(n_rows, n_cols)`` with ``gz[r]`` at ``(r, labels[r])`` (last one wins,
+    as NumPy's fancy assignment; labels are unique per row anyway)."""
+    out = np.zeros((n_rows, n_cols), dtype=dtype_like.dtype)
+    for r in range(n_rows):
+        out[r, labels[r]] = gz[r]
+    return out
+
+
+@njit(**_OPTS)
+def bag_of_words(tokens, mask, n_rows, dtype_like):
+    """``(data, indices, indptr)`` of the CSR bag of the real (mask != 0) tokens, in row
+    order; ``indices`` and ``indptr`` int64. Raises on a real token out of range."""
+    batch, length = tokens.shape
+    nnz = 0
+    for b in range(batch):
+        for j in range(length):
+            if mask[b, j] != 0:
+                t = tokens[b, j]
+                if t < 0 or t >= n_rows:
+                    raise IndexError("token id out of range")
+                nnz += 1
+    data = np.empty(nnz, dtype=dtype_like.dtype)
+    indices = np.empty(nnz, dtype=np.int64)
+    indptr = np.zeros(batch + 1, dtype=np.int64)
+    k = 0
+    for b in range(batch):
+        for j in range(length):
+            if mask[b, j] != 0:
+                data[k] = mask[b, j]
+                indices[k] = tokens[b, j]
+                k += 1
+        indptr[b + 1] = k
+    return data, indices, indptr
+
+
+@njit(**_OPTS)
+def fill_like(value, like):
+    """A fresh contiguous array of ``like``'s shape, every element ``value``."""
+    out = np.empty(like.shape, dtype=like.dtype)
+    out[...] = value
+    return out
+
+
+@njit(**_OPTS)
+def sum_keep_1d(a):
+    """``a.sum(keepdims=True)`` of a vector: a length-1 vector."""
+    out = np.empty(1, dtype=a.dtype)
+    out[0] = np.sum(a)
+    return out
+
+
+@njit(**_OPTS)
+def csr_gathered_dot(indptr, data, rows):
+    """``out[i] = sum over k in row i of data[k] * rows[k]`` for ``(nnz, D)`` rows."""
+    n = indptr.shape[0] - 1
+    out = np.zeros((n, rows.shape[1]), dtype=rows.dtype)
+    for r in range(n):
+        for k in range(indptr[r], indptr[r + 1]):
+            w = data[k]
+            for j in range(rows.shape[1]):
+                out[r, j] += w * rows[k, j]
+    return out
+
+
+@njit(**_OPTS)
+def csr_gathered_dot_1d(indptr, data, rows):
+    """``out[i] = sum over k in row i of data[k] * rows[k]`` for ``(nnz,)`` rows."""
+    n = indptr.shape[0] - 1
+    out = np.zeros(n, dtype=rows.dtype)
+    for r in range(n):
+        for k in range(indptr[r], indptr[r + 1]):
+            out[r] += data[k] * rows[k]
+    return out
+
+
+# --- one cached helper per NumPy function the generated segments use ----------------------
+# Numba compiles the implementation of ``np.sum(a, axis)``, ``np.zeros(shape, dtype)``, a
+# ufunc on arrays, ... afresh inside every function that uses it, and does not cache that
+# work across processes. Called through these helpers (each cached on disk per signature),
+# a new segment only types and links calls: its compile is several times shorter. ``like``
+# is a zero-length array giving a dtype (Numba cannot take a dtype object as an argument).
+
+
+@njit(**_OPTS)
+def add(a, b):
+    return np.add(a, b)
+
+
+@njit(**_OPTS)
+def subtract(a, b):
+    return np.subtract(a, b)
+
+
+@njit(**_OPTS)
+def multiply(a, b):
+    return np.multiply(a, b)
+
+
+@njit(**_OPTS)
+def true_divide(a, b):
+    return np.true_divide(a, b)
+
+
+@njit(**_OPTS)
+def power(a, b):
+    return np.power(a, b)
+
+
+@njit(**_OPTS)
+def maximum(a, b):
+    return np.maximum(a, b)
+
+
+@njit(**_OPTS)
+def minimum(a, b):
+    return np.minimum(a, b)
+
+
+@njit(**_OPTS)
+def less(a, b):
+    return np.less(a, b)
+
+
+@njit(**_OPTS)
+def less_equal(a, b):
+    return np.less_equal(a, b)
+
+
+@njit(**_OPTS)
+def greater(a, b):
+    return np.greater(a, b)
+
+
+@njit(**_OPTS)
+def greater_equal(a, b):
+    return np.greater_equal(a, b)
+
+
+@njit(**_OPTS)
+def equal(a, b):
+    return np.equal(a, b)
+
+
+@njit(**_OPTS)
+def not_equal(a, b):
+    return np.not_equal(a, b)
+
+
+@njit(**_OPTS)
+def negative(a):
+    return np.negative(a)
+
+
+@njit(**_OPTS)
+def absolute(a):
+    return np.abs(a)
+
+
+@njit(**_OPTS)
+def sign(a):
+    return np.sign(a)
+
+
+@njit(**_OPTS)
+def exp(a):
+    return np.exp(a)
+
+
+@njit(**_OPTS)
+def log(a):
+    return np.log(a)
+
+
+@njit(**_OPTS)
+def log1p(a):
+    return np.log1p(a)
+
+
+@njit(**_OPTS)
+def sqrt(a):
+    return np.sqrt(a)
+
+
+@njit(**_OPTS)
+def square(a):
+    return np.square(a)
+
+
+@njit(**_OPTS)
+def tanh(a):
+    return np.tanh(a)
+
+
+@njit(**_OPTS)
+def logaddexp(a, b):
+    return np.logaddexp(a, b)
+
+
+@njit(**_OPTS)
+def astype(a, like):
+    return a.astype(like.dtype)
+
+
+@njit(**_OPTS)
+def sum_all(a):
+    return np.sum(a)
+
+
+@njit(**_OPTS)
+def sum_axis(a, axis):
+    """``a.sum(axis)`` of an array of rank >= 2 (Numba: a run-time axis is fine)."""
+    return np.sum(a, axis=axis)
+
+
+@njit(**_OPTS)
+def sum_keep(a, axis):
+    """``a.sum(axis, keepdims=True)`` of an array of rank >= 2."""
+    return np.expand_dims(np.sum(a, axis=axis), axis)
+
+
+@njit(**_OPTS)
+def expand_dims(a, axis):
+    return np.expand_dims(a, axis)
+
+
+@njit(**_OPTS)
+def contiguous(a):
+    return np.ascontiguousarray(a)
+
+
+@njit(**_OPTS)
+def flat(a):
+    """``a`` as a contiguous vector (a view when it already is contiguous)."""
+    return np.ascontiguousarray(a).reshape(a.size)
+
+
+@njit(**_OPTS)
+def rows_of(a, width):
+    """``a`` as a contiguous ``(-1, width)`` matrix."""
+    c = np.ascontiguousarray(a)
+    if width == 0 or c.size % width:
+        raise ValueError("cannot reshape to rows of this width")
+    return c.reshape((c.size // width, width))
+
+
+@njit(**_OPTS)
+def reshape(a, shape):
+    return np.ascontiguousarray(a).reshape(shape)
+
+
+@njit(**_OPTS)
+def transpose(a, axes):
+    return np.transpose(a, axes)
+
+
+@njit(**_OPTS)
+def broadcast_to(g, shape):
+    """A fresh contiguous copy of ``g`` broadcast to ``shape`` (``np.array(broadcast_to)``)."""
+    out = np.empty(shape, dtype=g.dtype)
+    out[...] = g
+    return out
+
+
+@njit(**_OPTS)
+def full(shape, value, like):
+    out = np.empty(shape, dtype=like.dtype)
+    out[...] = value
+    return out
+
+
+@njit(**_OPTS)
+def zeros(shape, like):
+    return np.zeros(shape, dtype=like.dtype)
+
+
+@njit(**_OPTS)
+def slot_map(n):
+    return np.full(n, -1, dtype=np.int32)
+
+
+@njit(**_OPTS)
+def arange(n):
+    return np.arange(n).astype(np.int64)
+
+
+@njit(**_OPTS)
+def dot(a, b):
+    return np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+
+
+@njit(**_OPTS)
+def take_rows(table, idx):
+    """``table[idx]`` for a vector ``idx`` (rows of a table of any rank)."""
+    return table[idx]
+
+
+@njit(**_OPTS)
+def as_int64(a):
+    return a.astype(np.int64)
+
+
+@njit(**_OPTS)
+def shape_vector(shape):
+    """A shape tuple as the int64 vector ``ops.shape.Shape`` gives."""
+    out = np.empty(len(shape), dtype=np.int64)
+    for i in range(len(shape)):
+        out[i] = shape[i]
+    return out
