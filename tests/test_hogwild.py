@@ -248,3 +248,16 @@ def test_checkpoint_every_saves_loadable_snapshots(ratings, no_leak, tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(after, before))  # trained values
     with pytest.raises(ValueError, match="checkpoint_every needs checkpoint_path"):
         run(model, ratings, step, 1, checkpoint_every=1.0)
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ((np.zeros((0, 2)), np.zeros(0)), "dataset has no rows"),
+    ((np.zeros((3, 2)), np.zeros(4)), "same number of rows"),
+    ((), "at least one array"),
+])
+def test_bad_dataset_is_refused_before_any_worker_starts(dataset, message):
+    """The checks hogwild shares with mg.distributed.train (parallel/arguments.py)."""
+    W = mg.shared(np.zeros((2, 1)), name="W")
+    with pytest.raises(ValueError, match=message):
+        mg.parallel.hogwild(lambda params: None, [W], dataset, n_workers=1, epochs=1,
+                            batch_size=1)

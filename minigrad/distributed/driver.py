@@ -34,7 +34,7 @@ from minigrad.distributed import netns, plan, ray_setup, sharding
 from minigrad.distributed.errors import DistributedError
 from minigrad.distributed.shard import Shard
 from minigrad.distributed.worker import Worker
-from minigrad.variables import SharedVariable
+from minigrad.parallel.arguments import check_dataset, check_params, positive_int
 
 
 @dataclass
@@ -101,14 +101,15 @@ def train(make_cost, params, dataset, optimizer, n_workers=2, n_shards=2, epochs
     ``scheduling_strategy=...``) to place shards and workers on a real cluster.
     """
     t_call = time.perf_counter()
-    params = _check_params(params)
-    columns = _check_dataset(dataset)
-    cfg = _Config(int(_positive("n_workers", n_workers)), int(_positive("n_shards", n_shards)),
-                  int(_positive("epochs", epochs)), int(_positive("batch_size", batch_size)),
+    params = check_params(params, float_only=True)
+    columns = check_dataset(dataset)
+    cfg = _Config(int(positive_int("n_workers", n_workers)),
+                  int(positive_int("n_shards", n_shards)), int(positive_int("epochs", epochs)),
+                  int(positive_int("batch_size", batch_size)),
                   _non_negative("staleness", staleness), int(seed), bool(progress),
                   _optional_positive("checkpoint_every", checkpoint_every), checkpoint_path,
                   int(_non_negative("max_restarts", max_restarts)),
-                  int(_positive("chunk_batches", chunk_batches)), num_cpus,
+                  int(positive_int("chunk_batches", chunk_batches)), num_cpus,
                   dict(shard_options or {}), dict(worker_options or {}))
     payload = _pickle_model(make_cost, params)
     factory, clips = _pickle_optimizer(optimizer)
@@ -533,37 +534,6 @@ def _first_failed(ray, refs):
     return None
 
 
-def _check_params(params):
-    params = list(params)
-    if not params or not all(isinstance(p, SharedVariable) for p in params):
-        raise TypeError("params must be a non-empty list of mg.shared variables")
-    if len({id(p) for p in params}) != len(params):
-        raise ValueError("params lists the same shared variable twice")
-    for p in params:
-        if p.type.dtype not in ("float32", "float64"):
-            raise TypeError(f"parameter {p.name or p!r} must be float32/float64, "
-                            f"got {p.type.dtype}")
-    return params
-
-
-def _check_dataset(dataset):
-    columns = tuple(dataset) if isinstance(dataset, (tuple, list)) else (dataset,)
-    if not columns:
-        raise ValueError("dataset must hold at least one array")
-    rows = {c.shape[0] for c in columns}
-    if len(rows) != 1:
-        raise ValueError(f"dataset arrays must have the same number of rows, got {sorted(rows)}")
-    if rows.pop() == 0:
-        raise ValueError("dataset has no rows")
-    return columns
-
-
-def _positive(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
-
-
 def _non_negative(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
         raise ValueError(f"{name} must be an int >= 0, got {v!r}")
@@ -571,7 +541,7 @@ def _non_negative(name, v):
 
 
 def _optional_positive(name, v):
-    return None if v is None else int(_positive(name, v))
+    return None if v is None else int(positive_int(name, v))
 
 
 def _pickle_model(make_cost, params):

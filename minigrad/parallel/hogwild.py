@@ -27,9 +27,9 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
+from minigrad.parallel.arguments import check_dataset, check_params, positive_int
 from minigrad.parallel.shm import Arena, flatten_columns
 from minigrad.parallel.worker import GO, ONE_THREAD_ENV, STOP, WorkerConfig, worker_main
-from minigrad.variables import SharedVariable
 
 
 class WorkerError(RuntimeError):
@@ -100,8 +100,8 @@ def hogwild(make_step, params, dataset, n_workers, epochs, batch_size, seed=0, p
     t_call = time.perf_counter()
     if startup_timeout is None:
         startup_timeout = worker_timeout if worker_timeout is not None else 120.0
-    params = _check_params(params)
-    columns = _check_dataset(dataset)
+    params = check_params(params)
+    columns = check_dataset(dataset)
     _check_args(n_workers, epochs, batch_size, sampling, checkpoint_every, checkpoint_path)
     ctx = mp.get_context(_start_method(start_method))
     cfg = WorkerConfig(int(n_workers), int(epochs), int(batch_size), int(seed), sampling,
@@ -310,29 +310,9 @@ class _Checkpointer:
 # Checks and small helpers
 
 
-def _check_params(params):
-    params = list(params)
-    if not params or not all(isinstance(p, SharedVariable) for p in params):
-        raise TypeError("params must be a non-empty list of mg.shared variables")
-    if len({id(p) for p in params}) != len(params):
-        raise ValueError("params lists the same shared variable twice")
-    return params
-
-
-def _check_dataset(dataset):
-    columns = tuple(dataset) if isinstance(dataset, (tuple, list)) else (dataset,)
-    if not columns:
-        raise ValueError("dataset must hold at least one array")
-    rows = {c.shape[0] for c in columns}
-    if len(rows) != 1:
-        raise ValueError(f"dataset arrays must have the same number of rows, got {sorted(rows)}")
-    return columns
-
-
 def _check_args(n_workers, epochs, batch_size, sampling, checkpoint_every, checkpoint_path):
     for name, v in (("n_workers", n_workers), ("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        positive_int(name, v)
     if sampling not in ("shard", "shuffle"):
         raise ValueError(f"sampling must be 'shard' or 'shuffle', got {sampling!r}")
     if checkpoint_every is not None and checkpoint_path is None:
