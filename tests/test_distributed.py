@@ -410,6 +410,11 @@ def test_fault_accounting_is_exact(scenarios, name, record_property):
     _report_recovery(record_property, record)
     assert record["recovery_s"] < 30.0, record
     assert record["recoveries"] >= 1, record
+    killed = record["suffix"].lstrip("-")  # the result times the new process too
+    restart = [e for e in record["recovery_events"]
+               if e["actor"] == killed and e["kind"] == "restart"]
+    assert restart and restart[0]["born_at"] <= restart[0]["init_at"] <= restart[0]["ready_at"]
+    assert restart[0]["ready_at"] > record["t_kill"], record
     if name == "worker_sigkill":
         assert lost == 0 and record["lost_pushes"] == 0  # shards lived: nothing lost
 

@@ -16,6 +16,9 @@ import pytest
 import minigrad as mg
 from kernels.row_guard import RowGuard
 
+# the inputs are made non-finite on purpose: NumPy's warnings about them are expected
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
 RULES = [
     ("SGD", {"weight_decay": 0.01}),
     ("Momentum", {"momentum": 0.9, "weight_decay": 0.01}),
@@ -141,3 +144,17 @@ def test_guard_scratch_is_reused_across_calls():
     K.adam_rows(P, M, V, np.arange(0, 16, 2), g, 2, None, 0.1, 0.9, 0.999, 1e-8, 0.0, False,
                 guard=guard)
     assert {k: id(b) for k, b in guard._store.items()} == buffers
+
+
+@pytest.mark.parametrize("sparse", ["lazy", "exact"])
+def test_eager_apply_refuses_an_overflowing_update_and_changes_nothing(sparse):
+    E = mg.shared(np.ones((6, 2)), name="E")
+    opt = mg.optim.Momentum([E], 1e10, momentum=0.9, sparse=sparse)
+    opt.apply(E, mg.RowSparse(np.array([1, 4]), np.ones((2, 2)), (6, 2)))
+    before = _raw(opt)
+    huge = mg.RowSparse(np.array([0, 2, 5]), np.array([[1.0, 1.0], [1e300, 1.0], [1.0, 1.0]]),
+                        (6, 2))
+    with pytest.raises(FloatingPointError, match="row 2"):
+        opt.apply(E, huge)
+    for (label, a), (_, b) in zip(before, _raw(opt)):
+        np.testing.assert_array_equal(b, a, err_msg=label)

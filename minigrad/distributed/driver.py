@@ -225,6 +225,7 @@ class _Run:
         # results: export first, write back only when everything is in hand
         exported = self._call_all(all_shards, shard_names, "export")
         info = self._call_all(all_shards, shard_names, "info")
+        info_workers = self._info_or_none(workers)  # idle now: answers at once
         new_values = [None] * len(self.params)
         for t in layout.tables:
             new_values[t] = np.empty_like(values[t])
@@ -236,7 +237,8 @@ class _Run:
                 new_values[t] = part
         restarts = self._restarts()
         _write_back(self.params, new_values)
-        return self._result(loop, info, restarts, len(batches), t_start, t_go, t_end)
+        return self._result(loop, info, info_workers, restarts, len(batches), t_start, t_go,
+                            t_end)
 
     # --- pieces ----------------------------------------------------------------------
     def _name(self, t):
@@ -304,6 +306,16 @@ class _Run:
             name = "an actor" if i is None else names[i]
             raise DistributedError(name, what or f"{method} failed", str(err)) from None
 
+    def _info_or_none(self, actors):
+        """``info()`` of each actor, ``None`` for one that no longer answers (given up)."""
+        out = []
+        for ref in [a.info.remote() for a in actors]:
+            try:
+                out.append(self.ray.get(ref, timeout=30))
+            except Exception:  # noqa: BLE001 - a dead worker: nothing to report
+                out.append(None)
+        return out
+
     def _restarts(self):
         """Restarts per actor, from Ray's own actor table (GCS)."""
         counts = {}
@@ -319,7 +331,7 @@ class _Run:
                 counts[name[len(f"mg-{self.run_id}-"):]] = int(entry["NumRestarts"])
         return counts
 
-    def _result(self, loop, info, restarts, n_batches, t_start, t_go, t_end):
+    def _result(self, loop, info, info_workers, restarts, n_batches, t_start, t_go, t_end):
         train_s = max(t_end - t_go, 1e-9)
         stats = loop.stats
         samples = sum(loop.samples)
@@ -333,11 +345,14 @@ class _Run:
                               "includes each worker's first chunk (JIT compiles)")
         events = list(self.events)
         for name, n in sorted(restarts.items()):
-            shard = next((i for i in info if i["name"] == name), None)
+            # the newest process of the actor: when it was created (``born_at``), when its
+            # constructor began and when it was ready (``time.time()`` seconds)
+            now = next((i for i in [*info, *info_workers] if i and i["name"] == name), None)
+            now = now or {}
             events.append({"actor": name, "kind": "restart", "count": n,
-                           "restore_s": None if shard is None else shard["restore_s"],
-                           "ready_at": None if shard is None else shard["started_at"],
-                           "restored_from_checkpoint": bool(shard and shard["restored_from"])})
+                           "restore_s": now.get("restore_s"), "ready_at": now.get("started_at"),
+                           "born_at": now.get("born_at"), "init_at": now.get("init_at"),
+                           "restored_from_checkpoint": bool(now.get("restored_from"))})
         lost = sum(n_batches - i["applied_batches"] for i in info)
         return DistributedResult(
             losses=loop.losses, samples_per_s=rate, warmup_s=warm_s,

@@ -280,7 +280,17 @@ class Optimizer:
         if exact:
             ps.ensure_exact()
         module = module_for(param.value)
-        ps.run(module, ps.arrays(exact), rows.indices, rows.values, step + 1, lr, wd, exact)
+        guard = ps.eager_guard() if check_finite else None
+        bad = ps.run(module, ps.arrays(exact), rows.indices, rows.values, step + 1, lr, wd,
+                     exact, guard)
+        if bad >= 0:  # the update overflowed: the kernel saved what it overwrote
+            row = guard.bad_row()
+            guard.restore()
+            raise FloatingPointError(
+                f"{label}: the update of row {row} is not finite (NaN or inf); nothing was "
+                "changed (apply(..., check_finite=False) skips this check)")
+        if guard is not None:
+            guard.release()
         self._kinds[i] = kind
         self._built = True
         ps.step._value = np.asarray(step + 1, dtype=np.int64)

@@ -72,6 +72,7 @@ class ParamState:
         self.last = None
         self.history = None
         self.pending = False
+        self._guard = None  # RowGuard of eager apply() calls, made on first use
         self._hook = _FlushHook(self)
         self._watch([param, *states.values()])
 
@@ -97,6 +98,14 @@ class ParamState:
         key, ref = id(self.param), weakref.ref(self)
         _EXACT[key] = ref
         weakref.finalize(self, _forget, key, ref)
+
+    def eager_guard(self):
+        """The scratch of this parameter's checked eager steps (``opt.apply``), reused."""
+        if self._guard is None:
+            from kernels.row_guard import RowGuard
+
+            self._guard = RowGuard()
+        return self._guard
 
     def table_vars(self, exact):
         """The shared variables a kernel call updates: param, states, [last]."""
