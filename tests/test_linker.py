@@ -10,6 +10,8 @@ import scipy.sparse as sp
 import minigrad as mg
 
 LINKERS = ["generated", "vm"]
+#: the atomicity tests also run the jit linker (compiled Numba segments, linker_jit.py)
+ATOMIC_LINKERS = LINKERS + ["jit"]
 
 
 def _fm_step(linker, backend, opt_factory):
@@ -87,7 +89,7 @@ def test_a_failure_in_generated_code_points_at_the_node():
     assert "minigrad generated safe_phase" in text and "Take" in text
 
 
-@pytest.mark.parametrize("linker", LINKERS)
+@pytest.mark.parametrize("linker", ATOMIC_LINKERS)
 def test_a_failed_exact_mode_call_leaves_state_bitwise_unchanged(linker):
     rng = np.random.default_rng(1)
     E = mg.shared(rng.standard_normal((10, 3)), name="E")
@@ -113,7 +115,7 @@ def test_a_failed_exact_mode_call_leaves_state_bitwise_unchanged(linker):
 
 @pytest.mark.parametrize("dense_read", [False, True], ids=["gather", "dense-read"])
 @pytest.mark.parametrize("failure", ["nan_guard", "error_after_catch_up"])
-@pytest.mark.parametrize("linker", LINKERS)
+@pytest.mark.parametrize("linker", ATOMIC_LINKERS)
 def test_a_call_failing_after_the_catch_up_puts_the_rows_back(linker, failure, dense_read):
     """Exact mode catches rows up as they are read: a gather through ``FreshTake`` (a copy),
     a dense read through ``CatchUpAll``, which writes E, its momentum and ``last`` in the
