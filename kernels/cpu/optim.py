@@ -471,13 +471,35 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
     q = 1.0 - lr * wd if decoupled else 1.0
     l2 = 0.0 if decoupled else wd
+    # the common guarded case (a plain gradient step, nothing to catch up) saves the old
+    # values and checks the new ones inside the update loop itself: one pass over the
+    # row while it is in registers, instead of a copy, the update and a scan
+    one_pass = guard and has_grad and not amsgrad and SP.shape[0] >= idx.shape[0] \
+        and SM.shape[0] >= idx.shape[0] and SV.shape[0] >= idx.shape[0]
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, M, V)
         r = idx[i]
+        k = _lag(last, r, t, has_grad) if exact else 0
+        if one_pass and k <= 0:
+            if exact and SL.shape[0] > i:
+                SL[i] = last[r]
+            if exact:
+                last[r] = t
+            bad = False
+            for d in range(width):
+                p0, m0, v0 = P[r, d], M[r, d], V[r, d]
+                SP[i, d], SM[i, d], SV[i, d] = p0, m0, v0
+                P[r, d], M[r, d], V[r, d], _ = _adam_elem(
+                    float(p0), float(m0), float(v0), 0.0, float(G[i, d]), b1, b2, eps, l2,
+                    q, step_size, sqrt_bc2, not exact, False)
+                bad |= ((P[r, d] - P[r, d]) != 0.0) | ((M[r, d] - M[r, d]) != 0.0) | (
+                    (V[r, d] - V[r, d]) != 0.0)
+            if bad:
+                return i
+            continue
         if guard:
             _save_rows(i, r, last, exact, P, M, V, VM, SP, SM, SV, SVM, SL)
         if exact:
-            k = _lag(last, r, t, has_grad)
             if k > 0:
                 _adam_catch_up(P, M, V, VM, r, last[r], k, lr, wd, b1, b2, eps, decoupled,
                                amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, blocks,
