@@ -206,9 +206,33 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
               has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
               guard, SP, SB, S2, S3, SL):
     width = P.shape[1]
-    for i in range(idx.shape[0]):
+    n = idx.shape[0]
+    # as in _adam: a guarded plain step saves and checks inside the update loop (one pass)
+    one_pass = guard and has_grad and SP.shape[0] >= n and (mu == 0.0 or SB.shape[0] >= n)
+    for i in range(n):
         _prefetch_ahead(idx, i, dist, P, B, B)
         r = idx[i]
+        if one_pass and (not exact or _lag(last, r, t, has_grad) <= 0):
+            if exact and SL.shape[0] > i:
+                SL[i] = last[r]
+            if exact:
+                last[r] = t
+            bad = False
+            for d in range(width):
+                p0 = P[r, d]
+                SP[i, d] = p0
+                b0 = B[r, d] if mu != 0.0 else 0.0
+                p, b = _momentum_elem(float(p0), float(b0), float(G[i, d]), t == 1, lr, mu,
+                                      damp, nesterov, wd)
+                P[r, d] = p
+                bad |= (P[r, d] - P[r, d]) != 0.0
+                if mu != 0.0:
+                    SB[i, d] = b0
+                    B[r, d] = b
+                    bad |= (B[r, d] - B[r, d]) != 0.0
+            if bad:
+                return i
+            continue
         if guard:
             _save_rows(i, r, last, exact, P, B, B, B, SP, SB, S2, S3, SL)
         if exact:
