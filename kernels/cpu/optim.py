@@ -460,6 +460,18 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
         pw1, pw2 = pw1 * b1, pw2 * b2
         sqrt_bc2 = np.sqrt(1.0 - pw2)
         step_size = lr_s / (1.0 - pw1)  # dense Adam's scalars at step lag_from + j
+        # the stopping test (a second sqrt and division per element) runs every 8th step
+        # only: the steps taken past an element's own bound are exact dense steps anyway
+        if replay or (j & 7) != 0:
+            for d in range(width):
+                vm = float(VM[r, d]) if amsgrad else 0.0
+                p, m, v, vm = _adam_elem(float(prow[d]), float(mrow[d]), float(vrow[d]), vm,
+                                         0.0, b1, b2, eps, l2, q, step_size, sqrt_bc2, False,
+                                         amsgrad)
+                prow[d], mrow[d], vrow[d] = p, m, v
+                if amsgrad:  # with L2 decay a zero-gradient step can raise v above the max
+                    VM[r, d] = vm
+            continue
         limit = lr_max / (1.0 - pw1 * b1) * ratio
         pending = 0
         for d in range(width):
@@ -472,7 +484,7 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
             denom = vm if amsgrad else v
             size = 0.0 if m == 0.0 else abs(m) / np.sqrt(denom)
             pending += size * limit > tol * abs(p)
-        if not replay and pending == 0:
+        if pending == 0:
             break
     rest = k - j
     if rest > 0:
