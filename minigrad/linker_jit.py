@@ -47,13 +47,12 @@ import itertools
 import linecache
 import os
 import re
-import sys
-import tempfile
 import warnings
 
 import numpy as np
 
 from minigrad.backends import numba_jit
+from minigrad.backends.generated_module import import_generated
 from minigrad.backends.numba_jit import COALESCED, Val, covered
 from minigrad.linker import _comment, generated_phase
 from minigrad.types import CSRType, RowSparse, RowSparseType, TensorType
@@ -399,40 +398,8 @@ def load_segments(source):
     cached = _MODULES.get(digest)
     if cached is not None:
         return cached
-    directory = segment_dir()
-    path = os.path.join(directory, fname)
-    name = f"minigrad_jit_{digest}"
-    try:
-        os.makedirs(directory, exist_ok=True)
-        if not os.path.exists(path):
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(source.replace("cache=CACHE", "cache=True"))
-                os.replace(tmp, path)  # atomic: concurrent processes write the same text
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-        module = sys.modules.get(name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module  # Numba's cache re-imports the module by name
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
-    except Exception as err:  # no writable cache: compile in memory
-        warnings.warn(f"jit segments not cached on disk ({directory}: {err}); compiling "
-                      "in memory", RuntimeWarning, stacklevel=3)
-        import types
-
-        module = types.ModuleType(name)
-        exec(compile(source.replace("cache=CACHE", "cache=False"), f"<{name}>", "exec"),
-             module.__dict__)
-        path = None
+    module, path = import_generated(segment_dir(), fname, f"minigrad_jit_{digest}", source,
+                                    "jit segments")
     _MODULES[digest] = (module, path)
     return module, path
 

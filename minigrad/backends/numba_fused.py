@@ -222,40 +222,12 @@ def elemwise_kernel(op):
 
 def _load_kernel(source):
     import hashlib
-    import importlib.util
-    import os
-    import sys
-    import tempfile
-    import warnings
+
+    from minigrad.backends.generated_module import import_generated
 
     digest = hashlib.sha1(source.encode()).hexdigest()[:20]
-    directory = cache_dir()
-    path = os.path.join(directory, f"fused_{digest}.py")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        if not os.path.exists(path):
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(source.replace("cache=CACHE", "cache=True"))
-            os.replace(tmp, path)  # atomic: concurrent processes write the same text
-        name = f"minigrad_fused_{digest}"
-        module = sys.modules.get(name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module  # Numba's cache re-imports the module by name
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
-    except Exception:  # no writable cache, or a stale entry: compile in memory
-        warnings.warn(f"fused kernel not cached on disk ({directory})", RuntimeWarning,
-                      stacklevel=2)
-        namespace = {}
-        exec(compile(source.replace("cache=CACHE", "cache=False"), "<fused>", "exec"),
-             namespace)
-        return namespace["kernel"]
+    module, _ = import_generated(cache_dir(), f"fused_{digest}.py",
+                                 f"minigrad_fused_{digest}", source, "fused kernel")
     return module.kernel
 
 
