@@ -53,6 +53,16 @@ def vm_phase(entries, live_in, live_out, n_slots, constants=None):
     return run
 
 
+def thunk_call_line(k, ins, outs, label):
+    """The generated line that runs thunk ``t<k>`` on slots ``ins`` into slots ``outs``:
+    ``    (v4,) = t1((v3, v2))  # Binary{mul}``."""
+    args = ", ".join(f"v{s}" for s in ins)
+    args = f"({args},)" if len(ins) == 1 else f"({args})"
+    targets = ", ".join(f"v{s}" for s in outs)
+    targets = f"({targets},)" if len(outs) == 1 else f"({targets})"
+    return f"    {targets} = t{k}({args})  # {_comment(label)}"
+
+
 def generated_phase(entries, live_in, live_out, name="phase", constants=None):
     """The same program as generated straight-line Python (see the module docstring).
 
@@ -63,11 +73,7 @@ def generated_phase(entries, live_in, live_out, name="phase", constants=None):
     lines = [f"def {name}({', '.join(f'v{s}' for s in live_in)}):"]
     for k, (thunk, ins, outs, label) in enumerate(entries):
         namespace[f"t{k}"] = thunk
-        args = ", ".join(f"v{s}" for s in ins)
-        args = f"({args},)" if len(ins) == 1 else f"({args})"
-        targets = ", ".join(f"v{s}" for s in outs)
-        targets = f"({targets},)" if len(outs) == 1 else f"({targets})"
-        lines.append(f"    {targets} = t{k}({args})  # {_comment(label)}")
+        lines.append(thunk_call_line(k, ins, outs, label))
     results = ", ".join(f"v{s}" for s in live_out)
     lines.append(f"    return ({results}{',' if len(live_out) == 1 else ''})")
     source = "\n".join(lines) + "\n"

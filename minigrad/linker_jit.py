@@ -54,7 +54,7 @@ import numpy as np
 from minigrad.backends import numba_jit
 from minigrad.backends.generated_module import import_generated
 from minigrad.backends.numba_jit import COALESCED, Val, covered
-from minigrad.linker import _comment, generated_phase
+from minigrad.linker import _comment, generated_phase, thunk_call_line
 from minigrad.types import CSRType, RowSparse, RowSparseType, TensorType
 
 _serial = itertools.count()
@@ -250,11 +250,7 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
             for i in idx:
                 thunk, ins, outs, label = entries[i]
                 namespace[f"t{i}"] = thunk
-                args = ", ".join(f"v{s}" for s in ins)
-                args = f"({args},)" if len(ins) == 1 else f"({args})"
-                targets = ", ".join(f"v{s}" for s in outs)
-                targets = f"({targets},)" if len(outs) == 1 else f"({targets})"
-                py_lines.append(f"    {targets} = t{i}({args})  # {_comment(label)}")
+                py_lines.append(thunk_call_line(i, ins, outs, label))
             continue
         seg = _Segment(len(segments), idx, nodes, after, constants)
         src, slot_args, vals = seg.source(name_of)
