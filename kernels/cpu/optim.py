@@ -76,6 +76,22 @@ def _save_rows(i, r, last, exact, P, A, B, C, SP, SA, SB, SC, SL):
         SL[i] = last[r]
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _not_finite(x):
+    """``x - x`` is 0 exactly for a finite ``x`` and NaN otherwise (no branch: vectorises)."""
+    return (x - x) != 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _advance_last(i, r, last, exact, t, SL):
+    """Exact mode, a row with nothing to catch up: save ``last[r]`` into the guard's
+    scratch (when it has one), then mark the row as updated at step ``t``."""
+    if exact:
+        if SL.shape[0] > i:
+            SL[i] = last[r]
+        last[r] = t
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _row_not_finite(X, r):
     """Whether row ``r`` holds a NaN or inf: ``x - x`` is 0 exactly for finite ``x`` and
@@ -85,7 +101,7 @@ def _row_not_finite(X, r):
         return False
     bad = False
     for d in range(X.shape[1]):
-        bad |= (X[r, d] - X[r, d]) != 0.0
+        bad |= _not_finite(X[r, d])
     return bad
 
 
@@ -213,10 +229,7 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
         _prefetch_ahead(idx, i, dist, P, B, B)
         r = idx[i]
         if one_pass and (not exact or _lag(last, r, t, has_grad) <= 0):
-            if exact and SL.shape[0] > i:
-                SL[i] = last[r]
-            if exact:
-                last[r] = t
+            _advance_last(i, r, last, exact, t, SL)
             bad = False
             for d in range(width):
                 p0 = P[r, d]
@@ -225,11 +238,11 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
                 p, b = _momentum_elem(float(p0), float(b0), float(G[i, d]), t == 1, lr, mu,
                                       damp, nesterov, wd)
                 P[r, d] = p
-                bad |= (P[r, d] - P[r, d]) != 0.0
+                bad |= _not_finite(P[r, d])
                 if mu != 0.0:
                     SB[i, d] = b0
                     B[r, d] = b
-                    bad |= (B[r, d] - B[r, d]) != 0.0
+                    bad |= _not_finite(B[r, d])
             if bad:
                 return i
             continue
@@ -517,10 +530,7 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
         r = idx[i]
         k = _lag(last, r, t, has_grad) if exact else 0
         if one_pass and k <= 0:
-            if exact and SL.shape[0] > i:
-                SL[i] = last[r]
-            if exact:
-                last[r] = t
+            _advance_last(i, r, last, exact, t, SL)
             bad = False
             for d in range(width):
                 p0, m0, v0 = P[r, d], M[r, d], V[r, d]
@@ -528,8 +538,7 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
                 P[r, d], M[r, d], V[r, d], _ = _adam_elem(
                     float(p0), float(m0), float(v0), 0.0, float(G[i, d]), b1, b2, eps, l2,
                     q, step_size, sqrt_bc2, not exact, False)
-                bad |= ((P[r, d] - P[r, d]) != 0.0) | ((M[r, d] - M[r, d]) != 0.0) | (
-                    (V[r, d] - V[r, d]) != 0.0)
+                bad |= _not_finite(P[r, d]) | _not_finite(M[r, d]) | _not_finite(V[r, d])
             if bad:
                 return i
             continue
