@@ -55,7 +55,7 @@ from minigrad.backends import numba_jit
 from minigrad.backends.generated_module import import_generated
 from minigrad.backends.numba_jit import COALESCED, Val, covered
 from minigrad.linker import _comment, generated_phase, thunk_call_line
-from minigrad.types import CSRType, RowSparse, RowSparseType, TensorType
+from minigrad.types import RowSparse
 
 _serial = itertools.count()
 
@@ -398,10 +398,6 @@ def load_segments(source):
                                     "jit segments")
     _MODULES[digest] = (module, path)
     return module, path
-
-
-def supported_value_types():
-    return (TensorType, CSRType, RowSparseType)
 
 
 __all__ = ["jit_phase", "load_segments", "schedule", "segment_dir", "file_name"]

@@ -175,14 +175,6 @@ def bag_of_words(tokens, mask, n_rows, dtype_like):
 
 
 @njit(**_OPTS)
-def fill_like(value, like):
-    """A fresh contiguous array of ``like``'s shape, every element ``value``."""
-    out = np.empty(like.shape, dtype=like.dtype)
-    out[...] = value
-    return out
-
-
-@njit(**_OPTS)
 def sum_keep_1d(a):
     """``a.sum(keepdims=True)`` of a vector: a length-1 vector."""
     out = np.empty(1, dtype=a.dtype)

@@ -95,9 +95,6 @@ class StepHistory:
         while self.n + 1 >= self.cap:
             self._allocate(2 * self.cap)
 
-    def lr_at(self, steps):
-        return self.lr[steps]
-
 
 def _mul(x, y):
     """2x2 matrices stored as ``(a11, a12, a21, a22)``: ``x @ y``."""
