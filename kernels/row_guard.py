@@ -5,13 +5,19 @@ finite. Copying the touched rows out before the kernel and scanning them after i
 gather and a scan per table per call (~12% of an embedding step). Instead the kernel does
 it while the rows are in cache: as it reaches row ``idx[i]`` it copies the row's old values
 (parameter, every state, ``last``) into row ``i`` of this guard's scratch buffers, and after
-writing the row it checks the new values; on the first non-finite row it stops and returns
-its position. ``restore`` then writes the saved rows back.
+writing the row it checks the new values; on the first non-finite row it stops. It records
+in :attr:`RowGuard.status` how many rows it wrote and where it stopped, itself, before it
+returns: an exception (even ``KeyboardInterrupt``) arriving after the kernel and before the
+caller looked at the result cannot make the record wrong. ``restore`` then writes the saved
+rows back.
 
-The buffers belong to the caller (one guard per compiled update node) and are reused across
-calls, growing to the largest batch seen, so a guarded call allocates nothing. Buffers
-larger than ``KEEP_BYTES`` (a dense gradient over a huge table) are dropped after each call
-instead of being kept alive beside the table.
+The guard is built once per compiled update node (and per parameter for eager steps), and
+the per-call work is kept to a few comparisons: the buffers are allocated with spare rows
+(the capacity doubles when a larger batch comes) and handed to the kernel whole, not
+sliced per call, so a guarded call allocates nothing. They are rebuilt only when the
+tables' row shape, dtype, array type or set of present states changes (``set_value`` with
+another dtype, a CuPy table). Buffers larger than ``KEEP_BYTES`` (a dense gradient over a
+huge table) are dropped after each call instead of being kept alive beside the table.
 """
 from __future__ import annotations
 
@@ -22,10 +28,10 @@ __all__ = ["RowGuard"]
 #: scratch kept between calls up to this many bytes per guard (above it: per call)
 KEEP_BYTES = 64 << 20
 
+#: the fewest rows a scratch is allocated for (a batch of 1 would otherwise regrow often)
+MIN_ROWS = 16
 
-def _empty_like_row(table2d):
-    xp = _xp(table2d)
-    return xp.zeros((0,) + tuple(table2d.shape[1:]), dtype=table2d.dtype)
+_NO_SAVED_LAST = np.zeros(0, dtype=np.int64)
 
 
 def _xp(a):
@@ -37,81 +43,110 @@ def _xp(a):
 
 
 class RowGuard:
-    """Scratch buffers (rows x width per table) and what one guarded call wrote.
+    """Scratch buffers (capacity rows x width per table) and what one guarded call wrote.
 
-    Protocol: the kernel calls ``buffers(tables, last, idx)`` (2-D views of the tables it
-    writes, ``None`` for an absent state) and gets one scratch view per table (an empty
-    array for an absent one) plus one for ``last``; after its loop it calls
-    ``finish(bad)`` with the position of the first non-finite row, or -1. The caller reads
-    ``bad`` and calls ``restore()`` to undo the call (a no-op when it wrote nothing).
+    Protocol: the kernel calls ``buffers(tables, last, idx, pad)`` (2-D views of the tables
+    it writes, ``None`` for an absent state) and gets one scratch buffer per table (an
+    empty array for an absent one; ``pad`` more empty ones up to that count) plus one for
+    ``last``; each holds at least ``len(idx)`` rows (row ``i`` saves table row ``idx[i]``).
+    The kernel writes ``status = [rows written, first bad position or -1]``, itself
+    (compiled kernels) or through ``finish``. The caller reads ``bad`` and calls
+    ``restore()`` to undo the call (a no-op when it wrote nothing) or ``release()``.
     """
 
+    __slots__ = ("status", "_cap", "_key", "_views", "_saved_last", "_keep", "_tables",
+                 "_last", "_idx")
+
     def __init__(self):
-        self._store = {}  # slot -> (array with capacity rows)
-        self._tables = ()
-        self._last = None
-        self._idx = None
-        self._saved, self._saved_last = (), None
-        self.written = 0  # rows idx[:written] of every table hold saved values
-        self.bad = -1
+        #: ``[rows of idx written (saved), position of the first non-finite row or -1]``
+        self.status = np.array([0, -1], dtype=np.int64)
+        self._cap = -1  # rows every buffer holds (-1: none allocated)
+        self._key = None  # what the buffers were made for (see _key_of)
+        self._views, self._saved_last = (), _NO_SAVED_LAST
+        self._keep = True  # False: the buffers are over KEEP_BYTES, dropped after the call
+        self._tables, self._last, self._idx = (), None, None
 
-    def _scratch(self, slot, like, n):
-        buf = self._store.get(slot)
-        shape = tuple(like.shape[1:])
-        if (buf is None or buf.shape[0] < n or tuple(buf.shape[1:]) != shape
-                or buf.dtype != like.dtype or type(buf) is not type(like)):
-            cap = max(n, 2 * buf.shape[0] if buf is not None else 0, 16)
-            buf = _xp(like).empty((cap,) + shape, dtype=like.dtype)
-            if buf.nbytes <= KEEP_BYTES:
-                self._store[slot] = buf
-            else:
-                self._store.pop(slot, None)
-        return buf[:n]
+    @property
+    def written(self):
+        """Rows ``idx[:written]`` of every table hold values saved in the scratch."""
+        return int(self.status[0])
 
-    def buffers(self, tables, last, idx):
-        """Scratch views for ``tables`` (2-D, ``None`` = absent) and ``last`` (or None)."""
-        n = int(idx.shape[0])
-        self._tables, self._last, self._idx = tuple(tables), last, idx
-        self.written, self.bad = 0, -1
-        views = [None if t is None else self._scratch(k, t, n) for k, t in enumerate(tables)]
-        self._saved = tuple(views)
-        views = [_empty_like_row(tables[0]) if v is None else v for v in views]
-        if last is not None:
-            self._saved_last = self._scratch("last", last.reshape(-1, 1), n).reshape(n)
-        else:
-            self._saved_last = None
-        saved_last = (self._saved_last if self._saved_last is not None
-                      else np.zeros(0, dtype=np.int64))
-        return views, saved_last
+    @property
+    def bad(self):
+        """Position in ``idx`` of the first non-finite row of the last call, or -1."""
+        return int(self.status[1])
+
+    @staticmethod
+    def _key_of(tables, last, pad):
+        p = tables[0]
+        return (type(p), p.dtype, p.shape[1:], last is None, pad,
+                *[t is None for t in tables])
+
+    def buffers(self, tables, last, idx, pad=0):
+        """Scratch for ``tables`` (2-D, ``None`` = absent) and ``last`` (or None): a list
+        of ``max(len(tables), pad)`` buffers and the one for ``last``, each with at least
+        ``len(idx)`` rows. Arms the guard: ``status`` says nothing was written yet."""
+        n = idx.shape[0]
+        key = self._key_of(tables, last, pad)
+        if n > self._cap or key != self._key:
+            self._grow(tables, last, n, pad, key)
+        self._tables, self._last, self._idx = tables, last, idx
+        status = self.status
+        status[0], status[1] = 0, -1
+        return self._views, self._saved_last
+
+    def _grow(self, tables, last, n, pad, key):
+        cap = max(n, MIN_ROWS, 2 * self._cap if key == self._key else 0)
+        p = tables[0]
+        xp = _xp(p)
+        row = tuple(p.shape[1:])
+        nbytes = cap * p.dtype.itemsize * int(np.prod(row, dtype=np.int64)) * len(tables)
+        if nbytes > KEEP_BYTES:
+            cap = n  # not kept: no spare rows either
+        empty = xp.zeros((0,) + row, dtype=p.dtype)
+        views = [empty if t is None else xp.empty((cap,) + row, dtype=p.dtype) for t in tables]
+        views += [empty] * (pad - len(views))
+        self._views = views
+        self._saved_last = (_NO_SAVED_LAST if last is None
+                            else np.empty(cap, dtype=np.int64) if xp is np
+                            else xp.empty(cap, dtype=np.int64))
+        self._cap, self._key, self._keep = cap, key, nbytes <= KEEP_BYTES
 
     def finish(self, bad, written=None):
-        """The kernel stopped at row position ``bad`` (-1: every row finite). ``written``
-        rows were modified (default: all rows, or up to and including the bad one)."""
+        """For kernels that do not write ``status`` themselves: the kernel stopped at row
+        position ``bad`` (-1: every row finite) having modified ``written`` rows (default:
+        all rows, or up to and including the bad one)."""
         n = int(self._idx.shape[0]) if self._idx is not None else 0
-        self.bad = int(bad)
+        bad = int(bad)
         if written is None:
-            written = n if self.bad < 0 else self.bad + 1
-        self.written = int(written)
-        return self.bad
+            written = n if bad < 0 else bad + 1
+        self.status[0], self.status[1] = int(written), bad
+        return bad
 
     def bad_row(self):
         """The table row of the first non-finite result (valid until ``restore``)."""
-        return int(self._idx[self.bad]) if self.bad >= 0 else -1
+        bad = self.bad
+        return int(self._idx[bad]) if bad >= 0 and self._idx is not None else -1
 
     def restore(self):
         """Write the saved rows back (``last`` first, then the tables in reverse order)
         and forget the call."""
-        if self.written and self._idx is not None:
-            rows = self._idx[: self.written]
+        written = self.written
+        if written and self._idx is not None:
+            rows = self._idx[:written]
             if self._last is not None:
-                self._last[rows] = self._saved_last[: self.written]
-            for table, buf in reversed(list(zip(self._tables, self._saved))):
+                self._last[rows] = self._saved_last[:written]
+            for table, buf in reversed(list(zip(self._tables, self._views))):
                 if table is not None:
-                    table[rows] = buf[: self.written]
+                    table[rows] = buf[:written]
         self.release()
 
     def release(self):
-        """Drop the references to this call's tables (the scratch stays for reuse)."""
+        """Drop the references to this call's tables (the scratch stays for reuse unless
+        it is over ``KEEP_BYTES``)."""
         self._tables, self._last, self._idx = (), None, None
-        self._saved, self._saved_last = (), None
-        self.written, self.bad = 0, -1
+        status = self.status
+        status[0], status[1] = 0, -1
+        if not self._keep:
+            self._cap, self._key, self._views = -1, None, ()
+            self._saved_last, self._keep = _NO_SAVED_LAST, True

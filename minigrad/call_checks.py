@@ -15,8 +15,8 @@ reshaping of the compiler (interpreted thunks today, generated code later):
   without NumPy's raw warnings (:func:`quiet_empty_batch`);
 * **destinations**: every array an in-place node will write is checked (host or device
   array, C-contiguous, writeable, the variable's dtype) before the first write;
-* **non-finite updates** (:func:`run_destructive_guarded`): an optimizer's row kernel
-  saves the rows it overwrites into its node's scratch and checks them as it writes;
+* **non-finite updates** (:class:`GuardedPhase`): an optimizer's row kernel saves the
+  rows it overwrites into its node's scratch and checks them as it writes;
   any other in-place node's rows are snapshotted and checked here. When a NaN or inf
   appears, every write of the call is restored (in reverse order), so a non-finite update
   never reaches a parameter and a failed call changes nothing.
@@ -196,9 +196,6 @@ class _Snapshot:
         else:
             self.table[self.rows] = self.saved
 
-    def release(self):
-        pass
-
 
 def _not_finite(label, var, where=""):
     return FloatingPointError(
@@ -207,63 +204,100 @@ def _not_finite(label, var, where=""):
     )
 
 
-def _run_self_checking(node, thunk, values, label, undo):
-    """A row update whose kernel saves and checks the rows it writes (``RowUpdate``): the
-    kernel fills the op's ``row_guard``, which is the undo record of this node."""
-    op = node.op
-    op.guarded(True)
-    try:
-        results = thunk(values)
-    finally:
-        op.guarded(False)
-    guard = op.row_guard
-    undo.append(guard)
-    if guard.bad >= 0:
-        raise _not_finite(label, node.inputs[0], f" (row {guard.bad_row()})")
-    return results
+class _RowUpdateStep:
+    """A row update whose kernel saves and checks the rows it writes (``RowUpdate``):
+    its own ``RowGuard`` (built once, with the function) is the node's undo record. The
+    op is called directly with the function's kernel module and the guard: the same call
+    its backend thunk makes, plus the guard."""
+
+    __slots__ = ("op", "ins", "outs", "kernels", "guard", "var")
+
+    def __init__(self, node, ins, outs, kernels):
+        from kernels.row_guard import RowGuard
+
+        self.op, self.ins, self.outs, self.kernels = node.op, ins, outs, kernels
+        self.guard, self.var = RowGuard(), node.inputs[0]
+
+    def run(self, storage, label):
+        results = self.op.run(self.kernels, [storage[i] for i in self.ins], self.guard)
+        if self.guard.status[1] >= 0:
+            raise _not_finite(label, self.var, f" (row {self.guard.bad_row()})")
+        for s, r in zip(self.outs, results):
+            storage[s] = r
+
+    def restore(self):
+        self.guard.restore()
+
+    def release(self):
+        self.guard.release()
 
 
-def _run_snapshotted(node, thunk, values, label, kernels, undo):
+class _SnapshotStep:
     """Any other in-place node: copy the rows it will overwrite in each destroyed table
     (``rows`` of a row-sparse input, else the whole table), run it, check those rows."""
-    rows = _touched_rows(values)
-    written = []
-    for pos in sorted(set(node.op.destroy_map.values())):
-        table = values[pos]
-        undo.append(_Snapshot(table, rows))
-        written.append((node.inputs[pos], table))
-    results = thunk(values)
-    for var, table in written:
-        if not _rows_finite(table, rows, kernels):
-            raise _not_finite(label, var)
-    return results
+
+    __slots__ = ("node", "thunk", "ins", "outs", "kernels", "destroyed", "snapshots")
+
+    def __init__(self, node, thunk, ins, outs, kernels):
+        self.node, self.thunk, self.ins, self.outs, self.kernels = node, thunk, ins, outs, kernels
+        self.destroyed = sorted(set(node.op.destroy_map.values()))
+        self.snapshots = []
+
+    def run(self, storage, label):
+        values = [storage[i] for i in self.ins]
+        rows = _touched_rows(values)
+        self.snapshots = snapshots = []
+        for pos in self.destroyed:
+            snapshots.append(_Snapshot(values[pos], rows))
+        results = self.thunk(values)
+        for pos in self.destroyed:
+            if not _rows_finite(values[pos], rows, self.kernels):
+                raise _not_finite(label, self.node.inputs[pos])
+        for s, r in zip(self.outs, results):
+            storage[s] = r
+
+    def restore(self):
+        for snapshot in reversed(self.snapshots):
+            snapshot.restore()
+        self.snapshots = []
+
+    def release(self):
+        self.snapshots = []
 
 
-def run_destructive_guarded(nodes, program, storage, label, kernels=None):
-    """Run the in-place nodes; if one writes a non-finite value, undo every write.
+class GuardedPhase:
+    """The destructive phase of one function with the NaN guard on, built once.
 
-    Optimizer row updates check themselves: their kernels save the old rows into a scratch
-    buffer and check the new ones as they write them (no gather, no second scan). Other
-    in-place nodes are snapshotted and scanned here. The saved rows are O(rows touched)
-    and the restore (in reverse write order) runs only on failure. Raises
-    ``FloatingPointError`` naming the table (the state is then exactly as before the call).
+    Optimizer row updates check themselves: their kernels save the old rows into the
+    node's ``RowGuard`` and check the new ones as they write them (no gather, no second
+    scan). Other in-place nodes are snapshotted and scanned here. Per call this costs one
+    Python call per node on top of the node's own work; the saved rows are O(rows
+    touched) and the restore (in reverse write order) runs only on failure. A failure
+    raises ``FloatingPointError`` naming the table (the state is then exactly as before
+    the call); any other exception also undoes every write of the phase and propagates.
     """
-    undo = []  # restore records (RowGuard or _Snapshot), in write order
-    try:
-        for node, (thunk, ins, outs) in zip(nodes, program):
-            values = [storage[i] for i in ins]
-            if hasattr(node.op, "row_guard"):
-                results = _run_self_checking(node, thunk, values, label, undo)
-            else:
-                results = _run_snapshotted(node, thunk, values, label, kernels, undo)
-            for s, r in zip(outs, results):
-                storage[s] = r
-    except BaseException:
-        for record in reversed(undo):
-            record.restore()
-        raise
-    for record in undo:
-        record.release()
+
+    def __init__(self, nodes, program, kernels=None):
+        self._steps = [
+            _RowUpdateStep(node, ins, outs, kernels)
+            if getattr(node.op, "checks_own_writes", False)
+            else _SnapshotStep(node, thunk, ins, outs, kernels)
+            for node, (thunk, ins, outs) in zip(nodes, program)
+        ]
+
+    def __call__(self, storage, label):
+        steps = self._steps
+        ran = 0
+        try:
+            for step in steps:
+                step.run(storage, label)
+                ran += 1
+        except BaseException:
+            for step in reversed(steps[: ran + 1]):  # the failed step, then those before
+                step.restore()
+            raise
+        for step in steps:
+            step.release()
 
 
 def dense_updates_finite(update_slots, storage):

@@ -172,6 +172,10 @@ class Function:
         self.safe_program = self.program[: self.n_safe]
         self.destructive_program = self.program[self.n_safe:]
         self.destructive_nodes = self.nodes[self.n_safe:]
+        # the NaN guard's destructive phase, with its scratch, built once (call_checks.py)
+        self._guarded_phase = (call_checks.GuardedPhase(self.destructive_nodes,
+                                                        self.destructive_program, self._kernels)
+                               if self.update_guard else None)
         # exact-mode states this function leaves rows pending in: their later flush (a
         # get_value, another function's read) catches up with this function's kernels
         self._pending_states = [n.op.state for n in self.destructive_nodes
@@ -313,9 +317,7 @@ class Function:
             # the guarded runner undoes its own writes on any error; the catch-up rows of
             # the safe phase then go back too, so the call changes nothing
             try:
-                call_checks.run_destructive_guarded(self.destructive_nodes,
-                                                    self.destructive_program, storage,
-                                                    self._label(), self._kernels)
+                self._guarded_phase(storage, self._label())
             except FloatingPointError as err:
                 roll_back(self._undo_log)
                 if self.on_nan == "raise":

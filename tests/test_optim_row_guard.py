@@ -140,10 +140,10 @@ def test_guard_scratch_is_reused_across_calls():
     g = np.ones((8, 4))
     K.adam_rows(P, M, V, np.arange(8), g, 1, None, 0.1, 0.9, 0.999, 1e-8, 0.0, False,
                 guard=guard)
-    buffers = {k: id(b) for k, b in guard._store.items()}
+    buffers = [id(b) for b in guard._views]
     K.adam_rows(P, M, V, np.arange(0, 16, 2), g, 2, None, 0.1, 0.9, 0.999, 1e-8, 0.0, False,
                 guard=guard)
-    assert {k: id(b) for k, b in guard._store.items()} == buffers
+    assert [id(b) for b in guard._views] == buffers
 
 
 @pytest.mark.parametrize("sparse", ["lazy", "exact"])

@@ -32,29 +32,35 @@ _NO_LAST = np.zeros(1, dtype=np.int64)
 
 def _prepare(param, states, idx, grad, t, last, required, names, guard=None):
     """Checked 2-D views and stand-ins for what a kernel does not use; with a ``guard``
-    (a ``RowGuard``), the scratch views the kernel saves the old rows into, else empty
-    stand-ins (the kernel then neither saves nor checks)."""
+    (a ``RowGuard``), the scratch buffers the kernel saves the old rows into and the
+    ``status`` array it reports into, else empty stand-ins (the kernel then neither saves
+    nor checks)."""
     p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
     empty = np.zeros((0, p2.shape[1]), dtype=p2.dtype)
     exact = last is not None
     if guard is not None:
-        saved, saved_last = guard.buffers([p2, *s2], last, idx)
-        saved = saved + [empty] * (4 - len(saved))
+        saved, saved_last = guard.buffers([p2, *s2], last, idx, 4)
+        checks = (True, *saved, saved_last, guard.status)
     else:
-        saved, saved_last = [empty] * 4, _NO_SAVED_LAST
+        checks = (False, empty, empty, empty, empty, _NO_SAVED_LAST, _NO_STATUS)
     s2 = [empty if s is None else s for s in s2]
     has_grad = grad is not None
     grad = empty if grad is None else grad
-    checks = (guard is not None, *saved, saved_last)
     return p2, s2, idx, grad, has_grad, t, (last if exact else _NO_LAST), exact, checks
 
 
 _NO_SAVED_LAST = np.zeros(0, dtype=np.int64)
+_NO_STATUS = np.zeros(2, dtype=np.int64)  # never written: the kernel writes it when guarded
 
 
-def _finish(guard, bad):
-    """The kernel's result: -1, or the position of the first row it found non-finite."""
-    return guard.finish(bad) if guard is not None else -1
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _stop(guard, status, written, bad):
+    """A guarded kernel's return: it records, itself, how many rows it wrote (saved) and
+    where it stopped (``RowGuard.status``) before Python sees the result."""
+    if guard:
+        status[0] = written
+        status[1] = bad
+    return bad
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -220,7 +226,7 @@ _momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="alway
 @njit(cache=True, nogil=True, error_model="numpy")
 def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd, a, dist,
               has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
-              guard, SP, SB, S2, S3, SL):
+              guard, SP, SB, S2, S3, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
     # as in _adam: a guarded plain step saves and checks inside the update loop (one pass)
@@ -231,20 +237,22 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
         if one_pass and (not exact or _lag(last, r, t, has_grad) <= 0):
             _advance_last(i, r, last, exact, t, SL)
             bad = False
-            for d in range(width):
-                p0 = P[r, d]
-                SP[i, d] = p0
-                b0 = B[r, d] if mu != 0.0 else 0.0
-                p, b = _momentum_elem(float(p0), float(b0), float(G[i, d]), t == 1, lr, mu,
-                                      damp, nesterov, wd)
-                P[r, d] = p
-                bad |= _not_finite(P[r, d])
-                if mu != 0.0:
-                    SB[i, d] = b0
-                    B[r, d] = b
-                    bad |= _not_finite(B[r, d])
+            if mu == 0.0:  # plain SGD: a loop over the parameter row alone
+                for d in range(width):
+                    p0 = P[r, d]
+                    SP[i, d] = p0
+                    P[r, d] = _momentum_elem(float(p0), 0.0, float(G[i, d]), t == 1, lr,
+                                             0.0, damp, nesterov, wd)[0]
+                    bad |= _not_finite(P[r, d])
+            else:
+                for d in range(width):
+                    p0, b0 = P[r, d], B[r, d]
+                    SP[i, d], SB[i, d] = p0, b0
+                    P[r, d], B[r, d] = _momentum_elem(float(p0), float(b0), float(G[i, d]),
+                                                      t == 1, lr, mu, damp, nesterov, wd)
+                    bad |= _not_finite(P[r, d]) | _not_finite(B[r, d])
             if bad:
-                return i
+                return _stop(guard, status, i + 1, i)
             continue
         if guard:
             _save_rows(i, r, last, exact, P, B, B, B, SP, SB, S2, S3, SL)
@@ -281,8 +289,8 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
                 if mu != 0.0:
                     B[r, d] = b
         if guard and _rows_bad(r, P, B, S2, S3):
-            return i
-    return -1
+            return _stop(guard, status, i + 1, i)
+    return _stop(guard, status, n, -1)
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
@@ -292,10 +300,10 @@ def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, neste
         param, states, idx, grad, t, last, [bool(momentum)], ["buf"], guard)
     steps = _Steps(history, lr, weight_decay, t - has_grad, exact, True)
     a = np.array(momentum_matrix(lr, momentum, dampening, nesterov, weight_decay), dtype=float)
-    return _finish(guard, _momentum(
+    return _momentum(
         p2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(momentum),
         float(dampening), bool(nesterov), float(weight_decay), a, _prefetch_distance(p2),
-        *steps.args(), steps.wd_any, *checks))
+        *steps.args(), steps.wd_any, *checks)
 
 
 def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None):
@@ -313,11 +321,28 @@ _adagrad_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist,
              has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
-             guard, SP, SA, S2, S3, SL):
+             guard, SP, SA, S2, S3, SL, status):
     width = P.shape[1]
-    for i in range(idx.shape[0]):
+    n = idx.shape[0]
+    clr_t = lr / (1.0 + (t - 1) * lr_decay)  # this step's decayed lr
+    # a guarded step with nothing to replay saves and checks inside the update loop: one
+    # pass over the row (without weight decay a lagging row has nothing to catch up)
+    one_pass = guard and has_grad and SP.shape[0] >= n and SA.shape[0] >= n
+    for i in range(n):
         _prefetch_ahead(idx, i, dist, P, A, A)
         r = idx[i]
+        if one_pass and (not exact or not wd_any or _lag(last, r, t, has_grad) <= 0):
+            _advance_last(i, r, last, exact, t, SL)
+            bad = False
+            for d in range(width):
+                p0, a0 = P[r, d], A[r, d]
+                SP[i, d], SA[i, d] = p0, a0
+                P[r, d], A[r, d] = _adagrad_elem(float(p0), float(a0), float(G[i, d]),
+                                                 clr_t, eps, wd)
+                bad |= _not_finite(P[r, d]) | _not_finite(A[r, d])
+            if bad:
+                return _stop(guard, status, i + 1, i)
+            continue
         if guard:
             _save_rows(i, r, last, exact, P, A, A, A, SP, SA, S2, S3, SL)
         if exact:
@@ -334,13 +359,12 @@ def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist
                                                          clr, eps, wd_s)
             last[r] = t
         if has_grad:
-            clr = lr / (1.0 + (t - 1) * lr_decay)
             for d in range(width):
                 P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]),
-                                                 float(G[i, d]), clr, eps, wd)
+                                                 float(G[i, d]), clr_t, eps, wd)
         if guard and _rows_bad(r, P, A, S2, S3):
-            return i
-    return -1
+            return _stop(guard, status, i + 1, i)
+    return _stop(guard, status, n, -1)
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
@@ -348,9 +372,9 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
     p2, (a2,), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, [acc], idx, grad, t, last, [True], ["acc"], guard)
     steps = _Steps(history, lr, weight_decay, t - has_grad, exact)
-    return _finish(guard, _adagrad(
+    return _adagrad(
         p2, a2, idx, g, has_grad, t, last_, exact, float(lr), float(eps), float(weight_decay),
-        float(lr_decay), _prefetch_distance(p2), *steps.args(), steps.wd_any, *checks))
+        float(lr_decay), _prefetch_distance(p2), *steps.args(), steps.wd_any, *checks)
 
 
 # --- RMSprop -------------------------------------------------------------------------------
@@ -363,12 +387,40 @@ _rmsprop_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always
 @njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom, centered,
              wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
-             guard, SP, SS, SGA, SB, SL):
+             guard, SP, SS, SGA, SB, SL, status):
     width = P.shape[1]
+    n = idx.shape[0]
     has_buf = mom != 0.0
-    for i in range(idx.shape[0]):
+    # a guarded step with nothing to catch up saves and checks inside the update loop
+    one_pass = (guard and has_grad and SP.shape[0] >= n and SS.shape[0] >= n
+                and (not centered or SGA.shape[0] >= n) and (not has_buf or SB.shape[0] >= n))
+    for i in range(n):
         _prefetch_ahead(idx, i, dist, P, S, B)
         r = idx[i]
+        if one_pass and (not exact or _lag(last, r, t, has_grad) <= 0):
+            _advance_last(i, r, last, exact, t, SL)
+            bad = False
+            for d in range(width):
+                p0, s0 = P[r, d], S[r, d]
+                SP[i, d], SS[i, d] = p0, s0
+                ga0 = GA[r, d] if centered else 0.0
+                b0 = B[r, d] if has_buf else 0.0
+                p, sq, ga, b = _rmsprop_elem(float(p0), float(s0), float(ga0), float(b0),
+                                             float(G[i, d]), lr, alpha, eps, mom, centered,
+                                             wd)
+                P[r, d], S[r, d] = p, sq
+                bad |= _not_finite(P[r, d]) | _not_finite(S[r, d])
+                if centered:
+                    SGA[i, d] = ga0
+                    GA[r, d] = ga
+                    bad |= _not_finite(GA[r, d])
+                if has_buf:
+                    SB[i, d] = b0
+                    B[r, d] = b
+                    bad |= _not_finite(B[r, d])
+            if bad:
+                return _stop(guard, status, i + 1, i)
+            continue
         if guard:
             _save_rows(i, r, last, exact, P, S, GA, B, SP, SS, SGA, SB, SL)
         if exact:
@@ -416,8 +468,8 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
                 if has_buf:
                     B[r, d] = b
         if guard and _rows_bad(r, P, S, GA, B):
-            return i
-    return -1
+            return _stop(guard, status, i + 1, i)
+    return _stop(guard, status, n, -1)
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
@@ -428,10 +480,10 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
         ["square_avg", "grad_avg", "buf"], guard)
     steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(momentum))
     a = np.array(rmsprop_matrix(lr, momentum), dtype=float)
-    return _finish(guard, _rmsprop(
+    return _rmsprop(
         p2, s2, ga2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(alpha),
         float(eps), float(momentum), bool(centered), float(weight_decay), a,
-        _prefetch_distance(p2), *steps.args(), steps.wd_any, *checks))
+        _prefetch_distance(p2), *steps.args(), steps.wd_any, *checks)
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
@@ -515,7 +567,7 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-          replay, guard, SP, SM, SV, SVM, SL):
+          replay, guard, SP, SM, SV, SVM, SL, status):
     width = P.shape[1]
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
     q = 1.0 - lr * wd if decoupled else 1.0
@@ -540,7 +592,7 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
                     q, step_size, sqrt_bc2, not exact, False)
                 bad |= _not_finite(P[r, d]) | _not_finite(M[r, d]) | _not_finite(V[r, d])
             if bad:
-                return i
+                return _stop(guard, status, i + 1, i)
             continue
         if guard:
             _save_rows(i, r, last, exact, P, M, V, VM, SP, SM, SV, SVM, SL)
@@ -559,8 +611,8 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
                 if amsgrad:
                     VM[r, d] = vm
         if guard and _rows_bad(r, P, M, V, VM):
-            return i
-    return -1
+            return _stop(guard, status, i + 1, i)
+    return _stop(guard, status, idx.shape[0], -1)
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
@@ -572,8 +624,8 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     _, ratio = adam_drift_ratio(1.0, beta1, beta2, steps.lrwd_max if decoupled else 0.0,
                                 decoupled)
     replay = steps.wd_any and not decoupled
-    return _finish(guard, _adam(
+    return _adam(
         p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
         float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
         float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),
-        *steps.args(), replay, *checks))
+        *steps.args(), replay, *checks)

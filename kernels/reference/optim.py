@@ -151,13 +151,14 @@ def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, h
         return -1
     tables = [p2] + s2
     rows = [None if a is None else a[idx] for a in tables]
-    if guard is not None:
+    if guard is not None:  # the guard's buffers hold at least n rows (spare ones unused)
+        n = idx.shape[0]
         saved, saved_last = guard.buffers(tables, last, idx)
         for buf, r in zip(saved, rows):
             if r is not None:
-                buf[...] = r
+                buf[:n] = r
         if last is not None:
-            saved_last[...] = last[idx]
+            saved_last[:n] = last[idx]
     if last is not None:
         lag_from = last[idx]
         k = (t - 1 if grad is not None else t) - lag_from

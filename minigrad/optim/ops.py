@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.row_guard import RowGuard
 from minigrad.graph import Apply, Op
 from minigrad.types import RowSparse, RowSparseType, TensorType
 
@@ -90,29 +89,27 @@ class RowUpdate(Op):
 
     __props__ = ("state", "exact")
 
+    #: its kernel saves and checks the rows it writes when given a ``RowGuard``
+    #: (``call_checks.GuardedPhase`` does: one guard per node of a guarded function)
+    checks_own_writes = True
+
     def __init__(self, state, exact):
         self.state, self.exact = state, bool(exact)
         n = 1 + len(state.states) + self.exact
         self.destroy_map = {i: i for i in range(n)}
-        self.row_guard = RowGuard()  # scratch of the guarded calls, reused across calls
-        self._guard_on = False
-
-    def guarded(self, on):
-        """While on, ``run`` has the kernel save the rows it writes into ``row_guard`` and
-        check them (``call_checks.run_destructive_guarded`` turns it on around the node's
-        thunk, so the thunk each backend builds stays the same)."""
-        self._guard_on = bool(on)
 
     def make_node(self, param, *rest):
         tables = [param, *rest[:-3]]
         return Apply(self, [*tables, *rest[-3:]], [v.type for v in tables])
 
-    def run(self, module, inputs):
+    def run(self, module, inputs, guard=None):
+        """The step on the touched rows, with the kernels of ``module``. With a
+        ``RowGuard`` the kernel saves the rows it overwrites into it and checks the new
+        ones; ``guard.status`` then says how many rows it wrote and where it stopped."""
         tables, (grad, t, hyper) = inputs[:-3], inputs[-3:]
         hyper = np.asarray(_host(hyper), dtype=np.float64)
         self.state.run(module, list(tables), grad.indices, grad.values, int(t),
-                       float(hyper[0]), float(hyper[1]), self.exact,
-                       self.row_guard if self._guard_on else None)
+                       float(hyper[0]), float(hyper[1]), self.exact, guard)
         return tuple(tables)
 
     def perform(self, node, inputs):
