@@ -54,14 +54,14 @@ class RowGuard:
     ``restore()`` to undo the call (a no-op when it wrote nothing) or ``release()``.
     """
 
-    __slots__ = ("status", "_cap", "_key", "_views", "_saved_last", "_keep", "_tables",
-                 "_last", "_idx")
+    __slots__ = ("status", "_cap", "_views", "_saved_last", "_keep", "_tables", "_last",
+                 "_idx", "_dtype", "_row", "_type", "_no_last", "_pad", "_absent")
 
     def __init__(self):
         #: ``[rows of idx written (saved), position of the first non-finite row or -1]``
         self.status = np.array([0, -1], dtype=np.int64)
         self._cap = -1  # rows every buffer holds (-1: none allocated)
-        self._key = None  # what the buffers were made for (see _key_of)
+        self._forget_layout()
         self._views, self._saved_last = (), _NO_SAVED_LAST
         self._keep = True  # False: the buffers are over KEEP_BYTES, dropped after the call
         self._tables, self._last, self._idx = (), None, None
@@ -76,28 +76,28 @@ class RowGuard:
         """Position in ``idx`` of the first non-finite row of the last call, or -1."""
         return int(self.status[1])
 
-    @staticmethod
-    def _key_of(tables, last, pad):
-        p = tables[0]
-        return (type(p), p.dtype, p.shape[1:], last is None, pad,
-                *[t is None for t in tables])
-
     def buffers(self, tables, last, idx, pad=0):
         """Scratch for ``tables`` (2-D, ``None`` = absent) and ``last`` (or None): a list
         of ``max(len(tables), pad)`` buffers and the one for ``last``, each with at least
         ``len(idx)`` rows. Arms the guard: ``status`` says nothing was written yet."""
         n = idx.shape[0]
-        key = self._key_of(tables, last, pad)
-        if n > self._cap or key != self._key:
-            self._grow(tables, last, n, pad, key)
+        p = tables[0]
+        # the buffers fit while the batch is no larger and the tables look the same
+        if (n > self._cap or p.dtype != self._dtype or p.shape[1:] != self._row
+                or type(p) is not self._type or (last is None) is not self._no_last
+                or pad != self._pad or [t is None for t in tables] != self._absent):
+            self._grow(tables, last, n, pad)
         self._tables, self._last, self._idx = tables, last, idx
         status = self.status
         status[0], status[1] = 0, -1
         return self._views, self._saved_last
 
-    def _grow(self, tables, last, n, pad, key):
-        cap = max(n, MIN_ROWS, 2 * self._cap if key == self._key else 0)
+    def _grow(self, tables, last, n, pad):
         p = tables[0]
+        same = (p.dtype == self._dtype and p.shape[1:] == self._row and type(p) is self._type
+                and (last is None) is self._no_last and pad == self._pad
+                and [t is None for t in tables] == self._absent)
+        cap = max(n, MIN_ROWS, 2 * self._cap if same else 0)
         xp = _xp(p)
         row = tuple(p.shape[1:])
         nbytes = cap * p.dtype.itemsize * int(np.prod(row, dtype=np.int64)) * len(tables)
@@ -110,7 +110,10 @@ class RowGuard:
         self._saved_last = (_NO_SAVED_LAST if last is None
                             else np.empty(cap, dtype=np.int64) if xp is np
                             else xp.empty(cap, dtype=np.int64))
-        self._cap, self._key, self._keep = cap, key, nbytes <= KEEP_BYTES
+        self._cap, self._keep = cap, nbytes <= KEEP_BYTES
+        self._dtype, self._row, self._type = p.dtype, p.shape[1:], type(p)
+        self._no_last, self._pad = last is None, pad
+        self._absent = [t is None for t in tables]
 
     def finish(self, bad, written=None):
         """For kernels that do not write ``status`` themselves: the kernel stopped at row
@@ -148,5 +151,12 @@ class RowGuard:
         status = self.status
         status[0], status[1] = 0, -1
         if not self._keep:
-            self._cap, self._key, self._views = -1, None, ()
+            self._cap, self._views = -1, ()
             self._saved_last, self._keep = _NO_SAVED_LAST, True
+            self._forget_layout()
+
+    def _forget_layout(self):
+        """What the buffers were made for (row shape, dtype, array type, ``last``, padding,
+        absent tables): nothing yet."""
+        self._dtype, self._row, self._type = None, None, None
+        self._no_last, self._pad, self._absent = None, -1, None

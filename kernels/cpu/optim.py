@@ -229,32 +229,10 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
               guard, SP, SB, S2, S3, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
-    # as in _adam: a guarded plain step saves and checks inside the update loop (one pass)
-    one_pass = guard and has_grad and SP.shape[0] >= n and (mu == 0.0 or SB.shape[0] >= n)
     for i in range(n):
         _prefetch_ahead(idx, i, dist, P, B, B)
         r = idx[i]
-        if one_pass and (not exact or _lag(last, r, t, has_grad) <= 0):
-            _advance_last(i, r, last, exact, t, SL)
-            bad = False
-            if mu == 0.0:  # plain SGD: a loop over the parameter row alone
-                for d in range(width):
-                    p0 = P[r, d]
-                    SP[i, d] = p0
-                    P[r, d] = _momentum_elem(float(p0), 0.0, float(G[i, d]), t == 1, lr,
-                                             0.0, damp, nesterov, wd)[0]
-                    bad |= _not_finite(P[r, d])
-            else:
-                for d in range(width):
-                    p0, b0 = P[r, d], B[r, d]
-                    SP[i, d], SB[i, d] = p0, b0
-                    P[r, d], B[r, d] = _momentum_elem(float(p0), float(b0), float(G[i, d]),
-                                                      t == 1, lr, mu, damp, nesterov, wd)
-                    bad |= _not_finite(P[r, d]) | _not_finite(B[r, d])
-            if bad:
-                return _stop(guard, status, i + 1, i)
-            continue
-        if guard:
+        if guard:  # the old rows, copied while they are in cache
             _save_rows(i, r, last, exact, P, B, B, B, SP, SB, S2, S3, SL)
         if exact:
             k = _lag(last, r, t, has_grad)
@@ -280,15 +258,23 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
                     P[r, d] = m11 * p + m12 * b
                     B[r, d] = m21 * p + m22 * b
             last[r] = t
-        if has_grad:
+        # with a gradient the step's own flag covers every value stored in the row (the
+        # check runs in the update loop); a catch-up alone is scanned
+        bad = False
+        if has_grad and mu == 0.0:  # no branch inside the element loops: they vectorise
             for d in range(width):
-                b = float(B[r, d]) if mu != 0.0 else 0.0
-                p, b = _momentum_elem(float(P[r, d]), b, float(G[i, d]), t == 1,
-                                      lr, mu, damp, nesterov, wd)
-                P[r, d] = p
-                if mu != 0.0:
-                    B[r, d] = b
-        if guard and _rows_bad(r, P, B, S2, S3):
+                P[r, d] = _momentum_elem(float(P[r, d]), 0.0, float(G[i, d]), t == 1, lr,
+                                         0.0, damp, nesterov, wd)[0]
+                bad |= _not_finite(P[r, d])
+        elif has_grad:
+            for d in range(width):
+                P[r, d], B[r, d] = _momentum_elem(float(P[r, d]), float(B[r, d]),
+                                                  float(G[i, d]), t == 1, lr, mu, damp,
+                                                  nesterov, wd)
+                bad |= _not_finite(P[r, d]) | _not_finite(B[r, d])
+        else:
+            bad = guard and _rows_bad(r, P, B, S2, S3)
+        if guard and bad:
             return _stop(guard, status, i + 1, i)
     return _stop(guard, status, n, -1)
 
@@ -318,6 +304,18 @@ _adagrad_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always
     adagrad_rule.update)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _adagrad_row(P, A, G, i, r, clr, eps, wd):
+    """One step of row ``r`` (gradient row ``i``); whether a value it stored is not finite
+    (a caller that ignores the flag gets the loop without it: dead code is removed)."""
+    bad = False
+    for d in range(P.shape[1]):
+        P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]), float(G[i, d]), clr,
+                                         eps, wd)
+        bad |= _not_finite(P[r, d]) | _not_finite(A[r, d])
+    return bad
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist,
              has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
@@ -325,25 +323,10 @@ def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist
     width = P.shape[1]
     n = idx.shape[0]
     clr_t = lr / (1.0 + (t - 1) * lr_decay)  # this step's decayed lr
-    # a guarded step with nothing to replay saves and checks inside the update loop: one
-    # pass over the row (without weight decay a lagging row has nothing to catch up)
-    one_pass = guard and has_grad and SP.shape[0] >= n and SA.shape[0] >= n
     for i in range(n):
         _prefetch_ahead(idx, i, dist, P, A, A)
         r = idx[i]
-        if one_pass and (not exact or not wd_any or _lag(last, r, t, has_grad) <= 0):
-            _advance_last(i, r, last, exact, t, SL)
-            bad = False
-            for d in range(width):
-                p0, a0 = P[r, d], A[r, d]
-                SP[i, d], SA[i, d] = p0, a0
-                P[r, d], A[r, d] = _adagrad_elem(float(p0), float(a0), float(G[i, d]),
-                                                 clr_t, eps, wd)
-                bad |= _not_finite(P[r, d]) | _not_finite(A[r, d])
-            if bad:
-                return _stop(guard, status, i + 1, i)
-            continue
-        if guard:
+        if guard:  # the old rows, copied while they are in cache
             _save_rows(i, r, last, exact, P, A, A, A, SP, SA, S2, S3, SL)
         if exact:
             k = _lag(last, r, t, has_grad)
@@ -358,11 +341,13 @@ def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist
                         P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]), 0.0,
                                                          clr, eps, wd_s)
             last[r] = t
+        # with a gradient the step's own flag covers every value stored in the row (the
+        # check runs in the update loop); a catch-up alone is scanned
         if has_grad:
-            for d in range(width):
-                P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]),
-                                                 float(G[i, d]), clr_t, eps, wd)
-        if guard and _rows_bad(r, P, A, S2, S3):
+            bad = _adagrad_row(P, A, G, i, r, clr_t, eps, wd)
+        else:
+            bad = guard and _rows_bad(r, P, A, S2, S3)
+        if guard and bad:
             return _stop(guard, status, i + 1, i)
     return _stop(guard, status, n, -1)
 
@@ -384,6 +369,40 @@ _rmsprop_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always
     rmsprop_rule.update)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd):
+    """One step of row ``r``; whether a value it stored is not finite. Called with
+    constant ``centered`` / ``mom == 0``, so each variant's loop has no branch inside."""
+    bad = False
+    for d in range(P.shape[1]):
+        ga = float(GA[r, d]) if centered else 0.0
+        b = float(B[r, d]) if mom != 0.0 else 0.0
+        p, sq, ga, b = _rmsprop_elem(float(P[r, d]), float(S[r, d]), ga, b, float(G[i, d]),
+                                     lr, alpha, eps, mom, centered, wd)
+        P[r, d], S[r, d] = p, sq
+        bad |= _not_finite(P[r, d]) | _not_finite(S[r, d])
+        if centered:
+            GA[r, d] = ga
+            bad |= _not_finite(GA[r, d])
+        if mom != 0.0:
+            B[r, d] = b
+            bad |= _not_finite(B[r, d])
+    return bad
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _rmsprop_row(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd):
+    """``_rmsprop_row_of`` for the four variants, each with its options as constants
+    (branches inside the element loop keep LLVM from vectorising it: 2-4x slower)."""
+    if centered:
+        if mom != 0.0:
+            return _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, mom, True, wd)
+        return _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, 0.0, True, wd)
+    if mom != 0.0:
+        return _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, mom, False, wd)
+    return _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, 0.0, False, wd)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom, centered,
              wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
@@ -391,37 +410,10 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
     width = P.shape[1]
     n = idx.shape[0]
     has_buf = mom != 0.0
-    # a guarded step with nothing to catch up saves and checks inside the update loop
-    one_pass = (guard and has_grad and SP.shape[0] >= n and SS.shape[0] >= n
-                and (not centered or SGA.shape[0] >= n) and (not has_buf or SB.shape[0] >= n))
     for i in range(n):
         _prefetch_ahead(idx, i, dist, P, S, B)
         r = idx[i]
-        if one_pass and (not exact or _lag(last, r, t, has_grad) <= 0):
-            _advance_last(i, r, last, exact, t, SL)
-            bad = False
-            for d in range(width):
-                p0, s0 = P[r, d], S[r, d]
-                SP[i, d], SS[i, d] = p0, s0
-                ga0 = GA[r, d] if centered else 0.0
-                b0 = B[r, d] if has_buf else 0.0
-                p, sq, ga, b = _rmsprop_elem(float(p0), float(s0), float(ga0), float(b0),
-                                             float(G[i, d]), lr, alpha, eps, mom, centered,
-                                             wd)
-                P[r, d], S[r, d] = p, sq
-                bad |= _not_finite(P[r, d]) | _not_finite(S[r, d])
-                if centered:
-                    SGA[i, d] = ga0
-                    GA[r, d] = ga
-                    bad |= _not_finite(GA[r, d])
-                if has_buf:
-                    SB[i, d] = b0
-                    B[r, d] = b
-                    bad |= _not_finite(B[r, d])
-            if bad:
-                return _stop(guard, status, i + 1, i)
-            continue
-        if guard:
+        if guard:  # the old rows, copied while they are in cache
             _save_rows(i, r, last, exact, P, S, GA, B, SP, SS, SGA, SB, SL)
         if exact:
             k = _lag(last, r, t, has_grad)
@@ -456,18 +448,13 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
                         if has_buf:
                             B[r, d] = b
             last[r] = t
+        # with a gradient the step's own flag covers every value stored in the row (the
+        # check runs in the update loop); a catch-up alone is scanned
         if has_grad:
-            for d in range(width):
-                ga = float(GA[r, d]) if centered else 0.0
-                b = float(B[r, d]) if has_buf else 0.0
-                p, sq, ga, b = _rmsprop_elem(float(P[r, d]), float(S[r, d]), ga, b,
-                                             float(G[i, d]), lr, alpha, eps, mom, centered, wd)
-                P[r, d], S[r, d] = p, sq
-                if centered:
-                    GA[r, d] = ga
-                if has_buf:
-                    B[r, d] = b
-        if guard and _rows_bad(r, P, S, GA, B):
+            bad = _rmsprop_row(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd)
+        else:
+            bad = guard and _rows_bad(r, P, S, GA, B)
+        if guard and bad:
             return _stop(guard, status, i + 1, i)
     return _stop(guard, status, n, -1)
 
