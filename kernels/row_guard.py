@@ -61,20 +61,21 @@ class RowGuard:
         #: ``[rows of idx written (saved), position of the first non-finite row or -1]``
         self.status = np.array([0, -1], dtype=np.int64)
         self._cap = -1  # rows every buffer holds (-1: none allocated)
+        self._tables = self._last = self._idx = None  # what the armed call writes
         self._forget_layout()
         self._views, self._saved_last = (), _NO_SAVED_LAST
         self._keep = True  # False: the buffers are over KEEP_BYTES, dropped after the call
-        self._tables, self._last, self._idx = (), None, None
 
     @property
     def written(self):
-        """Rows ``idx[:written]`` of every table hold values saved in the scratch."""
-        return int(self.status[0])
+        """Rows ``idx[:written]`` of every table hold values saved in the scratch (0 once
+        released or restored)."""
+        return int(self.status[0]) if self._idx is not None else 0
 
     @property
     def bad(self):
-        """Position in ``idx`` of the first non-finite row of the last call, or -1."""
-        return int(self.status[1])
+        """Position in ``idx`` of the first non-finite row of the call, or -1."""
+        return int(self.status[1]) if self._idx is not None else -1
 
     def buffers(self, tables, last, idx, pad=0):
         """Scratch for ``tables`` (2-D, ``None`` = absent) and ``last`` (or None): a list
@@ -147,9 +148,7 @@ class RowGuard:
     def release(self):
         """Drop the references to this call's tables (the scratch stays for reuse unless
         it is over ``KEEP_BYTES``)."""
-        self._tables, self._last, self._idx = (), None, None
-        status = self.status
-        status[0], status[1] = 0, -1
+        self._tables = self._last = self._idx = None  # restore() now has nothing to do
         if not self._keep:
             self._cap, self._views = -1, ()
             self._saved_last, self._keep = _NO_SAVED_LAST, True

@@ -125,13 +125,13 @@ def test_the_kernel_records_what_it_wrote_in_the_guard_status():
                        0.0, False, guard=guard) == 2
     assert guard.status.tolist() == [3, 2]  # rows idx[:3] written (and saved), stopped at 2
     guard.restore()
-    assert guard.status.tolist() == [0, -1] and (P == 1).all() and (M == 1).all()
+    assert (guard.written, guard.bad) == (0, -1) and (P == 1).all() and (M == 1).all()
     g[2, 0] = 1.0
     K.adam_rows(P, M, V, np.array([1, 3, 5, 7]), g, 1, None, 0.1, 0.9, 0.999, 1e-8, 0.0,
                 False, guard=guard)
     assert guard.status.tolist() == [4, -1]
     guard.release()
-    assert guard.status.tolist() == [0, -1]
+    assert (guard.written, guard.bad, guard.bad_row()) == (0, -1, -1)
     guard.restore()  # after release: nothing to undo, nothing changes
     assert not (P == 1).all()
 

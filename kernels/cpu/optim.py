@@ -65,7 +65,7 @@ def _stop(guard, status, written, bad):
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _save_row(X, S, r, i):
-    if S.shape[0] > i:
+    if S.shape[0] > i and X.shape[0] > r:  # (a scratch given for an absent table: no read)
         for d in range(X.shape[1]):
             S[i, d] = X[r, d]
 
