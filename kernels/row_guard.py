@@ -88,9 +88,9 @@ class RowGuard:
                 or type(p) is not self._type or (last is None) is not self._no_last
                 or pad != self._pad or [t is None for t in tables] != self._absent):
             self._grow(tables, last, n, pad)
-        self._tables, self._last, self._idx = tables, last, idx
         status = self.status
-        status[0], status[1] = 0, -1
+        status[0], status[1] = 0, -1  # first: the record never pairs this call with old counts
+        self._tables, self._last, self._idx = tables, last, idx
         return self._views, self._saved_last
 
     def _grow(self, tables, last, n, pad):
