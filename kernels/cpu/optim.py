@@ -589,22 +589,15 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
                                amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, blocks,
                                offsets, n_levels, replay)
             last[r] = t
-        # with a gradient the step's own flag covers every value stored in the row (the
-        # check runs in the update loop); a catch-up alone is scanned
-        bad = False
         if has_grad:
             for d in range(width):
                 vm = float(VM[r, d]) if amsgrad else 0.0
                 P[r, d], M[r, d], V[r, d], vm = _adam_elem(
                     float(P[r, d]), float(M[r, d]), float(V[r, d]), vm, float(G[i, d]), b1,
                     b2, eps, l2, q, step_size, sqrt_bc2, not exact, amsgrad)
-                bad |= _not_finite(P[r, d]) | _not_finite(M[r, d]) | _not_finite(V[r, d])
                 if amsgrad:
                     VM[r, d] = vm
-                    bad |= _not_finite(VM[r, d])
-        else:
-            bad = guard and _rows_bad(r, P, M, V, VM)
-        if guard and bad:
+        if guard and _rows_bad(r, P, M, V, VM):
             return _stop(guard, status, i + 1, i)
     return _stop(guard, status, idx.shape[0], -1)
 
