@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minigrad.distributed import netns, plan, ray_setup, sharding
+from minigrad.distributed import checkpoint_files, netns, plan, ray_setup, sharding
 from minigrad.distributed.errors import DistributedError
 from minigrad.distributed.shard import Shard
 from minigrad.distributed.worker import Worker
@@ -278,9 +278,9 @@ class _Run:
         return path
 
     def _start(self, actor, name, slices, names, ckpt_dir, n_batches):
-        file = None if ckpt_dir is None else os.path.join(ckpt_dir, f"{name}.npz")
-        if file is not None and os.path.exists(file):
-            os.remove(file)  # a fresh run starts from the caller's parameters
+        file = None if ckpt_dir is None else os.path.join(ckpt_dir, f"{name}.json")
+        if file is not None:
+            checkpoint_files.remove(file)  # a fresh run starts from the caller's parameters
         # the rows go through the object store under a reference this driver holds for the
         # whole run: a restarted shard re-reads its constructor arguments (Ray would free
         # an argument it put there itself once the first construction is done)

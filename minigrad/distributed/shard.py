@@ -8,22 +8,24 @@ every parameter's step counter moves exactly as in one process.
 Pushes are tagged ``(worker, batch)``; the shard remembers which batches it has applied
 (a bit per batch of the run), so a push that is retried, or a batch redone by another
 worker after a failure, is never applied twice. Every ``checkpoint_every`` applied pushes
-it writes its rows, optimizer state and that bitmap atomically (temporary file, then
-``os.replace``); a restarted shard (Ray's ``max_restarts``) resumes from the newest
-checkpoint: it loses at most the pushes applied since, and it knows exactly which.
+it writes its rows, optimizer state and that bitmap atomically (one ``.npy`` file per
+array, then a checked manifest renamed into place: ``checkpoint_files.py``); a restarted
+shard (Ray's ``max_restarts``) resumes from the newest checkpoint, its tables mapped
+copy-on-write rather than read into fresh memory (fast for a large shard): it loses at
+most the pushes applied since, and it knows exactly which.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import time
 
 import numpy as np
 
-from minigrad.distributed import clipping
+from minigrad.distributed import checkpoint_files, clipping
 from minigrad.distributed.proc_times import process_started_at
 from minigrad.distributed.rows import read_rows
+from minigrad.optim.serialization import CheckpointError
 
 FORMAT = "minigrad-distributed-shard"
 
@@ -44,28 +46,23 @@ class Shard:
         self.name, self.names = name, list(names)
         self.scalar = [np.ndim(v) == 0 for v in slices]  # kept as (1,): apply needs an axis
         self.every, self.file = checkpoint_every, checkpoint_file
-        saved = None
-        if self.file and os.path.exists(self.file):
-            # a restarted shard builds its tables from the checkpoint directly: copying the
-            # initial rows in first, to overwrite them, would double a restore's memory
-            # traffic (the bulk of its time for a large table)
-            saved = self._read_checkpoint(slices)
-            slices = [saved[0].pop(f"param/{i}") for i in range(len(slices))]
-        self.params = [mg.shared(np.reshape(v, (1,)) if s else v, name=f"{name}/{n}")
-                       for v, s, n in zip(slices, self.scalar, self.names)]
+        self.generation = 0
         factory = pickle.loads(optimizer)
-        # one optimizer per parameter: each push is one step of each, so every step
-        # counter matches single-process training whatever the optimizer counts
-        # ... without the leading ClipGradNorm transforms: a clip here would see only this
-        # shard's slice; the workers clip the whole gradient (``clipping.py``)
-        self.opts = [clipping.without_clips(factory([p])) for p in self.params]
         self.applied = np.zeros(int(n_batches), dtype=bool)
         self.counters = {"pushes": 0, "duplicates": 0, "rows_pushed": 0, "rows_pulled": 0,
                          "checkpoints": 0}
         self.since_checkpoint = 0
         self.restored_from = None
-        if saved is not None:
-            self._restore(*saved)
+        if self.file and checkpoint_files.exists(self.file):
+            self._restore(slices, factory)
+        else:
+            self.params = [mg.shared(np.reshape(v, (1,)) if s else v, name=f"{name}/{n}")
+                           for v, s, n in zip(slices, self.scalar, self.names)]
+            # one optimizer per parameter: each push is one step of each, so every step
+            # counter matches single-process training whatever the optimizer counts
+            # ... without the leading ClipGradNorm transforms: a clip here would see only
+            # this shard's slice; the workers clip the whole gradient (``clipping.py``)
+            self.opts = [clipping.without_clips(factory([p])) for p in self.params]
         self.started_at, self.restore_s = time.time(), time.time() - t0
         self.init_at, self.born_at = t0, process_started_at()
         self.first_push_at = None  # the first push this process applied (recovery timing)
@@ -132,65 +129,90 @@ class Shard:
 
     # --- checkpoints -----------------------------------------------------------------
     def checkpoint(self):
-        """Write rows, optimizer state and the applied-batch bitmap atomically."""
+        """Write rows, optimizer state and the applied-batch bitmap (``checkpoint_files``:
+        one ``.npy`` per array, then the manifest atomically)."""
+        from minigrad.optim.base import STATE_FORMAT_VERSION
+
         if not self.file:
             return None
         arrays, opt_meta = {}, []
         for i, (opt, p) in enumerate(zip(self.opts, self.params)):
-            sd = opt.state_dict()  # flushes exact-mode catch-up first
+            # the tables themselves, borrowed: ``state_dict()`` would copy every table
+            # first (as slow as writing it, for a table of 10^7 rows)
+            opt.flush()  # exact mode: every row caught up to the current step
             arrays[f"param/{i}"] = p.get_value(borrow=True)
-            arrays.update({f"opt/{i}/{k}": v for k, v in sd["state"].items()})
-            opt_meta.append({k: sd.get(k) for k in ("optimizer", "version", "t", "steps")})
+            for j, states in enumerate(opt.state):
+                arrays.update({f"opt/{i}/{j}.{k}": v.value for k, v in states.items()})
+            opt_meta.append({"optimizer": type(opt).__name__, "version": STATE_FORMAT_VERSION,
+                             "t": int(opt.t.value), "steps": [int(s.value) for s in opt.steps]})
         arrays["applied"] = self.applied
-        meta = {"format": FORMAT, "name": self.name, "opts": opt_meta,
-                "counters": self.counters}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        tmp = f"{self.file}.tmp-{os.getpid()}.npz"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.file)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        self.counters["checkpoints"] += 1
+        counters = dict(self.counters, checkpoints=self.counters["checkpoints"] + 1)
+        meta = {"format": FORMAT, "name": self.name, "opts": opt_meta, "counters": counters}
+        checkpoint_files.write(self.file, arrays, meta, self.generation + 1)
+        self.generation += 1
+        self.counters = counters
         self.since_checkpoint = 0
         return self.file
 
-    def _read_checkpoint(self, slices):
-        """``(arrays, meta)`` of the checkpoint file, its rows checked against ``slices``
-        (the shapes and dtypes this shard holds)."""
-        with np.load(self.file) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-        if meta.get("format") != FORMAT or meta.get("name") != self.name:
-            raise ValueError(f"{self.file} is not a checkpoint of {self.name}")
-        for i, (v, label) in enumerate(zip(slices, self.names)):
-            want = (1,) if np.ndim(v) == 0 else np.shape(v)
-            got = arrays.get(f"param/{i}")
-            if got is None or got.shape != want or got.dtype != np.asarray(v).dtype:
-                raise ValueError(f"{self.file}: rows of {label!r} do not match {self.name} "
-                                 f"(want {want} {np.asarray(v).dtype}, got "
-                                 f"{None if got is None else (got.shape, got.dtype)})")
-        return arrays, meta
+    def _restore(self, slices, factory):
+        """Parameters, optimizer state, applied-batch bitmap and counters from the newest
+        checkpoint, its rows and state tables mapped copy-on-write (not copied): what
+        makes a restart of a large shard fast. Every check passes before it is used."""
+        import minigrad as mg
 
-    def _restore(self, arrays, meta):
-        """Optimizer state, applied-batch bitmap and counters from a read checkpoint (the
-        rows are already in: ``__init__`` built the parameters from them)."""
-        dicts = []
-        for i, (opt, om) in enumerate(zip(self.opts, meta["opts"])):
-            prefix = f"opt/{i}/"
+        arrays, meta, generation = checkpoint_files.read(self.file)
+        if meta.get("format") != FORMAT or meta.get("name") != self.name:
+            raise CheckpointError(f"{self.file} is not a checkpoint of {self.name}")
+        for i, (v, label) in enumerate(zip(slices, self.names)):
+            want, dtype = (1,) if np.ndim(v) == 0 else np.shape(v), np.asarray(v).dtype
+            got = arrays.get(f"param/{i}")
+            if got is None or got.shape != want or got.dtype != dtype:
+                raise CheckpointError(
+                    f"{self.file}: rows of {label!r} do not match {self.name} (want {want} "
+                    f"{dtype}, got {None if got is None else (got.shape, got.dtype)})")
+        if "applied" not in arrays or arrays["applied"].shape != self.applied.shape:
+            raise CheckpointError(f"{self.file}: no applied-batch bitmap of "
+                                  f"{self.applied.shape[0]} batches")
+        self.params, self.opts, dicts = [], [], []
+        for i, label in enumerate(self.names):
+            rows = arrays[f"param/{i}"]
+            p = mg.shared(np.zeros((0,) + rows.shape[1:], rows.dtype),
+                          name=f"{self.name}/{label}")
+            # built over zero rows: a fresh optimizer would allocate and fill every state
+            # table only for the checkpoint's to replace them
+            opt = clipping.without_clips(factory([p]))
+            state = {}
+            for j, states in enumerate(opt.state):
+                for k, var in states.items():
+                    key = f"opt/{i}/{j}.{k}"
+                    empty = var.value
+                    want = ((rows.shape[0],) + empty.shape[1:] if empty.ndim and
+                            empty.shape[0] == 0 else empty.shape)
+                    got = arrays.get(key)
+                    if got is None or got.shape != want or got.dtype != empty.dtype:
+                        raise CheckpointError(
+                            f"{self.file}: optimizer state {key} of {label!r} is "
+                            f"{None if got is None else (got.shape, str(got.dtype))}, "
+                            f"expected {(want, str(empty.dtype))}")
+                    state[f"{j}.{k}"] = got
+            om = meta["opts"][i]
             sd = {k: v for k, v in om.items() if v is not None}
-            sd["state"] = {k[len(prefix):]: v for k, v in arrays.items()
-                           if k.startswith(prefix)}
-            opt.check_state_dict(sd)  # every check passes before anything is loaded
-            dicts.append(sd)
-        for opt, sd in zip(self.opts, dicts):
-            opt.load_state_dict(sd)
+            sd["state"] = state
+            self.params.append(p)
+            self.opts.append(opt)
+            dicts.append((rows, sd))
+        for p, opt, (rows, sd) in zip(self.params, self.opts, dicts):
+            p.set_value(rows, borrow=True)  # writeable, C order: kept, not copied
+            for j, states in enumerate(opt.state):
+                for k, var in states.items():
+                    var.set_value(sd["state"][f"{j}.{k}"], borrow=True)
+            t, steps = opt.check_state_dict(sd)  # the shapes now those of the tables
+            opt.t.set_value(np.int64(t))
+            for ps, step in zip(opt.param_states, steps):
+                ps.restart(step)
         self.applied = arrays["applied"].astype(bool)
         self.counters = dict(meta["counters"])
+        self.generation = generation
         self.restored_from = self.file
 
     # --- the calls the driver makes --------------------------------------------------
