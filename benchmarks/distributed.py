@@ -188,8 +188,11 @@ def recovery(ray, make, data, epochs, every=10):
     thread.join(60)
     if "recovery_s" not in record:
         record.setdefault("recovery_error", "the shard was not killed and back before the end")
+    written = [i["checkpoint_s"] for i in res.shard_info if "checkpoint_s" in i]
     row.update(system="distributed 2w x 2s, shard-0 SIGKILLed", lost_pushes=res.lost_pushes,
-               checkpoint_every=every, **record)
+               checkpoint_every=every,
+               checkpoints=sum(i.get("checkpoints", 0) for i in res.shard_info),
+               checkpoint_s=sum(written) if written else None, **record)
     return row
 
 
@@ -205,9 +208,34 @@ def recovery_parts(t_kill, info):
     return out
 
 
+def inner_recovery(out, sizes, models=("fm", "masked")):
+    """Only what checkpoints change: 2w x 2s without checkpoints, then with them and a
+    SIGKILLed shard (``--recovery 1e6,1e7``): the restore split and the cost of writing
+    checkpoints on samples/s, without the rest of the grid."""
+    from minigrad.distributed import ray_setup
+
+    rows = []
+    with ray_setup.local_ray(num_cpus=2) as ray:
+        for V in sizes:
+            for model in models:
+                make, data = task(model, V, SAMPLES["full"][model])
+                case = {"model": model, "V": V, "samples": int(data[0].shape[0])}
+                found = [distributed(make, data, 2, 2, 2)[0],
+                         recovery(ray, make, data, 1, checkpoint_interval(V))]
+                for r in found:
+                    r.update(case, vs_single_process=float("nan"))
+                rows += found
+                del make, data
+                gc.collect()
+                _write(out, rows)
+    _write(out, rows)
+
+
 def inner(out, mode, models=("fm", "masked")):
     from minigrad.distributed import ray_setup
 
+    if mode.startswith("recovery:"):
+        return inner_recovery(out, [int(float(v)) for v in mode.split(":")[1].split(",")])
     epochs, rows = 1, []
     with ray_setup.local_ray(num_cpus=2) as ray:
         for V in SIZES[mode]:
@@ -236,7 +264,7 @@ def _write(out, rows):
     os.replace(tmp, out)
 
 
-def run(quick=True, compare=(), out_dir=None, smoke=False):
+def run(quick=True, compare=(), out_dir=None, smoke=False, recovery_sizes=None):
     """Rows per system; Ray runs in a loopback-only namespace (a child process)."""
     name = "distributed"
     notes = [f"FM k={K} and MaskedEmbeddingClassifier dim {K} (per-dimension mask, "
@@ -259,7 +287,8 @@ def run(quick=True, compare=(), out_dir=None, smoke=False):
     tmp = tempfile.mkdtemp(prefix="mg-bench-dist-")
     out = os.path.join(tmp, "rows.json")
     cmd = netns.loopback_command([sys.executable, "-m", "benchmarks.distributed", "--inner",
-                                  out, "--mode", "quick" if quick else "full", "--mark", tmp])
+                                  out, "--mode", f"recovery:{recovery_sizes}" if recovery_sizes
+                                  else "quick" if quick else "full", "--mark", tmp])
     if cmd is None:
         return {"name": name, "rows": [], "notes": ["no loopback-only network namespace "
                                                     "possible here (unshare): skipped"]}
@@ -287,8 +316,12 @@ def table_rows(res):
                      f"pull p50 {r['pull_p50_ms']:.1f} / p99 {r['pull_p99_ms']:.1f} ms")
         if "recovery_s" in r:
             extra += (f"; recovery {r['recovery_s']:.2f} s (resumed "
-                      f"{r.get('resumed_s', float('nan')):.2f} s), lost {r['lost_pushes']} "
-                      "pushes")
+                      f"{r.get('resumed_s', float('nan')):.2f} s; detect+spawn "
+                      f"{r.get('detect_spawn_s', float('nan')):.2f}, imports "
+                      f"{r.get('imports_s', float('nan')):.2f}, restore "
+                      f"{r['constructor_s']:.2f}), lost {r['lost_pushes']} pushes")
+        if r.get("checkpoint_s") is not None:
+            extra += f"; {r['checkpoints']} checkpoints took {r['checkpoint_s']:.1f} s"
         if "recovery_error" in r:
             extra += f"; recovery not measured: {r['recovery_error']}"
         out.append({"bench": "distributed", "case": f"{r['model']} V={r['V']:.0e}",
@@ -303,6 +336,9 @@ def table_rows(res):
 def _main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--recovery", default=None, metavar="V,V",
+                   help="only 2w x 2s without / with checkpoints and a shard kill at these "
+                   "table sizes (e.g. 1e6,1e7)")
     p.add_argument("--inner", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="quick", help=argparse.SUPPRESS)
     p.add_argument("--mark", default=None, help=argparse.SUPPRESS)
@@ -319,7 +355,7 @@ def _main():
         this.inner(args.inner, args.mode)
         return
     t0 = time.perf_counter()
-    res = run(quick=args.quick)
+    res = run(quick=args.quick, recovery_sizes=args.recovery)
     for r in table_rows(res):
         print(f"{r['case']:<16}{r['system']:<40}{r['value']:>10,.0f}  {r['unit']}")
     for n in res["notes"]:

@@ -164,6 +164,12 @@ def clip_optimizer():
                              transforms=[mg.optim.ClipGradNorm(0.05)])
 
 
+def noise_optimizer():
+    """Adam with gradient noise, then a global clip (the order once refused)."""
+    return functools.partial(mg.optim.Adam, lr=0.05, transforms=[
+        mg.optim.GradientNoise(eta=0.05, seed=7), mg.optim.ClipGradNorm(0.05)])
+
+
 def async_training(ray, out):
     sys.path.insert(0, os.path.dirname(__file__))
     from test_distributed import EmbeddingModel, embedding_data
@@ -342,7 +348,7 @@ def main(out):
     if not netns.only_loopback():
         raise SystemExit(f"not in a loopback-only namespace: {netns.interfaces()}")
     scenarios = sys.argv[2].split(",") if len(sys.argv) > 2 else [
-        "momentum", "clip", "async", "shard_ray_kill", "shard_sigkill", "worker_sigkill",
+        "momentum", "clip", "noise", "async", "shard_ray_kill", "shard_sigkill", "worker_sigkill",
         "bad_index", "shard_dead"]
     if scenarios == ["cluster"]:  # a Cluster wants a fresh process (no earlier session)
         try:
@@ -358,6 +364,8 @@ def main(out):
                         mg.optim.Momentum, lr=0.05, momentum=0.9, sparse="exact"))
                 elif name == "clip":
                     equality(ray, out, name, clip_optimizer())
+                elif name == "noise":
+                    equality(ray, out, name, noise_optimizer())
                 elif name == "shard_ray_kill":
                     fault(ray, out, name, "-shard-0", "ray.kill")
                 elif name == "shard_sigkill":

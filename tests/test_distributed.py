@@ -162,6 +162,16 @@ def test_import_minigrad_does_not_import_ray():
     assert out.stdout.strip() == "False"
 
 
+class Unchanged:
+    """A user transform (no worker-side form): it stays in the shards' optimizers."""
+
+    def __call__(self, grads, step):
+        return grads
+
+    def eager(self, grads, step, indices):
+        return grads
+
+
 def _train_args(**kw):
     model = EmbeddingModel()
     args = dict(make_cost=model.make_cost, params=model.params, dataset=embedding_data(),
@@ -180,8 +190,11 @@ def _train_args(**kw):
     ({"optimizer": functools.partial(mg.optim.SGD, lr=-1.0)}, ValueError, "lr must be .*>= 0"),
     ({"params": []}, TypeError, "non-empty list of mg.shared"),
     ({"optimizer": functools.partial(mg.optim.SGD, lr=0.1, transforms=[
-        mg.optim.GradientNoise(), mg.optim.ClipGradNorm(1.0)])}, ValueError,
-     "ClipGradNorm .*must come first"),
+        Unchanged(), mg.optim.ClipGradNorm(1.0)])}, ValueError,
+     "ClipGradNorm and GradientNoise .*must come first"),
+    ({"optimizer": functools.partial(mg.optim.SGD, lr=0.1, transforms=[
+        mg.optim.ClipGradNorm(1.0), Unchanged(), mg.optim.GradientNoise()])}, ValueError,
+     "ClipGradNorm and GradientNoise .*must come first"),
 ])
 def test_bad_arguments_fail_before_ray_starts(bad, error, match):
     model, args = _train_args(**bad)
@@ -252,13 +265,44 @@ def test_shard_restart_restores_rows_state_and_applied_batches(tmp_path):
         Shard("shard-0", wrong, ["b", "w", "V"], factory, 10, 3, file)
 
 
-def test_shards_leave_the_clip_to_the_workers():
+def test_shards_leave_clip_and_noise_to_the_workers():
+    from minigrad.distributed import worker_transforms
     from minigrad.distributed.shard import Shard
 
-    factory = pickle.dumps(functools.partial(mg.optim.Adam, lr=0.1, transforms=[
-        mg.optim.ClipGradNorm(1.0), mg.optim.GradientNoise()]))
-    shard = Shard("shard-0", [np.ones((4, 2))], ["E"], factory, n_batches=3)
-    assert [type(t).__name__ for t in shard.opts[0].transforms] == ["GradientNoise"]
+    transforms = [mg.optim.GradientNoise(), mg.optim.ClipGradNorm(1.0), Unchanged()]
+    opt = functools.partial(mg.optim.Adam, lr=0.1, transforms=transforms)
+    shard = Shard("shard-0", [np.ones((4, 2))], ["E"], pickle.dumps(opt), n_batches=3)
+    assert [type(t).__name__ for t in shard.opts[0].transforms] == ["Unchanged"]
+    on_workers = worker_transforms.leading(opt([mg.shared(np.ones((2, 2)))]))
+    assert [type(t).__name__ for t in on_workers] == ["GradientNoise", "ClipGradNorm"]
+
+
+@pytest.mark.parametrize("step", [0, 5])
+def test_worker_noise_is_the_one_process_draw(step):
+    """The worker's noise (whole gradient, parameter ``i`` at its position, step = batch)
+    is what ``GradientNoise`` adds in the compiled single-process step: same stream, same
+    coalesced rows, bit for bit; with a clip after it, the clip of the noisy gradient."""
+    from minigrad.distributed import worker_transforms
+    from minigrad.types import RowSparse
+
+    r = np.random.default_rng(9)
+    ids = np.array([6, 2, 6, 9, 0])  # repeats: coalesced before the draw
+    rows, dense = r.normal(size=(5, 3)), r.normal(size=(3, 2))
+    g_rows = mg.shared(rows)
+    E, W = mg.shared(r.normal(size=(12, 3))), mg.shared(r.normal(size=(3, 2)))
+    idx = mg.lvector("idx")
+    cost = (E[idx] * g_rows).sum() + (W * mg.constant(dense)).sum()
+    noise = mg.optim.GradientNoise(eta=0.2, gamma=0.55, seed=11)
+    clip = mg.optim.ClipGradNorm(0.7)
+    t = mg.shared(np.int64(step))
+    grads = mg.grad(cost, [E, W])
+    want = mg.function([idx], clip(noise(grads, t), t))(ids)
+    got = worker_transforms.apply([RowSparse(ids, rows, (12, 3)), dense], [noise, clip], step)
+    assert np.array_equal(got[0].indices, want[0].coalesce().indices)
+    np.testing.assert_allclose(got[0].to_dense(), want[0].to_dense(), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-13, atol=1e-15)
+    plain = worker_transforms.apply([RowSparse(ids, rows, (12, 3)), dense], [clip], step)
+    assert not np.allclose(got[1], plain[1])  # the noise acted
 
 
 # --- with Ray, in loopback-only namespaces ---------------------------------------------
@@ -371,6 +415,26 @@ def test_global_clip_one_worker_sync_equals_single_process(scenarios):
     single_process(unclipped, embedding_data(), functools.partial(mg.optim.Adam, lr=0.05),
                    epochs=2, batch_size=50)
     assert not np.allclose(got[0], unclipped.E.get_value(), rtol=1e-6)  # the clip acted
+
+
+@NEEDS_RAY
+@pytest.mark.distributed
+def test_gradient_noise_one_worker_sync_equals_single_process(scenarios):
+    """GradientNoise (then a clip) in the factory: the workers draw the one process's
+    noise (parameter i at its position, step = batch), so one worker at staleness 0
+    equals one process; before, every shard drew its own."""
+    import distributed_scenarios as sc
+
+    _scenario(scenarios, "noise")
+    ref = EmbeddingModel()
+    single_process(ref, embedding_data(), sc.noise_optimizer(), epochs=2, batch_size=50)
+    with np.load(os.path.join(scenarios["_dir"], "noise.npz")) as z:
+        got = [z[f"arr_{i}"] for i in range(3)]
+    for g, p in zip(got, ref.params):
+        np.testing.assert_allclose(g, p.get_value(), rtol=1e-12, atol=1e-14)
+    quiet = EmbeddingModel()
+    single_process(quiet, embedding_data(), sc.clip_optimizer(), epochs=2, batch_size=50)
+    assert not np.allclose(got[0], quiet.E.get_value(), rtol=1e-6)  # the noise acted
 
 
 @NEEDS_RAY

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from minigrad.distributed import checkpoint_files, clipping
+from minigrad.distributed import checkpoint_files, worker_transforms
 from minigrad.distributed.proc_times import process_started_at
 from minigrad.distributed.rows import read_rows
 from minigrad.optim.serialization import CheckpointError
@@ -50,7 +50,7 @@ class Shard:
         factory = pickle.loads(optimizer)
         self.applied = np.zeros(int(n_batches), dtype=bool)
         self.counters = {"pushes": 0, "duplicates": 0, "rows_pushed": 0, "rows_pulled": 0,
-                         "checkpoints": 0}
+                         "checkpoints": 0, "checkpoint_s": 0.0}
         self.since_checkpoint = 0
         self.restored_from = None
         if self.file and checkpoint_files.exists(self.file):
@@ -60,9 +60,10 @@ class Shard:
                            for v, s, n in zip(slices, self.scalar, self.names)]
             # one optimizer per parameter: each push is one step of each, so every step
             # counter matches single-process training whatever the optimizer counts
-            # ... without the leading ClipGradNorm transforms: a clip here would see only
-            # this shard's slice; the workers clip the whole gradient (``clipping.py``)
-            self.opts = [clipping.without_clips(factory([p])) for p in self.params]
+            # ... without the leading ClipGradNorm / GradientNoise: here they would see only
+            # this shard's slice; the workers apply them (``worker_transforms.py``)
+            self.opts = [worker_transforms.without_leading(factory([p]))
+                         for p in self.params]
         self.started_at, self.restore_s = time.time(), time.time() - t0
         self.init_at, self.born_at = t0, process_started_at()
         self.first_push_at = None  # the first push this process applied (recovery timing)
@@ -135,6 +136,7 @@ class Shard:
 
         if not self.file:
             return None
+        t0 = time.perf_counter()
         arrays, opt_meta = {}, []
         for i, (opt, p) in enumerate(zip(self.opts, self.params)):
             # the tables themselves, borrowed: ``state_dict()`` would copy every table
@@ -150,6 +152,7 @@ class Shard:
         meta = {"format": FORMAT, "name": self.name, "opts": opt_meta, "counters": counters}
         checkpoint_files.write(self.file, arrays, meta, self.generation + 1)
         self.generation += 1
+        counters["checkpoint_s"] = counters.get("checkpoint_s", 0.0) + time.perf_counter() - t0
         self.counters = counters
         self.since_checkpoint = 0
         return self.file
@@ -180,7 +183,7 @@ class Shard:
                           name=f"{self.name}/{label}")
             # built over zero rows: a fresh optimizer would allocate and fill every state
             # table only for the checkpoint's to replace them
-            opt = clipping.without_clips(factory([p]))
+            opt = worker_transforms.without_leading(factory([p]))
             state = {}
             for j, states in enumerate(opt.state):
                 for k, var in states.items():
