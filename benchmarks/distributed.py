@@ -324,12 +324,14 @@ def table_rows(res):
             extra += f"; {r['checkpoints']} checkpoints took {r['checkpoint_s']:.1f} s"
         if "recovery_error" in r:
             extra += f"; recovery not measured: {r['recovery_error']}"
+        ratio = r.get("vs_single_process", float("nan"))
+        versus = "no single-process run" if ratio != ratio else f"x{ratio:.2f} vs 1 process"
         out.append({"bench": "distributed", "case": f"{r['model']} V={r['V']:.0e}",
                     "system": r["system"],
                     "value": r["samples_per_s"], "lo": r.get("samples_per_s_min",
                                                              r["samples_per_s"]),
                     "hi": r.get("samples_per_s_max", r["samples_per_s"]),
-                    "unit": f"samples/s (x{r['vs_single_process']:.2f} vs 1 process{extra})"})
+                    "unit": f"samples/s ({versus}{extra})"})
     return out
 
 

@@ -512,6 +512,7 @@ def test_network_safety(scenarios):
     assert record["listeners"], "Ray should have been listening (on loopback)"
     assert record["non_loopback"] == []
     assert record["log_findings"] == []  # no route probe to 8.8.8.8, no metadata probe
+    _no_probe_in(scenarios["_proc"].stderr)
     after = _scenario(scenarios, "after")
     assert after["non_loopback"] == [] and after["leftover"] == 0
     assert scenarios["_leftover"] == []  # nothing was left in the namespace to kill
@@ -542,6 +543,17 @@ def test_cluster_node_removal_moves_the_shard_and_counts_exactly(record_property
     _report_recovery(record_property, record)
     assert record["recovery_s"] < 30.0, record  # a no-hang check, not a speed test
     assert results["_leftover"] == []
+    # no node start asked for a route to 8.8.8.8 (the driver's C++ logs it on stderr)
+    assert record["log_findings"] == [], record["log_findings"]
+    _no_probe_in(results["_proc"].stderr)
+
+
+def _no_probe_in(stderr):
+    import distributed_scenarios as sc
+
+    found = [line for line in stderr.splitlines()
+             if any(n in line for n in sc.NETWORK_NEEDLES)]
+    assert found == [], found
 
 
 def _report_recovery(record_property, record):

@@ -36,16 +36,15 @@ def test_round_trip_maps_copy_on_write(tmp_path):
     path = str(tmp_path / "shard-0.json")
     want = _arrays()
     cf.write(path, want, {"note": "x"}, generation=1)
-    got, meta, gen = cf.read(path)
-    assert meta == {"note": "x"} and gen == 1
+    got, meta, gen, deltas, _ = cf.read(path)
+    assert meta == {"note": "x"} and gen == 1 and deltas == 0
     for k, v in want.items():
         assert got[k].dtype == v.dtype and np.array_equal(got[k], v)
     big = got["opt/0/0.sum"]
     assert isinstance(big.base, np.memmap) or isinstance(big.base.base, np.memmap)
     assert big.flags.writeable and big.flags.c_contiguous
     big[3] = -1.0  # a private copy of that page: the file is unchanged
-    again, _, _ = cf.read(path)
-    assert np.array_equal(again["opt/0/0.sum"], want["opt/0/0.sum"])
+    assert np.array_equal(cf.read(path).arrays["opt/0/0.sum"], want["opt/0/0.sum"])
 
 
 def test_only_the_newest_generation_is_kept(tmp_path):
@@ -55,8 +54,8 @@ def test_only_the_newest_generation_is_kept(tmp_path):
     names = _files(tmp_path)
     assert "shard-0.json" in names and len(names) == 1 + len(_arrays())
     assert all(n == "shard-0.json" or n.startswith("shard-0.3-") for n in names)
-    got, _, gen = cf.read(path)
-    assert gen == 3 and np.array_equal(got["param/0"], _arrays(3)["param/0"])
+    got = cf.read(path)
+    assert got.generation == 3 and np.array_equal(got.arrays["param/0"], _arrays(3)["param/0"])
     cf.remove(path)
     assert _files(tmp_path) == []
 
@@ -78,8 +77,8 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         cf.write(path, _arrays(2), {"gen": 2}, generation=2)
     monkeypatch.undo()
     assert _files(tmp_path) == before  # the half-written generation is gone
-    got, meta, _ = cf.read(path)
-    assert meta == {"gen": 1} and np.array_equal(got["param/0"], _arrays(1)["param/0"])
+    got = cf.read(path)
+    assert got.meta == {"gen": 1} and np.array_equal(got.arrays["param/0"], _arrays(1)["param/0"])
 
 
 def test_leftovers_of_a_killed_writer_are_removed(tmp_path):
@@ -200,3 +199,119 @@ def test_restored_shard_equals_the_checkpointed_one_and_maps_its_tables(tmp_path
     bad = [np.zeros((200, 4), np.float32), np.float64(0.5)]
     with pytest.raises(CheckpointError, match="is not a checkpoint of shard-1"):
         Shard("shard-1", bad, ["E", "b"], factory, 10, 2, str(tmp_path / "shard-0.json"))
+
+
+def _delta_checkpoint(tmp_path):
+    """A base and two deltas; returns the path and the arrays the newest state holds."""
+    path = str(tmp_path / "shard-0.json")
+    want = _arrays(1)
+    cf.write(path, want, {"gen": 1}, generation=1)
+    r = np.random.default_rng(3)
+    for gen, ids in ((2, np.array([5, 1, 900])), (3, np.array([1, 7]))):
+        rows = {k: (ids, r.normal(size=(ids.size, 8)).astype(want[k].dtype))
+                for k in ("param/0", "opt/0/0.sum")}
+        applied = r.random(37) < 0.5
+        cf.append(path, rows, {"applied": applied}, {"gen": gen}, generation=gen)
+        for k, (i, v) in rows.items():
+            want[k][i] = v
+        want["applied"] = applied
+    return path, want
+
+
+def test_deltas_write_only_changed_rows_and_read_back_in_order(tmp_path):
+    path, want = _delta_checkpoint(tmp_path)
+    got = cf.read(path)
+    assert got.generation == 3 and got.deltas == 2 and got.delta_rows == 2 * 5
+    assert got.meta == {"gen": 3}
+    for k, v in want.items():
+        assert np.array_equal(got.arrays[k], v), k
+    with open(path) as f:
+        doc = json.load(f)
+    named = {e["file"] for e in doc["arrays"].values()} | {
+        p[s]["file"] for d in doc["deltas"] for p in d["rows"].values() for s in ("ids", "values")
+    } | {e["file"] for d in doc["deltas"] for e in d["whole"].values()}
+    assert set(_files(tmp_path)) == named | {"shard-0.json"}  # the replaced bitmap is gone
+    sizes = [os.path.getsize(tmp_path / p["values"]["file"])
+             for d in doc["deltas"] for p in d["rows"].values()]
+    assert max(sizes) < 1000  # a few rows, not the table
+    cf.write(path, _arrays(4), {}, generation=4)  # a new base drops every delta
+    assert cf.read(path).deltas == 0 and len(_files(tmp_path)) == 1 + len(_arrays())
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("ids out of range", "row id out of range"),
+    ("flip", "checksum mismatch"),
+    ("rows shape", "do not fit"),
+])
+def test_damaged_delta_raises_naming_its_file(tmp_path, damage, match):
+    path, _ = _delta_checkpoint(tmp_path)
+    with open(path) as f:
+        doc = json.load(f)
+    pair = doc["deltas"][0]["rows"]["param/0"]
+    if damage == "flip":
+        file = tmp_path / pair["values"]["file"]
+        data = bytearray(file.read_bytes())
+        data[-3] ^= 0x01
+        file.write_bytes(bytes(data))
+        named = pair["values"]["file"]
+    else:
+        if damage == "ids out of range":
+            arr, entry = np.array([5, 1, 1000]), pair["ids"]
+            named = entry["file"]
+        else:
+            arr, entry = np.zeros((3, 7), np.float32), pair["values"]
+            named = entry["file"]
+        np.save(tmp_path / entry["file"], arr)
+        entry.update(dtype=arr.dtype.str, shape=list(arr.shape), nbytes=arr.nbytes,
+                     crc32=cf._crcs(arr))
+        with open(path, "w") as f:
+            json.dump(doc, f)
+    with pytest.raises(CheckpointError, match=match) as err:
+        cf.read(path)
+    assert named in str(err.value)
+
+
+def _pushes(shard, r, n, start=0, rows=1000):
+    for b in range(start, start + n):
+        ids = np.unique(r.integers(0, rows, 6))
+        shard.push(0, b, [(ids, r.normal(size=(ids.size, 256)).astype(np.float32))])
+
+
+def _manifest_deltas(file):
+    with open(file) as f:
+        return len(json.load(f)["deltas"])
+
+
+@pytest.mark.parametrize("opt, deltas", [
+    (functools.partial(mg.optim.Adam, lr=0.05, sparse="lazy"), True),
+    (functools.partial(mg.optim.Adagrad, lr=0.05), True),
+    # exact momentum moves rows no push names (the catch-up): always a full checkpoint
+    (functools.partial(mg.optim.Momentum, lr=0.05, momentum=0.9, sparse="exact"), False),
+])
+def test_shard_checkpoints_deltas_when_only_pushes_change_rows(tmp_path, opt, deltas):
+    """Rows of 1 KiB (4 per page), <= 12 rows per checkpoint: deltas until their rows lie
+    on a quarter of the table's 250 pages, then a new base."""
+    r = np.random.default_rng(6)
+    slices = [r.normal(size=(1000, 256)).astype(np.float32)]
+    file = str(tmp_path / "shard-0.json")
+    shard = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 40, 2, file)
+    _pushes(shard, r, 10)  # 5 checkpoints: a base, then 4 deltas (<= 48 of 250 pages)
+    assert shard.generation == 5 and _manifest_deltas(file) == (4 if deltas else 0)
+    assert shard.counters.get("delta_checkpoints", 0) == (4 if deltas else 0)
+    want = shard.params[0].get_value()
+    want_state = shard.opts[0].state_dict()
+    back = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 40, 2, file)
+    assert back.generation == 5
+    assert np.array_equal(back.params[0].get_value(), want)
+    got = back.opts[0].state_dict()
+    assert got["t"] == want_state["t"] and got["steps"] == want_state["steps"]
+    assert all(np.array_equal(got["state"][k], v) for k, v in want_state["state"].items())
+    assert np.flatnonzero(back.applied).tolist() == list(range(10))
+    _pushes(back, r, 2, start=10)
+    assert _manifest_deltas(file) == 0  # a restored shard writes a new base first
+    _pushes(back, r, 28, start=12)  # 14 more: deltas, a new base past 62 pages, deltas
+    n = _manifest_deltas(file)
+    assert (0 < n < 14) == deltas and (n == 0) != deltas
+    again = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 40, 2, file)
+    assert np.array_equal(again.params[0].get_value(), back.params[0].get_value())
+    assert np.flatnonzero(again.applied).tolist() == list(range(40))
