@@ -189,9 +189,11 @@ def recovery(ray, make, data, epochs, every=10):
     if "recovery_s" not in record:
         record.setdefault("recovery_error", "the shard was not killed and back before the end")
     written = [i["checkpoint_s"] for i in res.shard_info if "checkpoint_s" in i]
-    row.update(system="distributed 2w x 2s, shard-0 SIGKILLed", lost_pushes=res.lost_pushes,
+    row.update(system=f"distributed 2w x 2s, shard-0 SIGKILLed, ckpt every {every}",
+               lost_pushes=res.lost_pushes,
                checkpoint_every=every,
                checkpoints=sum(i.get("checkpoints", 0) for i in res.shard_info),
+               delta_checkpoints=sum(i.get("delta_checkpoints", 0) for i in res.shard_info),
                checkpoint_s=sum(written) if written else None, **record)
     return row
 
@@ -208,10 +210,11 @@ def recovery_parts(t_kill, info):
     return out
 
 
-def inner_recovery(out, sizes, models=("fm", "masked")):
+def inner_recovery(out, sizes, models=("fm", "masked"), every=None):
     """Only what checkpoints change: 2w x 2s without checkpoints, then with them and a
     SIGKILLed shard (``--recovery 1e6,1e7``): the restore split and the cost of writing
-    checkpoints on samples/s, without the rest of the grid."""
+    checkpoints on samples/s, without the rest of the grid; ``every`` (``--every 20``):
+    the kill run again with that checkpoint interval."""
     from minigrad.distributed import ray_setup
 
     rows = []
@@ -222,6 +225,8 @@ def inner_recovery(out, sizes, models=("fm", "masked")):
                 case = {"model": model, "V": V, "samples": int(data[0].shape[0])}
                 found = [distributed(make, data, 2, 2, 2)[0],
                          recovery(ray, make, data, 1, checkpoint_interval(V))]
+                if every:  # a shorter interval: delta checkpoints (few pages each)
+                    found.append(recovery(ray, make, data, 1, every))
                 for r in found:
                     r.update(case, vs_single_process=float("nan"))
                 rows += found
@@ -235,7 +240,9 @@ def inner(out, mode, models=("fm", "masked")):
     from minigrad.distributed import ray_setup
 
     if mode.startswith("recovery:"):
-        return inner_recovery(out, [int(float(v)) for v in mode.split(":")[1].split(",")])
+        _, sizes, every = (mode + ":").split(":")[:3]
+        return inner_recovery(out, [int(float(v)) for v in sizes.split(",")],
+                              every=int(every) if every else None)
     epochs, rows = 1, []
     with ray_setup.local_ray(num_cpus=2) as ray:
         for V in SIZES[mode]:
@@ -264,7 +271,8 @@ def _write(out, rows):
     os.replace(tmp, out)
 
 
-def run(quick=True, compare=(), out_dir=None, smoke=False, recovery_sizes=None):
+def run(quick=True, compare=(), out_dir=None, smoke=False, recovery_sizes=None,
+        recovery_every=None):
     """Rows per system; Ray runs in a loopback-only namespace (a child process)."""
     name = "distributed"
     notes = [f"FM k={K} and MaskedEmbeddingClassifier dim {K} (per-dimension mask, "
@@ -287,7 +295,8 @@ def run(quick=True, compare=(), out_dir=None, smoke=False, recovery_sizes=None):
     tmp = tempfile.mkdtemp(prefix="mg-bench-dist-")
     out = os.path.join(tmp, "rows.json")
     cmd = netns.loopback_command([sys.executable, "-m", "benchmarks.distributed", "--inner",
-                                  out, "--mode", f"recovery:{recovery_sizes}" if recovery_sizes
+                                  out, "--mode", f"recovery:{recovery_sizes}:{recovery_every or ''}"
+                                  if recovery_sizes
                                   else "quick" if quick else "full", "--mark", tmp])
     if cmd is None:
         return {"name": name, "rows": [], "notes": ["no loopback-only network namespace "
@@ -321,7 +330,8 @@ def table_rows(res):
                       f"{r.get('imports_s', float('nan')):.2f}, restore "
                       f"{r['constructor_s']:.2f}), lost {r['lost_pushes']} pushes")
         if r.get("checkpoint_s") is not None:
-            extra += f"; {r['checkpoints']} checkpoints took {r['checkpoint_s']:.1f} s"
+            extra += (f"; {r['checkpoints']} checkpoints ({r.get('delta_checkpoints', 0)} "
+                      f"deltas) took {r['checkpoint_s']:.1f} s")
         if "recovery_error" in r:
             extra += f"; recovery not measured: {r['recovery_error']}"
         ratio = r.get("vs_single_process", float("nan"))
@@ -341,6 +351,8 @@ def _main():
     p.add_argument("--recovery", default=None, metavar="V,V",
                    help="only 2w x 2s without / with checkpoints and a shard kill at these "
                    "table sizes (e.g. 1e6,1e7)")
+    p.add_argument("--every", type=int, default=None,
+                   help="with --recovery: the kill run again at this checkpoint interval")
     p.add_argument("--inner", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="quick", help=argparse.SUPPRESS)
     p.add_argument("--mark", default=None, help=argparse.SUPPRESS)
@@ -357,7 +369,7 @@ def _main():
         this.inner(args.inner, args.mode)
         return
     t0 = time.perf_counter()
-    res = run(quick=args.quick, recovery_sizes=args.recovery)
+    res = run(quick=args.quick, recovery_sizes=args.recovery, recovery_every=args.every)
     for r in table_rows(res):
         print(f"{r['case']:<16}{r['system']:<40}{r['value']:>10,.0f}  {r['unit']}")
     for n in res["notes"]:

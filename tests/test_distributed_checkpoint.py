@@ -290,17 +290,20 @@ def _manifest_deltas(file):
 ])
 def test_shard_checkpoints_deltas_when_only_pushes_change_rows(tmp_path, opt, deltas):
     """Rows of 1 KiB (4 per page), <= 12 rows per checkpoint: deltas until their rows lie
-    on a quarter of the table's 250 pages, then a new base."""
+    on half of the table's 250 pages, then a new base."""
+    from minigrad.distributed.shard import DELTA_PAGES
+
+    assert DELTA_PAGES == 0.5
     r = np.random.default_rng(6)
     slices = [r.normal(size=(1000, 256)).astype(np.float32)]
     file = str(tmp_path / "shard-0.json")
-    shard = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 40, 2, file)
+    shard = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 80, 2, file)
     _pushes(shard, r, 10)  # 5 checkpoints: a base, then 4 deltas (<= 48 of 250 pages)
     assert shard.generation == 5 and _manifest_deltas(file) == (4 if deltas else 0)
     assert shard.counters.get("delta_checkpoints", 0) == (4 if deltas else 0)
     want = shard.params[0].get_value()
     want_state = shard.opts[0].state_dict()
-    back = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 40, 2, file)
+    back = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 80, 2, file)
     assert back.generation == 5
     assert np.array_equal(back.params[0].get_value(), want)
     got = back.opts[0].state_dict()
@@ -309,9 +312,9 @@ def test_shard_checkpoints_deltas_when_only_pushes_change_rows(tmp_path, opt, de
     assert np.flatnonzero(back.applied).tolist() == list(range(10))
     _pushes(back, r, 2, start=10)
     assert _manifest_deltas(file) == 0  # a restored shard writes a new base first
-    _pushes(back, r, 28, start=12)  # 14 more: deltas, a new base past 62 pages, deltas
+    _pushes(back, r, 68, start=12)  # 34 more: deltas, a new base past 125 pages, deltas
     n = _manifest_deltas(file)
-    assert (0 < n < 14) == deltas and (n == 0) != deltas
-    again = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 40, 2, file)
+    assert (0 < n < 34) == deltas and (n == 0) != deltas
+    again = Shard("shard-0", slices, ["E"], pickle.dumps(opt), 80, 2, file)
     assert np.array_equal(again.params[0].get_value(), back.params[0].get_value())
-    assert np.flatnonzero(again.applied).tolist() == list(range(40))
+    assert np.flatnonzero(again.applied).tolist() == list(range(80))
