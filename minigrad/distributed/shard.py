@@ -46,7 +46,8 @@ class Shard:
 
     ``slices``: the initial arrays (already cut to this shard's rows), ``names`` their
     labels, ``optimizer``: the pickled factory, ``n_batches``: batches in the whole run,
-    ``checkpoint_every`` (pushes, or ``None``) and ``checkpoint_file``.
+    ``checkpoint_every`` (pushes, or ``None``) and ``checkpoint_file`` (the manifest,
+    ``<dir>/<name>.json``; the data files lie next to it: ``checkpoint_files.py``).
     """
 
     def __init__(self, name, slices, names, optimizer, n_batches, checkpoint_every=None,
