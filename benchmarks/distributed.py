@@ -22,6 +22,7 @@ import functools
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,26 +293,30 @@ def run(quick=True, compare=(), out_dir=None, smoke=False, recovery_sizes=None,
                                                     "alone is ~10 s here); run --quick"]}
     from minigrad.distributed import isolation, netns
 
+    mode = (f"recovery:{recovery_sizes}:{recovery_every or ''}" if recovery_sizes
+            else "quick" if quick else "full")
     tmp = tempfile.mkdtemp(prefix="mg-bench-dist-")
-    out = os.path.join(tmp, "rows.json")
-    cmd = netns.loopback_command([sys.executable, "-m", "benchmarks.distributed", "--inner",
-                                  out, "--mode", f"recovery:{recovery_sizes}:{recovery_every or ''}"
-                                  if recovery_sizes
-                                  else "quick" if quick else "full", "--mark", tmp])
-    if cmd is None:
-        return {"name": name, "rows": [], "notes": ["no loopback-only network namespace "
-                                                    "possible here (unshare): skipped"]}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT,
-                              timeout=1800)
+        out = os.path.join(tmp, "rows.json")
+        cmd = netns.loopback_command([sys.executable, "-m", "benchmarks.distributed",
+                                      "--inner", out, "--mode", mode, "--mark", tmp])
+        if cmd is None:
+            return {"name": name, "rows": [], "notes": ["no loopback-only network namespace "
+                                                        "possible here (unshare): skipped"]}
+        env = dict(os.environ,
+                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT,
+                                  timeout=1800)
+        finally:
+            isolation.reap_namespace_of(tmp)
+        if proc.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(f"distributed benchmark failed (rc {proc.returncode}): "
+                               f"{proc.stderr[-2000:]}")
+        with open(out) as f:
+            rows = json.load(f)["rows"]
     finally:
-        isolation.reap_namespace_of(tmp)
-    if proc.returncode != 0 or not os.path.exists(out):
-        raise RuntimeError(f"distributed benchmark failed (rc {proc.returncode}): "
-                           f"{proc.stderr[-2000:]}")
-    with open(out) as f:
-        rows = json.load(f)["rows"]
+        shutil.rmtree(tmp, ignore_errors=True)  # the rows file and the namespace mark
     notes.append("Ray ran in a new loopback-only network namespace bound to 127.0.0.1")
     return {"name": name, "rows": rows, "notes": notes}
 
