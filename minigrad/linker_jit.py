@@ -365,6 +365,31 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
     return run
 
 
+def segment_lines(fn):
+    """What ``mg.debugprint(f)`` adds for a function on the jit or tiered linker: one line
+    per compiled segment (its nodes, whether the compiled code or the thunks run)."""
+    run = getattr(fn, "_safe_run", None)
+    state = getattr(run, "state", None)  # a tiered phase (minigrad/tiered.py)
+    lines = []
+    if state is not None:
+        lines.append(f"tiered linker: {state} ({run.calls} calls, {run.seconds:.2f} s"
+                     + (f"; {run.why}" if run.why else "") + ")")
+    segments = getattr(run, "segments", None) or []
+    if not segments:
+        return lines
+    ns = getattr(run, "namespace", None) or getattr(run.jit, "namespace", {})
+    where = getattr(run, "segment_file", None) or getattr(getattr(run, "jit", None),
+                                                          "segment_file", None)
+    lines.append(f"jit segments ({where or 'in memory'}):")
+    nodes = fn.nodes
+    for k, idx in enumerate(segments):
+        names = [type(nodes[i].op).__name__ for i in idx]
+        shown = ", ".join(names if len(names) <= 8 else names[:4] + ["..."] + names[-3:])
+        runs = "compiled" if ns.get(f"jit{k}") else "thunks"
+        lines.append(f"  segment {k} [{runs}]: {len(idx)} nodes ({shown})")
+    return lines
+
+
 def _make_csr(parts, shape):
     import scipy.sparse as sp
 

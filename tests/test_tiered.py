@@ -56,6 +56,7 @@ def test_a_function_that_is_not_hot_never_builds_a_jit_phase():
         f(x)
     assert f._safe_run.state == "plain" and f._safe_run.jit is None
     assert f._safe_run.segments == []
+    assert "tiered linker: plain (5 calls" in mg.debugprint(f, print_=False)
 
 
 def test_tiers_up_in_the_background_and_keeps_the_generated_linkers_results(eager_policy):
@@ -83,6 +84,8 @@ def test_tiers_up_in_the_background_and_keeps_the_generated_linkers_results(eage
     assert len(segment.signatures) == 1
     assert sum(segment.stats.cache_misses.values()) == 0  # loaded, never compiled here
     assert not segment._can_compile
+    text = mg.debugprint(f, print_=False)  # the segments, and that they run compiled
+    assert "tiered linker: jit" in text and "segment 0 [compiled]" in text
 
 
 def test_a_failing_child_leaves_the_function_on_the_generated_linker(eager_policy, monkeypatch,
