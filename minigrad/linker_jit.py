@@ -439,6 +439,9 @@ def load_segments(source):
     fname, digest = file_name(source)
     cached = _MODULES.get(digest)
     if cached is not None:
+        for name, obj in vars(cached[0]).items():  # a tiered phase may have switched
+            if name.startswith("segment") and hasattr(obj, "enable_compile"):
+                obj.enable_compile()  # compiling off; this caller compiles at first call
         return cached
     module, path = import_generated(segment_dir(), fname, f"minigrad_jit_{digest}", source,
                                     "jit segments")

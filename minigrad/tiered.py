@@ -273,6 +273,10 @@ class TieredPhase:
         ns, loaded = self.jit.namespace, 0
         for k, dispatcher in enumerate(self.jit.compiled):
             sig = self.jit.arg_types[k]
+            if tuple(sig) in dispatcher.overloads:  # a jit function of this process has it
+                ns[f"jit{k}"] = True
+                loaded += 1
+                continue
             try:
                 cres = dispatcher._cache.load_overload(sig, dispatcher.targetctx)
             except Exception as err:
