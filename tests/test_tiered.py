@@ -84,6 +84,13 @@ def test_tiers_up_in_the_background_and_keeps_the_generated_linkers_results(eage
     assert len(segment.signatures) == 1
     assert sum(segment.stats.cache_misses.values()) == 0  # loaded, never compiled here
     assert not segment._can_compile
+    before = w.get_value().tobytes()  # a bad call after the swap: the reference's error
+    with pytest.raises(ValueError) as jit_error:
+        f(np.ones(5))
+    with pytest.raises(ValueError) as ref_error:
+        ref(np.ones(5))
+    assert str(jit_error.value) == str(ref_error.value)
+    assert w.get_value().tobytes() == before
     text = mg.debugprint(f, print_=False)  # the segments, and that they run compiled
     assert "tiered linker: jit" in text and "segment 0 [compiled]" in text
 
