@@ -338,7 +338,10 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
         from numba import typeof
 
         def _record(k, args):
-            arg_types[k] = tuple(typeof(a) for a in args)
+            try:
+                arg_types[k] = tuple(typeof(a) for a in args)
+            except Exception:  # a value Numba cannot type: this segment cannot compile
+                arg_types[k] = None
 
         namespace.update(_rec=False, _record=_record, _SLOT=np.full(1, -1, dtype=np.int32))
     module_source = ""

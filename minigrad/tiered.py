@@ -243,6 +243,9 @@ class TieredPhase:
         types = self.jit.arg_types
         if len(types) < len(self.jit.segments):  # a failed call: record on the next one
             return
+        if any(t is None for t in types.values()):
+            self._give_up("a segment argument has no Numba type")
+            return
         module = self.jit.compiled[0].py_func.__module__
         signatures = {f"segment{k}": types[k] for k in range(len(self.jit.segments))}
         self.job = _Job(self.jit.segment_file, module, signatures)
