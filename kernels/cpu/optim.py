@@ -225,6 +225,9 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
     n = idx.shape[0]
     # as in _adam: a guarded plain step saves and checks inside the update loop (one pass)
     one_pass = guard and has_grad and SP.shape[0] >= n and (mu == 0.0 or SB.shape[0] >= n)
+    # the last skipped-steps map: rows that skipped the same steps (touched together, or
+    # never touched) reuse it instead of multiplying it out of the history again
+    c_start, c_end, c11, c12, c21, c22 = np.int64(-1), np.int64(-1), 1.0, 0.0, 0.0, 1.0
     for i in range(n):
         _prefetch_ahead(idx, i, dist, P, B, B)
         r = idx[i]
@@ -253,10 +256,12 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
             start, end = last[r] + 1, last[r] + k
             if k > 0 and mu == 0.0:
                 if wd_any:
-                    f = _skipped_map(has_h, blocks, offsets, n_levels, start, end,
-                                     a[0], a[1], a[2], a[3])[0]
+                    if start != c_start or end != c_end:
+                        c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels,
+                                                          start, end, a[0], a[1], a[2], a[3])
+                        c_start, c_end = start, end
                     for d in range(width):
-                        P[r, d] = P[r, d] * f
+                        P[r, d] = P[r, d] * c11
             elif k > 0:
                 if last[r] == 0:  # the dense optimizer's step 1 sets buffer = g (torch)
                     lr1 = lr_h[1] if has_h else lr
@@ -265,12 +270,14 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
                         P[r, d], B[r, d] = _momentum_elem(float(P[r, d]), 0.0, 0.0, True,
                                                           lr1, mu, damp, nesterov, wd1)
                     start += 1
-                m11, m12, m21, m22 = _skipped_map(has_h, blocks, offsets, n_levels, start,
-                                                  end, a[0], a[1], a[2], a[3])
+                if start != c_start or end != c_end:
+                    c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels, start,
+                                                      end, a[0], a[1], a[2], a[3])
+                    c_start, c_end = start, end
                 for d in range(width):
                     p, b = float(P[r, d]), float(B[r, d])
-                    P[r, d] = m11 * p + m12 * b
-                    B[r, d] = m21 * p + m22 * b
+                    P[r, d] = c11 * p + c12 * b
+                    B[r, d] = c21 * p + c22 * b
             last[r] = t
         if has_grad:
             for d in range(width):

@@ -23,6 +23,8 @@ same function ``kernels.cpu`` compiles into its loops. ``guard=`` (a
 ``kernels.row_guard.RowGuard``) saves the old rows and refuses a non-finite result before
 anything is written (the kernel then returns the bad row's position, else -1).
 """
+import math
+
 import numpy as np
 
 from kernels.rules import adagrad as adagrad_rule
@@ -108,14 +110,17 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     idx = idx.astype(np.int64, copy=False)
     n = idx.shape[0]
     if n:
-        if int(idx.min()) < 0 or int(idx.max()) >= shape[0]:
+        # sorted first: then the ends are the extremes (no min/max passes on the fast path)
+        ordered = n == 1 or bool((idx[1:] > idx[:-1]).all())
+        lo, hi = (int(idx[0]), int(idx[-1])) if ordered else (int(idx.min()), int(idx.max()))
+        if lo < 0 or hi >= shape[0]:
             raise IndexError(f"idx outside [0, {shape[0]})")
-        if n > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        if not ordered:
             raise ValueError("idx must be sorted and unique (coalesce the gradient first)")
     t = int(t)
     if t < 1:
         raise ValueError(f"step t must be >= 1, got {t}")
-    width = int(np.prod(shape[1:], dtype=np.int64))
+    width = math.prod(shape[1:])
     if grad is not None:
         if not _is_array(grad):
             raise TypeError(f"grad must be an array or None, got {type(grad).__name__}")

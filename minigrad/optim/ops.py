@@ -214,23 +214,21 @@ class FreshTake(Op):
         param, last, t = tables[0], tables[-1], int(t)
         xp = array_module(param)
         idx = xp.asarray(idx)
-        flat = idx.reshape(-1).astype(np.int64, copy=False)
-        if flat.shape[0]:
-            lo, hi = int(flat.min()), int(flat.max())
-            _check_rows(node, xp.asarray([lo, hi]), param.shape[0])
-        out = param[flat]
-        if flat.shape[0] == 0 or t < 1:
-            return (out.reshape(tuple(idx.shape) + tuple(param.shape[1:])),)
-        behind = (last[flat] < t).nonzero()[0]
-        if behind.shape[0]:
+        flat = xp.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
+        shape = tuple(idx.shape) + tuple(param.shape[1:])
+        width = int(np.prod(param.shape[1:], dtype=np.int64))
+        # one pass: the gathered rows, and a copy of the lagging ones' state for the catch-up
+        views = [a.reshape(a.shape[0], width) for a in tables[:-1]]
+        bad, out, pos, sub, sub_last = module.gather_lagging(views, last, flat, t)
+        if bad >= 0:
+            _check_rows(node, xp.asarray([int(flat[bad])]), param.shape[0])
+        if pos.shape[0] and t >= 1:
             # each lagging read gets its own copy (a repeated index is caught up twice,
             # identically: cheaper than de-duplicating every read)
-            lagging = flat[behind]
-            sub = [xp.ascontiguousarray(a[lagging]) for a in tables]
-            local = xp.arange(lagging.shape[0], dtype=np.int64)
-            self.state.catch_up(module, sub, local, t)
-            out[behind] = sub[0]
-        return (out.reshape(tuple(idx.shape) + tuple(param.shape[1:])),)
+            local = xp.arange(pos.shape[0], dtype=np.int64)
+            self.state.catch_up(module, [*sub, sub_last], local, t)
+            out[pos] = sub[0]
+        return (out.reshape(shape),)
 
     def perform(self, node, inputs):
         return self.run(kernel_module("numpy"), node, inputs)
