@@ -179,7 +179,7 @@ def format_table(result):
     return "\n".join(lines + [""] + [f"- {n}" for n in result["notes"]])
 
 
-def eval_reads(V=2_000_000, batch=256, repeats=25):
+def eval_reads(V=2_000_000, batch=256, repeats=101):
     """Issue 13's evaluation-read case: a function that only gathers rows of a table that an
     exact-mode optimizer trains, called after each training step. Returns median seconds
     of the evaluation call, exact and lazy, interleaved (target: exact within 2x)."""

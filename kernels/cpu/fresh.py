@@ -66,14 +66,13 @@ def _gather_lagging(P, A, B, C, last, flat, t, dist, out, SP, SA, SB, SC, SL, po
 def gather_lagging(tables, last, flat, t):
     """See ``kernels.reference.fresh.gather_lagging`` (same arguments and results)."""
     P = tables[0]
-    n, width = flat.shape[0], P.shape[1]
+    n, width, n_tables = flat.shape[0], P.shape[1], len(tables)
     empty = np.zeros((0, width), dtype=P.dtype)
-    states = list(tables[1:]) + [empty] * (4 - len(tables))
-    out = np.empty((n, width), dtype=P.dtype)
-    subs = [np.empty((n, width), dtype=P.dtype) if k < len(tables) else empty
-            for k in range(4)]
-    sub_last = np.empty(n, dtype=np.int64)
-    pos = np.empty(n, dtype=np.int64)
+    states = list(tables[1:]) + [empty] * (4 - n_tables)
+    rows = np.empty((n_tables + 1, n, width), dtype=P.dtype)  # out, then one per table
+    subs = [rows[k + 1] if k < n_tables else empty for k in range(4)]
+    index = np.empty((2, n), dtype=np.int64)  # sub_last, pos
+    out, sub_last, pos = rows[0], index[0], index[1]
     dist = _PREFETCH_DISTANCE if P.nbytes > _PREFETCH_MIN_BYTES else 0
     got = _gather_lagging(P, *states[:3], last, flat, int(t), dist, out, *subs, sub_last, pos)
     if got < 0:

@@ -59,17 +59,22 @@ def _xp(a):
 
 
 def _is_array(a):
-    return hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "flags")
+    return type(a) is np.ndarray or (hasattr(a, "shape") and hasattr(a, "dtype")
+                                     and hasattr(a, "flags"))
 
 
 def _check_destination(name, a):
     """A table the kernel writes in place: an array, C-contiguous and writeable."""
     if not _is_array(a):
         raise TypeError(f"{name} must be an array, got {type(a).__name__}")
-    if not a.flags.c_contiguous:
+    flags = a.flags
+    if not flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (it is updated in place)")
-    if not getattr(a.flags, "writeable", True):
+    if not getattr(flags, "writeable", True):
         raise ValueError(f"{name} is read-only; the kernel updates it in place")
+
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_rows_args(param, states, idx, grad, t, last, required=None, names=None):
@@ -82,7 +87,7 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     written, so a refused call changes nothing. Returns ``(param2d, states2d, idx, grad2d, t)``.
     """
     _check_destination("param", param)
-    if np.dtype(param.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if param.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"param must be float32 or float64, got {param.dtype}")
     if param.ndim < 1:
         raise ValueError("param must have at least one axis")

@@ -9,6 +9,8 @@ table is written.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from kernels.row_guard import RowGuard
@@ -216,7 +218,7 @@ class FreshTake(Op):
         idx = xp.asarray(idx)
         flat = xp.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
         shape = tuple(idx.shape) + tuple(param.shape[1:])
-        width = int(np.prod(param.shape[1:], dtype=np.int64))
+        width = math.prod(param.shape[1:])
         # one pass: the gathered rows, and a copy of the lagging ones' state for the catch-up
         views = [a.reshape(a.shape[0], width) for a in tables[:-1]]
         bad, out, pos, sub, sub_last = module.gather_lagging(views, last, flat, t)
