@@ -47,6 +47,10 @@ class AllRows(Op):
 
         (g,) = inputs
         xp = array_module(g)
+        if g.ndim == 0:  # a scalar parameter: one row holding its value (see ParamState)
+            values = xp.ascontiguousarray(xp.reshape(g, (1,)))
+            return (RowSparse.trusted(xp.zeros(1, dtype=np.int64), values, (),
+                                      coalesced=True),)
         rows = xp.arange(g.shape[0], dtype=np.int64)
         return (RowSparse(rows, xp.ascontiguousarray(g), g.shape, coalesced=True),)
 
@@ -66,6 +70,8 @@ class PrepareRows(Op):
         self.check_shapes(node, grad, param, tables)
         c = grad.coalesce()
         values = np.ascontiguousarray(c.values, dtype=param.dtype)
+        if not c.shape:  # a scalar parameter's one row (AllRows): nothing to re-check
+            return (RowSparse.trusted(c.indices, values, c.shape, coalesced=True),)
         return (RowSparse(c.indices, values, c.shape, coalesced=True),)
 
     @staticmethod
@@ -76,13 +82,19 @@ class PrepareRows(Op):
                 f"{param.shape}"
             )
         for var, table in zip(node.inputs[2:], tables):
-            if table.shape[0] != param.shape[0] or (
+            if _n_rows(table) != _n_rows(param) or (
                 table.ndim > 1 and tuple(table.shape) != tuple(param.shape)
             ):
                 raise ValueError(
                     f"optimizer state {var} has shape {table.shape}, parameter "
                     f"{node.inputs[1]} has shape {param.shape} (set_value changed its shape?)"
                 )
+
+
+def _n_rows(a):
+    """Rows of a table as the kernels see it: a scalar parameter (and its 0-d state) is
+    one row."""
+    return a.shape[0] if a.ndim else 1
 
 
 class RowUpdate(Op):
@@ -168,6 +180,8 @@ def _register_cupy():
             else:
                 idx, vals = gpu.coalesce_rows(grad.indices, grad.values)
             vals = vals.astype(param.dtype, copy=False)
+            if not grad.shape:  # a scalar parameter's one row (AllRows)
+                return (RowSparse.trusted(idx, vals, grad.shape, coalesced=True),)
             return (RowSparse(idx, vals, grad.shape, coalesced=True),)
 
         return thunk
@@ -257,7 +271,7 @@ class CatchUpAll(Op):
         param, last = tables[0], tables[-1]
         # nothing pending (e.g. a table updated densely every step): skip the kernel call
         if t >= 1 and int(last.min()) < t:
-            rows = array_module(param).arange(param.shape[0], dtype=np.int64)
+            rows = array_module(param).arange(_n_rows(param), dtype=np.int64)
             self.state.catch_up(module, tables, rows, t)
         return (param,)
 
