@@ -480,16 +480,18 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     the caller then replays the steps.
     """
     width = P.shape[1]
-    w = 0.0  # max |m| / (a |p|): the bound's per-row factor
-    a_min = np.inf
+    w2 = 0.0  # max (|m| / (a |p|))**2: the bound's per-row factor, squared (no sqrt here)
+    v_min = np.inf
     for d in range(width):
         m = float(M[r, d])
         if m != 0.0:
-            a = np.sqrt(float(VM[r, d]) if amsgrad else float(V[r, d]))
-            a_min = min(a_min, a)
-            w = max(w, abs(m) / (a * abs(float(P[r, d]))))
-    if a_min == 0.0:
+            den = float(VM[r, d]) if amsgrad else float(V[r, d])
+            p = float(P[r, d])
+            v_min = min(v_min, den)
+            w2 = max(w2, m * m / (den * (p * p)))
+    if v_min == 0.0:
         return -1
+    w, a_min = np.sqrt(w2), np.sqrt(v_min)
     # the six sums S_n (SERIES_TERMS) as scalars: they stay in registers
     s0 = s1 = s2 = s3 = s4 = s5 = 0.0
     Q = 1.0
@@ -526,9 +528,9 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
         m = float(M[r, d])
         p = Q * float(P[r, d])
         if m != 0.0:
-            a = np.sqrt(float(VM[r, d]) if amsgrad else float(V[r, d]))
-            z = eps / a
-            p -= m / a * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+            ia = 1.0 / np.sqrt(float(VM[r, d]) if amsgrad else float(V[r, d]))
+            z = eps * ia
+            p -= m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
         P[r, d] = p
         M[r, d] = m * bj
         V[r, d] = float(V[r, d]) * f2
