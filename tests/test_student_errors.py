@@ -100,3 +100,26 @@ def test_clone_replace_accepts_a_single_variable_and_pairs():
         mg.clone_replace(cost, {"x": y})
     with pytest.raises(TypeError, match="dict .* or a list of"):
         mg.clone_replace(cost, [x, y])
+
+
+def test_static_and_symbolic_keys_are_frozen_the_same_way():
+    """One key parser serves ``x[1:3]`` and ``x[i:j]``: the same bound types are accepted
+    and refused, NumPy integer bounds merge with Python ints, and a symbolic slice gives
+    what the static one gives."""
+    X, i, j = mg.matrix("X"), mg.lscalar("i"), mg.lscalar("j")
+    m = np.arange(30.0).reshape(6, 5)
+    static = mg.function([X], [X[1:4, ::2], X[np.int64(1):np.int64(4), ::2], X[..., None, 2]])
+    a, b, c = static(m)
+    np.testing.assert_array_equal(a, m[1:4, ::2])
+    np.testing.assert_array_equal(b, m[1:4, ::2])
+    np.testing.assert_array_equal(c, m[..., None, 2])
+    assert X[1:4].owner.op == X[np.int64(1):np.int64(4)].owner.op  # hashable, merged by rewrites
+    dynamic = mg.function([X, i, j], X[i:j, ::2])
+    np.testing.assert_array_equal(dynamic(m, 1, 4), a)
+    for bad in (slice(1.5, 3), slice(None, "3"), slice(True, 3)):
+        with pytest.raises(TypeError, match=r"slicing: unsupported (start|stop) .*integer scalar"):
+            X[bad]
+    with pytest.raises(TypeError, match=r"unsupported index 2.0: use ints, slices"):
+        X[2.0]
+    with pytest.raises(TypeError, match=r"unsupported index True"):
+        X[True]

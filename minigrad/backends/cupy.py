@@ -16,6 +16,7 @@ import numpy as np
 
 from minigrad.backends import numpy as reference
 from minigrad.ops import elemwise, indexing, linalg, nn, reduce, rowsparse, shape, sparse
+from minigrad.ops.index_key import thaw_key
 from minigrad.types import RowSparse
 
 name = "cupy"
@@ -216,7 +217,7 @@ def _expand_dims(op: shape.ExpandDims, node):
 
 @impl.register
 def _subtensor(op: shape.Subtensor, node):
-    key = shape._thaw_key(op.key)
+    key = thaw_key(op.key)
     return lambda inputs: (inputs[0][key],)
 
 
@@ -251,7 +252,7 @@ def _subtensor_grad(op: shape.SubtensorGrad, node):
     def thunk(inputs):
         x_shape, gz = inputs
         out = cp().zeros(shape.shape_tuple(x_shape), dtype=node.outputs[0].dtype)
-        out[shape._thaw_key(op.key)] = gz
+        out[thaw_key(op.key)] = gz
         return (out,)
 
     return thunk

@@ -9,82 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigrad.graph import Apply, Op, Variable
-from minigrad.types import INT_KINDS, TensorType
+from minigrad.graph import Apply, Op
+from minigrad.ops.index_key import thaw_key
+from minigrad.types import TensorType
 from minigrad.variables import as_variable
-
-
-def has_symbolic_bounds(key) -> bool:
-    key = key if isinstance(key, tuple) else (key,)
-    for k in key:
-        if isinstance(k, Variable):
-            return True
-        if isinstance(k, slice) and any(isinstance(b, Variable) for b in (k.start, k.stop,
-                                                                         k.step)):
-            return True
-    return False
-
-
-def _check_bound(var, what):
-    from minigrad.naming import describe
-
-    if var.ndim != 0 or np.dtype(var.dtype).kind not in INT_KINDS:
-        raise TypeError(
-            f"slicing: {what} {describe(var)} must be an integer scalar, got {var.type}; "
-            "use mg.iscalar()/mg.lscalar() inputs, or .astype('int64')"
-        )
-
-
-def freeze_symbolic_key(key):
-    """(hashable key with placeholders, list of the scalar variables they stand for)."""
-    key = key if isinstance(key, tuple) else (key,)
-    frozen, scalars = [], []
-
-    def bound(b, what):
-        if isinstance(b, Variable):
-            _check_bound(b, what)
-            scalars.append(b)
-            return ("input", len(scalars) - 1)
-        if b is None or (isinstance(b, (int, np.integer)) and not isinstance(b, bool)):
-            return None if b is None else int(b)
-        raise TypeError(f"slicing: unsupported {what} {b!r}: use ints, None or an integer "
-                        "scalar variable")
-
-    for k in key:
-        if isinstance(k, slice):
-            frozen.append(("slice", bound(k.start, "start"), bound(k.stop, "stop"),
-                           bound(k.step, "step")))
-        elif isinstance(k, Variable):
-            frozen.append(("int", bound(k, "index")))
-        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-            frozen.append(("int", int(k)))
-        elif k is None:
-            frozen.append(("newaxis",))
-        elif k is Ellipsis:
-            frozen.append(("ellipsis",))
-        else:
-            raise TypeError(
-                f"unsupported index {k!r}: use ints, slices, None, ... or integer variables"
-            )
-    return tuple(frozen), scalars
-
-
-def thaw(key, values):
-    """The NumPy key with the run-time ``values`` of the bounds filled in."""
-    def fill(b):
-        return int(values[b[1]]) if isinstance(b, tuple) else b
-
-    out = []
-    for k in key:
-        if k[0] == "slice":
-            out.append(slice(fill(k[1]), fill(k[2]), fill(k[3])))
-        elif k[0] == "int":
-            out.append(fill(k[1]))
-        elif k[0] == "newaxis":
-            out.append(None)
-        else:
-            out.append(Ellipsis)
-    return tuple(out)
 
 
 def _out_ndim(x, key):
@@ -109,7 +37,7 @@ class DynamicSubtensor(Op):
 
     def perform(self, node, inputs):
         x, values = inputs[0], inputs[1:]
-        key = thaw(self.key, values)
+        key = thaw_key(self.key, values)
         try:
             return (np.asarray(x[key]),)
         except IndexError as err:
@@ -145,15 +73,10 @@ class DynamicSubtensorGrad(Op):
 
         shape, gz, values = inputs[0], inputs[1], inputs[2:]
         out = np.zeros(shape_tuple(shape), dtype=node.outputs[0].dtype)
-        out[thaw(self.key, values)] = gz
+        out[thaw_key(self.key, values)] = gz
         return (out,)
 
     def grad(self, inputs, outputs, output_grads):
         scalars = inputs[2:]
         return [None, DynamicSubtensor(self.key)(output_grads[0], *scalars)] + [None] * len(
             scalars)
-
-
-def dynamic_subtensor(x, key):
-    frozen, scalars = freeze_symbolic_key(key)
-    return DynamicSubtensor(frozen)(x, *scalars)

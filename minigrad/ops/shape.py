@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from minigrad.graph import Apply, Constant, Op
+from minigrad.ops.index_key import freeze_key, thaw_key
 from minigrad.types import CSRType, RowSparseType, TensorType
 from minigrad.variables import as_variable
 
@@ -311,40 +312,6 @@ def stack(xs, axis=0):
 # Basic slicing: x[1:3, ::2, 0]
 
 
-def _freeze_key(key):
-    """Make a basic-indexing key hashable and check it holds only ints and slices."""
-    key = key if isinstance(key, tuple) else (key,)
-    frozen = []
-    for k in key:
-        if isinstance(k, slice):
-            frozen.append(("slice", k.start, k.stop, k.step))
-        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-            frozen.append(("int", int(k)))
-        elif k is None:
-            frozen.append(("newaxis",))
-        elif k is Ellipsis:
-            frozen.append(("ellipsis",))
-        else:
-            raise TypeError(
-                f"unsupported index {k!r}: use ints, slices, None, ... or an integer variable"
-            )
-    return tuple(frozen)
-
-
-def _thaw_key(frozen):
-    out = []
-    for k in frozen:
-        if k[0] == "slice":
-            out.append(slice(*k[1:]))
-        elif k[0] == "int":
-            out.append(k[1])
-        elif k[0] == "newaxis":
-            out.append(None)
-        else:
-            out.append(Ellipsis)
-    return tuple(out)
-
-
 class Subtensor(Op):
     """Basic (view) slicing with a static key."""
 
@@ -359,16 +326,16 @@ class Subtensor(Op):
         fit = 1 + max([abs(k[1]) for k in self.key if k[0] == "int"], default=0)
         probe = np.broadcast_to(np.int8(0), [fit if s is None else s for s in x.type.shape])
         try:
-            out_ndim = probe[_thaw_key(self.key)].ndim
+            out_ndim = probe[thaw_key(self.key)].ndim
         except IndexError as err:
-            raise IndexError(f"index {_thaw_key(self.key)} does not fit {x.type}: {err}") from None
+            raise IndexError(f"index {thaw_key(self.key)} does not fit {x.type}: {err}") from None
         return Apply(self, [x], [TensorType(x.dtype, (None,) * out_ndim)])
 
     def perform(self, node, inputs):
         try:
-            return (np.asarray(inputs[0][_thaw_key(self.key)]),)
+            return (np.asarray(inputs[0][thaw_key(self.key)]),)
         except IndexError as err:
-            raise IndexError(f"{node.inputs[0]}[{_thaw_key(self.key)}]: {err}") from None
+            raise IndexError(f"{node.inputs[0]}[{thaw_key(self.key)}]: {err}") from None
 
     def grad(self, inputs, outputs, output_grads):
         (x,), (gz,) = inputs, output_grads
@@ -390,7 +357,7 @@ class SubtensorGrad(Op):
     def perform(self, node, inputs):
         shape, gz = inputs
         out = np.zeros(shape_tuple(shape), dtype=node.outputs[0].dtype)
-        out[_thaw_key(self.key)] = gz
+        out[thaw_key(self.key)] = gz
         return (out,)
 
     def grad(self, inputs, outputs, output_grads):
@@ -398,8 +365,9 @@ class SubtensorGrad(Op):
 
 
 def subtensor(x, key):
-    from minigrad.ops.dynamic_slice import dynamic_subtensor, has_symbolic_bounds
+    from minigrad.ops.dynamic_slice import DynamicSubtensor
 
-    if has_symbolic_bounds(key):  # X[i * B:(i + 1) * B] with i an integer scalar input
-        return dynamic_subtensor(x, key)
-    return Subtensor(_freeze_key(key))(x)
+    frozen, scalars = freeze_key(key)
+    if scalars:  # X[i * B:(i + 1) * B] with i an integer scalar input
+        return DynamicSubtensor(frozen)(x, *scalars)
+    return Subtensor(frozen)(x)
