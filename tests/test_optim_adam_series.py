@@ -137,3 +137,21 @@ def test_tiny_v_falls_back_to_the_replay():
     assert j == -1
     for a, b in zip((P, M, Vv), before):  # nothing written before giving up
         np.testing.assert_array_equal(a, b)
+
+
+def test_amsgrad_max_below_v_falls_back_to_the_replay():
+    """The series assumes vmax >= v (what every AMSGrad step leaves); a state where it is
+    not is replayed, which applies the running max at every step."""
+    rng = np.random.default_rng(1)
+    P, M, Vv = _rows(rng, 1, 4)
+    VM = Vv * 0.5
+    empty = np.zeros(1)
+    j = cpu_optim._adam_series(P, M, Vv, VM, 0, 5, 100, 1e-3, 0.0, B1, B2, EPS, False, True,
+                               10.0, 1e-18, 1e-3, False, empty, empty)
+    assert j == -1
+    last = np.array([5], dtype=np.int64)
+    want = _dense(P, M, Vv, np.maximum(VM, Vv * B2), last, 60, lambda s: 1e-3,
+                  lambda s: 0.0, False, True)
+    cpu.adam_rows(P, M, Vv, np.arange(1), None, 60, last, 1e-3, B1, B2, EPS, 0.0, False,
+                  True, VM)
+    assert _rel_err(P, want[0]) < 1e-12

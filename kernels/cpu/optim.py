@@ -484,6 +484,8 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     v_min = np.inf
     for d in range(width):
         m = float(M[r, d])
+        if amsgrad and float(VM[r, d]) < float(V[r, d]):
+            return -1  # a max below v (a loaded state?): the replay applies the max itself
         if m != 0.0:
             den = float(VM[r, d]) if amsgrad else float(V[r, d])
             p = float(P[r, d])
