@@ -260,6 +260,34 @@ def adam_catch_up(gaps=(10, 60, 600, 5000), rows=5000, V=300_000, width=64, repe
     return out
 
 
+def interleaved(sizes=SIZES, rounds=10, steps=3):
+    """minigrad lazy, exact and exact under the cosine schedule at each size, stepped in
+    turn (a round of ``steps`` steps each, ``rounds`` rounds after 3 warm-up steps), so a
+    loaded machine slows all three alike. Returns ``{V: {name: median s/step}}``."""
+    out = {}
+    for V in sizes:
+        rng = np.random.default_rng(0)
+        table = rng.standard_normal((V, WIDTH), dtype=np.float32)
+        batches = _batches(V, rng)
+        steps_of = {name: _minigrad_step(*args)[0] for name, args in (
+            ("lazy", (V, "lazy", table)), ("exact", (V, "exact", table)),
+            ("exact cos", (V, "exact", table, True)))}
+        for step in steps_of.values():
+            for i in range(3):
+                step(batches[i])
+        times = {name: [] for name in steps_of}
+        for r in range(rounds):
+            for name, step in steps_of.items():
+                t0 = time.perf_counter()
+                for j in range(steps):
+                    step(batches[(r * steps + j) % N_BATCHES])
+                times[name].append((time.perf_counter() - t0) / steps)
+        out[V] = {name: float(np.median(ts)) for name, ts in times.items()}
+        del steps_of, table
+        gc.collect()
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", action="store_true",
@@ -269,7 +297,16 @@ def main():
     parser.add_argument("--out", default=None, help="directory for optim.json")
     parser.add_argument("--catch-up", action="store_true",
                         help="only exact Adam's catch-up: closed form vs replay, per gap")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="only minigrad lazy / exact / exact+cosine, stepped in turn")
     args = parser.parse_args()
+    if args.interleaved:
+        for V, t in interleaved().items():
+            print(f"V={V:>9,}: lazy {t['lazy'] * 1e3:.2f} ms, exact {t['exact'] * 1e3:.2f} "
+                  f"ms, exact+cos {t['exact cos'] * 1e3:.2f} ms; exact+cos / exact "
+                  f"{t['exact cos'] / t['exact']:.2f}x (target <= 1.3), exact+cos / lazy "
+                  f"{t['exact cos'] / t['lazy']:.2f}x (target <= 2)")
+        return
     if args.catch_up:
         for gap, (series, replay) in adam_catch_up().items():
             print(f"exact Adam catch-up, 5000 rows x 64 float32, mean gap {gap:>5}: closed "
