@@ -22,6 +22,7 @@ import functools
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,8 +189,13 @@ def recovery(ray, make, data, epochs, every=10):
     thread.join(60)
     if "recovery_s" not in record:
         record.setdefault("recovery_error", "the shard was not killed and back before the end")
-    row.update(system="distributed 2w x 2s, shard-0 SIGKILLed", lost_pushes=res.lost_pushes,
-               checkpoint_every=every, **record)
+    written = [i["checkpoint_s"] for i in res.shard_info if "checkpoint_s" in i]
+    row.update(system=f"distributed 2w x 2s, shard-0 SIGKILLed, ckpt every {every}",
+               lost_pushes=res.lost_pushes,
+               checkpoint_every=every,
+               checkpoints=sum(i.get("checkpoints", 0) for i in res.shard_info),
+               delta_checkpoints=sum(i.get("delta_checkpoints", 0) for i in res.shard_info),
+               checkpoint_s=sum(written) if written else None, **record)
     return row
 
 
@@ -205,9 +211,39 @@ def recovery_parts(t_kill, info):
     return out
 
 
+def inner_recovery(out, sizes, models=("fm", "masked"), every=None):
+    """Only what checkpoints change: 2w x 2s without checkpoints, then with them and a
+    SIGKILLed shard (``--recovery 1e6,1e7``): the restore split and the cost of writing
+    checkpoints on samples/s, without the rest of the grid; ``every`` (``--every 20``):
+    the kill run again with that checkpoint interval."""
+    from minigrad.distributed import ray_setup
+
+    rows = []
+    with ray_setup.local_ray(num_cpus=2) as ray:
+        for V in sizes:
+            for model in models:
+                make, data = task(model, V, SAMPLES["full"][model])
+                case = {"model": model, "V": V, "samples": int(data[0].shape[0])}
+                found = [distributed(make, data, 2, 2, 2)[0],
+                         recovery(ray, make, data, 1, checkpoint_interval(V))]
+                if every:  # a shorter interval: delta checkpoints (few pages each)
+                    found.append(recovery(ray, make, data, 1, every))
+                for r in found:
+                    r.update(case, vs_single_process=float("nan"))
+                rows += found
+                del make, data
+                gc.collect()
+                _write(out, rows)
+    _write(out, rows)
+
+
 def inner(out, mode, models=("fm", "masked")):
     from minigrad.distributed import ray_setup
 
+    if mode.startswith("recovery:"):
+        _, sizes, every = (mode + ":").split(":")[:3]
+        return inner_recovery(out, [int(float(v)) for v in sizes.split(",")],
+                              every=int(every) if every else None)
     epochs, rows = 1, []
     with ray_setup.local_ray(num_cpus=2) as ray:
         for V in SIZES[mode]:
@@ -236,7 +272,8 @@ def _write(out, rows):
     os.replace(tmp, out)
 
 
-def run(quick=True, compare=(), out_dir=None, smoke=False):
+def run(quick=True, compare=(), out_dir=None, smoke=False, recovery_sizes=None,
+        recovery_every=None):
     """Rows per system; Ray runs in a loopback-only namespace (a child process)."""
     name = "distributed"
     notes = [f"FM k={K} and MaskedEmbeddingClassifier dim {K} (per-dimension mask, "
@@ -256,24 +293,30 @@ def run(quick=True, compare=(), out_dir=None, smoke=False):
                                                     "alone is ~10 s here); run --quick"]}
     from minigrad.distributed import isolation, netns
 
+    mode = (f"recovery:{recovery_sizes}:{recovery_every or ''}" if recovery_sizes
+            else "quick" if quick else "full")
     tmp = tempfile.mkdtemp(prefix="mg-bench-dist-")
-    out = os.path.join(tmp, "rows.json")
-    cmd = netns.loopback_command([sys.executable, "-m", "benchmarks.distributed", "--inner",
-                                  out, "--mode", "quick" if quick else "full", "--mark", tmp])
-    if cmd is None:
-        return {"name": name, "rows": [], "notes": ["no loopback-only network namespace "
-                                                    "possible here (unshare): skipped"]}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT,
-                              timeout=1800)
+        out = os.path.join(tmp, "rows.json")
+        cmd = netns.loopback_command([sys.executable, "-m", "benchmarks.distributed",
+                                      "--inner", out, "--mode", mode, "--mark", tmp])
+        if cmd is None:
+            return {"name": name, "rows": [], "notes": ["no loopback-only network namespace "
+                                                        "possible here (unshare): skipped"]}
+        env = dict(os.environ,
+                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT,
+                                  timeout=1800)
+        finally:
+            isolation.reap_namespace_of(tmp)
+        if proc.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(f"distributed benchmark failed (rc {proc.returncode}): "
+                               f"{proc.stderr[-2000:]}")
+        with open(out) as f:
+            rows = json.load(f)["rows"]
     finally:
-        isolation.reap_namespace_of(tmp)
-    if proc.returncode != 0 or not os.path.exists(out):
-        raise RuntimeError(f"distributed benchmark failed (rc {proc.returncode}): "
-                           f"{proc.stderr[-2000:]}")
-    with open(out) as f:
-        rows = json.load(f)["rows"]
+        shutil.rmtree(tmp, ignore_errors=True)  # the rows file and the namespace mark
     notes.append("Ray ran in a new loopback-only network namespace bound to 127.0.0.1")
     return {"name": name, "rows": rows, "notes": notes}
 
@@ -287,22 +330,34 @@ def table_rows(res):
                      f"pull p50 {r['pull_p50_ms']:.1f} / p99 {r['pull_p99_ms']:.1f} ms")
         if "recovery_s" in r:
             extra += (f"; recovery {r['recovery_s']:.2f} s (resumed "
-                      f"{r.get('resumed_s', float('nan')):.2f} s), lost {r['lost_pushes']} "
-                      "pushes")
+                      f"{r.get('resumed_s', float('nan')):.2f} s; detect+spawn "
+                      f"{r.get('detect_spawn_s', float('nan')):.2f}, imports "
+                      f"{r.get('imports_s', float('nan')):.2f}, restore "
+                      f"{r['constructor_s']:.2f}), lost {r['lost_pushes']} pushes")
+        if r.get("checkpoint_s") is not None:
+            extra += (f"; {r['checkpoints']} checkpoints ({r.get('delta_checkpoints', 0)} "
+                      f"deltas) took {r['checkpoint_s']:.1f} s")
         if "recovery_error" in r:
             extra += f"; recovery not measured: {r['recovery_error']}"
+        ratio = r.get("vs_single_process", float("nan"))
+        versus = "no single-process run" if ratio != ratio else f"x{ratio:.2f} vs 1 process"
         out.append({"bench": "distributed", "case": f"{r['model']} V={r['V']:.0e}",
                     "system": r["system"],
                     "value": r["samples_per_s"], "lo": r.get("samples_per_s_min",
                                                              r["samples_per_s"]),
                     "hi": r.get("samples_per_s_max", r["samples_per_s"]),
-                    "unit": f"samples/s (x{r['vs_single_process']:.2f} vs 1 process{extra})"})
+                    "unit": f"samples/s ({versus}{extra})"})
     return out
 
 
 def _main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--recovery", default=None, metavar="V,V",
+                   help="only 2w x 2s without / with checkpoints and a shard kill at these "
+                   "table sizes (e.g. 1e6,1e7)")
+    p.add_argument("--every", type=int, default=None,
+                   help="with --recovery: the kill run again at this checkpoint interval")
     p.add_argument("--inner", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="quick", help=argparse.SUPPRESS)
     p.add_argument("--mark", default=None, help=argparse.SUPPRESS)
@@ -319,7 +374,7 @@ def _main():
         this.inner(args.inner, args.mode)
         return
     t0 = time.perf_counter()
-    res = run(quick=args.quick)
+    res = run(quick=args.quick, recovery_sizes=args.recovery, recovery_every=args.every)
     for r in table_rows(res):
         print(f"{r['case']:<16}{r['system']:<40}{r['value']:>10,.0f}  {r['unit']}")
     for n in res["notes"]:

@@ -164,6 +164,12 @@ def clip_optimizer():
                              transforms=[mg.optim.ClipGradNorm(0.05)])
 
 
+def noise_optimizer():
+    """Adam with gradient noise, then a global clip (the order once refused)."""
+    return functools.partial(mg.optim.Adam, lr=0.05, transforms=[
+        mg.optim.GradientNoise(eta=0.05, seed=7), mg.optim.ClipGradNorm(0.05)])
+
+
 def async_training(ray, out):
     sys.path.insert(0, os.path.dirname(__file__))
     from test_distributed import EmbeddingModel, embedding_data
@@ -235,7 +241,9 @@ def shard_dead(ray, out):
 def cluster_node_removal(out):
     """A 3-node local ``Cluster`` (head + two nodes offering a "shardhost" resource, all
     on 127.0.0.1): the node holding shard-0 is removed mid-run; the shard moves to the
-    other node from its checkpoint. Same exact accounting as ``fault``."""
+    other node from its checkpoint. Same exact accounting as ``fault``. Ray is imported
+    before the safe settings on purpose (``ray_setup`` must still stop the 8.8.8.8
+    route probe of each node start: the test reads this process's stderr)."""
     from ray.cluster_utils import Cluster
 
     record = {"checkpoint_every": 5, "n_shards": 2, "batch_size": 32}
@@ -293,6 +301,7 @@ def cluster_node_removal(out):
             thread.join(30)
             record.update(_summary(res))
             record["missing"] = {i["name"]: i["missing_batches"] for i in res.shard_info}
+            record["log_findings"] = _log_findings(ray)
         finally:
             ray.shutdown()
             cluster.shutdown()
@@ -304,6 +313,18 @@ def cluster_node_removal(out):
 
 
 def network(ray, out):
+    _write(out, "network", {"interfaces": netns.interfaces(),
+                            "listeners": netns.listening_sockets(),
+                            "non_loopback": netns.non_loopback_listeners(),
+                            "log_findings": _log_findings(ray)})
+
+
+NETWORK_NEEDLES = ("external connectivity", "169.254.169.254", "8.8.8.8", "metadata.google",
+                   "usage stats")
+
+
+def _log_findings(ray):
+    """Which session log mentions a route probe, the metadata address or usage stats."""
     session = ray._private.worker._global_node.get_session_dir_path()
     logs = []
     for root, _, files in os.walk(os.path.join(session, "logs")):
@@ -313,14 +334,10 @@ def network(ray, out):
                     text = fh.read()
             except OSError:
                 continue
-            for needle in ("external connectivity", "169.254.169.254", "8.8.8.8",
-                           "metadata.google", "usage stats"):
+            for needle in NETWORK_NEEDLES:
                 if needle in text:
                     logs.append(f"{f}: {needle}")
-    _write(out, "network", {"interfaces": netns.interfaces(),
-                            "listeners": netns.listening_sockets(),
-                            "non_loopback": netns.non_loopback_listeners(),
-                            "log_findings": logs})
+    return logs
 
 
 def _summary(res):
@@ -342,7 +359,7 @@ def main(out):
     if not netns.only_loopback():
         raise SystemExit(f"not in a loopback-only namespace: {netns.interfaces()}")
     scenarios = sys.argv[2].split(",") if len(sys.argv) > 2 else [
-        "momentum", "clip", "async", "shard_ray_kill", "shard_sigkill", "worker_sigkill",
+        "momentum", "clip", "noise", "async", "shard_ray_kill", "shard_sigkill", "worker_sigkill",
         "bad_index", "shard_dead"]
     if scenarios == ["cluster"]:  # a Cluster wants a fresh process (no earlier session)
         try:
@@ -358,6 +375,8 @@ def main(out):
                         mg.optim.Momentum, lr=0.05, momentum=0.9, sparse="exact"))
                 elif name == "clip":
                     equality(ray, out, name, clip_optimizer())
+                elif name == "noise":
+                    equality(ray, out, name, noise_optimizer())
                 elif name == "shard_ray_kill":
                     fault(ray, out, name, "-shard-0", "ray.kill")
                 elif name == "shard_sigkill":

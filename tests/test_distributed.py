@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 import minigrad as mg
 from minigrad.distributed import netns, plan, sharding
+from minigrad.optim.serialization import CheckpointError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -161,6 +162,16 @@ def test_import_minigrad_does_not_import_ray():
     assert out.stdout.strip() == "False"
 
 
+class Unchanged:
+    """A user transform (no worker-side form): it stays in the shards' optimizers."""
+
+    def __call__(self, grads, step):
+        return grads
+
+    def eager(self, grads, step, indices):
+        return grads
+
+
 def _train_args(**kw):
     model = EmbeddingModel()
     args = dict(make_cost=model.make_cost, params=model.params, dataset=embedding_data(),
@@ -179,8 +190,11 @@ def _train_args(**kw):
     ({"optimizer": functools.partial(mg.optim.SGD, lr=-1.0)}, ValueError, "lr must be .*>= 0"),
     ({"params": []}, TypeError, "non-empty list of mg.shared"),
     ({"optimizer": functools.partial(mg.optim.SGD, lr=0.1, transforms=[
-        mg.optim.GradientNoise(), mg.optim.ClipGradNorm(1.0)])}, ValueError,
-     "ClipGradNorm .*must come first"),
+        Unchanged(), mg.optim.ClipGradNorm(1.0)])}, ValueError,
+     "ClipGradNorm and GradientNoise .*must come first"),
+    ({"optimizer": functools.partial(mg.optim.SGD, lr=0.1, transforms=[
+        mg.optim.ClipGradNorm(1.0), Unchanged(), mg.optim.GradientNoise()])}, ValueError,
+     "ClipGradNorm and GradientNoise .*must come first"),
 ])
 def test_bad_arguments_fail_before_ray_starts(bad, error, match):
     model, args = _train_args(**bad)
@@ -225,7 +239,7 @@ def test_shard_restart_restores_rows_state_and_applied_batches(tmp_path):
     r = np.random.default_rng(2)
     slices = [np.float64(0.5), np.zeros((50, 1)), r.normal(size=(50, 3))]
     factory = pickle.dumps(functools.partial(mg.optim.Adam, lr=0.05, sparse="exact"))
-    file = str(tmp_path / "shard-0.npz")
+    file = str(tmp_path / "shard-0.json")
     first = Shard("shard-0", slices, ["b", "w", "V"], factory, 10, 3, file)
     snapshot = None
     for b in (0, 2, 5, 7):  # the 3rd push checkpoints; the 4th is lost with the process
@@ -247,17 +261,48 @@ def test_shard_restart_restores_rows_state_and_applied_batches(tmp_path):
         assert got["t"] == want["t"] and got["state"].keys() == want["state"].keys()
         assert all(np.array_equal(got["state"][k], want["state"][k]) for k in want["state"])
     wrong = [np.float64(0.5), np.zeros((50, 1)), np.zeros((50, 4))]
-    with pytest.raises(ValueError, match="rows of 'V' do not match shard-0"):
+    with pytest.raises(CheckpointError, match="rows of 'V' do not match shard-0"):
         Shard("shard-0", wrong, ["b", "w", "V"], factory, 10, 3, file)
 
 
-def test_shards_leave_the_clip_to_the_workers():
+def test_shards_leave_clip_and_noise_to_the_workers():
+    from minigrad.distributed import worker_transforms
     from minigrad.distributed.shard import Shard
 
-    factory = pickle.dumps(functools.partial(mg.optim.Adam, lr=0.1, transforms=[
-        mg.optim.ClipGradNorm(1.0), mg.optim.GradientNoise()]))
-    shard = Shard("shard-0", [np.ones((4, 2))], ["E"], factory, n_batches=3)
-    assert [type(t).__name__ for t in shard.opts[0].transforms] == ["GradientNoise"]
+    transforms = [mg.optim.GradientNoise(), mg.optim.ClipGradNorm(1.0), Unchanged()]
+    opt = functools.partial(mg.optim.Adam, lr=0.1, transforms=transforms)
+    shard = Shard("shard-0", [np.ones((4, 2))], ["E"], pickle.dumps(opt), n_batches=3)
+    assert [type(t).__name__ for t in shard.opts[0].transforms] == ["Unchanged"]
+    on_workers = worker_transforms.leading(opt([mg.shared(np.ones((2, 2)))]))
+    assert [type(t).__name__ for t in on_workers] == ["GradientNoise", "ClipGradNorm"]
+
+
+@pytest.mark.parametrize("step", [0, 5])
+def test_worker_noise_is_the_one_process_draw(step):
+    """The worker's noise (whole gradient, parameter ``i`` at its position, step = batch)
+    is what ``GradientNoise`` adds in the compiled single-process step: same stream, same
+    coalesced rows, bit for bit; with a clip after it, the clip of the noisy gradient."""
+    from minigrad.distributed import worker_transforms
+    from minigrad.types import RowSparse
+
+    r = np.random.default_rng(9)
+    ids = np.array([6, 2, 6, 9, 0])  # repeats: coalesced before the draw
+    rows, dense = r.normal(size=(5, 3)), r.normal(size=(3, 2))
+    g_rows = mg.shared(rows)
+    E, W = mg.shared(r.normal(size=(12, 3))), mg.shared(r.normal(size=(3, 2)))
+    idx = mg.lvector("idx")
+    cost = (E[idx] * g_rows).sum() + (W * mg.constant(dense)).sum()
+    noise = mg.optim.GradientNoise(eta=0.2, gamma=0.55, seed=11)
+    clip = mg.optim.ClipGradNorm(0.7)
+    t = mg.shared(np.int64(step))
+    grads = mg.grad(cost, [E, W])
+    want = mg.function([idx], clip(noise(grads, t), t))(ids)
+    got = worker_transforms.apply([RowSparse(ids, rows, (12, 3)), dense], [noise, clip], step)
+    assert np.array_equal(got[0].indices, want[0].coalesce().indices)
+    np.testing.assert_allclose(got[0].to_dense(), want[0].to_dense(), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-13, atol=1e-15)
+    plain = worker_transforms.apply([RowSparse(ids, rows, (12, 3)), dense], [clip], step)
+    assert not np.allclose(got[1], plain[1])  # the noise acted
 
 
 # --- with Ray, in loopback-only namespaces ---------------------------------------------
@@ -374,6 +419,26 @@ def test_global_clip_one_worker_sync_equals_single_process(scenarios):
 
 @NEEDS_RAY
 @pytest.mark.distributed
+def test_gradient_noise_one_worker_sync_equals_single_process(scenarios):
+    """GradientNoise (then a clip) in the factory: the workers draw the one process's
+    noise (parameter i at its position, step = batch), so one worker at staleness 0
+    equals one process; before, every shard drew its own."""
+    import distributed_scenarios as sc
+
+    _scenario(scenarios, "noise")
+    ref = EmbeddingModel()
+    single_process(ref, embedding_data(), sc.noise_optimizer(), epochs=2, batch_size=50)
+    with np.load(os.path.join(scenarios["_dir"], "noise.npz")) as z:
+        got = [z[f"arr_{i}"] for i in range(3)]
+    for g, p in zip(got, ref.params):
+        np.testing.assert_allclose(g, p.get_value(), rtol=1e-12, atol=1e-14)
+    quiet = EmbeddingModel()
+    single_process(quiet, embedding_data(), sc.clip_optimizer(), epochs=2, batch_size=50)
+    assert not np.allclose(got[0], quiet.E.get_value(), rtol=1e-6)  # the noise acted
+
+
+@NEEDS_RAY
+@pytest.mark.distributed
 def test_two_workers_two_shards_async_loss_falls(scenarios):
     record = _scenario(scenarios, "async")
     opt = functools.partial(mg.optim.Adam, lr=0.1)
@@ -447,6 +512,7 @@ def test_network_safety(scenarios):
     assert record["listeners"], "Ray should have been listening (on loopback)"
     assert record["non_loopback"] == []
     assert record["log_findings"] == []  # no route probe to 8.8.8.8, no metadata probe
+    _no_probe_in(scenarios["_proc"].stderr)
     after = _scenario(scenarios, "after")
     assert after["non_loopback"] == [] and after["leftover"] == 0
     assert scenarios["_leftover"] == []  # nothing was left in the namespace to kill
@@ -477,6 +543,17 @@ def test_cluster_node_removal_moves_the_shard_and_counts_exactly(record_property
     _report_recovery(record_property, record)
     assert record["recovery_s"] < 30.0, record  # a no-hang check, not a speed test
     assert results["_leftover"] == []
+    # no node start asked for a route to 8.8.8.8 (the driver's C++ logs it on stderr)
+    assert record["log_findings"] == [], record["log_findings"]
+    _no_probe_in(results["_proc"].stderr)
+
+
+def _no_probe_in(stderr):
+    import distributed_scenarios as sc
+
+    found = [line for line in stderr.splitlines()
+             if any(n in line for n in sc.NETWORK_NEEDLES)]
+    assert found == [], found
 
 
 def _report_recovery(record_property, record):

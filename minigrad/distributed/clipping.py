@@ -8,44 +8,11 @@ norm: a different, silently wrong update. So the clip moves to the worker, which
 whole gradient of the batch before it is split by shard: it clips there with the same
 formula, and the shards build their optimizers without it.
 
-That keeps the order of the transforms only when the clips come first; a factory that
-clips after another transform (noise, say) is refused before Ray starts.
+Which transforms move to the worker, and in which order, is ``worker_transforms.py``.
 """
 from __future__ import annotations
 
 import numpy as np
-
-
-def leading_clips(opt):
-    """``max_norm`` of each ``ClipGradNorm`` at the start of ``opt.transforms``.
-
-    Raises ``ValueError`` for a ``ClipGradNorm`` after another transform.
-    """
-    from minigrad.optim.transforms import ClipGradNorm
-
-    transforms = list(getattr(opt, "transforms", []) or [])
-    norms = []
-    for t in transforms:
-        if not isinstance(t, ClipGradNorm):
-            break
-        norms.append(t.max_norm)
-    if any(isinstance(t, ClipGradNorm) for t in transforms[len(norms):]):
-        raise ValueError(
-            "optimizer: mg.distributed applies ClipGradNorm on the worker, to the whole "
-            "gradient before it is split by shard, so it must come first in transforms= "
-            f"(got {transforms})")
-    return norms
-
-
-def without_clips(opt):
-    """Drop the leading ``ClipGradNorm`` transforms of ``opt`` (the worker applies them)."""
-    from minigrad.optim.transforms import ClipGradNorm
-
-    transforms = list(opt.transforms)
-    while transforms and isinstance(transforms[0], ClipGradNorm):
-        transforms.pop(0)
-    opt.transforms = transforms
-    return opt
 
 
 def clip_global(grads, max_norms):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minigrad.distributed import netns, plan, ray_setup, sharding
+from minigrad.distributed import checkpoint_files, netns, plan, ray_setup, sharding
 from minigrad.distributed.errors import DistributedError
 from minigrad.distributed.shard import Shard
 from minigrad.distributed.worker import Worker
@@ -112,7 +112,7 @@ def train(make_cost, params, dataset, optimizer, n_workers=2, n_shards=2, epochs
                   int(positive_int("chunk_batches", chunk_batches)), num_cpus,
                   dict(shard_options or {}), dict(worker_options or {}))
     payload = _pickle_model(make_cost, params)
-    factory, clips = _pickle_optimizer(optimizer)
+    factory, on_workers = _pickle_optimizer(optimizer)
     ray_setup.import_ray_or_raise()
     ray = sys.modules.get("ray")
     if address is None and not (ray is not None and ray.is_initialized()):
@@ -122,11 +122,11 @@ def train(make_cost, params, dataset, optimizer, n_workers=2, n_shards=2, epochs
             return isolation.train_in_namespace(
                 make_cost, params, dataset, optimizer, cfg.as_kwargs(), t_call)
         with ray_setup.local_ray(num_cpus=num_cpus) as ray:
-            return _Run(ray, cfg, params, columns, payload, factory, clips, t_call).execute()
+            return _Run(ray, cfg, params, columns, payload, factory, on_workers, t_call).execute()
     if ray is not None and ray.is_initialized():
-        return _Run(ray, cfg, params, columns, payload, factory, clips, t_call).execute()
+        return _Run(ray, cfg, params, columns, payload, factory, on_workers, t_call).execute()
     with ray_setup.connected_ray(address) as ray:
-        return _Run(ray, cfg, params, columns, payload, factory, clips, t_call).execute()
+        return _Run(ray, cfg, params, columns, payload, factory, on_workers, t_call).execute()
 
 
 @dataclass
@@ -161,10 +161,12 @@ class _Run:
 
     POLL_S = 0.1
 
-    def __init__(self, ray, cfg, params, columns, payload, factory, clips, t_call):
+    def __init__(self, ray, cfg, params, columns, payload, factory, on_workers, t_call):
         self.ray, self.cfg, self.params, self.columns = ray, cfg, params, columns
         self.payload, self.factory, self.t_call = payload, factory, t_call
-        self.clips = clips  # max_norm of each leading ClipGradNorm: applied by the workers
+        # the leading ClipGradNorm / GradientNoise transforms: the workers apply them to
+        # the whole gradient before the split by shard (``worker_transforms.py``)
+        self.on_workers = on_workers
         self.run_id = uuid.uuid4().hex[:8]
         self.actors, self.notes, self.events, self.pinned = [], [], [], []
         self.tmp_dir = None
@@ -209,7 +211,7 @@ class _Run:
                                **{"max_restarts": cfg.max_restarts, "max_task_retries": 0,
                                   "num_cpus": 0, **cfg.worker_options}).remote(
                 rank, self.payload, layout.signature(), meta, data_ref, shards, dense_shard,
-                cfg.staleness, plan_ref, self.clips)
+                cfg.staleness, plan_ref, self.on_workers)
             self.actors.append(w)
             workers.append(w)
         t_start = time.perf_counter()
@@ -278,9 +280,9 @@ class _Run:
         return path
 
     def _start(self, actor, name, slices, names, ckpt_dir, n_batches):
-        file = None if ckpt_dir is None else os.path.join(ckpt_dir, f"{name}.npz")
-        if file is not None and os.path.exists(file):
-            os.remove(file)  # a fresh run starts from the caller's parameters
+        file = None if ckpt_dir is None else os.path.join(ckpt_dir, f"{name}.json")
+        if file is not None:
+            checkpoint_files.remove(file)  # a fresh run starts from the caller's parameters
         # the rows go through the object store under a reference this driver holds for the
         # whole run: a restarted shard re-reads its constructor arguments (Ray would free
         # an argument it put there itself once the first construction is done)
@@ -564,10 +566,10 @@ def _pickle_model(make_cost, params):
 
 def _pickle_optimizer(optimizer):
     """Check that ``optimizer`` pickles and builds on a one-row stand-in; return its bytes
-    and the ``max_norm`` of the ``ClipGradNorm`` transforms it starts with (the workers
-    clip the whole gradient; see ``clipping.py``)."""
+    and the ``ClipGradNorm`` / ``GradientNoise`` transforms it starts with (the workers
+    apply them to the whole gradient; see ``worker_transforms.py``)."""
     import minigrad as mg
-    from minigrad.distributed import clipping
+    from minigrad.distributed import worker_transforms
 
     if not callable(optimizer):
         raise TypeError(f"optimizer must be a factory optimizer(params) -> Optimizer, "
@@ -580,7 +582,7 @@ def _pickle_optimizer(optimizer):
     opt = optimizer([mg.shared(np.zeros((1, 1)), name="probe")])
     if not hasattr(opt, "state_dict"):
         raise TypeError(f"optimizer(params) must return an mg.optim optimizer, got {opt!r}")
-    return blob, clipping.leading_clips(opt)
+    return blob, worker_transforms.leading(opt)
 
 
 @contextlib.contextmanager

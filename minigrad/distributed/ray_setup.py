@@ -35,7 +35,9 @@ SAFE_ENV = {
     "RAY_DEDUP_LOGS": "0",
     # Linux reads this as "no multi-node cluster": the node IP is then loopback without
     # first asking the kernel for a route to 8.8.8.8 (otherwise done even when
-    # _node_ip_address="127.0.0.1" is given).
+    # _node_ip_address="127.0.0.1" is given, e.g. by every node a
+    # ray.cluster_utils.Cluster adds). Ray reads it once, at import: see
+    # ``_no_route_probe`` for a Ray imported before these settings.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
 
@@ -104,7 +106,8 @@ def scratch_environment():
     os.environ.update(SAFE_ENV)
     os.environ["HOME"] = home
     try:
-        yield root
+        with _no_route_probe():
+            yield root
     finally:
         for k, v in saved.items():
             if v is None:
@@ -112,6 +115,26 @@ def scratch_environment():
             else:
                 os.environ[k] = v
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _no_route_probe():
+    """``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` for a Ray already imported (by the caller,
+    or ``ray.cluster_utils`` imported first): Ray read the variable at import into
+    ``ray_constants.ENABLE_RAY_CLUSTER``, which ``services.get_node_ip_address`` consults
+    at each call; left true, every node start asks the kernel for a route to 8.8.8.8
+    (``network_util.cc: Failed to determine local IP via external connectivity``)."""
+    import sys
+
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is None or not getattr(constants, "ENABLE_RAY_CLUSTER", False):
+        yield
+        return
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = True
 
 
 def _remove_stale_scratch():

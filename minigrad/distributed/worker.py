@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from minigrad.distributed import clipping, sharding
+from minigrad.distributed import sharding, worker_transforms
 from minigrad.distributed.errors import DistributedError
 from minigrad.distributed.proc_times import process_started_at
 
@@ -33,7 +33,7 @@ class Worker:
     """``ray.remote`` wraps this class (see ``train.py``)."""
 
     def __init__(self, rank, payload, signature, meta, dataset, shards, dense_shard,
-                 staleness, plan, clips=()):
+                 staleness, plan, transforms=()):
         import minigrad as mg
 
         self.init_at, self.born_at = time.time(), process_started_at()
@@ -41,7 +41,8 @@ class Worker:
         self.shards, self.dense_shard = list(shards), dense_shard
         self.shard_names = [f"shard-{s}" for s in range(len(self.shards))]
         self.staleness, self.plan, self.columns = int(staleness), plan, list(dataset)
-        self.clips = list(clips)  # global ClipGradNorm max_norms, applied before the split
+        # ClipGradNorm / GradientNoise of the factory: on the whole gradient, before the split
+        self.transforms = list(transforms)
         make_cost, self.params = pickle.loads(payload)
         for p, (shape, dtype) in zip(self.params, meta):  # the row counts, not the rows
             sharding.put_stand_in(p, sharding.stand_in(shape, dtype))
@@ -120,8 +121,8 @@ class Worker:
             for i in g.inputs:
                 inputs[i] = sharding.remap_input(batch[i], uniques[gi])
         cost, *grads = self.step(*inputs)
-        if self.clips:
-            grads = clipping.clip_global(grads, self.clips)
+        if self.transforms:  # batch b is the run's b-th update: the noise's step
+            grads = worker_transforms.apply(grads, self.transforms, b)
         # 3. push
         self._push(b, uniques, grads)
         return float(cost)
