@@ -225,6 +225,16 @@ class Function:
                                        self.safe_out, "safe_phase", const)
             self._destructive_run = generated_phase(late, self.destructive_in, (),
                                                     "destructive_phase", const)
+        elif self.mode.linker == "tiered" and self.backend.name == "numba":
+            from minigrad.linker_jit import jit_phase
+            from minigrad.tiered import TieredPhase  # generated first, jit once hot
+
+            plain = generated_phase(safe, self.safe_in, self.safe_out, "safe_phase", const)
+            self._safe_run = TieredPhase(plain, lambda: jit_phase(
+                self.nodes[: self.n_safe], safe, self.safe_in, self.safe_out, "safe_phase",
+                const, tiered=True))
+            self._destructive_run = generated_phase(late, self.destructive_in, (),
+                                                    "destructive_phase", const)
         elif self.mode.linker == "vm":
             self._safe_run = vm_phase(safe, self.safe_in, self.safe_out, self.n_slots, const)
             self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)

@@ -211,12 +211,19 @@ def _label(node):
         return type(op).__name__
 
 
-def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=None):
+def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=None,
+              tiered=False):
     """The safe phase with compiled segments (see the module docstring).
 
     ``nodes`` and ``entries`` (``(thunk, input slots, output slots, label)``) are in the
     same order. Returns ``run(*live_in) -> live_out`` with ``run.source`` (the Python
     phase and the segments' Numba source) and ``run.segments`` (node indices per segment).
+
+    ``tiered=True`` (for ``minigrad/tiered.py``): every segment starts switched off (its
+    thunks run, nothing is compiled in this process), and while ``run.namespace["_rec"]``
+    is true a call records the Numba types of each segment's arguments in
+    ``run.arg_types`` (``{k: (type, ...)}``), so that another process can compile the
+    segments for exactly these types.
     """
     constants = dict(constants or {})
     slot = {}
@@ -267,7 +274,7 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
         fallbacks.append(generated_phase(seg_entries, in_slots, out_slots,
                                          f"segment{k}_thunks"))
         namespace[f"f{k}"] = fallbacks[-1]
-        namespace[f"jit{k}"] = True
+        namespace[f"jit{k}"] = not tiered
         args = [p for v in seg.inputs for p in _entry_parts(vals[v])]
         targets = [p for v in seg.outputs for p in vals[v].parts()]
         tgt = ", ".join(targets) + ("," if len(targets) == 1 else "")
@@ -298,6 +305,11 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
             for j, (sname, table) in enumerate(slot_args):
                 py_lines.append(f"{pad}    P{k}_{j}.give(int({table.name}[0]), {sname})")
         py_lines.append("    else:")
+        if tiered:  # the arguments the segment would get (a slot map: any int32 vector)
+            rec_args = ["_SLOT" if a in {s for s, _ in slot_args} else a for a in args]
+            py_lines.append("        if _rec:")
+            py_lines.append(f"            _record({k}, ({', '.join(rec_args)}"
+                            f"{',' if len(rec_args) == 1 else ''}))")
         py_lines.append(f"        ({outs_py}) = f{k}({ins_py})")
 
     results = ", ".join(f"v{s}" for s in live_out)
@@ -321,6 +333,17 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
         return result
 
     namespace["_fallback"] = _fallback
+    arg_types = {}
+    if tiered:
+        from numba import typeof
+
+        def _record(k, args):
+            try:
+                arg_types[k] = tuple(typeof(a) for a in args)
+            except Exception:  # a value Numba cannot type: this segment cannot compile
+                arg_types[k] = None
+
+        namespace.update(_rec=False, _record=_record, _SLOT=np.full(1, -1, dtype=np.int32))
     module_source = ""
     if segments:
         module_source = _PRELUDE + "\n\n" + "\n\n".join(seg_sources)
@@ -341,7 +364,33 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
     run.segment_file = path
     run.jit_fallbacks = state["fallbacks"]
     run.compiled = [seg_fn for seg_fn in (namespace.get(f"s{s.k}") for s in segments)]
+    run.namespace, run.arg_types = namespace, arg_types
     return run
+
+
+def segment_lines(fn):
+    """What ``mg.debugprint(f)`` adds for a function on the jit or tiered linker: one line
+    per compiled segment (its nodes, whether the compiled code or the thunks run)."""
+    run = getattr(fn, "_safe_run", None)
+    state = getattr(run, "state", None)  # a tiered phase (minigrad/tiered.py)
+    lines = []
+    if state is not None:
+        lines.append(f"tiered linker: {state} ({run.calls} calls, {run.seconds:.2f} s"
+                     + (f"; {run.why}" if run.why else "") + ")")
+    segments = getattr(run, "segments", None) or []
+    if not segments:
+        return lines
+    ns = getattr(run, "namespace", None) or getattr(run.jit, "namespace", {})
+    where = getattr(run, "segment_file", None) or getattr(getattr(run, "jit", None),
+                                                          "segment_file", None)
+    lines.append(f"jit segments ({where or 'in memory'}):")
+    nodes = fn.nodes
+    for k, idx in enumerate(segments):
+        names = [type(nodes[i].op).__name__ for i in idx]
+        shown = ", ".join(names if len(names) <= 8 else names[:4] + ["..."] + names[-3:])
+        runs = "compiled" if ns.get(f"jit{k}") else "thunks"
+        lines.append(f"  segment {k} [{runs}]: {len(idx)} nodes ({shown})")
+    return lines
 
 
 def _make_csr(parts, shape):
@@ -393,6 +442,9 @@ def load_segments(source):
     fname, digest = file_name(source)
     cached = _MODULES.get(digest)
     if cached is not None:
+        for name, obj in vars(cached[0]).items():  # a tiered phase may have switched
+            if name.startswith("segment") and hasattr(obj, "enable_compile"):
+                obj.enable_compile()  # compiling off; this caller compiles at first call
         return cached
     module, path = import_generated(segment_dir(), fname, f"minigrad_jit_{digest}", source,
                                     "jit segments")

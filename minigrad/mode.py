@@ -13,12 +13,14 @@ at compile time. ``linker`` chooses how the compiled nodes run: ``"generated"`` 
 phase of the step is one generated straight-line Python function, the default) or ``"vm"``
 (a loop over thunks, the simplest form, kept for comparison and debugging) or ``"jit"``
 (numba backend: runs of nodes with a Numba emitter compiled as whole ``@njit`` functions,
-cached on disk; other backends use ``"generated"``); see ``minigrad/linker.py`` and
-``minigrad/linker_jit.py``.
+cached on disk; other backends use ``"generated"``) or ``"tiered"`` (numba backend:
+``"generated"`` until the function proved hot, then the ``"jit"`` segments, compiled in a
+background process and loaded from the on-disk cache; see ``minigrad/tiered.py``); see
+``minigrad/linker.py`` and ``minigrad/linker_jit.py``.
 """
 from __future__ import annotations
 
-LINKERS = ("generated", "vm", "jit")
+LINKERS = ("generated", "vm", "jit", "tiered")
 
 
 def _tags(value, what):

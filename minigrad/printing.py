@@ -282,6 +282,12 @@ def debugprint(obj, file=None, print_=True, depth=None, readable=False, legend=N
         lines.extend(f"  {name}: {text}" for name, text in sorted(found.items()))
         if hidden:
             lines.append(f"  hidden: {hidden}")
+    from minigrad.compile import Function
+
+    if isinstance(obj, Function):  # the jit / tiered linkers' compiled segments
+        from minigrad.linker_jit import segment_lines
+
+        lines.extend(segment_lines(obj))
     text = "\n".join(lines)
     if print_:
         print(text, file=file)

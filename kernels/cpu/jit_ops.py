@@ -439,3 +439,97 @@ def shape_vector(shape):
     for i in range(len(shape)):
         out[i] = shape[i]
     return out
+
+
+# --- rank-specialised forms of the above, as plain loops ---------------------------------
+# NumPy's generic implementations in Numba (``np.transpose``, ``np.sum(a, axis)``,
+# broadcasting assignment) carry run-time axis checks with formatted messages (unicode
+# code), iterators for any rank and layout: a large body that LLVM optimises and codegens
+# again inside every segment linking it. Where the emitter knows the rank, these loops do
+# the same arithmetic in the same order (``np.sum(axis)`` in Numba adds each element into a
+# zeroed result, every output in increasing index order) with a small body.
+
+
+@njit(**_OPTS)
+def sum_axis_2d(a, axis):
+    """``a.sum(axis)`` of a float matrix, ``axis`` 0 or 1 (bitwise Numba's ``np.sum``)."""
+    n, m = a.shape
+    if axis == 0:
+        out = np.zeros(m, dtype=a.dtype)
+        for i in range(n):
+            for j in range(m):
+                out[j] += a[i, j]
+        return out
+    out = np.zeros(n, dtype=a.dtype)
+    for i in range(n):
+        s = out[i]
+        for j in range(m):
+            s += a[i, j]
+        out[i] = s
+    return out
+
+
+@njit(**_OPTS)
+def sum_keep_2d(a, axis):
+    """``a.sum(axis, keepdims=True)`` of a float matrix, ``axis`` 0 or 1."""
+    s = sum_axis_2d(a, axis)
+    if axis == 0:
+        return s.reshape((1, a.shape[1]))
+    return s.reshape((a.shape[0], 1))
+
+
+@njit(**_OPTS)
+def transpose_2d(a):
+    """``a.T`` (a view, as ``np.transpose`` gives)."""
+    return a.T
+
+
+@njit(**_OPTS)
+def broadcast_1d(g, n):
+    """A fresh vector of length ``n`` from a vector ``g`` of length 1 or ``n``."""
+    out = np.empty(n, dtype=g.dtype)
+    if g.shape[0] == n:
+        for i in range(n):
+            out[i] = g[i]
+    elif g.shape[0] == 1:
+        for i in range(n):
+            out[i] = g[0]
+    else:
+        raise ValueError("cannot broadcast")
+    return out
+
+
+@njit(**_OPTS)
+def broadcast_2d(g, n, m):
+    """A fresh ``(n, m)`` matrix from a matrix ``g`` whose axes are 1 or ``n``/``m``."""
+    gn, gm = g.shape
+    if (gn != n and gn != 1) or (gm != m and gm != 1):
+        raise ValueError("cannot broadcast")
+    out = np.empty((n, m), dtype=g.dtype)
+    for i in range(n):
+        r = i if gn == n else 0
+        for j in range(m):
+            out[i, j] = g[r, j if gm == m else 0]
+    return out
+
+
+@njit(**_OPTS)
+def broadcast_row(g, n, m):
+    """A fresh ``(n, m)`` matrix from a vector ``g`` of length 1 or ``m`` (its rows)."""
+    gm = g.shape[0]
+    if gm != m and gm != 1:
+        raise ValueError("cannot broadcast")
+    out = np.empty((n, m), dtype=g.dtype)
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = g[j if gm == m else 0]
+    return out
+
+
+@njit(**_OPTS)
+def expand_dims_1d(a, axis):
+    """``np.expand_dims`` of a vector, ``axis`` 0 or 1 (a view when ``a`` is contiguous)."""
+    c = np.ascontiguousarray(a)
+    if axis == 0:
+        return c.reshape((1, c.shape[0]))
+    return c.reshape((c.shape[0], 1))

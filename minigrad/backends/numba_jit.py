@@ -294,12 +294,15 @@ def reduce_like_lines(g, x, out, target_dtype):
     if g.is_scalar or x.ndim > g.ndim:
         return None
     lines, cur = [], g.name
+    small = np.dtype(g.dtype).kind == "f"  # rank-2 float sums: the plain-loop helpers
     for k in range(g.ndim - x.ndim):
-        lines.append(f"{out.name}_l{k} = J.sum_axis({cur}, 0)")
+        fn = "J.sum_axis_2d" if small and g.ndim - k == 2 else "J.sum_axis"
+        lines.append(f"{out.name}_l{k} = {fn}({cur}, 0)")
         cur = f"{out.name}_l{k}"
     for i in range(x.ndim):
         nxt = f"{out.name}_a{i}"
         summed = (f"J.sum_keep_1d({cur})" if x.ndim == 1
+                  else f"J.sum_keep_2d({cur}, {i})" if small and x.ndim == 2
                   else f"J.sum_keep({cur}, {i})")
         lines += [f"if {x.shape(i)} == 1 and {cur}.shape[{i}] != 1:",
                   f"    {nxt} = {summed}",
@@ -330,7 +333,9 @@ def reduce_lines(x, out, axes, keepdims, fn="sum"):
     cur = cast(x.name, x.dtype, acc, False)
     lines = []
     for k, a in enumerate(sorted(axes, reverse=True)):
-        lines.append(f"{out.name}_r{k} = J.sum_axis({cur}, {a})")
+        rank2 = x.ndim - k == 2 and np.dtype(acc).kind == "f"
+        lines.append(f"{out.name}_r{k} = {'J.sum_axis_2d' if rank2 else 'J.sum_axis'}"
+                     f"({cur}, {a})")
         cur = f"{out.name}_r{k}"
     if fn == "mean":
         count = " * ".join(x.shape(a) for a in axes)
@@ -338,7 +343,9 @@ def reduce_lines(x, out, axes, keepdims, fn="sum"):
         cur = f"{out.name}_m"
     if keepdims:
         for k, a in enumerate(sorted(axes)):
-            lines.append(f"{out.name}_k{k} = J.expand_dims({cur}, {a})")
+            rank1 = x.ndim - len(axes) + k == 1
+            lines.append(f"{out.name}_k{k} = "
+                         f"{'J.expand_dims_1d' if rank1 else 'J.expand_dims'}({cur}, {a})")
             cur = f"{out.name}_k{k}"
     lines.append(f"{out.name} = J.astype({cur}, {like(out.dtype)})"
                  if fn == "mean" or np.dtype(x.dtype).kind != "f" else f"{out.name} = {cur}")
@@ -396,6 +403,11 @@ def _register_reductions():
             return None
         if g.is_scalar:
             return [f"{out.name} = J.full({x.shape_tuple()}, {g.name}, {like(out.dtype)})"]
+        plain = {(1, 1): f"J.broadcast_1d({g.name}, {x.shape(0)})",
+                 (2, 2): f"J.broadcast_2d({g.name}, {x.shape(0)}, {x.shape(1)})",
+                 (1, 2): f"J.broadcast_row({g.name}, {x.shape(0)}, {x.shape(1)})"}
+        if (g.ndim, x.ndim) in plain:  # rank-specialised loops (small to compile)
+            return [f"{out.name} = {plain[g.ndim, x.ndim]}"]
         return [f"{out.name} = J.broadcast_to({g.name}, {x.shape_tuple()})"]
 
     @emit.register(Shape)
@@ -413,7 +425,8 @@ def _register_reductions():
             return [f"{out.name} = J.full({shape}, {x.name}, {like(out.dtype)})"]
         lines, cur = [], x.name
         for k, a in enumerate(op.axes):
-            lines.append(f"{out.name}_e{k} = J.expand_dims({cur}, {a})")
+            fn = "J.expand_dims_1d" if x.ndim + k == 1 and a in (0, 1) else "J.expand_dims"
+            lines.append(f"{out.name}_e{k} = {fn}({cur}, {a})")
             cur = f"{out.name}_e{k}"
         return lines + [f"{out.name} = {cur}"]
 
@@ -422,6 +435,8 @@ def _register_reductions():
         (x,), (out,) = ins, outs
         if x.is_scalar or x.ndim < 2:
             return [f"{out.name} = {x.name}"]
+        if tuple(op.axes) == (1, 0):
+            return [f"{out.name} = J.transpose_2d({x.name})"]
         return [f"{out.name} = J.transpose({x.name}, {tuple(op.axes)!r})"]
 
 
