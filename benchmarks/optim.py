@@ -179,7 +179,7 @@ def format_table(result):
     return "\n".join(lines + [""] + [f"- {n}" for n in result["notes"]])
 
 
-def eval_reads(V=2_000_000, batch=256, repeats=7):
+def eval_reads(V=2_000_000, batch=256, repeats=101):
     """Issue 13's evaluation-read case: a function that only gathers rows of a table that an
     exact-mode optimizer trains, called after each training step. Returns median seconds
     of the evaluation call, exact and lazy, interleaved (target: exact within 2x)."""
@@ -212,6 +212,82 @@ def eval_reads(V=2_000_000, batch=256, repeats=7):
     return {mode: float(np.median(ts)) for mode, ts in out.items()}
 
 
+def adam_catch_up(gaps=(10, 60, 600, 5000), rows=5000, V=300_000, width=64, repeats=5):
+    """Exact Adam's catch-up alone, closed form (``_adam_series``, what the kernel uses)
+    against the step-by-step replay (``_adam_replay``, its fallback), on the same rows
+    of a float32 table with nonzero m, v, interleaved: median seconds per call of
+    ``rows`` rows whose gaps are uniform in ``[1, 2 * gap)``, per mean gap."""
+    from numba import njit
+
+    from kernels.cpu import optim as ko
+
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 1e-3
+    none = np.zeros(1)
+    blocks, offsets = np.zeros((1, 4)), np.zeros(2, dtype=np.int64)
+
+    @njit
+    def drive(P, M, Vt, VM, idx, lasts, t, series, ratio, tol):
+        for i in range(idx.shape[0]):
+            k = t - 1 - lasts[i]
+            if series:
+                ko._adam_catch_up(P, M, Vt, VM, idx[i], lasts[i], k, lr, 0.0, b1, b2, eps,
+                                  False, False, ratio, tol, lr, False, none, none, blocks,
+                                  offsets, 1, False)
+            else:
+                ko._adam_replay(P, M, Vt, VM, idx[i], lasts[i], k, lr, 0.0, b1, b2, eps,
+                                False, False, ratio, tol, lr, False, none, none, False)
+
+    rng = np.random.default_rng(0)
+    P = rng.standard_normal((V, width)).astype(np.float32)
+    M = (rng.standard_normal((V, width)) * 0.01).astype(np.float32)
+    Vt = (rng.random((V, width)) * 1e-4 + 1e-6).astype(np.float32)
+    VM = np.zeros((0, width), dtype=np.float32)
+    _, ratio = ko.adam_drift_ratio(1.0, b1, b2, 0.0, False)
+    tol, t = ko.adam_drift_tol(np.float32), 10_000
+    out = {}
+    for gap in gaps:
+        times = {True: [], False: []}
+        for rep in range(repeats + 1):
+            for series in (True, False):
+                idx = np.sort(rng.choice(V, rows, replace=False))
+                lasts = np.maximum(0, t - 1 - rng.integers(1, 2 * gap, rows))
+                tables = [a.copy() for a in (P, M, Vt)]
+                t0 = time.perf_counter()
+                drive(*tables, VM, idx, lasts.astype(np.int64), t, series, ratio, tol)
+                if rep:  # the first round includes the JIT
+                    times[series].append(time.perf_counter() - t0)
+        out[gap] = (float(np.median(times[True])), float(np.median(times[False])))
+    return out
+
+
+def interleaved(sizes=SIZES, rounds=10, steps=3):
+    """minigrad lazy, exact and exact under the cosine schedule at each size, stepped in
+    turn (a round of ``steps`` steps each, ``rounds`` rounds after 3 warm-up steps), so a
+    loaded machine slows all three alike. Returns ``{V: {name: median s/step}}``."""
+    out = {}
+    for V in sizes:
+        rng = np.random.default_rng(0)
+        table = rng.standard_normal((V, WIDTH), dtype=np.float32)
+        batches = _batches(V, rng)
+        steps_of = {name: _minigrad_step(*args)[0] for name, args in (
+            ("lazy", (V, "lazy", table)), ("exact", (V, "exact", table)),
+            ("exact cos", (V, "exact", table, True)))}
+        for step in steps_of.values():
+            for i in range(3):
+                step(batches[i])
+        times = {name: [] for name in steps_of}
+        for r in range(rounds):
+            for name, step in steps_of.items():
+                t0 = time.perf_counter()
+                for j in range(steps):
+                    step(batches[(r * steps + j) % N_BATCHES])
+                times[name].append((time.perf_counter() - t0) / steps)
+        out[V] = {name: float(np.median(ts)) for name, ts in times.items()}
+        del steps_of, table
+        gc.collect()
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", action="store_true",
@@ -219,7 +295,24 @@ def main():
     parser.add_argument("--full", action="store_true", help="more repeats, dense at 3e6 too")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out", default=None, help="directory for optim.json")
+    parser.add_argument("--catch-up", action="store_true",
+                        help="only exact Adam's catch-up: closed form vs replay, per gap")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="only minigrad lazy / exact / exact+cosine, stepped in turn")
     args = parser.parse_args()
+    if args.interleaved:
+        for V, t in interleaved().items():
+            print(f"V={V:>9,}: lazy {t['lazy'] * 1e3:.2f} ms, exact {t['exact'] * 1e3:.2f} "
+                  f"ms, exact+cos {t['exact cos'] * 1e3:.2f} ms; exact+cos / exact "
+                  f"{t['exact cos'] / t['exact']:.2f}x (target <= 1.3), exact+cos / lazy "
+                  f"{t['exact cos'] / t['lazy']:.2f}x (target <= 2)")
+        return
+    if args.catch_up:
+        for gap, (series, replay) in adam_catch_up().items():
+            print(f"exact Adam catch-up, 5000 rows x 64 float32, mean gap {gap:>5}: closed "
+                  f"form {series * 1e3:.2f} ms, replay {replay * 1e3:.2f} ms, "
+                  f"{replay / series:.1f}x")
+        return
     if args.reads:
         got = eval_reads()
         print(f"eval call after a training step, V=2M x 32 float32: exact "

@@ -229,6 +229,9 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
               guard, SP, SB, S2, S3, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
+    # the last skipped-steps map: rows that skipped the same steps (touched together, or
+    # never touched) reuse it instead of multiplying it out of the history again
+    c_start, c_end, c11, c12, c21, c22 = np.int64(-1), np.int64(-1), 1.0, 0.0, 0.0, 1.0
     for i in range(n):
         _prefetch_ahead(idx, i, dist, P, B, B)
         r = idx[i]
@@ -239,10 +242,12 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
             start, end = last[r] + 1, last[r] + k
             if k > 0 and mu == 0.0:
                 if wd_any:
-                    f = _skipped_map(has_h, blocks, offsets, n_levels, start, end,
-                                     a[0], a[1], a[2], a[3])[0]
+                    if start != c_start or end != c_end:
+                        c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels,
+                                                          start, end, a[0], a[1], a[2], a[3])
+                        c_start, c_end = start, end
                     for d in range(width):
-                        P[r, d] = P[r, d] * f
+                        P[r, d] = P[r, d] * c11
             elif k > 0:
                 if last[r] == 0:  # the dense optimizer's step 1 sets buffer = g (torch)
                     lr1 = lr_h[1] if has_h else lr
@@ -251,12 +256,14 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
                         P[r, d], B[r, d] = _momentum_elem(float(P[r, d]), 0.0, 0.0, True,
                                                           lr1, mu, damp, nesterov, wd1)
                     start += 1
-                m11, m12, m21, m22 = _skipped_map(has_h, blocks, offsets, n_levels, start,
-                                                  end, a[0], a[1], a[2], a[3])
+                if start != c_start or end != c_end:
+                    c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels, start,
+                                                      end, a[0], a[1], a[2], a[3])
+                    c_start, c_end = start, end
                 for d in range(width):
                     p, b = float(P[r, d]), float(B[r, d])
-                    P[r, d] = m11 * p + m12 * b
-                    B[r, d] = m21 * p + m22 * b
+                    P[r, d] = c11 * p + c12 * b
+                    B[r, d] = c21 * p + c22 * b
             last[r] = t
         # with a gradient the step's own flag covers every value stored in the row (the
         # check runs in the update loop); a catch-up alone is scanned
@@ -487,16 +494,100 @@ def _adam_scalars(lr, b1, b2, s, lazy):
     return _adam_rule_scalars(lr, b1, b2, float(s), lazy)
 
 
+#: terms of the drift's series in ``eps / (a u)`` and the largest ratio it is used for:
+#: the truncation error is below ``SERIES_MAX_RATIO ** SERIES_TERMS`` (1e-18) of the drift
+SERIES_TERMS = 6  # written out as s0..s5 in _adam_series
+SERIES_MAX_RATIO = 1e-3
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
-                   ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels, replay):
-    """Skipped steps of one row, step-major so the per-step scalars are computed once.
+def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
+                 ratio, tol, lr_max, has_h, lr_h, wd_h):
+    """Closed-form catch-up of Adam's zero-gradient steps without L2 decay: O(steps) scalar
+    work per row and O(1) per element, instead of a sqrt and a division per element and step.
+
+    Skipped step ``j`` (global step ``s = lag_from + j``) moves an element by
+    ``T_j = c_s b1^j m / (a u_j + eps)``, with ``c_s = lr_s / (1 - b1^s)``, ``a = sqrt(v)``
+    and ``u_j = b2^(j/2) / sqrt(1 - b2^s)`` (AMSGrad: ``a = sqrt(vmax)``, ``u_j = 1 /
+    sqrt(1 - b2^s)``: a zero gradient never raises the max). Expanding ``1 / (a u + eps)``
+    in ``z = eps / (a u)`` gives ``T_j = (m / a) sum_n (-eps / a)^n c_s b1^j u_j^-(n+1)``: the
+    sums ``S_n`` over the steps are the same for every element of the row (AdamW's decay
+    enters as ``S_n <- q_s S_n + ...``, ``p <- Q p - drift``). The steps stop where the
+    bound on the rest of the drift (as in the replay) falls below ``tol * |p|`` for every
+    element. Returns the number of steps done (m, v decayed accordingly), or -1 without
+    writing anything when some element's ``z`` exceeds ``SERIES_MAX_RATIO`` (a tiny ``v``):
+    the caller then replays the steps.
+    """
+    width = P.shape[1]
+    w2 = 0.0  # max (|m| / (a |p|))**2: the bound's per-row factor, squared (no sqrt here)
+    v_min = np.inf
+    for d in range(width):
+        m = float(M[r, d])
+        if amsgrad and float(VM[r, d]) < float(V[r, d]):
+            return -1  # a max below v (a loaded state?): the replay applies the max itself
+        if m != 0.0:
+            den = float(VM[r, d]) if amsgrad else float(V[r, d])
+            p = float(P[r, d])
+            v_min = min(v_min, den)
+            w2 = max(w2, m * m / (den * (p * p)))
+    if v_min == 0.0:
+        return -1
+    w, a_min = np.sqrt(w2), np.sqrt(v_min)
+    # the six sums S_n (SERIES_TERMS) as scalars: they stay in registers
+    s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+    Q = 1.0
+    pw1, pw2 = b1 ** float(lag_from), b2 ** float(lag_from)
+    bj, f2 = 1.0, 1.0  # b1^j, b2^j
+    ihj, ih_step = 1.0, (1.0 if amsgrad else 1.0 / np.sqrt(b2))  # 1 / b2^(j/2)
+    bound = w * lr_max * ratio
+    j = 0
+    while j < k and w != 0.0:
+        j += 1
+        s = lag_from + j
+        lr_s = lr_h[s] if has_h else lr
+        q = 1.0 - lr_s * (wd_h[s] if has_h else wd) if decoupled else 1.0
+        pw1, pw2 = pw1 * b1, pw2 * b2
+        bj, f2, ihj = bj * b1, f2 * b2, ihj * ih_step
+        iu = np.sqrt(1.0 - pw2) * ihj
+        if eps * iu > SERIES_MAX_RATIO * a_min:
+            return -1
+        c = lr_s / (1.0 - pw1) * bj
+        Q *= q
+        x1 = c * iu
+        x2 = x1 * iu
+        x3 = x2 * iu
+        x4 = x3 * iu
+        x5 = x4 * iu
+        s0, s1, s2 = q * s0 + x1, q * s1 + x2, q * s2 + x3
+        s3, s4, s5 = q * s3 + x4, q * s4 + x5, q * s5 + x5 * iu
+        # the rest of the drift is at most |m_j| / a_j * lr_max / (1 - b1^(s+1)) * ratio
+        if not (bound * bj * ihj > tol * (1.0 - pw1 * b1)):
+            break
+    if j == 0:  # no drift (m == 0 everywhere): the caller decays the row
+        return 0
+    for d in range(width):
+        m = float(M[r, d])
+        p = Q * float(P[r, d])
+        if m != 0.0:
+            ia = 1.0 / np.sqrt(float(VM[r, d]) if amsgrad else float(V[r, d]))
+            z = eps * ia
+            p -= m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+        P[r, d] = p
+        M[r, d] = m * bj
+        V[r, d] = float(V[r, d]) * f2
+    return j
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
+                 ratio, tol, lr_max, has_h, lr_h, wd_h, replay):
+    """Skipped steps of one row replayed step-major (the per-step scalars computed once);
+    returns the number of steps done.
 
     Each skipped step is applied to the whole row (a branch-free loop that vectorises),
-    with that step's own lr and weight decay. Without L2 decay the row stops once, for
-    every element, the bound on the rest of its drift is below ``tol * |p|``; the
-    remaining steps then only decay m, v (and p by the steps' ``1 - lr*wd``), in closed
-    form. Stepping an element further than its own bound needs is still exact.
+    with that step's own lr and weight decay. Without L2 decay (``replay`` False) the row
+    stops once, for every element, the bound on the rest of its drift is below ``tol *
+    |p|``. Stepping an element further than its own bound needs is still exact.
     """
     width = P.shape[1]
     prow, mrow, vrow = P[r], M[r], V[r]
@@ -538,6 +629,23 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
             pending += size * limit > tol * abs(p)
         if pending == 0:
             break
+    return j
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
+                   ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels, replay):
+    """The ``k`` skipped steps of row ``r``: the drift in closed form (``_adam_series``)
+    where it applies, else replayed (``_adam_replay``, always with L2 decay: a zero
+    gradient then still moves the row non-linearly). Once the drift is done, the remaining
+    steps only decay m, v (and p by the steps' ``1 - lr*wd``), in closed form."""
+    j = -1
+    if not replay:
+        j = _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
+                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h)
+    if j < 0:
+        j = _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
+                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, replay)
     rest = k - j
     if rest > 0:
         f1, f2 = b1 ** float(rest), b2 ** float(rest)
@@ -545,10 +653,10 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
         if decoupled:
             fq = _skipped_map(has_h, blocks, offsets, n_levels, lag_from + j + 1,
                               lag_from + k, 1.0 - lr * wd, 0.0, 0.0, 1.0)[0]
-        for d in range(width):
-            mrow[d] = mrow[d] * f1
-            vrow[d] = vrow[d] * f2
-            prow[d] = prow[d] * fq
+        for d in range(P.shape[1]):
+            M[r, d] = M[r, d] * f1
+            V[r, d] = V[r, d] * f2
+            P[r, d] = P[r, d] * fq
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -23,6 +23,8 @@ same function ``kernels.cpu`` compiles into its loops. ``guard=`` (a
 ``kernels.row_guard.RowGuard``) saves the old rows and refuses a non-finite result before
 anything is written (the kernel then returns the bad row's position, else -1).
 """
+import math
+
 import numpy as np
 
 from kernels.rules import adagrad as adagrad_rule
@@ -57,17 +59,22 @@ def _xp(a):
 
 
 def _is_array(a):
-    return hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "flags")
+    return type(a) is np.ndarray or (hasattr(a, "shape") and hasattr(a, "dtype")
+                                     and hasattr(a, "flags"))
 
 
 def _check_destination(name, a):
     """A table the kernel writes in place: an array, C-contiguous and writeable."""
     if not _is_array(a):
         raise TypeError(f"{name} must be an array, got {type(a).__name__}")
-    if not a.flags.c_contiguous:
+    flags = a.flags
+    if not flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (it is updated in place)")
-    if not getattr(a.flags, "writeable", True):
+    if not getattr(flags, "writeable", True):
         raise ValueError(f"{name} is read-only; the kernel updates it in place")
+
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_rows_args(param, states, idx, grad, t, last, required=None, names=None):
@@ -80,7 +87,7 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     written, so a refused call changes nothing. Returns ``(param2d, states2d, idx, grad2d, t)``.
     """
     _check_destination("param", param)
-    if np.dtype(param.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if param.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"param must be float32 or float64, got {param.dtype}")
     if param.ndim < 1:
         raise ValueError("param must have at least one axis")
@@ -108,14 +115,17 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     idx = idx.astype(np.int64, copy=False)
     n = idx.shape[0]
     if n:
-        if int(idx.min()) < 0 or int(idx.max()) >= shape[0]:
+        # sorted first: then the ends are the extremes (no min/max passes on the fast path)
+        ordered = n == 1 or bool((idx[1:] > idx[:-1]).all())
+        lo, hi = (int(idx[0]), int(idx[-1])) if ordered else (int(idx.min()), int(idx.max()))
+        if lo < 0 or hi >= shape[0]:
             raise IndexError(f"idx outside [0, {shape[0]})")
-        if n > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        if not ordered:
             raise ValueError("idx must be sorted and unique (coalesce the gradient first)")
     t = int(t)
     if t < 1:
         raise ValueError(f"step t must be >= 1, got {t}")
-    width = int(np.prod(shape[1:], dtype=np.int64))
+    width = math.prod(shape[1:])
     if grad is not None:
         if not _is_array(grad):
             raise TypeError(f"grad must be an array or None, got {type(grad).__name__}")

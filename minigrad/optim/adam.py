@@ -15,8 +15,9 @@ class Adam(Optimizer):
     SparseAdam's ``step = lr*sqrt(bc2)/bc1 * m/(sqrt(v)+eps)``. ``sparse="exact"`` gives
     the parameters of dense Adam fed the densified gradient: a row touched after ``k``
     skipped steps gets ``m *= b1**k``, ``v *= b2**k`` and the drift of those steps (each
-    with its own lr), an exact sum with no closed form computed in the kernel and truncated
-    once the remaining terms are provably below 1e-18 of the parameter (docs/optimizers.md).
+    with its own lr), a sum truncated once the remaining terms are provably below 1e-18 of
+    the parameter; the compiled kernel sums it once per row as a series in
+    ``eps / sqrt(v)`` (O(1) per element), see docs/optimizers.md.
     """
 
     kernel = "adam_rows"

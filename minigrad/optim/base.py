@@ -162,8 +162,9 @@ class Optimizer:
         return True
 
     def dense_update(self, p, g, state, t_new, lr, wd):
-        """Symbolic ``(new_param, {state name: new value})`` for a dense gradient ``g`` of a
-        rank-0 parameter (every other parameter goes through the fused kernel)."""
+        """Symbolic ``(new_param, {state name: new value})`` for a dense gradient ``g``: only
+        used by an optimizer without a fused ``kernel`` (every parameter of one with a
+        kernel, scalars included, goes through it)."""
         raise NotImplementedError
 
     def hyperparameters(self):
@@ -213,10 +214,11 @@ class Optimizer:
         self._kinds[i] = kind
 
     def _dense_rule(self, i, p, g, t_new, hyper):
-        if p.ndim >= 1 and self.kernel:
+        if self.kernel:
             # a dense gradient is a row-sparse one touching every row: the fused kernel
             # updates it in place in one pass (dense semantics: exact mode), where a
-            # symbolic rule would allocate a temporary per arithmetic step
+            # symbolic rule would allocate a temporary per arithmetic step (a scalar
+            # parameter too: one row of one element)
             return self._sparse_rule(i, p, AllRows()(_as_dtype(g, p.dtype)), t_new, hyper,
                                      dense_semantics=True)
         self._claim(i, ("dense", False))
@@ -333,9 +335,6 @@ class Optimizer:
                                  f"the parameter has shape {shape}")
             if np.dtype(grad.dtype).kind not in "fiu":
                 raise TypeError(f"gradient for {label!r}: dtype {grad.dtype}, expected floats")
-            if len(shape) == 0:
-                raise ValueError(f"apply() needs a parameter with at least one axis; "
-                                 f"{label!r} is a scalar")
             values, rows = grad, None
         else:
             raise TypeError(f"gradient for {label!r}: expected an ndarray or mg.RowSparse, got "
@@ -345,6 +344,9 @@ class Optimizer:
         if check_finite and values.size and not bool(xp.isfinite(values).all()):
             raise FloatingPointError(f"gradient for {label!r} holds non-finite values (nan or "
                                      f"inf); nothing was changed")
+        if rows is None and not shape:  # a scalar parameter: one row (see ParamState)
+            return RowSparse.trusted(xp.zeros(1, dtype=np.int64), values.reshape(1), (),
+                                     coalesced=True), True
         if rows is None:
             return RowSparse(xp.arange(shape[0], dtype=np.int64), values, shape,
                              coalesced=True), True

@@ -9,6 +9,8 @@ table is written.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minigrad.graph import Apply, Op
@@ -44,6 +46,10 @@ class AllRows(Op):
 
         (g,) = inputs
         xp = array_module(g)
+        if g.ndim == 0:  # a scalar parameter: one row holding its value (see ParamState)
+            values = xp.ascontiguousarray(xp.reshape(g, (1,)))
+            return (RowSparse.trusted(xp.zeros(1, dtype=np.int64), values, (),
+                                      coalesced=True),)
         rows = xp.arange(g.shape[0], dtype=np.int64)
         return (RowSparse(rows, xp.ascontiguousarray(g), g.shape, coalesced=True),)
 
@@ -63,6 +69,8 @@ class PrepareRows(Op):
         self.check_shapes(node, grad, param, tables)
         c = grad.coalesce()
         values = np.ascontiguousarray(c.values, dtype=param.dtype)
+        if not c.shape:  # a scalar parameter's one row (AllRows): nothing to re-check
+            return (RowSparse.trusted(c.indices, values, c.shape, coalesced=True),)
         return (RowSparse(c.indices, values, c.shape, coalesced=True),)
 
     @staticmethod
@@ -73,13 +81,19 @@ class PrepareRows(Op):
                 f"{param.shape}"
             )
         for var, table in zip(node.inputs[2:], tables):
-            if table.shape[0] != param.shape[0] or (
+            if _n_rows(table) != _n_rows(param) or (
                 table.ndim > 1 and tuple(table.shape) != tuple(param.shape)
             ):
                 raise ValueError(
                     f"optimizer state {var} has shape {table.shape}, parameter "
                     f"{node.inputs[1]} has shape {param.shape} (set_value changed its shape?)"
                 )
+
+
+def _n_rows(a):
+    """Rows of a table as the kernels see it: a scalar parameter (and its 0-d state) is
+    one row."""
+    return a.shape[0] if a.ndim else 1
 
 
 class RowUpdate(Op):
@@ -163,6 +177,8 @@ def _register_cupy():
             else:
                 idx, vals = gpu.coalesce_rows(grad.indices, grad.values)
             vals = vals.astype(param.dtype, copy=False)
+            if not grad.shape:  # a scalar parameter's one row (AllRows)
+                return (RowSparse.trusted(idx, vals, grad.shape, coalesced=True),)
             return (RowSparse(idx, vals, grad.shape, coalesced=True),)
 
         return thunk
@@ -211,23 +227,21 @@ class FreshTake(Op):
         param, last, t = tables[0], tables[-1], int(t)
         xp = array_module(param)
         idx = xp.asarray(idx)
-        flat = idx.reshape(-1).astype(np.int64, copy=False)
-        if flat.shape[0]:
-            lo, hi = int(flat.min()), int(flat.max())
-            _check_rows(node, xp.asarray([lo, hi]), param.shape[0])
-        out = param[flat]
-        if flat.shape[0] == 0 or t < 1:
-            return (out.reshape(tuple(idx.shape) + tuple(param.shape[1:])),)
-        behind = (last[flat] < t).nonzero()[0]
-        if behind.shape[0]:
+        flat = xp.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
+        shape = tuple(idx.shape) + tuple(param.shape[1:])
+        width = math.prod(param.shape[1:])
+        # one pass: the gathered rows, and a copy of the lagging ones' state for the catch-up
+        views = [a.reshape(a.shape[0], width) for a in tables[:-1]]
+        bad, out, pos, sub, sub_last = module.gather_lagging(views, last, flat, t)
+        if bad >= 0:
+            _check_rows(node, xp.asarray([int(flat[bad])]), param.shape[0])
+        if pos.shape[0] and t >= 1:
             # each lagging read gets its own copy (a repeated index is caught up twice,
             # identically: cheaper than de-duplicating every read)
-            lagging = flat[behind]
-            sub = [xp.ascontiguousarray(a[lagging]) for a in tables]
-            local = xp.arange(lagging.shape[0], dtype=np.int64)
-            self.state.catch_up(module, sub, local, t)
-            out[behind] = sub[0]
-        return (out.reshape(tuple(idx.shape) + tuple(param.shape[1:])),)
+            local = xp.arange(pos.shape[0], dtype=np.int64)
+            self.state.catch_up(module, [*sub, sub_last], local, t)
+            out[pos] = sub[0]
+        return (out.reshape(shape),)
 
     def perform(self, node, inputs):
         return self.run(kernel_module("numpy"), node, inputs)
@@ -254,7 +268,7 @@ class CatchUpAll(Op):
         param, last = tables[0], tables[-1]
         # nothing pending (e.g. a table updated densely every step): skip the kernel call
         if t >= 1 and int(last.min()) < t:
-            rows = array_module(param).arange(param.shape[0], dtype=np.int64)
+            rows = array_module(param).arange(_n_rows(param), dtype=np.int64)
             self.state.catch_up(module, tables, rows, t)
         return (param,)
 

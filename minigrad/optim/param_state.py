@@ -116,6 +116,11 @@ class ParamState:
 
     # --- kernel calls -----------------------------------------------------------------
     def _call(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
+        if tables[0].ndim == 0:
+            # a scalar parameter is a table of one row of one element for the kernels:
+            # reshaped views, so the kernel's in-place writes land in the 0-d arrays
+            tables = [a.reshape(1) for a in tables]
+            grad = None if grad is None else grad.reshape(1)
         param, *rest = tables
         last = rest.pop() if exact else None
         states = dict(zip(self.states, rest))
