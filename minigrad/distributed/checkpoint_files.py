@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minigrad.optim.serialization import CheckpointError
+from minigrad.optim.serialization import CheckpointError, fsync_directory
 
 FORMAT = "minigrad-shard-files"
 VERSION = 1
@@ -93,18 +93,14 @@ def write(path, arrays, meta, generation):
     longer named are removed. On any error the previous checkpoint stays the valid one.
     """
     manifest = manifest_path(path)
-    written = []
-    try:
+
+    def build(written):
         entries = {key: _write_array(manifest, generation, key, value, written)
                    for key, value in arrays.items()}
-        doc = {"format": FORMAT, "version": VERSION, "generation": int(generation),
-               "chunk": CHUNK, "arrays": entries, "deltas": [], "meta": meta}
-        _replace_manifest(manifest, doc)
-    except BaseException:
-        _remove_files(written)
-        raise
-    remove_unreferenced(manifest, keep=_named_files(doc))
-    return manifest
+        return {"format": FORMAT, "version": VERSION, "generation": int(generation),
+                "chunk": CHUNK, "arrays": entries, "deltas": [], "meta": meta}
+
+    return _publish(manifest, build)
 
 
 def append(path, rows, whole, meta, generation):
@@ -116,8 +112,8 @@ def append(path, rows, whole, meta, generation):
     """
     manifest = manifest_path(path)
     doc = _read_manifest(manifest)
-    written = []
-    try:
+
+    def build(written):
         delta = {"generation": int(generation), "rows": {}, "whole": {}}
         for key, (ids, values) in rows.items():
             if key not in doc["arrays"]:
@@ -128,7 +124,19 @@ def append(path, rows, whole, meta, generation):
                 "values": _write_array(manifest, generation, f"{key}.rows", values, written)}
         for key, value in whole.items():
             delta["whole"][key] = _write_array(manifest, generation, key, value, written)
-        doc = dict(doc, generation=int(generation), deltas=doc["deltas"] + [delta], meta=meta)
+        return dict(doc, generation=int(generation), deltas=doc["deltas"] + [delta], meta=meta)
+
+    return _publish(manifest, build)
+
+
+def _publish(manifest, build):
+    """Write a generation's files (``build(written)`` records each one in ``written`` and
+    returns the new manifest document), then rename the manifest into place: the one
+    atomic step. On any failure the files written so far are removed and the previous
+    checkpoint stands; on success the files no manifest names any more go."""
+    written = []
+    try:
+        doc = build(written)
         _replace_manifest(manifest, doc)
     except BaseException:
         _remove_files(written)
@@ -163,7 +171,7 @@ def _replace_manifest(manifest, doc):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    _fsync_directory(os.path.dirname(manifest) or ".")
+    fsync_directory(os.path.dirname(manifest) or ".")
 
 
 def _remove_files(files):
@@ -353,16 +361,3 @@ def remove(path):
     if os.path.exists(manifest):
         os.remove(manifest)
     remove_unreferenced(manifest, keep=set())
-
-
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

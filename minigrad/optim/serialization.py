@@ -121,7 +121,7 @@ def save(path, params, opt=None):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def _resolve_target(path):
@@ -184,7 +184,8 @@ def _pid_alive(pid):
     return True
 
 
-def _fsync_directory(directory):
+def fsync_directory(directory):
+    """Make a rename inside ``directory`` durable (best effort: some filesystems refuse)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
