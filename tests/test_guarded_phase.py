@@ -13,22 +13,13 @@ import threading
 
 import numpy as np
 import pytest
+from test_optim_row_guard import _raw
 
 import kernels.row_guard as row_guard
 import minigrad as mg
 from kernels.row_guard import RowGuard
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-def _raw(opt):
-    """Every array the optimizer's kernels write, read without flushing anything."""
-    out = []
-    for ps in opt.param_states:
-        for var in ps.table_vars(ps.last is not None):
-            out.append((str(var), var._value.copy()))
-        out.append((str(ps.step), np.array(ps.step._value)))
-    return out
 
 
 def _assert_same(before, after):
