@@ -222,31 +222,32 @@ class Function:
         needed = set(self.output_slots) | {s for _, s, _ in self.update_slots}
         self.safe_out = sorted((needed | set(self.destructive_in) | set(self.guard_slots))
                                - made_late)
-        if self.mode.linker == "jit" and self.backend.name == "numba":
+        linker = self.mode.linker
+        if linker in ("jit", "tiered") and self.backend.name != "numba":
+            linker = "generated"  # jit segments are Numba code
+        if linker == "vm":
+            self._safe_run = vm_phase(safe, self.safe_in, self.safe_out, self.n_slots, const)
+            self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)
+            return
+        # every other linker keeps the destructive phase generated Python
+        self._destructive_run = generated_phase(late, self.destructive_in, (),
+                                                "destructive_phase", const)
+        if linker == "jit":
             from minigrad.linker_jit import jit_phase  # compiled segments (linker_jit.py)
 
             self._safe_run = jit_phase(self.nodes[: self.n_safe], safe, self.safe_in,
                                        self.safe_out, "safe_phase", const)
-            self._destructive_run = generated_phase(late, self.destructive_in, (),
-                                                    "destructive_phase", const)
-        elif self.mode.linker == "tiered" and self.backend.name == "numba":
+            return
+        plain = generated_phase(safe, self.safe_in, self.safe_out, "safe_phase", const)
+        if linker == "tiered":
             from minigrad.linker_jit import jit_phase
             from minigrad.tiered import TieredPhase  # generated first, jit once hot
 
-            plain = generated_phase(safe, self.safe_in, self.safe_out, "safe_phase", const)
             self._safe_run = TieredPhase(plain, lambda: jit_phase(
                 self.nodes[: self.n_safe], safe, self.safe_in, self.safe_out, "safe_phase",
                 const, tiered=True))
-            self._destructive_run = generated_phase(late, self.destructive_in, (),
-                                                    "destructive_phase", const)
-        elif self.mode.linker == "vm":
-            self._safe_run = vm_phase(safe, self.safe_in, self.safe_out, self.n_slots, const)
-            self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)
         else:
-            self._safe_run = generated_phase(safe, self.safe_in, self.safe_out, "safe_phase",
-                                             const)
-            self._destructive_run = generated_phase(late, self.destructive_in, (),
-                                                    "destructive_phase", const)
+            self._safe_run = plain
 
     def _thunk(self, node):
         thunk = self.backend.make_thunk(node)
