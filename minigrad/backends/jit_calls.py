@@ -1,0 +1,199 @@
+"""Compiled segments call their helpers through an address, so LLVM compiles each helper once.
+
+A jit segment (``minigrad/linker_jit.py``) calls ``@njit`` helpers of ``kernels/cpu/jit_ops.py``
+and ``kernels/cpu/fused.py``. A plain call makes Numba *link* the helper's LLVM module into
+the segment's, then optimise (O3) and generate machine code for the whole: every helper,
+and what it calls (sorting, allocation, ...), is compiled again for every segment, even when
+the helper itself comes from Numba's on-disk cache. On the embedding step that was 47 linked
+libraries, 84 functions and ~4 s of a 6 s first call with every helper cached.
+
+Here each helper call of a segment is an intrinsic that
+
+* at typing, compiles (or loads from the cache) the helper for the argument types, as a
+  plain call would, and takes its return type;
+* in the generated code, loads the helper's address from a global variable of the
+  segment's own module, ``minigrad.addr.<module>.<symbol>`` (null until bound), raises
+  ``RuntimeError(UNBOUND)`` when it is null, and otherwise calls the helper's Numba-ABI
+  entry point through it: exceptions raised in the helper propagate as from a plain call;
+* nothing is linked: the segment's module holds its own code only.
+
+The addresses are per process, so they are *not* in the (cached) machine code. Beside each
+address global the module holds a constant, ``minigrad.sig.<...>``, naming the helper and
+its argument types (hex of a pickle made by this module, written into Numba's own cache
+entry). :func:`bind` reads these back from a loaded or compiled segment, loads each helper
+for its types and writes the addresses. :class:`BoundSegment` does that at a segment's first
+call: the first helper call of an unbound overload raises before the helper runs, and
+everything before it is pure glue of the segment (the safe phase writes nothing), so the
+call is simply repeated once bound.
+
+Helpers with default arguments (the user-facing wrappers of ``fused.py``) are not
+addressed: the generated code does not call them, and if it did they would be linked in
+as before.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import inspect
+import pickle
+import types as pytypes
+
+ADDR, SIG = "minigrad.addr.", "minigrad.sig."
+UNBOUND = "minigrad: a jit segment's helper address is not bound"
+
+_HELPER_MODULES = ("kernels.cpu.jit_ops", "kernels.cpu.fused")
+
+
+def _typer(dispatcher, typingctx, args):
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    from numba.core import types
+
+    # intrinsics see literal types first; the helper gets the plain ones, as a plain call
+    # gives it (and as its cached overloads have them)
+    fnty = typingctx.resolve_value_type(dispatcher)
+    sig = typingctx.resolve_function_type(fnty, tuple(types.unliteral(a) for a in args), {})
+    if sig is None:
+        return None
+    cres = dispatcher.overloads[tuple(sig.args)]
+    target = cres.fndesc.llvm_func_name
+    blob = pickle.dumps((dispatcher.py_func.__module__, dispatcher.py_func.__qualname__,
+                         tuple(sig.args), target))
+    text = blob.hex().encode() + b"\0"
+
+    def codegen(context, builder, signature, llargs):
+        module = builder.module
+        key = f"{module.name}.{target}"
+        voidp = ir.IntType(8).as_pointer()
+        try:
+            slot = module.get_global(ADDR + key)
+        except KeyError:
+            slot = ir.GlobalVariable(module, voidp, name=ADDR + key)
+            slot.initializer = ir.Constant(voidp, None)
+            const = ir.Constant(ir.ArrayType(ir.IntType(8), len(text)), bytearray(text))
+            meta = ir.GlobalVariable(module, const.type, name=SIG + key)
+            meta.global_constant = True
+            meta.initializer = const
+        address = builder.load(slot)
+        with builder.if_then(cgutils.is_null(builder, address), likely=False):
+            context.call_conv.return_user_exc(builder, RuntimeError, (UNBOUND,))
+        values = [context.cast(builder, v, have, want)
+                  for v, have, want in zip(llargs, signature.args, sig.args)]
+        fn_type = context.call_conv.get_function_type(sig.return_type, sig.args)
+        status, result = context.call_conv.call_function(
+            builder, builder.bitcast(address, fn_type.as_pointer()), sig.return_type,
+            sig.args, values)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return result
+
+    return sig.return_type(*args), codegen
+
+
+def addressed(dispatcher):
+    """An intrinsic calling ``dispatcher`` (an ``@njit`` function without default
+    arguments) through its address, with the same parameters."""
+    from numba.extending import intrinsic
+
+    params = list(inspect.signature(dispatcher.py_func).parameters)
+    tup = ", ".join(params) + ("," if len(params) == 1 else "")
+    namespace = {"_typer": _typer, "_dispatcher": dispatcher}
+    exec(f"def {dispatcher.py_func.__name__}(typingctx, {', '.join(params)}):\n"  # noqa: S102
+         f"    return _typer(_dispatcher, typingctx, ({tup}))\n", namespace)
+    return intrinsic(namespace[dispatcher.py_func.__name__])
+
+
+def _addressable(obj):
+    from numba.core.registry import CPUDispatcher
+
+    if not isinstance(obj, CPUDispatcher):
+        return False
+    sig = inspect.signature(obj.py_func)
+    return all(p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD
+               for p in sig.parameters.values())
+
+
+def mirror(module_name):
+    """A module with the attributes of ``module_name``, its helpers addressed (what the
+    generated segments import as ``J`` and ``F``)."""
+    source = importlib.import_module(module_name)
+    out = pytypes.ModuleType(f"minigrad.backends.jit_calls[{module_name}]")
+    for name, obj in vars(source).items():
+        if not name.startswith("__"):
+            setattr(out, name, addressed(obj) if _addressable(obj) else obj)
+    return out
+
+
+_MIRRORS = {}
+
+
+def helpers(module_name):
+    """The addressed mirror of ``module_name`` (one per process)."""
+    if module_name not in _MIRRORS:
+        _MIRRORS[module_name] = mirror(module_name)
+    return _MIRRORS[module_name]
+
+
+def __getattr__(name):  # ``from minigrad.backends.jit_calls import J, F``
+    if name == "J":
+        return helpers("kernels.cpu.jit_ops")
+    if name == "F":
+        return helpers("kernels.cpu.fused")
+    raise AttributeError(name)
+
+
+# --- binding: writing this process's helper addresses into a segment ------------------
+
+
+def bind(dispatcher):
+    """Write the helper addresses of every overload of the segment ``dispatcher``;
+    returns how many were written."""
+    written = 0
+    for cres in list(dispatcher.overloads.values()):
+        library = cres.library
+        engine = library.codegen._engine._ee
+        module = library._get_module_for_linking()  # its globals, also when loaded from cache
+        for gv in module.global_variables:
+            if not gv.name.startswith(SIG):
+                continue
+            key = gv.name[len(SIG):]
+            text = ctypes.string_at(engine.get_global_value_address(gv.name))
+            module_name, qualname, argtypes, target = pickle.loads(bytes.fromhex(text.decode()))
+            if module_name not in _HELPER_MODULES:
+                raise RuntimeError(f"jit segment names an unknown helper module {module_name!r}")
+            helper = getattr(importlib.import_module(module_name), qualname)
+            helper.compile(argtypes)
+            helper_lib = helper.overloads[tuple(argtypes)].library
+            address = helper_lib.get_pointer_to_function(target)
+            if not address:
+                raise RuntimeError(f"helper {qualname}{argtypes} has no symbol {target}")
+            ctypes.c_void_p.from_address(engine.get_global_value_address(ADDR + key)).value = \
+                address
+            written += 1
+    return written
+
+
+class BoundSegment:
+    """A compiled segment, callable like its dispatcher, that binds its helpers' addresses
+    at the first call of each overload (see the module docstring)."""
+
+    __slots__ = ("dispatcher",)
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def __call__(self, *args):
+        try:
+            return self.dispatcher(*args)
+        except RuntimeError as err:
+            if str(err) != UNBOUND:
+                raise
+        bind(self.dispatcher)
+        return self.dispatcher(*args)
+
+    def __getattr__(self, name):  # py_func, overloads, ... for the linker and tiered
+        return getattr(self.dispatcher, name)
+
+
+__all__ = ["BoundSegment", "F", "J", "UNBOUND", "addressed", "bind", "helpers", "mirror"]
