@@ -194,11 +194,21 @@ class FunctionGraph:
         return len(self.clients.get(var, ()))
 
     def leaves(self):
-        """Variables without owner that the graph reads (inputs, shared values, constants)."""
-        return [v for v in self.variables if v.owner is None]
+        """Variables without owner that the graph reads (inputs, shared values, constants),
+        in a fixed order: the inputs, then as the sorted nodes first read them. Not the
+        order of ``self.variables`` (a set of objects hashed by address): a rewrite that
+        picks the first of several equal leaves would then generate different code in
+        each process, and the on-disk caches of generated code would miss."""
+        seen, out = set(), []
+        for var in [*self.inputs, *(i for n in self.toposort() for i in n.inputs),
+                    *self.outputs]:
+            if var.owner is None and var in self.variables and var not in seen:
+                seen.add(var)
+                out.append(var)
+        return out
 
     def constants(self):
-        return [v for v in self.variables if isinstance(v, Constant)]
+        return [v for v in self.leaves() if isinstance(v, Constant)]
 
     def check_integrity(self):
         """Assert the clients map matches the nodes (used by the tests)."""

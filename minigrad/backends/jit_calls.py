@@ -36,6 +36,7 @@ import ctypes
 import importlib
 import inspect
 import pickle
+import re
 import types as pytypes
 
 ADDR, SIG = "minigrad.addr.", "minigrad.sig."
@@ -46,9 +47,7 @@ _HELPER_MODULES = ("kernels.cpu.jit_ops", "kernels.cpu.fused")
 
 def _typer(dispatcher, typingctx, args):
     from llvmlite import ir
-    from numba.core import cgutils
-
-    from numba.core import types
+    from numba.core import cgutils, types
 
     # intrinsics see literal types first; the helper gets the plain ones, as a plain call
     # gives it (and as its cached overloads have them)
@@ -114,15 +113,48 @@ def _addressable(obj):
                for p in sig.parameters.values())
 
 
+class _Mirror(pytypes.ModuleType):
+    """The attributes of another module, its helpers addressed, each made at its first
+    use: making all of them costs ~30 ms, a segment uses a dozen. Numba must find them
+    made before it types a segment (an intrinsic made while typing is not in the typing
+    context yet), hence :func:`prepare` when the generated module is imported."""
+
+    def __init__(self, module_name):
+        super().__init__(f"minigrad.backends.jit_calls[{module_name}]")
+        self._source = importlib.import_module(module_name)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        obj = getattr(self._source, name)
+        value = addressed(obj) if _addressable(obj) else obj
+        setattr(self, name, value)
+        return value
+
+
 def mirror(module_name):
-    """A module with the attributes of ``module_name``, its helpers addressed (what the
-    generated segments import as ``J`` and ``F``)."""
-    source = importlib.import_module(module_name)
-    out = pytypes.ModuleType(f"minigrad.backends.jit_calls[{module_name}]")
-    for name, obj in vars(source).items():
-        if not name.startswith("__"):
-            setattr(out, name, addressed(obj) if _addressable(obj) else obj)
-    return out
+    """The helpers of ``module_name`` addressed (what the generated segments import as
+    ``J`` and ``F``)."""
+    return _Mirror(module_name)
+
+
+def prepare(namespace):
+    """Make every ``J.<name>`` and ``F.<name>`` the generated module (its globals,
+    ``namespace``) uses; called by the module itself as it is imported."""
+    path = namespace.get("__file__")
+    text = None
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError:
+            text = None
+    for alias, module_name in (("J", "kernels.cpu.jit_ops"), ("F", "kernels.cpu.fused")):
+        mod = helpers(module_name)
+        names = (re.findall(rf"\b{alias}\.([A-Za-z_][A-Za-z0-9_]*)", text) if text is not None
+                 else [n for n in vars(mod._source) if not n.startswith("__")])
+        for name in set(names):
+            getattr(mod, name)
 
 
 _MIRRORS = {}
@@ -196,4 +228,4 @@ class BoundSegment:
         return getattr(self.dispatcher, name)
 
 
-__all__ = ["BoundSegment", "F", "J", "UNBOUND", "addressed", "bind", "helpers", "mirror"]
+__all__ = ["BoundSegment", "UNBOUND", "addressed", "bind", "helpers", "mirror", "prepare"]
