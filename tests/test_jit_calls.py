@@ -1,0 +1,176 @@
+"""Jit segments call their helpers through addresses (``minigrad/backends/jit_calls.py``).
+
+Nothing of a helper is linked into a segment; each segment's module holds one address per
+helper it calls, bound per process. These tests check that the mechanism is the one in
+use, that a segment whose addresses are not bound yet (a fresh process loading it from
+the cache) binds them and gives the same values, that helper exceptions propagate, and
+that the generated source is the same in every process (else the cache misses).
+Graphs are tiny: each new segment is a Numba compile.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+
+numba = pytest.importorskip("numba", reason="the jit linker compiles with numba")
+
+from minigrad.backends import jit_calls  # noqa: E402
+from minigrad.fgraph import FunctionGraph  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def step():
+    """A small training step on the jit linker, called once (compiled or loaded)."""
+    rng = np.random.default_rng(0)
+    W = mg.shared(rng.standard_normal((4, 3)), name="W")
+    b = mg.shared(np.zeros(3), name="b")
+    x, y = mg.matrix("x"), mg.lvector("y")
+    cost = mg.nn.cross_entropy(mg.dot(x, W) + b, y)
+    updates = mg.optim.SGD([W, b], 0.1).updates(cost)
+    fn = mg.function([x, y], cost, updates=updates, mode=mg.Mode(linker="jit"))
+    ref = mg.function([x, y], cost, mode=mg.Mode(backend="numpy"))
+    data = (rng.standard_normal((5, 4)), np.array([0, 2, 1, 1, 0]))
+    first_ref = ref(*data)
+    first = fn(*data)
+    assert fn._safe_run.jit_fallbacks == [], fn._safe_run.jit_fallbacks
+    return fn, ref, data, float(first), float(first_ref), (W, b)
+
+
+def test_segments_link_no_helper(step):
+    fn = step[0]
+    source = fn._safe_run.source
+    assert "from minigrad.backends.jit_calls import F, J" in source
+    assert "from kernels.cpu" not in source  # the plain-call import is gone
+    for dispatcher in fn._safe_run.compiled:
+        assert dispatcher.overloads, "the segment did not compile"
+        for cres in dispatcher.overloads.values():
+            linked = [lib.name for lib in cres.library._linking_libraries]
+            assert linked in ([], ["nrt"]), f"helpers linked in: {linked}"
+            mod = cres.library._get_module_for_linking()
+            names = [gv.name for gv in mod.global_variables]
+            assert any(n.startswith(jit_calls.ADDR) for n in names), names
+
+
+def test_first_call_matches_reference(step):
+    _, _, _, first, first_ref, _ = step
+    assert first == pytest.approx(first_ref, rel=1e-12)
+
+
+def _address_slots(dispatcher):
+    for cres in dispatcher.overloads.values():
+        engine = cres.library.codegen._engine._ee
+        mod = cres.library._get_module_for_linking()
+        for gv in mod.global_variables:
+            if gv.name.startswith(jit_calls.ADDR):
+                yield ctypes.c_void_p.from_address(engine.get_global_value_address(gv.name))
+
+
+def test_unbound_segment_binds_at_its_call_and_gives_the_same_values(step, monkeypatch):
+    fn, ref, data, _, _, params = step
+    dispatcher = fn._safe_run.compiled[0]
+    slots = list(_address_slots(dispatcher))
+    assert slots and all(s.value for s in slots), "addresses should be bound after a call"
+    saved = [p.get_value().copy() for p in params]
+    expected = float(ref(*data))
+    bound = []
+    real_bind = jit_calls.bind
+    monkeypatch.setattr(jit_calls, "bind", lambda d: bound.append(d) or real_bind(d))
+    for s in slots:  # as a fresh process finds them after loading the cache
+        s.value = None
+    got = float(fn(*data))
+    assert bound == [dispatcher]
+    assert all(s.value for s in slots)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert fn._safe_run.jit_fallbacks == []
+    for p, v in zip(params, saved):  # the step ran once (SGD moved the parameters)
+        assert not np.array_equal(p.get_value(), v)
+
+
+def test_helper_exception_propagates_through_the_address():
+    from numba import njit
+
+    broadcast = jit_calls.helpers("kernels.cpu.jit_ops").broadcast_1d
+
+    @njit
+    def segment(g, n):
+        return broadcast(g, n)
+
+    g = np.arange(3.0)
+    with pytest.raises(RuntimeError, match="not bound"):
+        segment(g, 3)
+    assert jit_calls.bind(segment) == 1
+    np.testing.assert_array_equal(segment(g, 3), g)
+    np.testing.assert_array_equal(segment(g[:1], 4), np.zeros(4))
+    with pytest.raises(ValueError, match="cannot broadcast"):
+        segment(g, 5)  # raised inside the helper, through the caller's status code
+
+
+def test_segment_call_raises_other_runtime_errors_unchanged():
+    class Boom:
+        def __call__(self, *args):
+            raise RuntimeError("something else")
+
+    seg = jit_calls.BoundSegment(Boom())
+    with pytest.raises(RuntimeError, match="something else"):
+        seg(1)
+
+
+def test_leaves_follow_the_graph_not_object_addresses():
+    a, b = mg.vector("a"), mg.vector("b")
+    s = [mg.shared(np.ones(3), name=f"s{i}") for i in range(6)]
+    out = a * s[4] + b * s[1] + s[5] * s[0]
+    fg = FunctionGraph([b, a], [out], clone=False)
+    leaves = fg.leaves()
+    assert leaves[:2] == [b, a]
+    order = []
+    for node in fg.toposort():
+        for v in node.inputs:
+            if v.owner is None and v not in order and v not in (a, b):
+                order.append(v)
+    assert leaves[2:] == order
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import minigrad as mg
+    x = mg.matrix("x")
+    junk = [mg.vector() for _ in range(int(sys.argv[1]))]  # other object addresses
+    w = mg.shared(np.linspace(-1, 1, 12).reshape(4, 3), name="w")
+    y = mg.sigmoid(mg.dot(x, w)).sum() + (x * x).mean()
+    f = mg.function([x], [y, mg.grad(y, w)], mode=mg.Mode(linker="jit"))
+    out = f(np.linspace(0, 1, 20).reshape(5, 4))
+    d = f._safe_run.compiled[0]
+    print(json.dumps({"file": f._safe_run.segment_file, "y": float(out[0]),
+                      "g": np.asarray(out[1]).tolist(),
+                      "hits": sum(d.stats.cache_hits.values()),
+                      "fallbacks": len(f._safe_run.jit_fallbacks)}))
+""")
+
+
+def test_fresh_process_loads_binds_and_runs_the_cached_segment(tmp_path):
+    import json
+
+    env = dict(os.environ, MINIGRAD_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs = []
+    for junk in (0, 37):
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(junk)], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["file"] == second["file"]  # the same source in both processes
+    assert first["fallbacks"] == second["fallbacks"] == 0
+    assert second["hits"] == 1  # loaded from the cache, then bound, not compiled
+    assert second["y"] == first["y"] and second["g"] == first["g"]
