@@ -17,6 +17,13 @@ cached on disk; other backends use ``"generated"``) or ``"tiered"`` (numba backe
 ``"generated"`` until the function proved hot, then the ``"jit"`` segments, compiled in a
 background process and loaded from the on-disk cache; see ``minigrad/tiered.py``); see
 ``minigrad/linker.py`` and ``minigrad/linker_jit.py``.
+
+Why ``"generated"`` stays the default (measured in ``docs/compiler.md``, "The default
+stays generated"): ``"jit"`` compiles each new graph at its first call (2.4-2.7 s of CPU
+for a training step, with its helpers cached), which tests and one-off functions cannot
+afford; ``"tiered"`` swaps linker when a background compile ends, so the last bits of
+``exp``/``log`` would depend on timing and runs would stop being reproducible. A training
+loop asks for the fast step with ``mg.Mode(linker="jit")`` (or ``"tiered"``).
 """
 from __future__ import annotations
 
