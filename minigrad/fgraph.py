@@ -195,17 +195,14 @@ class FunctionGraph:
 
     def leaves(self):
         """Variables without owner that the graph reads (inputs, shared values, constants),
-        in a fixed order: the inputs, then as the sorted nodes first read them. Not the
+        in a fixed order: the inputs, then the others in their order of creation. Not the
         order of ``self.variables`` (a set of objects hashed by address): a rewrite that
         picks the first of several equal leaves would then generate different code in
         each process, and the on-disk caches of generated code would miss."""
-        seen, out = set(), []
-        for var in [*self.inputs, *(i for n in self.toposort() for i in n.inputs),
-                    *self.outputs]:
-            if var.owner is None and var in self.variables and var not in seen:
-                seen.add(var)
-                out.append(var)
-        return out
+        inputs = [v for v in self.inputs if v in self.variables]
+        given = set(inputs)
+        rest = [v for v in self.variables if v.owner is None and v not in given]
+        return inputs + sorted(rest, key=lambda v: v._id)
 
     def constants(self):
         return [v for v in self.leaves() if isinstance(v, Constant)]
