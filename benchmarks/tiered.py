@@ -86,7 +86,8 @@ def main(argv=None):
                   f"{res['why']})")
             continue
         print(f"{case}: swapped after {swap['seconds']:.1f} s / {swap['calls']} calls; "
-              f"swapping call {swap['call_s']:.3f} s; step medians, while compiling: "
+              f"swapping call {swap['call_s']:.3f} s, slowest call after the first three "
+              f"{res['slowest_call_s']:.3f} s; step medians, while compiling: "
               f"tiered {m['before']:.3f} ms / generated {m['plain before']:.3f} ms; after the "
               f"swap: tiered {m['after']:.3f} ms / generated {m['plain after']:.3f} ms "
               f"({m['after'] / m['plain after']:.2f}x)")

@@ -15,9 +15,12 @@ second. So the safe phase of a tiered function goes through four states:
 3. **compiling**: a child process (``tier_worker.py``, at a lower priority, one at a time
    per process) compiles the segments for those types, which writes Numba's on-disk
    cache; the function keeps running its thunks meanwhile;
-4. **jit**: at the first call boundary after the child succeeded, each segment's machine
-   code is *loaded* from the cache (never compiled in this process: compiling is switched
-   off), and the segments run from then on.
+4. **binding**: at the first call boundary after the child succeeded, each segment's
+   machine code is *loaded* from the cache (never compiled in this process: compiling is
+   switched off); then each call binds one of the helper addresses the segments call
+   through (``backends/jit_calls.py``: a load from Numba's cache each), so no call stalls
+   on all of them, and runs the generated phase;
+5. **jit**: every address bound, the segments run from then on.
 
 A child that fails, or runs past ``POLICY.timeout_s``, is killed and logged (logger
 ``minigrad.tiered``); the function then stays on its thunks for good. Children are killed
@@ -172,17 +175,18 @@ atexit.register(QUEUE.kill_all)
 class TieredPhase:
     """The safe phase of a tiered function (see the module docstring): callable like the
     phase it wraps, ``state`` says where it is (``plain``, ``record``, ``compiling``,
-    ``jit`` or ``plain for good``)."""
+    ``binding``, ``jit`` or ``plain for good``)."""
 
     def __init__(self, plain, build_jit):
         self.plain, self._build_jit = plain, build_jit
         self.state, self.calls, self.seconds = "plain", 0, 0.0
-        self.jit = self.job = None
+        self.jit = self.job = self._binding = None
         self.why = None  # why the phase stays plain for good
 
     # what the linker's users read (tests, debugprint)
     @property
     def current(self):
+        # "binding": the segments are switched on but not all their helpers bound yet
         return self.jit if self.state in ("record", "compiling", "jit") else self.plain
 
     @property
@@ -217,7 +221,7 @@ class TieredPhase:
                 self.jit.namespace["_rec"] = False
             self._submit()
             return result
-        self.poll()  # compiling: swap at this call boundary once the child is done
+        self.poll()  # compiling: swap once the child is done; binding: bind one helper
         return self.current(*values)
 
     def _give_up(self, why):
@@ -253,7 +257,10 @@ class TieredPhase:
         QUEUE.submit(self.job)
 
     def poll(self):
-        """Swap to the compiled segments if the background compile is done."""
+        """Swap to the compiled segments if the background compile is done (one helper
+        address bound per poll, then ``jit``)."""
+        if self.state == "binding":
+            return self._bind_one()
         if self.state != "compiling":
             return self.state
         QUEUE.advance()
@@ -266,8 +273,28 @@ class TieredPhase:
         loaded = self._load()
         if not loaded:
             self._give_up("the compiled segments were not found in the cache")
-        else:
-            self.state = "jit"
+            return self.state
+        self._binding = self._bind_steps()
+        self.state = "binding"
+        return self.state
+
+    def _bind_steps(self):
+        from minigrad.backends.jit_calls import bind_steps
+
+        for k, dispatcher in enumerate(self.jit.compiled):
+            if self.jit.namespace.get(f"jit{k}"):
+                yield from bind_steps(dispatcher)
+
+    def _bind_one(self):
+        try:
+            done = next(self._binding, None) is None
+        except Exception as err:  # a helper that cannot be loaded: stay on the thunks
+            log.warning("tiered linker: binding a helper of the segments failed (%s: %s)",
+                        type(err).__name__, err)
+            self._give_up(f"binding failed: {err}")
+            return self.state
+        if done:
+            self.state, self._binding = "jit", None
         return self.state
 
     def _load(self):
@@ -299,11 +326,13 @@ class TieredPhase:
     def wait(self, timeout=None):
         """Block until the background compile ends (tests, benchmarks); the state after."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() == "compiling":
-            if deadline is not None and time.monotonic() > deadline:
-                break
+        while True:
+            state = self.poll()
+            if state == "binding":
+                continue
+            if state != "compiling" or (deadline is not None and time.monotonic() > deadline):
+                return state
             time.sleep(0.05)
-        return self.state
 
 
 __all__ = ["POLICY", "Policy", "TieredPhase"]

@@ -158,3 +158,45 @@ def test_mode_accepts_the_tiered_linker():
     assert mg.Mode(linker="tiered").linker == "tiered"
     assert "tiered" in repr(mg.Mode(linker="tiered"))
     assert os.path.exists(tiered.WORKER)
+
+
+def test_binding_the_helpers_is_spread_over_calls_on_the_generated_linker():
+    """After the load, each call binds one helper address (a cache load) and runs the
+    generated phase; the segments run once every address is bound. A helper that cannot
+    be bound leaves the function on the generated linker."""
+    calls = []
+
+    class FakeJit:
+        compiled = ["segment"]
+        namespace = {"jit0": True}
+
+        def __call__(self, *values):
+            calls.append(("jit", values))
+            return "jit"
+
+    def plain(*values):
+        calls.append(("plain", values))
+        return "plain"
+
+    phase = tiered.TieredPhase(plain, FakeJit)
+    phase.jit, phase.state = FakeJit(), "binding"
+    bound = []
+
+    def steps():
+        for key in ("a", "b", "c"):
+            bound.append(key)
+            yield key
+
+    phase._binding = steps()
+    results = [phase(k) for k in range(5)]
+    assert results == ["plain", "plain", "plain", "jit", "jit"]
+    assert bound == ["a", "b", "c"] and phase.state == "jit"
+
+    def broken():
+        yield "a"
+        raise RuntimeError("no such helper")
+
+    phase = tiered.TieredPhase(plain, FakeJit)
+    phase.jit, phase.state, phase._binding = FakeJit(), "binding", broken()
+    assert [phase(k) for k in range(3)] == ["plain", "plain", "plain"]
+    assert phase.state == "plain for good" and "no such helper" in phase.why

@@ -181,7 +181,13 @@ def __getattr__(name):  # ``from minigrad.backends.jit_calls import J, F``
 def bind(dispatcher):
     """Write the helper addresses of every overload of the segment ``dispatcher``;
     returns how many were written."""
-    written = 0
+    return sum(1 for _ in bind_steps(dispatcher))
+
+
+def bind_steps(dispatcher):
+    """:func:`bind` one helper at a time: a generator that yields after each address it
+    wrote (each is a load from Numba's cache, ~10 ms), so that the tiered linker can spread
+    them over calls instead of stalling one call for all of them."""
     for cres in list(dispatcher.overloads.values()):
         library = cres.library
         engine = library.codegen._engine._ee
@@ -202,8 +208,7 @@ def bind(dispatcher):
                 raise RuntimeError(f"helper {qualname}{argtypes} has no symbol {target}")
             ctypes.c_void_p.from_address(engine.get_global_value_address(ADDR + key)).value = \
                 address
-            written += 1
-    return written
+            yield key
 
 
 class BoundSegment:
@@ -228,4 +233,5 @@ class BoundSegment:
         return getattr(self.dispatcher, name)
 
 
-__all__ = ["BoundSegment", "UNBOUND", "addressed", "bind", "helpers", "mirror", "prepare"]
+__all__ = ["BoundSegment", "UNBOUND", "addressed", "bind", "bind_steps", "helpers", "mirror",
+           "prepare"]
