@@ -1,9 +1,9 @@
 """The tiered linker: run on the generated linker first, compile in the background, swap.
 
 ``Mode(linker="tiered")`` on the numba backend. A cold Numba compile of a training step's
-segments (``linker_jit.py``) takes seconds to a minute, mostly LLVM re-optimising the
-helpers each segment links in; a warm load from the on-disk cache takes a fraction of a
-second. So the safe phase of a tiered function goes through four states:
+segments (``linker_jit.py``) takes a few seconds with the helpers cached and half a minute
+on a machine where nothing is cached yet; a warm load from the on-disk cache takes a
+fraction of a second. So the safe phase of a tiered function goes through these states:
 
 1. **plain**: the generated straight-line phase of the default linker (``linker.py``),
    the very same thunks, counting calls and their time. Most functions (tests, one-off
