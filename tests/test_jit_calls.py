@@ -26,6 +26,7 @@ from minigrad.backends import jit_calls  # noqa: E402
 from minigrad.fgraph import FunctionGraph  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JIT = mg.Mode(backend="numba", linker="jit")  # also under MINIGRAD_BACKEND=numpy
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def step():
     x, y = mg.matrix("x"), mg.lvector("y")
     cost = mg.nn.cross_entropy(mg.dot(x, W) + b, y)
     updates = mg.optim.SGD([W, b], 0.1).updates(cost)
-    fn = mg.function([x, y], cost, updates=updates, mode=mg.Mode(linker="jit"))
+    fn = mg.function([x, y], cost, updates=updates, mode=JIT)
     ref = mg.function([x, y], cost, mode=mg.Mode(backend="numpy"))
     data = (rng.standard_normal((5, 4)), np.array([0, 2, 1, 1, 0]))
     first_ref = ref(*data)
@@ -143,7 +144,7 @@ _CHILD = textwrap.dedent("""
     junk = [mg.vector() for _ in range(int(sys.argv[1]))]  # other object addresses
     w = mg.shared(np.linspace(-1, 1, 12).reshape(4, 3), name="w")
     y = mg.sigmoid(mg.dot(x, w)).sum() + (x * x).mean()
-    f = mg.function([x], [y, mg.grad(y, w)], mode=mg.Mode(linker="jit"))
+    f = mg.function([x], [y, mg.grad(y, w)], mode=mg.Mode(backend="numba", linker="jit"))
     out = f(np.linspace(0, 1, 20).reshape(5, 4))
     d = f._safe_run.compiled[0]
     print(json.dumps({"file": f._safe_run.segment_file, "y": float(out[0]),
