@@ -88,6 +88,28 @@ def test_direct_path_is_bitwise_the_checked_path_and_matches_the_reference(name,
         np.testing.assert_allclose(d, r, rtol=1e-10, atol=1e-12, err_msg=label)
 
 
+@pytest.mark.parametrize("kw", [dict(sparse="lazy"), dict(sparse="lazy", weight_decay=0.1),
+                                dict(sparse="lazy", weight_decay=0.1, decoupled=True)],
+                         ids=["plain", "l2", "decoupled"])
+def test_lazy_adam_loop_is_bitwise_the_general_adam_loop_in_float32(kw, monkeypatch):
+    """Lazy Adam takes the plain loop of kernels/cpu/direct_rows.py; the vm linker's
+    checked path runs kernels/cpu/optim.py's general loop: the bits must agree."""
+    name = "AdamW" if kw.pop("decoupled", False) else "Adam"
+    fd, od = _model(name, kw, dtype="float32")
+    fc, oc = _model(name, kw, linker="vm", dtype="float32")
+    import kernels.cpu.direct_rows as direct_rows
+
+    real, calls = direct_rows.lazy_adam, []
+    monkeypatch.setattr(direct_rows, "lazy_adam", lambda *a: calls.append(1) or real(*a))
+    for ids, x in _batches(8):
+        np.testing.assert_array_equal(fd(ids, x.astype(np.float32)),
+                                      fc(ids, x.astype(np.float32)))
+    for (label, d), (_, c) in zip(_tables(od), _tables(oc)):
+        assert d.dtype == (np.int64 if label.endswith("last_step") else np.float32)
+        np.testing.assert_array_equal(d, c, err_msg=label)
+    assert len(calls) == 16  # A and b each step; c is dense (exact mode): the general loop
+
+
 @pytest.mark.parametrize("sparse", ["lazy", "exact"])
 def test_a_non_finite_update_on_the_direct_path_leaves_every_table_bitwise_unchanged(sparse):
     f, opt = _model("Adam", dict(sparse=sparse, weight_decay=0.01), dtype="float32")
