@@ -194,7 +194,7 @@ def test_embedding_step_equals_the_reference(dtype):
         np.testing.assert_allclose(a, b, **tol)
 
 
-@pytest.mark.parametrize("bad", ["label", "token", "mask shape"])
+@pytest.mark.parametrize("bad", ["label", "token", "mask shape", "state shape"])
 def test_a_failing_call_raises_the_reference_error_and_changes_nothing(bad):
     """A bad label is found inside the compiled segment (after the forward nodes ran):
     the segment's Python thunks then raise the reference's message; no state moved."""
@@ -210,8 +210,11 @@ def test_a_failing_call_raises_the_reference_error_and_changes_nothing(bad):
         elif bad == "token":
             tokens = tokens.copy()
             tokens[1, 1], mask[1, 1] = 40, 1.0
-        else:
+        elif bad == "mask shape":
             mask = mask[:, :-1]
+        else:  # found by PrepareRows, compiled into the segment (numba_jit._prepare_rows)
+            state = next(v for v, _ in step.shared if v.name == "E.exp_avg_sq")
+            state.set_value(np.zeros((41, 6), np.float32))
         before = [p.get_value().copy() for p in model.params]
         state = [np.array(s.get_value(), copy=True) for s in _optimizer_state(step)]
         with pytest.raises((IndexError, ValueError)) as info:
