@@ -122,7 +122,7 @@ class _Direct:
 
     def __init__(self, op, loops):
         self.op, self.state, self.exact, self.loops = op, op.state, op.exact, loops
-        self._empty = {}
+        self._empty, self._steps = {}, {}
 
     def empty(self, p2):
         key = (p2.dtype, p2.shape[1])
@@ -147,8 +147,15 @@ class _Direct:
         state = self.state
         if exact:  # as ParamState.run: the step's lr / wd first (a retried step rewrites it)
             state.history.record(t, lr, wd)
-        steps = self.loops._Steps(state.history if exact else None, lr, wd, t - 1, exact,
-                                  self.decoupled)
+        if exact:
+            steps = self.loops._Steps(state.history, lr, wd, t - 1, True, self.decoupled)
+        else:  # no history: the stand-ins depend on lr and wd only
+            steps = self._steps.get((lr, wd))
+            if steps is None:
+                if len(self._steps) > 64:
+                    self._steps.clear()
+                steps = self._steps[(lr, wd)] = self.loops._Steps(None, lr, wd, t - 1, False,
+                                                                  self.decoupled)
         if guard is not None:
             saved, saved_last = guard.buffers([p2, *states, *([None] * self.absent)], last,
                                               idx, 4)
