@@ -19,7 +19,7 @@ background process and loaded from the on-disk cache; see ``minigrad/tiered.py``
 ``minigrad/linker.py`` and ``minigrad/linker_jit.py``.
 
 Why ``"generated"`` stays the default (measured in ``docs/compiler.md``, "The default
-stays generated"): ``"jit"`` compiles each new graph at its first call (2.4-2.7 s of CPU
+stays generated"): ``"jit"`` compiles each new graph at its first call (2.4-3.6 s of CPU
 for a training step, with its helpers cached), which tests and one-off functions cannot
 afford; ``"tiered"`` swaps linker when a background compile ends, so the last bits of
 ``exp``/``log`` would depend on timing and runs would stop being reproducible. A training
