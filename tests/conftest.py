@@ -13,6 +13,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+
+def pytest_configure(config):
+    """``MINIGRAD_COMPILE_PROFILE=out.json``: charge each Numba compile to the test that paid
+    it (``tests/compile_profile.py``); off by default."""
+    path = os.environ.get("MINIGRAD_COMPILE_PROFILE")
+    if path and importlib.util.find_spec("numba"):
+        from compile_profile import CompileProfile
+
+        config.pluginmanager.register(CompileProfile(os.path.abspath(path)), "compile_profile")
+
+
 BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
 
 
