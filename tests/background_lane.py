@@ -15,10 +15,19 @@ the session's end (also on Ctrl-C or ``-x``) kills whatever still runs; the supe
 kills its job, removes its directory and exits when the pytest process dies; a job past
 its timeout is killed.
 
+The jobs get a Numba cache directory of their own (``numba_cache_dir``), never the one
+the pytest process compiles into. Numba's cache is not safe for two processes that compile
+*different* signatures of one function at once: each reads the index, picks the first free
+data-file number and writes it back, so both can take ``.1.nbc`` and the index of one then
+names the other's machine code (called with the wrong argument types: a crash). Jobs run
+one after another, so the lane's own directory has one writer; it lives under minigrad's
+cache (fresh on CI, kept between runs on a workstation), one per checkout.
+
 Run as ``python tests/background_lane.py SPEC.json OUT_DIR PARENT_PID`` (by ``Lane``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -76,6 +85,18 @@ def main(spec_path, out_dir, parent_pid):
                           json.dumps({"status": status, "wall_s": wall_s}))
 
 
+def numba_cache_dir():
+    """The lane's Numba cache (see the module docstring), or None without minigrad's Numba
+    backend (nothing is compiled then)."""
+    try:
+        from minigrad.backends.numba_fused import cache_dir
+    except ImportError:
+        return None
+    checkout = hashlib.sha1(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))).encode()).hexdigest()[:12]
+    return os.path.join(os.path.dirname(cache_dir()), "numba-background", checkout)
+
+
 class Result:
     """What ``subprocess.run(..., capture_output=True, text=True)`` would have returned,
     plus the job's wall time (seconds, from its start in the lane)."""
@@ -109,9 +130,12 @@ class Lane:
             return
         os.makedirs(self.job_dir(name), exist_ok=True)
         argv = [a.replace("{job_dir}", self.job_dir(name)) for a in argv]
+        env = dict(env if env is not None else os.environ)
+        numba_cache = numba_cache_dir()
+        if numba_cache is not None:
+            env["NUMBA_CACHE_DIR"] = numba_cache
         self.jobs[name] = {"name": name, "argv": [str(a) for a in argv], "cwd": str(cwd),
-                           "env": dict(env if env is not None else os.environ),
-                           "timeout": float(timeout)}
+                           "env": env, "timeout": float(timeout)}
 
     def start(self):
         """Start the supervisor on every job added so far (once)."""

@@ -77,6 +77,22 @@ def test_results_in_order_with_status_output_and_job_dir(tmp_path):
     assert not os.path.exists(scratch)
 
 
+def test_jobs_never_share_this_process_numba_cache(tmp_path, monkeypatch):
+    """Two processes compiling different signatures of one function into one Numba cache
+    can cross its index entries (see background_lane's docstring): the jobs get their own."""
+    pytest.importorskip("numba", reason="no Numba cache without numba")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    lane = Lane()
+    try:
+        lane.add("where", _python("import os; print(os.environ['NUMBA_CACHE_DIR'])"),
+                 cwd=tmp_path)
+        where = lane.result("where").stdout.strip()
+    finally:
+        lane.close()
+    assert where and os.path.abspath(where) != str(tmp_path / "mine")
+    assert "numba-background" in where
+
+
 def test_result_starts_a_lane_nobody_started(tmp_path):
     lane = Lane()
     try:
