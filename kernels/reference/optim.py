@@ -77,8 +77,54 @@ def _check_destination(name, a):
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def check_rows_args(param, states, idx, grad, t, last, required=None, names=None):
+def trusted_rows_args(param, states, idx, grad, t, last, required):
+    """``check_rows_args`` for a call from compiled code, whose row indices are already
+    checked (a ``RowSparse`` gradient is range-checked and coalesced when it is built, a
+    flush or a read passes rows it found in the tables): only the O(1) checks a compiled
+    loop needs not to read or write out of bounds (table dtypes, shapes, contiguity, a
+    required state present). The O(rows) passes (index range, order, ``last`` behind
+    ``t``) cost ~25-100 us a call, as much as a small step itself. Returns None where
+    something is off, so the caller runs the full check (and its error message)."""
+    shape = param.shape
+    dtype = param.dtype
+    if (type(param) is not np.ndarray or dtype not in _FLOAT_DTYPES or len(shape) < 1
+            or not param.flags.c_contiguous or not param.flags.writeable
+            or type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1):
+        return None
+    for s, req in zip(states, required):
+        if s is None:
+            if req:
+                return None
+        elif (type(s) is not np.ndarray or s.shape != shape or s.dtype != dtype
+              or not s.flags.c_contiguous or not s.flags.writeable):
+            return None
+    n = idx.shape[0]
+    width = 1
+    for d in shape[1:]:
+        width *= d
+    if grad is not None:
+        if (type(grad) is not np.ndarray or grad.dtype != dtype or grad.shape[:1] != (n,)
+                or grad.shape[1:] != shape[1:] or not grad.flags.c_contiguous):
+            return None
+        grad = grad.reshape(n, width)
+    if last is not None and (type(last) is not np.ndarray or last.dtype != np.int64
+                             or last.shape != shape[:1] or not last.flags.c_contiguous
+                             or not last.flags.writeable):
+        return None
+    t = int(t)
+    if t < 1:
+        return None
+    rows = shape[0]
+    flat = [None if s is None else s.reshape(rows, width) for s in states]
+    return param.reshape(rows, width), flat, idx, grad, t
+
+
+def check_rows_args(param, states, idx, grad, t, last, required=None, names=None,
+                    trusted=False):
     """Validate one row-update call (cheap, vectorised); return 2-D views and int64 idx.
+
+    ``trusted=True`` (a call from compiled code, see ``trusted_rows_args``) skips the
+    O(rows) checks of the indices when the O(1) checks pass.
 
     Compiled kernels do no bounds checking, so every implementation calls this first, and
     every array the kernel dereferences is checked here: ``required[i]`` says whether state
@@ -86,6 +132,11 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     table), ``names[i]`` names it in errors. Every destination is checked before anything is
     written, so a refused call changes nothing. Returns ``(param2d, states2d, idx, grad2d, t)``.
     """
+    if trusted:
+        got = trusted_rows_args(param, states, idx, grad, t, last,
+                                required if required is not None else [False] * len(states))
+        if got is not None:
+            return got
     _check_destination("param", param)
     if param.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"param must be float32 or float64, got {param.dtype}")
@@ -145,13 +196,14 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
 
 
 def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, history,
-           guard=None):
+           guard=None, trusted=False):
     """Gather rows, catch up skipped steps, apply step ``t``, scatter back.
 
     With a ``guard`` (``kernels.row_guard.RowGuard``) the old rows are saved into its
     scratch and the new ones are checked before the scatter: a non-finite result writes
     nothing and returns the position of the first bad row (else -1)."""
-    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
+    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names,
+                                           trusted)
     if history is not None and last is not None:
         check_history(history, t - (grad is not None))
     if idx.shape[0] == 0:
@@ -398,7 +450,7 @@ def _momentum_catch_up(rows, lag_from, k, hyper, mu, damp, nesterov):
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
-                  weight_decay, history=None, guard=None):
+                  weight_decay, history=None, guard=None, trusted=False):
     """SGD with momentum (torch semantics) on rows ``idx``; exact catch-up is closed form
     (a product of the 2x2 step maps: a matrix power, or block products of the history)."""
     hyper = _Hyper(lr, weight_decay, history)
@@ -406,13 +458,14 @@ def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, neste
     return _drive(param, [buf] if momentum else [None], idx, grad, t, last,
                   lambda r, g, s: _momentum_step(r, g, s, hyper.lr, hyper.wd, *rule),
                   lambda r, lf, k: _momentum_catch_up(r, lf, k, hyper, *rule),
-                  [bool(momentum)], ["buf"], history, guard)
+                  [bool(momentum)], ["buf"], history, guard, trusted)
 
 
-def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None):
+def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None,
+             trusted=False):
     """Plain SGD: momentum_rows without a buffer (skipped steps decay by prod(1 - lr*wd))."""
     return momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay,
-                         history, guard)
+                         history, guard, trusted)
 
 
 # --- Adagrad -------------------------------------------------------------------------------
@@ -425,7 +478,7 @@ def _adagrad_step(rows, g, s, lr, wd, eps, lr_decay):
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
-                 history=None, guard=None):
+                 history=None, guard=None, trusted=False):
     """Adagrad (torch). A zero gradient changes nothing unless weight decay is on."""
     hyper = _Hyper(lr, weight_decay, history)
 
@@ -438,7 +491,7 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
             _replay(step, r, lf, k, hyper)
 
     return _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"], history,
-                  guard)
+                  guard, trusted)
 
 
 # --- RMSprop -------------------------------------------------------------------------------
@@ -465,7 +518,7 @@ def _rmsprop_catch_up(rows, lag_from, k, hyper, alpha, momentum):
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
-                 momentum, centered, weight_decay, history=None, guard=None):
+                 momentum, centered, weight_decay, history=None, guard=None, trusted=False):
     """RMSprop (torch; ``alpha`` is the API's ``rho``); ``grad_avg``/``buf`` may be None."""
     hyper = _Hyper(lr, weight_decay, history)
     rule = (alpha, eps, momentum, centered)
@@ -483,7 +536,7 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
 
     return _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up,
                   [True, bool(centered), bool(momentum)], ["square_avg", "grad_avg", "buf"],
-                  history, guard)
+                  history, guard, trusted)
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
@@ -612,7 +665,8 @@ def _adam_drift(rows, lag_from, k, hyper, b1, b2, eps, decoupled, amsgrad, tol):
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
-              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None):
+              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None,
+              trusted=False):
     """Adam (``decoupled=False``: L2 weight decay) or AdamW on rows ``idx``.
 
     ``last=None`` is lazy mode with ``torch.optim.SparseAdam``'s update; exact mode uses
@@ -639,4 +693,5 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
             _adam_drift(r, lf, k, hyper, *rule, amsgrad, tol=adam_drift_tol(r[0].dtype))
 
     return _drive(param, [m, v, max_exp_avg_sq], idx, grad, t, last, step, catch_up,
-                  [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history, guard)
+                  [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history, guard,
+                  trusted)

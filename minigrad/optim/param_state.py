@@ -115,7 +115,7 @@ class ParamState:
         return [v.value for v in self.table_vars(exact)]
 
     # --- kernel calls -----------------------------------------------------------------
-    def _call(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
+    def _call(self, module, tables, idx, grad, t, lr, wd, exact, guard=None, trusted=False):
         if tables[0].ndim == 0:
             # a scalar parameter is a table of one row of one element for the kernels:
             # reshaped views, so the kernel's in-place writes land in the 0-d arrays
@@ -130,26 +130,30 @@ class ParamState:
         return getattr(module, self.kernel)(
             param, *[states.get(name) for name in self.layout], idx, grad, t, last,
             lr=lr, weight_decay=wd, history=self.history if exact else None,
-            **by_name, **self.kernel_hyper)
+            trusted=trusted, **by_name, **self.kernel_hyper)
 
-    def run(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
+    def run(self, module, tables, idx, grad, t, lr, wd, exact, guard=None, trusted=False):
         """Step ``t`` on rows ``idx`` of ``tables`` (the arrays of ``table_vars``): exact
         mode records the step's lr / weight decay first (a retried step overwrites it).
         With a ``RowGuard`` the kernel saves the rows it writes and checks them: returns
-        the position of the first non-finite row, or -1 (``guard.restore()`` undoes)."""
+        the position of the first non-finite row, or -1 (``guard.restore()`` undoes).
+        ``trusted``: ``idx`` comes from a checked, coalesced ``RowSparse`` (compiled
+        code), so the kernel skips its O(rows) index checks."""
         if exact:
             self.history.record(t, lr, wd)
-        bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard)
+        bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard, trusted)
         if exact:
             self.pending = True
         return bad if guard is not None else -1
 
-    def catch_up(self, module, tables, rows, t):
-        """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step)."""
+    def catch_up(self, module, tables, rows, t, trusted=False):
+        """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step);
+        ``trusted``: ``rows`` are sorted, unique and in range (found in the tables)."""
         if t < 1 or rows.shape[0] == 0:
             return
         h = self.history
-        self._call(module, tables, rows, None, t, float(h.lr[t]), float(h.wd[t]), True)
+        self._call(module, tables, rows, None, t, float(h.lr[t]), float(h.wd[t]), True,
+                   trusted=trusted)
 
     def flush(self):
         """Catch every row up to the current step (what ``get_value`` needs)."""
@@ -162,7 +166,7 @@ class ParamState:
         if idx.shape[0]:
             # the kernels of the function that pended the rows (compile.py sets it)
             module = getattr(self, "flush_module", None) or module_for(self.param.value)
-            self.catch_up(module, self.arrays(True), idx, t)
+            self.catch_up(module, self.arrays(True), idx, t, trusted=True)
         self.pending = False
 
     def restart(self, step):
