@@ -121,6 +121,8 @@ def _rows_bad(r, P, A, B, C):
 _NO_BLOCKS = np.zeros((1, 4))
 _NO_STEPS = np.zeros(1)
 _NO_OFFSETS = np.zeros(2, dtype=np.int64)
+_NO_SBLOCKS = np.zeros((1, 7))
+_NO_RHO_POW = np.ones((1, 6))
 
 
 class _Steps:
@@ -583,6 +585,92 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _series_sums(sblocks, offsets, n_levels, rho_pow, a, e):
+    """``(Q, S_0..S_5)`` of the skipped steps ``a..e`` from the history's aligned blocks
+    (``kernels.rules.adam.SeriesBlocks``): O(log(e - a)) blocks, combined left to right."""
+    q = 1.0
+    s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+    r0 = r1 = r2 = r3 = r4 = r5 = 1.0  # rho_n ** (steps combined so far)
+    s = a
+    while s <= e:
+        lv = 0
+        while lv + 1 < n_levels:
+            mask = (np.int64(1) << (lv + 1)) - 1
+            if (s & mask) != 0 or s + mask > e:
+                break
+            lv += 1
+        b = offsets[lv] + (s >> lv)
+        qb = sblocks[b, 0]
+        s0, s1, s2 = qb * s0 + r0 * sblocks[b, 1], qb * s1 + r1 * sblocks[b, 2], \
+            qb * s2 + r2 * sblocks[b, 3]
+        s3, s4, s5 = qb * s3 + r3 * sblocks[b, 4], qb * s4 + r4 * sblocks[b, 5], \
+            qb * s5 + r5 * sblocks[b, 6]
+        q *= qb
+        r0, r1, r2 = r0 * rho_pow[lv, 0], r1 * rho_pow[lv, 1], r2 * rho_pow[lv, 2]
+        r3, r4, r5 = r3 * rho_pow[lv, 3], r4 * rho_pow[lv, 4], r5 * rho_pow[lv, 5]
+        s += np.int64(1) << lv
+    return q, s0, s1, s2, s3, s4, s5
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, ratio, tol,
+                         lr_max, sblocks, offsets, n_levels, rho_pow):
+    """``_adam_series`` with the sums read from the history's blocks: O(log J) per row.
+
+    ``J``, the number of skipped steps whose drift is summed, is not found by walking the
+    steps: the bound on the rest of the drift after step ``j`` is ``bound * r**j`` (``r =
+    b1 / sqrt(b2)``, AMSGrad ``b1``) over ``1 - b1**(L + j + 1) >= 1 - b1**(L + 2)``, so
+    ``J = ceil(log(tol (1 - b1**(L+2)) / bound) / log r)`` is at least the step where the
+    walk stops (summing more steps is exact too). The series needs ``z = eps / (a u_j)``
+    below ``SERIES_MAX_RATIO`` at every summed step; ``u_j`` only falls with ``j``, so
+    it is tested at ``J`` alone. Returns J, or -1 (nothing written) where that test or
+    the row's values rule the series out: the caller then walks the steps.
+    """
+    width = P.shape[1]
+    w2 = 0.0
+    v_min = np.inf
+    for d in range(width):
+        m = float(M[r, d])
+        if amsgrad and float(VM[r, d]) < float(V[r, d]):
+            return -1
+        if m != 0.0:
+            den = float(VM[r, d]) if amsgrad else float(V[r, d])
+            p = float(P[r, d])
+            v_min = min(v_min, den)
+            w2 = max(w2, m * m / (den * (p * p)))
+    if v_min == 0.0:
+        return -1
+    w, a_min = np.sqrt(w2), np.sqrt(v_min)
+    if w == 0.0:
+        return 0
+    bound = w * lr_max * ratio
+    log_r = np.log(b1) - (0.0 if amsgrad else 0.5 * np.log(b2))
+    x = np.log(tol * (1.0 - b1 ** float(lag_from + 2)) / bound) / log_r
+    J = k
+    if x == x and x < k:  # NaN / inf (a zero |p|): every step is summed
+        J = max(np.int64(1), np.int64(np.ceil(x)))
+    iu = np.sqrt(1.0 - b2 ** float(lag_from + J))
+    if not amsgrad:
+        iu *= b2 ** (-0.5 * float(J))
+    if not (eps * iu <= SERIES_MAX_RATIO * a_min):
+        return -1
+    Q, s0, s1, s2, s3, s4, s5 = _series_sums(sblocks, offsets, n_levels, rho_pow,
+                                             lag_from + 1, lag_from + J)
+    f1, f2 = b1 ** float(J), b2 ** float(J)
+    for d in range(width):
+        m = float(M[r, d])
+        p = Q * float(P[r, d])
+        if m != 0.0:
+            ia = 1.0 / np.sqrt(float(VM[r, d]) if amsgrad else float(V[r, d]))
+            z = eps * ia
+            p -= m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+        P[r, d] = p
+        M[r, d] = m * f1
+        V[r, d] = float(V[r, d]) * f2
+    return J
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
                  ratio, tol, lr_max, has_h, lr_h, wd_h, replay):
     """Skipped steps of one row replayed step-major (the per-step scalars computed once);
@@ -638,13 +726,19 @@ def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
-                   ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels, replay):
-    """The ``k`` skipped steps of row ``r``: the drift in closed form (``_adam_series``)
-    where it applies, else replayed (``_adam_replay``, always with L2 decay: a zero
-    gradient then still moves the row non-linearly). Once the drift is done, the remaining
-    steps only decay m, v (and p by the steps' ``1 - lr*wd``), in closed form."""
+                   ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels, replay,
+                   has_s, sblocks, rho_pow):
+    """The ``k`` skipped steps of row ``r``: the drift in closed form where it applies
+    (``_adam_series_blocked`` from the history's block sums when it has them, else
+    ``_adam_series`` walking the steps), else replayed (``_adam_replay``, always with L2
+    decay: a zero gradient then still moves the row non-linearly). Once the drift is
+    done, the remaining steps only decay m, v (and p by the steps' ``1 - lr*wd``), in
+    closed form."""
     j = -1
-    if not replay:
+    if not replay and has_s:
+        j = _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, ratio,
+                                 tol, lr_max, sblocks, offsets, n_levels, rho_pow)
+    if not replay and j < 0:
         j = _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
                          amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h)
     if j < 0:
@@ -666,7 +760,7 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-          replay, guard, SP, SM, SV, SVM, SL, status):
+          replay, has_s, sblocks, rho_pow, guard, SP, SM, SV, SVM, SL, status):
     width = P.shape[1]
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
     q = 1.0 - lr * wd if decoupled else 1.0
@@ -699,7 +793,7 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
             if k > 0:
                 _adam_catch_up(P, M, V, VM, r, last[r], k, lr, wd, b1, b2, eps, decoupled,
                                amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, blocks,
-                               offsets, n_levels, replay)
+                               offsets, n_levels, replay, has_s, sblocks, rho_pow)
             last[r] = t
         if has_grad:
             for d in range(width):
@@ -724,8 +818,14 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     _, ratio = adam_drift_ratio(1.0, beta1, beta2, steps.lrwd_max if decoupled else 0.0,
                                 decoupled)
     replay = steps.wd_any and not decoupled
+    series = getattr(history, "series", None) if steps.has else None
+    has_s = (series is not None and getattr(history, "sblocks", None) is not None
+             and series.key == (float(beta1), float(beta2), bool(decoupled), bool(amsgrad))
+             and series.rho_pow.shape[0] >= steps.n_levels)
+    sblocks, rho_pow = (history.sblocks, series.rho_pow) if has_s else (_NO_SBLOCKS,
+                                                                         _NO_RHO_POW)
     return _adam(
         p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
         float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
         float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),
-        *steps.args(), replay, *checks)
+        *steps.args(), replay, has_s, sblocks, rho_pow, *checks)

@@ -15,7 +15,10 @@ history keeps, per step ``s`` (1-based; index 0 unused):
 ``2 log2(e - a + 1)`` stored blocks: O(log k) per row instead of O(k), and numerically as
 safe as multiplying the steps one by one (only forward products, no inverse, so no
 ``mu**-t`` overflow and no prefix product that underflows). Adam's drift is not linear;
-it keeps ``lr_max``, ``lrwd_max`` and ``wd_max`` (running maxima) to bound the rest of a drift sum.
+it keeps ``lr_max``, ``lrwd_max`` and ``wd_max`` (running maxima) to bound the rest of a drift sum,
+and, given a ``series`` (``kernels.rules.adam.SeriesBlocks``), the same aligned blocks of
+the sums its closed-form catch-up needs (``sblocks``: 7 floats a block, 112 bytes a step),
+so a row's catch-up reads O(log k) blocks instead of walking its k skipped steps.
 
 Recording step ``s`` again (a retried call) overwrites it and everything after it, so a
 failed call that recorded its step leaves nothing wrong behind.
@@ -30,8 +33,9 @@ __all__ = ["StepHistory", "range_product"]
 class StepHistory:
     """Per-step lr / weight decay (and block products of the rule's step matrix)."""
 
-    def __init__(self, matrix=None, capacity=64):
+    def __init__(self, matrix=None, capacity=64, series=None):
         self.matrix = matrix  # (lr, wd) -> (a11, a12, a21, a22), or None
+        self.series = series  # kernels.rules.adam.SeriesBlocks, or None
         self.n = 0  # steps recorded: 1..n
         self.lr_max = self.lrwd_max = self.wd_max = 0.0
         self._allocate(max(64, int(capacity)))
@@ -46,17 +50,24 @@ class StepHistory:
         for level in range(n_levels):
             offsets[level + 1] = offsets[level] + (cap >> level)
         blocks = np.zeros((int(offsets[-1]), 4)) if self.matrix is not None else None
+        sblocks = None
+        if self.series is not None:
+            sblocks = np.zeros((int(offsets[-1]), self.series.width))
+            self.series.levels(n_levels)
         if hasattr(self, "lr"):
             n = self.n + 1
             lr[:n], wd[:n] = self.lr[:n], self.wd[:n]
-            if blocks is not None:
+            for new, old in ((blocks, self.blocks), (sblocks, self.sblocks)):
+                if new is None:
+                    continue
                 for level in range(len(self.offsets) - 1):
                     size = self.offsets[level + 1] - self.offsets[level]
-                    src = self.blocks[self.offsets[level]:self.offsets[level] + size]
-                    blocks[offsets[level]:offsets[level] + size] = src
+                    src = old[self.offsets[level]:self.offsets[level] + size]
+                    new[offsets[level]:offsets[level] + size] = src
         # blocks not yet complete hold zeros: a query only ever uses blocks that lie
         # wholly inside recorded, skipped steps
         self.lr, self.wd, self.offsets, self.blocks, self.cap = lr, wd, offsets, blocks, cap
+        self.sblocks = sblocks
 
     @property
     def n_levels(self):
@@ -75,6 +86,8 @@ class StepHistory:
         self.lr_max = max(self.lr_max, float(lr))
         self.lrwd_max = max(self.lrwd_max, float(lr) * float(wd))
         self.wd_max = max(self.wd_max, float(wd))
+        if self.sblocks is not None:
+            self._record_series(step, float(lr), float(wd))
         if self.blocks is None:
             return
         blocks, off = self.blocks, self.offsets
@@ -86,6 +99,17 @@ class StepHistory:
             b >>= 1
             hi, lo = blocks[off[level - 1] + 2 * b + 1], blocks[off[level - 1] + 2 * b]
             blocks[off[level] + b] = _mul(hi, lo)
+
+    def _record_series(self, step, lr, wd):
+        series, sblocks, off = self.series, self.sblocks, self.offsets
+        sblocks[off[0] + step] = series.leaf(step, lr, wd)
+        b = step
+        for level in range(1, self.n_levels):
+            if (b & 1) == 0:  # this step does not complete a block of the next level
+                break
+            b >>= 1
+            lo, hi = sblocks[off[level - 1] + 2 * b], sblocks[off[level - 1] + 2 * b + 1]
+            sblocks[off[level] + b] = series.combine(lo, hi, level)
 
     def restart(self, step):
         """Forget everything; the next recorded step is ``step + 1`` (after a flush or a

@@ -83,7 +83,8 @@ class Optimizer:
                       for k in self.state_names()}
             self.param_states.append(ParamState(
                 label, p, states, shared(np.int64(0), name=f"{label}.step"), self.kernel,
-                self.layout, self.kernel_hyper(), self.catch_up_matrix()))
+                self.layout, self.kernel_hyper(), self.catch_up_matrix(),
+                series=self.catch_up_series()))
         self._kinds = [None] * len(params)
 
     # views kept for callers and tests ----------------------------------------------------
@@ -155,6 +156,11 @@ class Optimizer:
         zero-gradient step on a row's ``(param, buffer)`` for rules whose catch-up is linear
         (the step history multiplies blocks of them); ``None`` (the default) for rules that
         need none. A plain function of the rule's constants (it must not hold ``self``)."""
+        return None
+
+    def catch_up_series(self):
+        """Per-step block sums the rule's closed-form catch-up reads from the step history
+        (``kernels.rules.adam.SeriesBlocks`` for Adam), or ``None`` (the default)."""
         return None
 
     def needs_catch_up(self):

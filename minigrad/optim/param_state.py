@@ -64,11 +64,12 @@ def _forget(key, ref):
 class ParamState:
     """Tables, step counter, last-step array and history of one parameter."""
 
-    def __init__(self, label, param, states, step, kernel, layout, kernel_hyper, matrix):
+    def __init__(self, label, param, states, step, kernel, layout, kernel_hyper, matrix,
+                 series=None):
         self.label, self.param, self.states, self.step = label, param, states, step
         self.kernel, self.layout = kernel, tuple(layout)
         self.kernel_hyper = dict(kernel_hyper)
-        self.matrix = matrix
+        self.matrix, self.series = matrix, series
         self.last = None
         self.history = None
         self.pending = False
@@ -92,7 +93,7 @@ class ParamState:
         step = int(self.step.value)
         rows = self.param.value.shape[0] if self.param.value.ndim else 1
         self.last = shared(np.full(rows, step, dtype=np.int64), name=f"{self.label}.last_step")
-        self.history = StepHistory(self.matrix)
+        self.history = StepHistory(self.matrix, series=self.series)
         self.history.restart(step)
         self._watch([self.last])
         key, ref = id(self.param), weakref.ref(self)
