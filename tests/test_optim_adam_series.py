@@ -182,8 +182,9 @@ def test_block_sums_equal_the_walk(decoupled, amsgrad, k):
     _, ratio = cpu_optim.adam_drift_ratio(1.0, B1, B2, history.lrwd_max if decoupled else 0.0,
                                           decoupled)
     j_blocks = cpu_optim._adam_series_blocked(
-        P, M, Vv, VM, 0, lag, k, EPS, B1, B2, amsgrad, ratio, tol, lr_max, history.sblocks,
-        history.offsets, history.n_levels, series.rho_pow)
+        P, M, Vv, VM, 0, lag, k, EPS, B1, B2, amsgrad, ratio, lr_max, history.sblocks,
+        history.offsets, history.n_levels, series.rho_pow,
+        cpu_optim.series_logs(B1, B2, amsgrad, tol))
     j_walk = cpu_optim._adam_series(*walk, 0, lag, k, lr_of(t), wd, B1, B2, EPS, decoupled,
                                     amsgrad, ratio, tol, lr_max, True, history.lr, history.wd)
     assert 0 < j_walk <= j_blocks <= k
@@ -207,8 +208,9 @@ def test_block_sums_refuse_a_tiny_v():
     Vv[0, 0], M[0, 0] = 1e-22, 1e-12
     before = [a.copy() for a in (P, M, Vv)]
     j = cpu_optim._adam_series_blocked(P, M, Vv, np.zeros((0, 4)), 0, 5, 150, EPS, B1, B2,
-                                       False, 10.0, 1e-18, 1e-3, history.sblocks,
-                                       history.offsets, history.n_levels, series.rho_pow)
+                                       False, 10.0, 1e-3, history.sblocks, history.offsets,
+                                       history.n_levels, series.rho_pow,
+                                       cpu_optim.series_logs(B1, B2, False, 1e-18))
     assert j == -1
     for a, b in zip((P, M, Vv), before):
         np.testing.assert_array_equal(a, b)
