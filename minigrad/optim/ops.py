@@ -241,7 +241,12 @@ class FreshTake(Op):
             # identically: cheaper than de-duplicating every read)
             local = xp.arange(pos.shape[0], dtype=np.int64)
             self.state.catch_up(module, [*sub, sub_last], local, t, trusted=True)
-            out[pos] = sub[0]
+            if pos.shape[0] == flat.shape[0]:
+                # every read lags (the common case on a large table): the caught-up copy is
+                # the result as it stands; the row scatter costs ~11 us for 256 rows
+                out = sub[0]
+            else:
+                out[pos] = sub[0]
         return (out.reshape(shape),)
 
     def perform(self, node, inputs):
