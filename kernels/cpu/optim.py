@@ -20,6 +20,7 @@ from kernels.reference.optim import (
     momentum_matrix,
     rmsprop_matrix,
 )
+from kernels.row_kernels import register_row_kernels
 from kernels.rules import adagrad as adagrad_rule
 from kernels.rules import adam as adam_rule
 from kernels.rules import momentum as momentum_rule
@@ -860,3 +861,8 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
         *steps.args(), replay, has_s, sblocks, rho_pow,
         series_logs(float(beta1), float(beta2), bool(amsgrad), adam_drift_tol(p2.dtype)),
         *checks)
+
+
+register_row_kernels('numba', {"sgd": sgd_rows, "momentum": momentum_rows,
+                               "adagrad": adagrad_rows, "rmsprop": rmsprop_rows,
+                               "adam": adam_rows})

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from kernels.row_kernels import register_row_kernels, row_kernel
 from kernels.rules import adagrad as adagrad_rule
 from kernels.rules import adam as adam_rule
 from kernels.rules import momentum as momentum_rule
@@ -324,7 +325,7 @@ def _replay(step, rows, lag_from, k, hyper):
 REPLAY_COMPILED_MIN_STEPS = 512
 
 
-def _replay_compiled(kernel, rows, lag_from, k, hyper, args, min_steps=None, **states):
+def _replay_compiled(rule, rows, lag_from, k, hyper, args, min_steps=None, **states):
     """Replay the skipped steps with the Numba kernel of the same rule, for long gaps.
 
     With L2 weight decay a zero-gradient step of Adagrad, RMSprop or Adam is a nonlinear
@@ -335,6 +336,7 @@ def _replay_compiled(kernel, rows, lag_from, k, hyper, args, min_steps=None, **s
     package), which runs the same update per element in a compiled loop; shorter ones
     (and CuPy arrays, or an install without Numba) stay on the NumPy replay, which the
     tests compare with both the dense loop and the compiled one. Returns whether it ran.
+    ``rule``: the rule's key in ``kernels.row_kernels`` (its Numba kernel does the replay).
     ``rows`` (copies of the lagging rows, ``None`` for an absent state) are updated in
     place; they all catch up to the same step ``lag_from + k``.
     """
@@ -348,9 +350,9 @@ def _replay_compiled(kernel, rows, lag_from, k, hyper, args, min_steps=None, **s
         return False
     n = rows[0].shape[0]
     target = int(lag_from[0]) + int(k[0])
-    getattr(cpu, kernel)(rows[0], *rows[1:], np.arange(n, dtype=np.int64), None, target,
-                         np.ascontiguousarray(lag_from, dtype=np.int64).copy(), *args,
-                         history=hyper.history, **states)
+    row_kernel(rule, cpu)(rows[0], *rows[1:], np.arange(n, dtype=np.int64), None, target,
+                          np.ascontiguousarray(lag_from, dtype=np.int64).copy(), *args,
+                          history=hyper.history, **states)
     return True
 
 
@@ -369,7 +371,7 @@ def _drift_compiled(rows, lag_from, k, hyper, rule, amsgrad):
     if work <= DRIFT_COMPILED_MIN_WORK and int(k.max()) <= REPLAY_COMPILED_MIN_STEPS:
         return False
     rest = [rows[0], rows[1], rows[2]]
-    ran = _replay_compiled("adam_rows", rest, lag_from, k, hyper,
+    ran = _replay_compiled("adam", rest, lag_from, k, hyper,
                            (hyper.lr, *rule[:3], hyper.wd, rule[3], amsgrad),
                            max_exp_avg_sq=rows[3], min_steps=0)
     if ran:
@@ -487,7 +489,7 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
 
     def catch_up(r, lf, k):
         if hyper.wd_any and not _replay_compiled(
-                "adagrad_rows", r, lf, k, hyper, (hyper.lr, eps, hyper.wd, lr_decay)):
+                "adagrad", r, lf, k, hyper, (hyper.lr, eps, hyper.wd, lr_decay)):
             _replay(step, r, lf, k, hyper)
 
     return _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"], history,
@@ -528,7 +530,7 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
 
     def catch_up(r, lf, k):
         if hyper.wd_any:
-            if not _replay_compiled("rmsprop_rows", r, lf, k, hyper,
+            if not _replay_compiled("rmsprop", r, lf, k, hyper,
                                     (hyper.lr, alpha, eps, momentum, centered, hyper.wd)):
                 _replay(step, r, lf, k, hyper)
         else:
@@ -683,7 +685,7 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     def catch_up(r, lf, k):
         if hyper.wd_any and not decoupled:
             rest = [r[0], r[1], r[2]]
-            if not _replay_compiled("adam_rows", rest, lf, k, hyper,
+            if not _replay_compiled("adam", rest, lf, k, hyper,
                                     (hyper.lr, *rule[:3], hyper.wd, False, amsgrad),
                                     max_exp_avg_sq=r[3]):
                 _replay(step, r, lf, k, hyper)
@@ -695,3 +697,8 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     return _drive(param, [m, v, max_exp_avg_sq], idx, grad, t, last, step, catch_up,
                   [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history, guard,
                   trusted)
+
+
+register_row_kernels('numpy', {"sgd": sgd_rows, "momentum": momentum_rows,
+                               "adagrad": adagrad_rows, "rmsprop": rmsprop_rows,
+                               "adam": adam_rows})

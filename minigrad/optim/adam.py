@@ -21,7 +21,7 @@ class Adam(Optimizer):
     ``eps / sqrt(v)`` (O(1) per element), see docs/optimizers.md.
     """
 
-    kernel = "adam_rows"
+    rule = "adam"
     layout = ("exp_avg", "exp_avg_sq")  # max_exp_avg_sq (amsgrad) goes by keyword
     default_sparse = "lazy"
     decoupled = False

@@ -50,9 +50,9 @@ def check_hyper(owner, name, value, low=0.0, high=math.inf, low_open=False, high
 
 
 class Optimizer:
-    """Base class. Subclasses set ``kernel``, ``layout`` and implement the rule methods."""
+    """Base class. Subclasses set ``rule``, ``layout`` and implement the rule methods."""
 
-    kernel = ""  # name of the fused row kernel in kernels.{reference,cpu,gpu}
+    rule = ""  # the rule's key in kernels.row_kernels (its fused row kernel per backend)
     layout = ()  # the kernel's state arguments, in order (absent ones are passed as None)
     default_sparse = "exact"
 
@@ -82,7 +82,7 @@ class Optimizer:
             states = {k: shared(self.initial_state(k, p.value), name=f"{label}.{k}")
                       for k in self.state_names()}
             self.param_states.append(ParamState(
-                label, p, states, shared(np.int64(0), name=f"{label}.step"), self.kernel,
+                label, p, states, shared(np.int64(0), name=f"{label}.step"), self.rule,
                 self.layout, self.kernel_hyper(), self.catch_up_matrix(),
                 series=self.catch_up_series()))
         self._kinds = [None] * len(params)
@@ -220,7 +220,7 @@ class Optimizer:
         self._kinds[i] = kind
 
     def _dense_rule(self, i, p, g, t_new, hyper):
-        if self.kernel:
+        if self.rule:
             # a dense gradient is a row-sparse one touching every row: the fused kernel
             # updates it in place in one pass (dense semantics: exact mode), where a
             # symbolic rule would allocate a temporary per arithmetic step (a scalar

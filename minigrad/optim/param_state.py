@@ -18,6 +18,7 @@ import weakref
 import numpy as np
 
 from kernels.reference.history import StepHistory
+from kernels.row_kernels import row_kernel
 from minigrad.variables import shared
 
 #: live exact-mode states by the id of their parameter: how ``fresh_reads`` finds the
@@ -64,10 +65,10 @@ def _forget(key, ref):
 class ParamState:
     """Tables, step counter, last-step array and history of one parameter."""
 
-    def __init__(self, label, param, states, step, kernel, layout, kernel_hyper, matrix,
+    def __init__(self, label, param, states, step, rule, layout, kernel_hyper, matrix,
                  series=None):
         self.label, self.param, self.states, self.step = label, param, states, step
-        self.kernel, self.layout = kernel, tuple(layout)
+        self.rule, self.layout = rule, tuple(layout)
         self.kernel_hyper = dict(kernel_hyper)
         self.matrix, self.series = matrix, series
         self.last = None
@@ -128,7 +129,7 @@ class ParamState:
         by_name = {k: v for k, v in states.items() if k not in self.layout}
         if guard is not None:
             by_name["guard"] = guard
-        return getattr(module, self.kernel)(
+        return row_kernel(self.rule, module)(
             param, *[states.get(name) for name in self.layout], idx, grad, t, last,
             lr=lr, weight_decay=wd, history=self.history if exact else None,
             trusted=trusted, **by_name, **self.kernel_hyper)
