@@ -126,26 +126,36 @@ _NO_SBLOCKS = np.zeros((1, 7))
 _NO_RHO_POW = np.ones((1, 6))
 
 
+def _untrusted(trusted, last, idx):
+    """``(last, idx)`` for ``check_history``'s check of the rows against a compacted
+    history's base, or ``(None, None)`` for a trusted call (compiled code: the rows' last
+    steps are the table's own, never below the base it compacted to)."""
+    return (None, None) if trusted else (last, idx)
+
+
 class _Steps:
     """The per-step arrays a kernel reads for the catch-up (stand-ins without a history)."""
 
-    def __init__(self, history, lr, wd, need, exact, needs_blocks=False):
+    def __init__(self, history, lr, wd, need, exact, needs_blocks=False, last=None,
+                 idx=None):
         self.has = history is not None and exact
-        if self.has:
-            check_history(history, need, needs_blocks)
+        if self.has:  # last, idx: an untrusted call's rows, checked against the base
+            check_history(history, need, needs_blocks, last, idx)
         h = history if self.has else None
         self.lr = h.lr if h is not None else _NO_STEPS
         self.wd = h.wd if h is not None else _NO_STEPS
         self.blocks = h.blocks if h is not None and h.blocks is not None else _NO_BLOCKS
         self.offsets = h.offsets if h is not None else _NO_OFFSETS
         self.n_levels = h.n_levels if h is not None else 1
+        self.base = h.base if h is not None else 0  # storage index = step - base
         self.lr_max = max(float(lr), h.lr_max) if h is not None else float(lr)
         self.lrwd_max = (max(float(lr) * float(wd), h.lrwd_max) if h is not None
                          else float(lr) * float(wd))
         self.wd_any = (h.wd_max > 0) if h is not None else float(wd) != 0.0
 
     def args(self):
-        return (self.has, self.lr, self.wd, self.blocks, self.offsets, self.n_levels)
+        return (self.has, self.lr, self.wd, self.blocks, self.offsets, self.n_levels,
+                self.base)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -231,7 +241,7 @@ _momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="alway
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd, a, dist,
-              has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+              has_h, lr_h, wd_h, blocks, offsets, n_levels, base, wd_any,
               guard, SP, SB, S2, S3, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
@@ -250,21 +260,23 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
                 if wd_any:
                     if start != c_start or end != c_end:
                         c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels,
-                                                          start, end, a[0], a[1], a[2], a[3])
+                                                          start - base, end - base,
+                                                          a[0], a[1], a[2], a[3])
                         c_start, c_end = start, end
                     for d in range(width):
                         P[r, d] = P[r, d] * c11
             elif k > 0:
                 if last[r] == 0:  # the dense optimizer's step 1 sets buffer = g (torch)
-                    lr1 = lr_h[1] if has_h else lr
-                    wd1 = wd_h[1] if has_h else wd
+                    lr1 = lr_h[1 - base] if has_h else lr  # (base is 0 while a row has last 0)
+                    wd1 = wd_h[1 - base] if has_h else wd
                     for d in range(width):
                         P[r, d], B[r, d] = _momentum_elem(float(P[r, d]), 0.0, 0.0, True,
                                                           lr1, mu, damp, nesterov, wd1)
                     start += 1
                 if start != c_start or end != c_end:
-                    c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels, start,
-                                                      end, a[0], a[1], a[2], a[3])
+                    c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels,
+                                                      start - base, end - base,
+                                                      a[0], a[1], a[2], a[3])
                     c_start, c_end = start, end
                 for d in range(width):
                     p, b = float(P[r, d]), float(B[r, d])
@@ -297,7 +309,8 @@ def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, neste
     states = [buf] if momentum else [None]
     p2, (b2,), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, states, idx, grad, t, last, [bool(momentum)], ["buf"], guard, trusted)
-    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, True)
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, True,
+                   *_untrusted(trusted, last_, idx))
     a = np.array(momentum_matrix(lr, momentum, dampening, nesterov, weight_decay), dtype=float)
     return _momentum(
         p2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(momentum),
@@ -332,7 +345,7 @@ def _adagrad_row(P, A, G, i, r, clr, eps, wd):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist,
-             has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+             has_h, lr_h, wd_h, blocks, offsets, n_levels, base, wd_any,
              guard, SP, SA, S2, S3, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
@@ -348,8 +361,8 @@ def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist
                 # step-major: each step over the whole row (in L1) vectorises; element-major
                 # would chain every element's sqrt/division latencies (10x slower)
                 for s in range(last[r] + 1, last[r] + k + 1):
-                    lr_s = lr_h[s] if has_h else lr
-                    wd_s = wd_h[s] if has_h else wd
+                    lr_s = lr_h[s - base] if has_h else lr
+                    wd_s = wd_h[s - base] if has_h else wd
                     clr = lr_s / (1.0 + (s - 1) * lr_decay)
                     for d in range(width):
                         P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]), 0.0,
@@ -370,7 +383,8 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
                  history=None, guard=None, trusted=False):
     p2, (a2,), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, [acc], idx, grad, t, last, [True], ["acc"], guard, trusted)
-    steps = _Steps(history, lr, weight_decay, t - has_grad, exact)
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, False,
+                   *_untrusted(trusted, last_, idx))
     return _adagrad(
         p2, a2, idx, g, has_grad, t, last_, exact, float(lr), float(eps), float(weight_decay),
         float(lr_decay), _prefetch_distance(p2), *steps.args(), steps.wd_any, *checks)
@@ -419,7 +433,7 @@ def _rmsprop_row(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom, centered,
-             wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+             wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, base, wd_any,
              guard, SP, SS, SGA, SB, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
@@ -436,7 +450,7 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
                 m11, m12, m21, m22 = 1.0, 0.0, 0.0, 1.0
                 if has_buf:
                     m11, m12, m21, m22 = _skipped_map(has_h, blocks, offsets, n_levels,
-                                                      last[r] + 1, last[r] + k,
+                                                      last[r] + 1 - base, last[r] + k - base,
                                                       a[0], a[1], a[2], a[3])
                 for d in range(width):
                     S[r, d] = S[r, d] * decay
@@ -448,8 +462,8 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
                         B[r, d] = m21 * p + m22 * b
             elif k > 0:  # weight decay: replay the zero-gradient steps (step-major)
                 for s in range(last[r] + 1, last[r] + k + 1):
-                    lr_s = lr_h[s] if has_h else lr
-                    wd_s = wd_h[s] if has_h else wd
+                    lr_s = lr_h[s - base] if has_h else lr
+                    wd_s = wd_h[s - base] if has_h else wd
                     for d in range(width):
                         ga = float(GA[r, d]) if centered else 0.0
                         b = float(B[r, d]) if has_buf else 0.0
@@ -479,7 +493,8 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
     p2, (s2, ga2, b2), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, states, idx, grad, t, last, [True, bool(centered), bool(momentum)],
         ["square_avg", "grad_avg", "buf"], guard, trusted)
-    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(momentum))
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(momentum),
+                   *_untrusted(trusted, last_, idx))
     a = np.array(rmsprop_matrix(lr, momentum), dtype=float)
     return _rmsprop(
         p2, s2, ga2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(alpha),
@@ -509,7 +524,7 @@ SERIES_MAX_RATIO = 1e-3
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
-                 ratio, tol, lr_max, has_h, lr_h, wd_h):
+                 ratio, tol, lr_max, has_h, lr_h, wd_h, base=0):
     """Closed-form catch-up of Adam's zero-gradient steps without L2 decay: O(steps) scalar
     work per row and O(1) per element, instead of a sqrt and a division per element and step.
 
@@ -551,8 +566,8 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     while j < k and w != 0.0:
         j += 1
         s = lag_from + j
-        lr_s = lr_h[s] if has_h else lr
-        q = 1.0 - lr_s * (wd_h[s] if has_h else wd) if decoupled else 1.0
+        lr_s = lr_h[s - base] if has_h else lr
+        q = 1.0 - lr_s * (wd_h[s - base] if has_h else wd) if decoupled else 1.0
         pw1, pw2 = pw1 * b1, pw2 * b2
         bj, f2, ihj = bj * b1, f2 * b2, ihj * ih_step
         iu = np.sqrt(1.0 - pw2) * ihj
@@ -650,7 +665,7 @@ def series_logs(b1, b2, amsgrad, tol):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, ratio,
-                         lr_max, sblocks, offsets, n_levels, rho_pow, logs):
+                         lr_max, sblocks, offsets, n_levels, rho_pow, logs, base=0):
     """``_adam_series`` with the sums read from the history's blocks: O(log J) per row.
 
     ``J``, the number of skipped steps whose drift is summed, is not found by walking the
@@ -685,7 +700,7 @@ def _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, rati
     if not (eps * iu <= SERIES_MAX_RATIO * a_min * (1.0 - 1e-9)):  # margin: exp's rounding
         return -1
     Q, s0, s1, s2, s3, s4, s5 = _series_sums(sblocks, offsets, n_levels, rho_pow,
-                                             lag_from + 1, lag_from + J)
+                                             lag_from + 1 - base, lag_from + J - base)
     f1, f2 = b1 ** float(J), b2 ** float(J)
     for d in range(width):
         m = float(M[r, d])
@@ -702,7 +717,7 @@ def _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, rati
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
-                 ratio, tol, lr_max, has_h, lr_h, wd_h, replay):
+                 ratio, tol, lr_max, has_h, lr_h, wd_h, replay, base=0):
     """Skipped steps of one row replayed step-major (the per-step scalars computed once);
     returns the number of steps done.
 
@@ -718,8 +733,8 @@ def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     while j < k:
         j += 1
         s = lag_from + j
-        lr_s = lr_h[s] if has_h else lr
-        wd_s = wd_h[s] if has_h else wd
+        lr_s = lr_h[s - base] if has_h else lr
+        wd_s = wd_h[s - base] if has_h else wd
         q = 1.0 - lr_s * wd_s if decoupled else 1.0
         l2 = 0.0 if decoupled else wd_s
         pw1, pw2 = pw1 * b1, pw2 * b2
@@ -757,7 +772,7 @@ def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
                    ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels, replay,
-                   has_s, sblocks, rho_pow, logs):
+                   has_s, sblocks, rho_pow, logs, base=0):
     """The ``k`` skipped steps of row ``r``: the drift in closed form where it applies
     (``_adam_series_blocked`` from the history's block sums when it has them, else
     ``_adam_series`` walking the steps), else replayed (``_adam_replay``, always with L2
@@ -767,20 +782,20 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
     j = -1
     if not replay and has_s:
         j = _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, ratio,
-                                 lr_max, sblocks, offsets, n_levels, rho_pow, logs)
+                                 lr_max, sblocks, offsets, n_levels, rho_pow, logs, base)
     if not replay and j < 0:
         j = _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
-                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h)
+                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, base)
     if j < 0:
         j = _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
-                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, replay)
+                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, replay, base)
     rest = k - j
     if rest > 0:
         f1, f2 = b1 ** float(rest), b2 ** float(rest)
         fq = 1.0
         if decoupled:
-            fq = _skipped_map(has_h, blocks, offsets, n_levels, lag_from + j + 1,
-                              lag_from + k, 1.0 - lr * wd, 0.0, 0.0, 1.0)[0]
+            fq = _skipped_map(has_h, blocks, offsets, n_levels, lag_from + j + 1 - base,
+                              lag_from + k - base, 1.0 - lr * wd, 0.0, 0.0, 1.0)[0]
         for d in range(P.shape[1]):
             M[r, d] = M[r, d] * f1
             V[r, d] = V[r, d] * f2
@@ -790,7 +805,7 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-          replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
+          base, replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
     width = P.shape[1]
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
     q = 1.0 - lr * wd if decoupled else 1.0
@@ -823,7 +838,8 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
             if k > 0:
                 _adam_catch_up(P, M, V, VM, r, last[r], k, lr, wd, b1, b2, eps, decoupled,
                                amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, blocks,
-                               offsets, n_levels, replay, has_s, sblocks, rho_pow, logs)
+                               offsets, n_levels, replay, has_s, sblocks, rho_pow, logs,
+                               base)
             last[r] = t
         if has_grad:
             for d in range(width):
@@ -844,7 +860,8 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     p2, (m2, v2, vm2), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, [m, v, max_exp_avg_sq], idx, grad, t, last, [True, True, bool(amsgrad)],
         ["m", "v", "max_exp_avg_sq"], guard, trusted)
-    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(decoupled))
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(decoupled),
+                   *_untrusted(trusted, last_, idx))
     _, ratio = adam_drift_ratio(1.0, beta1, beta2, steps.lrwd_max if decoupled else 0.0,
                                 decoupled)
     replay = steps.wd_any and not decoupled

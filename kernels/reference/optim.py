@@ -206,7 +206,8 @@ def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, h
     p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names,
                                            trusted)
     if history is not None and last is not None:
-        check_history(history, t - (grad is not None))
+        check_history(history, t - (grad is not None), last=None if trusted else last,
+                      idx=idx)
     if idx.shape[0] == 0:
         if guard is not None:
             guard.buffers([p2, *s2], last, idx)
@@ -262,13 +263,19 @@ def _first_bad_row(rows):
     return int(bad[0]) if bad.shape[0] else -1
 
 
-def check_history(history, need, needs_blocks=False):
-    """A ``StepHistory`` must hold every step a catch-up up to ``need`` reads."""
-    for name in ("lr", "wd", "offsets", "n", "lr_max", "lrwd_max", "wd_max"):
+def check_history(history, need, needs_blocks=False, last=None, idx=None):
+    """A ``StepHistory`` must hold every step a catch-up up to ``need`` reads: up to
+    ``need``, and (given ``last``/``idx``) back to the oldest step a row of ``idx`` lags
+    from (a compacted history has forgotten the steps up to its ``base``)."""
+    for name in ("lr", "wd", "offsets", "n", "base", "lr_max", "lrwd_max", "wd_max"):
         if not hasattr(history, name):
             raise TypeError(f"history must be a StepHistory, got {type(history).__name__}")
     if history.n < need:
         raise ValueError(f"history holds steps 1..{history.n}, the catch-up needs 1..{need}")
+    if (history.base and last is not None and idx is not None and idx.shape[0]
+            and int(last[idx].min()) < history.base):
+        raise ValueError(f"history holds steps from {history.base + 1} on (compacted), but "
+                         f"a row lags from step {int(last[idx].min())}")
     if needs_blocks and getattr(history, "blocks", None) is None:
         raise ValueError("history has no step maps (StepHistory(matrix=...)), which this "
                          "rule's catch-up needs")
@@ -285,7 +292,7 @@ class _Hyper:
         """``(lr, wd)`` for ``steps`` (an int array) as float64 columns, or the scalars."""
         if self.history is None:
             return self.lr, self.wd
-        steps = _host(steps)
+        steps = _host(steps) - self.history.base  # storage index (compaction)
         return (xp.asarray(self.history.lr[steps])[:, None],
                 xp.asarray(self.history.wd[steps])[:, None])
 
@@ -614,7 +621,7 @@ def _adam_drift(rows, lag_from, k, hyper, b1, b2, eps, decoupled, amsgrad, tol):
             lr = xp.full(s.shape, hyper.lr)
             wd = xp.full(s.shape, hyper.wd)
         else:
-            h = _host(s_int)
+            h = _host(s_int) - hyper.history.base
             lr, wd = xp.asarray(hyper.history.lr[h]), xp.asarray(hyper.history.wd[h])
         jf = j.astype(np.float64)[:, None, None]
         m_j = m0f[live][None] * b1 ** jf  # (c, n_live, width)

@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from kernels.reference.history import StepHistory
+from kernels.reference.history import COMPACT_MIN, StepHistory
 from kernels.row_kernels import row_kernel
 from minigrad.variables import shared
 
@@ -142,7 +142,10 @@ class ParamState:
         ``trusted``: ``idx`` comes from a checked, coalesced ``RowSparse`` (compiled
         code), so the kernel skips its O(rows) index checks."""
         if exact:
-            self.history.record(t, lr, wd)
+            h = self.history
+            if t - h.base >= h.cap and h.cap >= COMPACT_MIN:  # the window is full
+                h.compact(int(self.last.value.min()))
+            h.record(t, lr, wd)
         bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard, trusted)
         if exact:
             self.pending = True
@@ -154,8 +157,8 @@ class ParamState:
         if t < 1 or rows.shape[0] == 0:
             return
         h = self.history
-        self._call(module, tables, rows, None, t, float(h.lr[t]), float(h.wd[t]), True,
-                   trusted=trusted)
+        lr, wd = h.at(t)
+        self._call(module, tables, rows, None, t, lr, wd, True, trusted=trusted)
 
     def flush(self):
         """Catch every row up to the current step (what ``get_value`` needs)."""
@@ -169,6 +172,8 @@ class ParamState:
             # the kernels of the function that pended the rows (compile.py sets it)
             module = getattr(self, "flush_module", None) or module_for(self.param.value)
             self.catch_up(module, self.arrays(True), idx, t, trusted=True)
+        # every row is up to date at t: no step before it is needed any more
+        self.history.restart(t)
         self.pending = False
 
     def restart(self, step):
