@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from adam_zero_grad import dense_skipped_steps
 
 from kernels.reference.history import StepHistory
 from kernels.rules import adam as adam_rule
@@ -26,19 +27,8 @@ def _rel_err(got, want):
 
 
 def _dense(p, m, v, vm, last, t, lr_of, wd_of, decoupled, amsgrad):
-    """Every row's own skipped steps ``last+1 .. t`` with a zero gradient, vectorised
-    over rows: dense Adam's recurrence step by step (float64)."""
-    p, m, v = p.copy(), m.copy(), v.copy()
-    for s in range(1, t + 1):
-        on = (s > last)[:, None]
-        lr, wd = lr_of(s), wd_of(s)
-        if decoupled:
-            p = np.where(on, p * (1.0 - lr * wd), p)
-        m, v = np.where(on, m * B1, m), np.where(on, v * B2, v)
-        den = vm if amsgrad else v
-        step = lr / (1 - B1**s) * (m / (np.sqrt(den) / np.sqrt(1 - B2**s) + EPS))
-        p = np.where(on, p - step, p)
-    return p, m, v
+    return dense_skipped_steps(p, m, v, vm, last, t, lr_of, wd_of, B1, B2, EPS, decoupled,
+                               amsgrad)
 
 
 def _rows(rng, V, D, tiny_v=False):
