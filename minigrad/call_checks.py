@@ -24,6 +24,7 @@ reshaping of the compiler (interpreted thunks today, generated code later):
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 
@@ -208,18 +209,23 @@ class _RowUpdateStep:
     """A row update whose kernel saves and checks the rows it writes (``RowUpdate``):
     its own ``RowGuard`` (built once, with the function) is the node's undo record. The
     op is called directly with the function's kernel module and the guard: the same call
-    its backend thunk makes, plus the guard."""
+    its backend thunk makes, plus the guard; or, where ``direct_updates`` covers the node
+    (``direct=True``), straight into its compiled row loop without re-checking what the
+    call's prologue and ``PrepareRows`` checked."""
 
-    __slots__ = ("op", "ins", "outs", "kernels", "guard", "var")
+    __slots__ = ("op", "ins", "outs", "kernels", "guard", "var", "call")
 
-    def __init__(self, node, ins, outs, kernels):
+    def __init__(self, node, ins, outs, kernels, direct=False):
         from kernels.row_guard import RowGuard
+        from minigrad.direct_updates import direct_update
 
         self.op, self.ins, self.outs, self.kernels = node.op, ins, outs, kernels
         self.guard, self.var = RowGuard(), node.inputs[0]
+        self.call = (direct and direct_update(node, kernels)) or functools.partial(
+            node.op.run, kernels)
 
     def run(self, storage, label):
-        results = self.op.run(self.kernels, [storage[i] for i in self.ins], self.guard)
+        results = self.call([storage[i] for i in self.ins], self.guard)
         if self.guard.status[1] >= 0:
             raise _not_finite(label, self.var, f" (row {self.guard.bad_row()})")
         for s, r in zip(self.outs, results):
@@ -277,9 +283,9 @@ class GuardedPhase:
     the call); any other exception also undoes every write of the phase and propagates.
     """
 
-    def __init__(self, nodes, program, kernels=None):
+    def __init__(self, nodes, program, kernels=None, direct=False):
         self._steps = [
-            _RowUpdateStep(node, ins, outs, kernels)
+            _RowUpdateStep(node, ins, outs, kernels, direct)
             if getattr(node.op, "checks_own_writes", False)
             else _SnapshotStep(node, thunk, ins, outs, kernels)
             for node, (thunk, ins, outs) in zip(nodes, program)

@@ -173,8 +173,12 @@ class Function:
         self.destructive_program = self.program[self.n_safe:]
         self.destructive_nodes = self.nodes[self.n_safe:]
         # the NaN guard's destructive phase, with its scratch, built once (call_checks.py)
+        # row updates straight into their compiled loops, past checks this call already
+        # made (direct_updates.py); the plain "vm" linker keeps the checked path
+        self._direct = self.mode.linker != "vm" and self.backend.name == "numba"
         self._guarded_phase = (call_checks.GuardedPhase(self.destructive_nodes,
-                                                        self.destructive_program, self._kernels)
+                                                        self.destructive_program, self._kernels,
+                                                        self._direct)
                                if self.update_guard else None)
         # exact-mode states this function leaves rows pending in: their later flush (a
         # get_value, another function's read) catches up with this function's kernels
@@ -230,6 +234,10 @@ class Function:
             self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)
             return
         # every other linker keeps the destructive phase generated Python
+        if self._direct:
+            from minigrad.direct_updates import direct_entries
+
+            late = direct_entries(self.destructive_nodes, late, self._kernels)
         self._destructive_run = generated_phase(late, self.destructive_in, (),
                                                 "destructive_phase", const)
         if linker == "jit":

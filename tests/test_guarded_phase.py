@@ -139,15 +139,15 @@ def test_an_exception_right_after_a_kernel_returned_still_undoes_the_whole_phase
     f(rows[:2], np.ones((2, 8)))  # row 9 lags: the exact catch-up runs in the next call
     before = _raw(opt)
     second = opt.param_states[1]
-    real_run = type(second).run
+    # the step's kernel call (checked, or straight into the compiled loop: direct_updates)
+    step = next(s for s in f._guarded_phase._steps if s.op.state is second)
+    real_call = step.call
 
-    def run_then_interrupt(self, *args, **kw):
-        bad = real_run(self, *args, **kw)
-        if self is second:
-            raise error("interrupted right after the kernel")
-        return bad
+    def call_then_interrupt(inputs, guard):
+        real_call(inputs, guard)
+        raise error("interrupted right after the kernel")
 
-    monkeypatch.setattr(type(second), "run", run_then_interrupt)
+    monkeypatch.setattr(step, "call", call_then_interrupt)
     with pytest.raises(error):
         f(rows, np.ones((3, 8)))
     _assert_same(before, _raw(opt))
@@ -160,21 +160,27 @@ def test_an_interrupt_between_the_compiled_loop_and_its_python_caller_is_undone(
     """The compiled loop itself records rows written in ``guard.status``: even an
     exception raised the moment it returns (before its Python wrapper reads the result)
     leaves the guard able to put the rows back."""
+    import kernels.cpu.direct_rows as direct_rows
     import kernels.cpu.optim as cpu_optim
 
     (A, B), opt, f = _two_tables("numba", "lazy")
     f(np.arange(6, dtype=np.int32), np.ones((6, 8)))
     before = _raw(opt)
-    real, calls = cpu_optim._adam, []
+    calls = []
 
-    def loop_then_interrupt(*args):
-        bad = real(*args)
-        calls.append(bad)
-        if len(calls) == 2:  # the second table's loop has written its rows
-            raise KeyboardInterrupt
-        return bad
+    def then_interrupt(real):
+        def loop_then_interrupt(*args):
+            bad = real(*args)
+            calls.append(bad)
+            if len(calls) == 2:  # the second table's loop has written its rows
+                raise KeyboardInterrupt
+            return bad
 
-    monkeypatch.setattr(cpu_optim, "_adam", loop_then_interrupt)
+        return loop_then_interrupt
+
+    # the general loop, and the plain lazy one compiled steps call (direct_updates.py)
+    monkeypatch.setattr(cpu_optim, "_adam", then_interrupt(cpu_optim._adam))
+    monkeypatch.setattr(direct_rows, "lazy_adam", then_interrupt(direct_rows.lazy_adam))
     with pytest.raises(KeyboardInterrupt):
         f(np.arange(6, dtype=np.int32), np.ones((6, 8)))
     assert calls == [-1, -1]

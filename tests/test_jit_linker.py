@@ -119,6 +119,13 @@ def test_integer_and_bool_arithmetic_keep_numpy_dtypes():
 # --- training steps: FM (CSR, SGD) and the masked-embedding classifier (lazy Adam) -------
 
 
+def _direct_updates(fn):
+    """How many row updates of ``fn`` call their compiled loop directly (direct_updates)."""
+    from minigrad.direct_updates import _Direct
+
+    return sum(isinstance(getattr(s, "call", None), _Direct) for s in fn._guarded_phase._steps)
+
+
 def _fm(mode, fuse=True):
     fm = mg.models.FactorizationMachine(30, 4, seed=0)
     X, y = mg.csr_matrix("X"), mg.vector("y")
@@ -144,6 +151,7 @@ def test_fm_step_equals_the_reference_and_the_generated_linker(fuse):
         runs[label] = (losses, [p.get_value() for p in fm.params], step)
     _no_fallbacks(runs["jit"][2])
     assert len(runs["jit"][2]._safe_run.segments) == 1  # one compiled call, then thunks
+    assert _direct_updates(runs["jit"][2]) == 3  # b, w, V into their compiled loops
     for other in ("numpy", "generated"):
         np.testing.assert_allclose(runs["jit"][0], runs[other][0], rtol=1e-12)
         for a, b in zip(runs["jit"][1], runs[other][1]):
@@ -178,6 +186,7 @@ def test_embedding_step_equals_the_reference(dtype):
         losses = [step(*b) for b in _emb_batches(dtype)]
         runs[label] = (losses, [p.get_value() for p in model.params], step)
     _no_fallbacks(runs["jit"][2])
+    assert _direct_updates(runs["jit"][2]) == 4  # E, M, W, c into their compiled loops
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(runs["jit"][0], runs["numpy"][0], **tol)
     for a, b in zip(runs["jit"][1], runs["numpy"][1]):
@@ -185,7 +194,7 @@ def test_embedding_step_equals_the_reference(dtype):
         np.testing.assert_allclose(a, b, **tol)
 
 
-@pytest.mark.parametrize("bad", ["label", "token", "mask shape"])
+@pytest.mark.parametrize("bad", ["label", "token", "mask shape", "state shape"])
 def test_a_failing_call_raises_the_reference_error_and_changes_nothing(bad):
     """A bad label is found inside the compiled segment (after the forward nodes ran):
     the segment's Python thunks then raise the reference's message; no state moved."""
@@ -201,8 +210,11 @@ def test_a_failing_call_raises_the_reference_error_and_changes_nothing(bad):
         elif bad == "token":
             tokens = tokens.copy()
             tokens[1, 1], mask[1, 1] = 40, 1.0
-        else:
+        elif bad == "mask shape":
             mask = mask[:, :-1]
+        else:  # found by PrepareRows, compiled into the segment (numba_jit._prepare_rows)
+            state = next(v for v, _ in step.shared if v.name == "E.exp_avg_sq")
+            state.set_value(np.zeros((41, 6), np.float32))
         before = [p.get_value().copy() for p in model.params]
         state = [np.array(s.get_value(), copy=True) for s in _optimizer_state(step)]
         with pytest.raises((IndexError, ValueError)) as info:

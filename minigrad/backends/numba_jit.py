@@ -512,7 +512,7 @@ def _register_sparse():
         CSRGatheredDotGradRows,
         Square,
     )
-    from minigrad.optim.ops import AllRows
+    from minigrad.optim.ops import AllRows, PrepareRows
 
     @emit.register(FusedElemwise)
     def _fused(op, node, ins, outs):
@@ -700,6 +700,38 @@ def _register_sparse():
                 f"{out.part('val')} = J.contiguous({g.name})",
                 f"{out.part('n')} = {g.name}.shape[0]"]
 
+    @emit.register(PrepareRows)
+    def _prepare_rows(op, node, ins, outs):
+        """``PrepareRows`` on a gradient whose producer coalesces it (``COALESCED``): the
+        shape checks of ``check_shapes``, the range check of the ``RowSparse``
+        constructor, the cast to the parameter's dtype; no sort. The destructive phase
+        calls the row loops on its result without re-checking (``direct_updates.py``)."""
+        grad, param, *tables = ins
+        (out,) = outs
+        producer = node.inputs[0].owner
+        if (producer is None or type(producer.op).__name__ not in COALESCED
+                or param.ndim < 1 or param.ndim > 2 or grad.ndim != param.ndim):
+            return None
+        lines = [f"if {grad.part('n')} != {param.shape(0)}:",
+                 "    raise ValueError('row-sparse gradient and parameter differ in shape')"]
+        if param.ndim == 2:
+            lines += [f"if {grad.part('val')}.shape[1] != {param.shape(1)}:",
+                      "    raise ValueError('row-sparse gradient and parameter differ in shape')"]
+        for t in tables:
+            same = [f"{t.shape(a)} != {param.shape(a)}" for a in range(t.ndim)] \
+                if t.ndim > 1 else [f"{t.shape(0)} != {param.shape(0)}"]
+            if t.ndim > 1 and t.ndim != param.ndim:
+                same = ["True"]
+            lines += [f"if {' or '.join(same)}:",
+                      "    raise ValueError('optimizer state and parameter differ in shape')"]
+        lines += [f"if not J.index_in_range({grad.part('idx')}, {param.shape(0)}):",
+                  "    raise IndexError('row index out of range')",
+                  f"{out.part('idx')} = {grad.part('idx')}",
+                  f"{out.part('val')} = J.contiguous("
+                  f"{cast(grad.part('val'), grad.dtype, out.dtype, False)})",
+                  f"{out.part('n')} = {grad.part('n')}"]
+        return lines
+
     @emit.register(BagOfWords)
     def _bag(op, node, ins, outs):
         tokens, mask, table = ins[0], ins[1], as_shape(ins[2])
@@ -716,7 +748,7 @@ def _register_sparse():
 
 
 #: which RowSparse outputs are coalesced (sorted unique indices), per Op class name
-COALESCED = {"FusedCSRScatterGrad", "SlotTakeGrad", "AllRows"}
+COALESCED = {"FusedCSRScatterGrad", "SlotTakeGrad", "AllRows", "PrepareRows"}
 
 _register_elemwise()
 _register_reductions()
