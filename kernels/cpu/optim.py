@@ -865,19 +865,26 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     _, ratio = adam_drift_ratio(1.0, beta1, beta2, steps.lrwd_max if decoupled else 0.0,
                                 decoupled)
     replay = steps.wd_any and not decoupled
+    return _adam(
+        p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
+        float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
+        float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),
+        *steps.args(), replay,
+        *series_args(history, steps, beta1, beta2, decoupled, amsgrad, p2.dtype), *checks)
+
+
+def series_args(history, steps, beta1, beta2, decoupled, amsgrad, dtype):
+    """``(has_s, sblocks, rho_pow, logs)`` of ``_adam``: the history's Adam block sums when
+    it keeps them for these hyperparameters (``kernels.rules.adam.SeriesBlocks``), else
+    stand-ins (the series then walks the steps)."""
     series = getattr(history, "series", None) if steps.has else None
     has_s = (series is not None and getattr(history, "sblocks", None) is not None
              and series.key == (float(beta1), float(beta2), bool(decoupled), bool(amsgrad))
              and series.rho_pow.shape[0] >= steps.n_levels)
     sblocks, rho_pow = (history.sblocks, series.rho_pow) if has_s else (_NO_SBLOCKS,
                                                                          _NO_RHO_POW)
-    return _adam(
-        p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
-        float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
-        float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),
-        *steps.args(), replay, has_s, sblocks, rho_pow,
-        series_logs(float(beta1), float(beta2), bool(amsgrad), adam_drift_tol(p2.dtype)),
-        *checks)
+    logs = series_logs(float(beta1), float(beta2), bool(amsgrad), adam_drift_tol(dtype))
+    return has_s, sblocks, rho_pow, logs
 
 
 register_row_kernels('numba', {"sgd": sgd_rows, "momentum": momentum_rows,

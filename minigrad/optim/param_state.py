@@ -142,14 +142,19 @@ class ParamState:
         ``trusted``: ``idx`` comes from a checked, coalesced ``RowSparse`` (compiled
         code), so the kernel skips its O(rows) index checks."""
         if exact:
-            h = self.history
-            if t - h.base >= h.cap and h.cap >= COMPACT_MIN:  # the window is full
-                h.compact(int(self.last.value.min()))
-            h.record(t, lr, wd)
+            self.record_step(t, lr, wd)
         bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard, trusted)
         if exact:
             self.pending = True
         return bad if guard is not None else -1
+
+    def record_step(self, t, lr, wd):
+        """Exact mode: record step ``t``'s lr / weight decay in the history, compacting a
+        full window first (``StepHistory.compact``: one O(V) min over ``last``)."""
+        h = self.history
+        if t - h.base >= h.cap and h.cap >= COMPACT_MIN:
+            h.compact(int(self.last.value.min()))
+        h.record(t, lr, wd)
 
     def catch_up(self, module, tables, rows, t, trusted=False):
         """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step);
