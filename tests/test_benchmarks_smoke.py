@@ -3,12 +3,12 @@
 No timing is asserted: this only checks that every module present runs and reports in
 the agreed shape (figures with medians and spread, environment, plots when possible).
 The smoke run takes ~45 s on a quiet 2-core box and ~4 min when other processes keep both
-cores busy; the timeout leaves room for the latter.
+cores busy; the timeout leaves room for the latter. It runs in the background lane, beside
+the rest of the suite, and these tests read its output at the end of the run.
 """
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,15 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MINE = ("embedding", "triplet", "fm_noise", "text")  # always present; others if present
 
 
+BACKGROUND_JOBS = {  # run beside the rest of the suite (tests/background_lane.py)
+    "benchmarks-smoke": dict(
+        argv=[sys.executable, "-m", "benchmarks", "--smoke", "--out", "{job_dir}"], cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")),
+        timeout=540),
+}
+pytestmark = pytest.mark.background("benchmarks-smoke")
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
-    )
-    return proc, out
+def smoke(background):
+    return background.result("benchmarks-smoke"), Path(background.job_dir("benchmarks-smoke"))
 
 
 def test_smoke_run_succeeds_and_prints_one_table_per_module(smoke):

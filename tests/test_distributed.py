@@ -399,42 +399,31 @@ def test_one_worker_sync_equals_single_process_exact_momentum(scenarios):
 
 @NEEDS_RAY
 @pytest.mark.distributed
-def test_global_clip_one_worker_sync_equals_single_process(scenarios):
-    """ClipGradNorm in the factory clips the whole gradient (every table's rows on every
-    shard, and the dense parameters) by one global norm, as in one process."""
+@pytest.mark.parametrize("name, optimizer, without", [
+    # ClipGradNorm in the factory clips the whole gradient (every table's rows on every
+    # shard, and the dense parameters) by one global norm, as in one process.
+    ("clip", "clip_optimizer", lambda sc: functools.partial(mg.optim.Adam, lr=0.05)),
+    # GradientNoise (then a clip): the workers draw the one process's noise (parameter i
+    # at its position, step = batch); before, every shard drew its own.
+    ("noise", "noise_optimizer", lambda sc: sc.clip_optimizer()),
+])
+def test_worker_transforms_one_worker_sync_equal_single_process(scenarios, name, optimizer,
+                                                                without):
+    """A transform run on the workers (clip, noise then clip): one worker at staleness 0
+    equals one process with the same factory, and differs from one without the transform
+    (``without``: the same factory less it), so the transform acted."""
     import distributed_scenarios as sc
 
-    _scenario(scenarios, "clip")
+    _scenario(scenarios, name)
     ref = EmbeddingModel()
-    single_process(ref, embedding_data(), sc.clip_optimizer(), epochs=2, batch_size=50)
-    with np.load(os.path.join(scenarios["_dir"], "clip.npz")) as z:
-        got = [z[f"arr_{i}"] for i in range(3)]
-    for g, p in zip(got, ref.params):
-        np.testing.assert_allclose(g, p.get_value(), rtol=1e-12, atol=1e-14)  # bit-exact here
-    unclipped = EmbeddingModel()
-    single_process(unclipped, embedding_data(), functools.partial(mg.optim.Adam, lr=0.05),
-                   epochs=2, batch_size=50)
-    assert not np.allclose(got[0], unclipped.E.get_value(), rtol=1e-6)  # the clip acted
-
-
-@NEEDS_RAY
-@pytest.mark.distributed
-def test_gradient_noise_one_worker_sync_equals_single_process(scenarios):
-    """GradientNoise (then a clip) in the factory: the workers draw the one process's
-    noise (parameter i at its position, step = batch), so one worker at staleness 0
-    equals one process; before, every shard drew its own."""
-    import distributed_scenarios as sc
-
-    _scenario(scenarios, "noise")
-    ref = EmbeddingModel()
-    single_process(ref, embedding_data(), sc.noise_optimizer(), epochs=2, batch_size=50)
-    with np.load(os.path.join(scenarios["_dir"], "noise.npz")) as z:
+    single_process(ref, embedding_data(), getattr(sc, optimizer)(), epochs=2, batch_size=50)
+    with np.load(os.path.join(scenarios["_dir"], f"{name}.npz")) as z:
         got = [z[f"arr_{i}"] for i in range(3)]
     for g, p in zip(got, ref.params):
         np.testing.assert_allclose(g, p.get_value(), rtol=1e-12, atol=1e-14)
-    quiet = EmbeddingModel()
-    single_process(quiet, embedding_data(), sc.clip_optimizer(), epochs=2, batch_size=50)
-    assert not np.allclose(got[0], quiet.E.get_value(), rtol=1e-6)  # the noise acted
+    other = EmbeddingModel()
+    single_process(other, embedding_data(), without(sc), epochs=2, batch_size=50)
+    assert not np.allclose(got[0], other.E.get_value(), rtol=1e-6)  # the transform acted
 
 
 @NEEDS_RAY

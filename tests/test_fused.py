@@ -50,12 +50,18 @@ def kern(request):
         pytest.skip(f"kernels.{request.param} unavailable: {exc}")
 
 
-def _batch(seed, n_rows, V, dtype, nnz_per_row=6):
+#: the kernels' index dtype in their direct tests: int32 (SciPy's, what compiled steps pass)
+#: and int64 (SciPy's for big matrices) each once, tied to a float dtype. Every (index,
+#: float) pair is one more cold Numba compile of each kernel, seconds apiece.
+INDEX_DTYPE = {np.float32: np.int32, np.float64: np.int64}
+
+
+def _batch(seed, n_rows, V, dtype, nnz_per_row=6, index_dtype=np.int64):
     """A CSR batch with duplicate columns in and across rows (bags of words do)."""
     rng = np.random.default_rng(seed)
     counts = rng.integers(0, nnz_per_row + 1, n_rows)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    indices = rng.integers(0, max(V // 2, 1), indptr[-1])  # many repeats
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(index_dtype)
+    indices = rng.integers(0, max(V // 2, 1), indptr[-1]).astype(index_dtype)  # many repeats
     data = rng.uniform(0.5, 2.0, indptr[-1]).astype(dtype)
     return indptr, indices, data
 
@@ -77,7 +83,7 @@ def _dense(indptr, indices, data, V):
 def test_gather_mul_sum_matches_dense_product(kern, dtype, factor, n_rows):
     V, D = 11, 4
     rng = np.random.default_rng(3)
-    indptr, indices, data = _batch(n_rows, n_rows, V, dtype)
+    indptr, indices, data = _batch(n_rows, n_rows, V, dtype, index_dtype=INDEX_DTYPE[dtype])
     T = rng.standard_normal((V, D)).astype(dtype)
     F = {"none": None, "column": rng.standard_normal((V, 1)).astype(dtype),
          "full": rng.standard_normal((V, D)).astype(dtype), "self": T}[factor]
@@ -93,7 +99,8 @@ def test_gather_mul_sum_matches_dense_product(kern, dtype, factor, n_rows):
 def test_scatter_grad_rows_match_dense_gradient(kern, dtype, factor, n_rows):
     V, D = 11, 4
     rng = np.random.default_rng(4)
-    indptr, indices, data = _batch(10 + n_rows, n_rows, V, dtype)
+    indptr, indices, data = _batch(10 + n_rows, n_rows, V, dtype,
+                                   index_dtype=INDEX_DTYPE[dtype])
     G = rng.standard_normal((n_rows, D)).astype(dtype)
     F = {"none": None, "column": rng.standard_normal((V, 1)).astype(dtype),
          "full": rng.standard_normal((V, D)).astype(dtype),
