@@ -224,6 +224,8 @@ def adam_catch_up(gaps=(10, 60, 600, 5000), rows=5000, V=300_000, width=64, repe
     b1, b2, eps, lr = 0.9, 0.999, 1e-8, 1e-3
     none = np.zeros(1)
     blocks, offsets = np.zeros((1, 4)), np.zeros(2, dtype=np.int64)
+    rho_pow = np.ones((1, 6))
+    logs = ko.series_logs(b1, b2, False, ko.adam_drift_tol(np.float32))
 
     @njit
     def drive(P, M, Vt, VM, idx, lasts, t, series, ratio, tol):
@@ -232,7 +234,7 @@ def adam_catch_up(gaps=(10, 60, 600, 5000), rows=5000, V=300_000, width=64, repe
             if series:
                 ko._adam_catch_up(P, M, Vt, VM, idx[i], lasts[i], k, lr, 0.0, b1, b2, eps,
                                   False, False, ratio, tol, lr, False, none, none, blocks,
-                                  offsets, 1, False)
+                                  offsets, 1, False, False, blocks, rho_pow, logs)
             else:
                 ko._adam_replay(P, M, Vt, VM, idx[i], lasts[i], k, lr, 0.0, b1, b2, eps,
                                 False, False, ratio, tol, lr, False, none, none, False)

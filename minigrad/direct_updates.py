@@ -42,11 +42,12 @@ import numpy as np
 _SIGNATURES = {
     "_adam": ("P", "M", "V", "VM", "idx", "G", "has_grad", "t", "last", "exact", "lr", "b1",
               "b2", "eps", "wd", "decoupled", "amsgrad", "ratio", "tol", "lr_max", "dist",
-              "has_h", "lr_h", "wd_h", "blocks", "offsets", "n_levels", "replay", "guard",
+              "has_h", "lr_h", "wd_h", "blocks", "offsets", "n_levels", "base", "replay",
+              "has_s", "sblocks", "rho_pow", "logs", "guard",
               "SP", "SM", "SV", "SVM", "SL", "status"),
     "_momentum": ("P", "B", "idx", "G", "has_grad", "t", "last", "exact", "lr", "mu", "damp",
                   "nesterov", "wd", "a", "dist", "has_h", "lr_h", "wd_h", "blocks",
-                  "offsets", "n_levels", "wd_any", "guard", "SP", "SB", "S2", "S3", "SL",
+                  "offsets", "n_levels", "base", "wd_any", "guard", "SP", "SB", "S2", "S3", "SL",
                   "status"),
 }
 
@@ -90,8 +91,10 @@ def direct_update(node, kernels):
     state = node.op.state
     if kernels is not cpu or node.inputs[0].ndim < 1:
         return None
-    name = state.kernel
-    if getattr(kernels, name, None) is not getattr(loops, name, object()):
+    name = f"{state.rule}_rows"  # the rule's key in kernels.row_kernels
+    from kernels.row_kernels import row_kernel  # (a swapped table entry: checked path)
+
+    if row_kernel(state.rule, kernels) is not getattr(loops, name, object()):
         return None
     hyper = dict(state.kernel_hyper)
     if name == "adam_rows" and not hyper.get("amsgrad") and _loop_matches(loops, "_adam") \
@@ -146,7 +149,7 @@ class _Direct:
                   for s in tables[1:len(tables) - exact]]
         state = self.state
         if exact:  # as ParamState.run: the step's lr / wd first (a retried step rewrites it)
-            state.history.record(t, lr, wd)
+            state.record_step(t, lr, wd)
         if exact:
             steps = self.loops._Steps(state.history, lr, wd, t - 1, True, self.decoupled)
         else:  # no history: the stand-ins depend on lr and wd only
@@ -202,7 +205,9 @@ class _AdamRows(_Direct):
         loops._adam(p2, m2, v2, self.empty(p2), idx, g, True, t, last, self.exact, lr,
                     self.b1, self.b2, self.eps, wd, self.decoupled, False, ratio,
                     loops.adam_drift_tol(p2.dtype), steps.lr_max, loops._prefetch_distance(p2),
-                    *steps.args(), steps.wd_any and not self.decoupled, *checks)
+                    *steps.args(), steps.wd_any and not self.decoupled,
+                    *loops.series_args(self.state.history, steps, self.b1, self.b2,
+                                       self.decoupled, False, p2.dtype), *checks)
 
 
 class _MomentumRows(_Direct):

@@ -27,6 +27,10 @@ def _poison_cpu_kernels(monkeypatch):
 
     for name in cpu.__all__:
         monkeypatch.setattr(cpu, name, trap(name))
+    from kernels import row_kernels  # the optimizers' kernels are found in this table
+
+    for rule in row_kernels.rules_of("numba"):
+        monkeypatch.setitem(row_kernels._TABLE, (rule, "numba"), trap(f"{rule} row kernel"))
     return calls
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from adam_zero_grad import dense_skipped_steps
 
 from kernels.reference.history import StepHistory
 from kernels.rules import adam as adam_rule
@@ -26,19 +27,8 @@ def _rel_err(got, want):
 
 
 def _dense(p, m, v, vm, last, t, lr_of, wd_of, decoupled, amsgrad):
-    """Every row's own skipped steps ``last+1 .. t`` with a zero gradient, vectorised
-    over rows: dense Adam's recurrence step by step (float64)."""
-    p, m, v = p.copy(), m.copy(), v.copy()
-    for s in range(1, t + 1):
-        on = (s > last)[:, None]
-        lr, wd = lr_of(s), wd_of(s)
-        if decoupled:
-            p = np.where(on, p * (1.0 - lr * wd), p)
-        m, v = np.where(on, m * B1, m), np.where(on, v * B2, v)
-        den = vm if amsgrad else v
-        step = lr / (1 - B1**s) * (m / (np.sqrt(den) / np.sqrt(1 - B2**s) + EPS))
-        p = np.where(on, p - step, p)
-    return p, m, v
+    return dense_skipped_steps(p, m, v, vm, last, t, lr_of, wd_of, B1, B2, EPS, decoupled,
+                               amsgrad)
 
 
 def _rows(rng, V, D, tiny_v=False):
@@ -59,7 +49,10 @@ CASES = [(False, False), (True, False), (False, True), (True, True)]
 @pytest.mark.parametrize("decoupled, amsgrad", CASES)
 @pytest.mark.parametrize("schedule", [False, True], ids=["const", "cosine"])
 @pytest.mark.parametrize("tiny_v", [False, True], ids=["", "tiny_v"])
-def test_catch_up_equals_the_dense_loop(decoupled, amsgrad, schedule, tiny_v):
+@pytest.mark.parametrize("series", [False, True], ids=["walk", "blocks"])
+def test_catch_up_equals_the_dense_loop(decoupled, amsgrad, schedule, tiny_v, series):
+    """``blocks``: the history holds the series' block sums (what an optimizer's exact
+    mode gives it), so the kernel reads O(log gap) blocks instead of walking the steps."""
     rng = np.random.default_rng(7)
     V, D, t = 24, 8, 3000
     lr0, wd0 = 2e-2, (0.05 if decoupled else 0.0)
@@ -73,8 +66,9 @@ def test_catch_up_equals_the_dense_loop(decoupled, amsgrad, schedule, tiny_v):
     last[5] = t - 30
     want = _dense(P, M, Vv, VM, last, t, lr_of, wd_of, decoupled, amsgrad)
     history = None
-    if schedule:
-        history = StepHistory(adam_rule.matrix)
+    if schedule or series:
+        blocks = adam_rule.series_blocks(B1, B2, decoupled, amsgrad) if series else None
+        history = StepHistory(adam_rule.matrix, series=blocks)
         for s in range(1, t + 1):
             history.record(s, lr_of(s), wd_of(s))
     cpu.adam_rows(P, M, Vv, np.arange(V), None, t, last, lr_of(t), B1, B2, EPS, wd0,
@@ -155,3 +149,58 @@ def test_amsgrad_max_below_v_falls_back_to_the_replay():
     cpu.adam_rows(P, M, Vv, np.arange(1), None, 60, last, 1e-3, B1, B2, EPS, 0.0, False,
                   True, VM)
     assert _rel_err(P, want[0]) < 1e-12
+
+
+@pytest.mark.parametrize("decoupled, amsgrad", CASES)
+@pytest.mark.parametrize("k", [1, 5, 300, 10**4])
+def test_block_sums_equal_the_walk(decoupled, amsgrad, k):
+    """``_adam_series_blocked`` (the sums from the history's blocks, O(log k)) against
+    ``_adam_series`` (walking the steps) on the same row under a cosine schedule: it sums
+    at least as many steps, and the caught-up row agrees to float64 rounding."""
+    rng = np.random.default_rng(k)
+    lag, t = 37, 37 + k
+    lr_of = lambda s: 1e-2 * 0.5 * (1 + np.cos(np.pi * s / (2.0 * t)))  # noqa: E731
+    wd = 0.02 if decoupled else 0.0
+    series = adam_rule.series_blocks(B1, B2, decoupled, amsgrad)
+    history = StepHistory(adam_rule.matrix, series=series)
+    for s in range(1, t + 1):
+        history.record(s, lr_of(s), wd)
+    P, M, Vv = _rows(rng, 1, 16)
+    VM = Vv * 1.2 if amsgrad else np.zeros((0, 16))
+    walk = [a.copy() for a in (P, M, Vv, VM)]
+    lr_max, tol = history.lr_max, 1e-18
+    _, ratio = cpu_optim.adam_drift_ratio(1.0, B1, B2, history.lrwd_max if decoupled else 0.0,
+                                          decoupled)
+    j_blocks = cpu_optim._adam_series_blocked(
+        P, M, Vv, VM, 0, lag, k, EPS, B1, B2, amsgrad, ratio, lr_max, history.sblocks,
+        history.offsets, history.n_levels, series.rho_pow,
+        cpu_optim.series_logs(B1, B2, amsgrad, tol))
+    j_walk = cpu_optim._adam_series(*walk, 0, lag, k, lr_of(t), wd, B1, B2, EPS, decoupled,
+                                    amsgrad, ratio, tol, lr_max, True, history.lr, history.wd)
+    assert 0 < j_walk <= j_blocks <= k
+    assert j_blocks <= max(j_walk + 64, 2 * j_walk)  # J is a tight bound, not the gap
+    # the walk stopped earlier: its remaining steps only decay m, v (and p by q)
+    rest = j_blocks - j_walk
+    q = np.prod([1.0 - lr_of(s) * wd for s in range(lag + j_walk + 1, lag + j_blocks + 1)])
+    assert _rel_err(P, walk[0] * q) < 1e-13
+    np.testing.assert_allclose(M, walk[1] * B1**rest, rtol=1e-13)
+    np.testing.assert_allclose(Vv, walk[2] * B2**rest, rtol=1e-13)
+
+
+def test_block_sums_refuse_a_tiny_v():
+    """z = eps / sqrt(v) too large at the last summed step: -1, nothing written."""
+    rng = np.random.default_rng(0)
+    series = adam_rule.series_blocks(B1, B2, False, False)
+    history = StepHistory(adam_rule.matrix, series=series)
+    for s in range(1, 200):
+        history.record(s, 1e-3, 0.0)
+    P, M, Vv = _rows(rng, 1, 4)
+    Vv[0, 0], M[0, 0] = 1e-22, 1e-12
+    before = [a.copy() for a in (P, M, Vv)]
+    j = cpu_optim._adam_series_blocked(P, M, Vv, np.zeros((0, 4)), 0, 5, 150, EPS, B1, B2,
+                                       False, 10.0, 1e-3, history.sblocks, history.offsets,
+                                       history.n_levels, series.rho_pow,
+                                       cpu_optim.series_logs(B1, B2, False, 1e-18))
+    assert j == -1
+    for a, b in zip((P, M, Vv), before):
+        np.testing.assert_array_equal(a, b)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from adam_zero_grad import dense_skipped_steps
 from test_optim import oracle_step, rel_err
 
 import kernels.reference.optim as ref
@@ -105,16 +106,8 @@ def test_chunked_adam_drift_equals_a_step_by_step_loop(monkeypatch, decoupled, a
     last = rng.integers(0, 300, V).astype(np.int64)
     last[0] = 0  # one row from the very start
     t = 2500
-    p, m, v = (a.astype(np.float64) for a in (P, M, Vv))
-    vm = VM.astype(np.float64) if amsgrad else None
-    for s in range(1, t + 1):  # every row's own skipped steps, vectorised over rows
-        on = (s > last)[:, None]
-        if decoupled:
-            p = np.where(on, p * (1.0 - lr * wd), p)
-        m, v = np.where(on, m * b1, m), np.where(on, v * b2, v)
-        den = vm if amsgrad else v
-        step = lr / (1 - b1**s) * (m / (np.sqrt(den) / np.sqrt(1 - b2**s) + eps))
-        p = np.where(on, p - step, p)
+    p, m, v = dense_skipped_steps(P, M, Vv, VM, last, t, lambda s: lr, lambda s: wd, b1, b2,
+                                  eps, decoupled, amsgrad)
     ref.adam_rows(P, M, Vv, np.arange(V), None, t, last, lr, b1, b2, eps, wd, decoupled,
                   amsgrad, VM)
     tol = 1e-12 if dtype == np.float64 else 1e-6

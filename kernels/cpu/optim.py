@@ -20,6 +20,7 @@ from kernels.reference.optim import (
     momentum_matrix,
     rmsprop_matrix,
 )
+from kernels.row_kernels import register_row_kernels
 from kernels.rules import adagrad as adagrad_rule
 from kernels.rules import adam as adam_rule
 from kernels.rules import momentum as momentum_rule
@@ -30,12 +31,13 @@ __all__ = ["sgd_rows", "momentum_rows", "adagrad_rows", "rmsprop_rows", "adam_ro
 _NO_LAST = np.zeros(1, dtype=np.int64)
 
 
-def _prepare(param, states, idx, grad, t, last, required, names, guard=None):
+def _prepare(param, states, idx, grad, t, last, required, names, guard=None, trusted=False):
     """Checked 2-D views and stand-ins for what a kernel does not use; with a ``guard``
     (a ``RowGuard``), the scratch buffers the kernel saves the old rows into and the
     ``status`` array it reports into, else empty stand-ins (the kernel then neither saves
     nor checks)."""
-    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
+    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names,
+                                           trusted)
     empty = np.zeros((0, p2.shape[1]), dtype=p2.dtype)
     exact = last is not None
     if guard is not None:
@@ -120,28 +122,40 @@ def _rows_bad(r, P, A, B, C):
 _NO_BLOCKS = np.zeros((1, 4))
 _NO_STEPS = np.zeros(1)
 _NO_OFFSETS = np.zeros(2, dtype=np.int64)
+_NO_SBLOCKS = np.zeros((1, 7))
+_NO_RHO_POW = np.ones((1, 6))
+
+
+def _untrusted(trusted, last, idx):
+    """``(last, idx)`` for ``check_history``'s check of the rows against a compacted
+    history's base, or ``(None, None)`` for a trusted call (compiled code: the rows' last
+    steps are the table's own, never below the base it compacted to)."""
+    return (None, None) if trusted else (last, idx)
 
 
 class _Steps:
     """The per-step arrays a kernel reads for the catch-up (stand-ins without a history)."""
 
-    def __init__(self, history, lr, wd, need, exact, needs_blocks=False):
+    def __init__(self, history, lr, wd, need, exact, needs_blocks=False, last=None,
+                 idx=None):
         self.has = history is not None and exact
-        if self.has:
-            check_history(history, need, needs_blocks)
+        if self.has:  # last, idx: an untrusted call's rows, checked against the base
+            check_history(history, need, needs_blocks, last, idx)
         h = history if self.has else None
         self.lr = h.lr if h is not None else _NO_STEPS
         self.wd = h.wd if h is not None else _NO_STEPS
         self.blocks = h.blocks if h is not None and h.blocks is not None else _NO_BLOCKS
         self.offsets = h.offsets if h is not None else _NO_OFFSETS
         self.n_levels = h.n_levels if h is not None else 1
+        self.base = h.base if h is not None else 0  # storage index = step - base
         self.lr_max = max(float(lr), h.lr_max) if h is not None else float(lr)
         self.lrwd_max = (max(float(lr) * float(wd), h.lrwd_max) if h is not None
                          else float(lr) * float(wd))
         self.wd_any = (h.wd_max > 0) if h is not None else float(wd) != 0.0
 
     def args(self):
-        return (self.has, self.lr, self.wd, self.blocks, self.offsets, self.n_levels)
+        return (self.has, self.lr, self.wd, self.blocks, self.offsets, self.n_levels,
+                self.base)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -150,10 +164,12 @@ def _range_product(blocks, offsets, n_levels, a, e):
     r11, r12, r21, r22 = 1.0, 0.0, 0.0, 1.0
     s = a
     while s <= e:
+        # the largest aligned block starting at s inside [s, e]: bit tests, no division
+        # (an integer modulo per level made this loop ~4x slower)
         lv = 0
         while lv + 1 < n_levels:
-            size = np.int64(1) << (lv + 1)
-            if s % size != 0 or s + size - 1 > e:
+            mask = (np.int64(1) << (lv + 1)) - 1
+            if (s & mask) != 0 or s + mask > e:
                 break
             lv += 1
         b = offsets[lv] + (s >> lv)
@@ -225,7 +241,7 @@ _momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="alway
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd, a, dist,
-              has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+              has_h, lr_h, wd_h, blocks, offsets, n_levels, base, wd_any,
               guard, SP, SB, S2, S3, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
@@ -244,21 +260,23 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
                 if wd_any:
                     if start != c_start or end != c_end:
                         c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels,
-                                                          start, end, a[0], a[1], a[2], a[3])
+                                                          start - base, end - base,
+                                                          a[0], a[1], a[2], a[3])
                         c_start, c_end = start, end
                     for d in range(width):
                         P[r, d] = P[r, d] * c11
             elif k > 0:
                 if last[r] == 0:  # the dense optimizer's step 1 sets buffer = g (torch)
-                    lr1 = lr_h[1] if has_h else lr
-                    wd1 = wd_h[1] if has_h else wd
+                    lr1 = lr_h[1 - base] if has_h else lr  # (base is 0 while a row has last 0)
+                    wd1 = wd_h[1 - base] if has_h else wd
                     for d in range(width):
                         P[r, d], B[r, d] = _momentum_elem(float(P[r, d]), 0.0, 0.0, True,
                                                           lr1, mu, damp, nesterov, wd1)
                     start += 1
                 if start != c_start or end != c_end:
-                    c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels, start,
-                                                      end, a[0], a[1], a[2], a[3])
+                    c11, c12, c21, c22 = _skipped_map(has_h, blocks, offsets, n_levels,
+                                                      start - base, end - base,
+                                                      a[0], a[1], a[2], a[3])
                     c_start, c_end = start, end
                 for d in range(width):
                     p, b = float(P[r, d]), float(B[r, d])
@@ -287,11 +305,12 @@ def _momentum(P, B, idx, G, has_grad, t, last, exact, lr, mu, damp, nesterov, wd
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
-                  weight_decay, history=None, guard=None):
+                  weight_decay, history=None, guard=None, trusted=False):
     states = [buf] if momentum else [None]
     p2, (b2,), idx, g, has_grad, t, last_, exact, checks = _prepare(
-        param, states, idx, grad, t, last, [bool(momentum)], ["buf"], guard)
-    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, True)
+        param, states, idx, grad, t, last, [bool(momentum)], ["buf"], guard, trusted)
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, True,
+                   *_untrusted(trusted, last_, idx))
     a = np.array(momentum_matrix(lr, momentum, dampening, nesterov, weight_decay), dtype=float)
     return _momentum(
         p2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(momentum),
@@ -299,9 +318,10 @@ def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, neste
         *steps.args(), steps.wd_any, *checks)
 
 
-def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None):
+def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None,
+             trusted=False):
     return momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay,
-                         history, guard)
+                         history, guard, trusted)
 
 
 # --- Adagrad -------------------------------------------------------------------------------
@@ -325,7 +345,7 @@ def _adagrad_row(P, A, G, i, r, clr, eps, wd):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist,
-             has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+             has_h, lr_h, wd_h, blocks, offsets, n_levels, base, wd_any,
              guard, SP, SA, S2, S3, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
@@ -341,8 +361,8 @@ def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist
                 # step-major: each step over the whole row (in L1) vectorises; element-major
                 # would chain every element's sqrt/division latencies (10x slower)
                 for s in range(last[r] + 1, last[r] + k + 1):
-                    lr_s = lr_h[s] if has_h else lr
-                    wd_s = wd_h[s] if has_h else wd
+                    lr_s = lr_h[s - base] if has_h else lr
+                    wd_s = wd_h[s - base] if has_h else wd
                     clr = lr_s / (1.0 + (s - 1) * lr_decay)
                     for d in range(width):
                         P[r, d], A[r, d] = _adagrad_elem(float(P[r, d]), float(A[r, d]), 0.0,
@@ -360,10 +380,11 @@ def _adagrad(P, A, idx, G, has_grad, t, last, exact, lr, eps, wd, lr_decay, dist
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
-                 history=None, guard=None):
+                 history=None, guard=None, trusted=False):
     p2, (a2,), idx, g, has_grad, t, last_, exact, checks = _prepare(
-        param, [acc], idx, grad, t, last, [True], ["acc"], guard)
-    steps = _Steps(history, lr, weight_decay, t - has_grad, exact)
+        param, [acc], idx, grad, t, last, [True], ["acc"], guard, trusted)
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, False,
+                   *_untrusted(trusted, last_, idx))
     return _adagrad(
         p2, a2, idx, g, has_grad, t, last_, exact, float(lr), float(eps), float(weight_decay),
         float(lr_decay), _prefetch_distance(p2), *steps.args(), steps.wd_any, *checks)
@@ -412,7 +433,7 @@ def _rmsprop_row(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom, centered,
-             wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, wd_any,
+             wd, a, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, base, wd_any,
              guard, SP, SS, SGA, SB, SL, status):
     width = P.shape[1]
     n = idx.shape[0]
@@ -429,7 +450,7 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
                 m11, m12, m21, m22 = 1.0, 0.0, 0.0, 1.0
                 if has_buf:
                     m11, m12, m21, m22 = _skipped_map(has_h, blocks, offsets, n_levels,
-                                                      last[r] + 1, last[r] + k,
+                                                      last[r] + 1 - base, last[r] + k - base,
                                                       a[0], a[1], a[2], a[3])
                 for d in range(width):
                     S[r, d] = S[r, d] * decay
@@ -441,8 +462,8 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
                         B[r, d] = m21 * p + m22 * b
             elif k > 0:  # weight decay: replay the zero-gradient steps (step-major)
                 for s in range(last[r] + 1, last[r] + k + 1):
-                    lr_s = lr_h[s] if has_h else lr
-                    wd_s = wd_h[s] if has_h else wd
+                    lr_s = lr_h[s - base] if has_h else lr
+                    wd_s = wd_h[s - base] if has_h else wd
                     for d in range(width):
                         ga = float(GA[r, d]) if centered else 0.0
                         b = float(B[r, d]) if has_buf else 0.0
@@ -467,12 +488,13 @@ def _rmsprop(P, S, GA, B, idx, G, has_grad, t, last, exact, lr, alpha, eps, mom,
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
-                 momentum, centered, weight_decay, history=None, guard=None):
+                 momentum, centered, weight_decay, history=None, guard=None, trusted=False):
     states = [square_avg, grad_avg, buf]
     p2, (s2, ga2, b2), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, states, idx, grad, t, last, [True, bool(centered), bool(momentum)],
-        ["square_avg", "grad_avg", "buf"], guard)
-    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(momentum))
+        ["square_avg", "grad_avg", "buf"], guard, trusted)
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(momentum),
+                   *_untrusted(trusted, last_, idx))
     a = np.array(rmsprop_matrix(lr, momentum), dtype=float)
     return _rmsprop(
         p2, s2, ga2, b2, idx, g, has_grad, t, last_, exact, float(lr), float(alpha),
@@ -502,7 +524,7 @@ SERIES_MAX_RATIO = 1e-3
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
-                 ratio, tol, lr_max, has_h, lr_h, wd_h):
+                 ratio, tol, lr_max, has_h, lr_h, wd_h, base=0):
     """Closed-form catch-up of Adam's zero-gradient steps without L2 decay: O(steps) scalar
     work per row and O(1) per element, instead of a sqrt and a division per element and step.
 
@@ -544,8 +566,8 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     while j < k and w != 0.0:
         j += 1
         s = lag_from + j
-        lr_s = lr_h[s] if has_h else lr
-        q = 1.0 - lr_s * (wd_h[s] if has_h else wd) if decoupled else 1.0
+        lr_s = lr_h[s - base] if has_h else lr
+        q = 1.0 - lr_s * (wd_h[s - base] if has_h else wd) if decoupled else 1.0
         pw1, pw2 = pw1 * b1, pw2 * b2
         bj, f2, ihj = bj * b1, f2 * b2, ihj * ih_step
         iu = np.sqrt(1.0 - pw2) * ihj
@@ -578,9 +600,124 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     return j
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _next_level(s, e, lv, n_levels):
+    """The level of the aligned block that starts the rest ``[s, e]`` of a range, from the
+    previous block's ``lv``: levels only grow, then only shrink, along a range, so this
+    is O(1) amortised (a search from level 0 at every block cost a few loop trips each)."""
+    while lv + 1 < n_levels:
+        mask = (np.int64(1) << (lv + 1)) - 1
+        if (s & mask) != 0 or s + mask > e:
+            break
+        lv += 1
+    while lv > 0 and ((s & ((np.int64(1) << lv) - 1)) != 0 or s + (np.int64(1) << lv) - 1 > e):
+        lv -= 1
+    return lv
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _series_sums(sblocks, offsets, n_levels, rho_pow, a, e):
+    """``(Q, S_0..S_5)`` of the skipped steps ``a..e`` from the history's aligned blocks
+    (``kernels.rules.adam.SeriesBlocks``): O(log(e - a)) blocks, combined left to right."""
+    q = 1.0
+    s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+    r0 = r1 = r2 = r3 = r4 = r5 = 1.0  # rho_n ** (steps combined so far)
+    s = a
+    lv = 0
+    while s <= e:
+        lv = _next_level(s, e, lv, n_levels)
+        b = offsets[lv] + (s >> lv)
+        qb = sblocks[b, 0]
+        s0, s1, s2 = qb * s0 + r0 * sblocks[b, 1], qb * s1 + r1 * sblocks[b, 2], \
+            qb * s2 + r2 * sblocks[b, 3]
+        s3, s4, s5 = qb * s3 + r3 * sblocks[b, 4], qb * s4 + r4 * sblocks[b, 5], \
+            qb * s5 + r5 * sblocks[b, 6]
+        q *= qb
+        r0, r1, r2 = r0 * rho_pow[lv, 0], r1 * rho_pow[lv, 1], r2 * rho_pow[lv, 2]
+        r3, r4, r5 = r3 * rho_pow[lv, 3], r4 * rho_pow[lv, 4], r5 * rho_pow[lv, 5]
+        s += np.int64(1) << lv
+    return q, s0, s1, s2, s3, s4, s5
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_scale(P, M, D, r):
+    """``(max (m / (sqrt(d) p))**2, min d)`` over the elements of row ``r`` with ``m != 0``
+    (``D``: v, or AMSGrad's max). (A branch-free version with selects, and ``fastmath``
+    ones, measured 1.1-2x slower: the float max/min reductions do not vectorise anyway.)"""
+    w2 = 0.0
+    d_min = np.inf
+    for d in range(P.shape[1]):
+        m = float(M[r, d])
+        if m != 0.0:
+            den = float(D[r, d])
+            p = float(P[r, d])
+            d_min = min(d_min, den)
+            w2 = max(w2, m * m / (den * (p * p)))
+    return w2, d_min
+
+
+def series_logs(b1, b2, amsgrad, tol):
+    """The per-call constants of ``_adam_series_blocked``: ``(log b2, log r, log(tol (1 -
+    b1)))`` with ``r = b1 / sqrt(b2)`` (AMSGrad ``b1``), the drift bound's ratio a step."""
+    log_r = np.log(b1) - (0.0 if amsgrad else 0.5 * np.log(b2))
+    return (float(np.log(b2)), float(log_r), float(np.log(tol * (1.0 - b1))))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, ratio,
+                         lr_max, sblocks, offsets, n_levels, rho_pow, logs, base=0):
+    """``_adam_series`` with the sums read from the history's blocks: O(log J) per row.
+
+    ``J``, the number of skipped steps whose drift is summed, is not found by walking the
+    steps: the bound on the rest of the drift after step ``j`` is ``bound * r**j`` (``r =
+    b1 / sqrt(b2)``, AMSGrad ``b1``) over ``1 - b1**(L + j + 1) >= 1 - b1``, so ``J =
+    ceil(log(tol (1 - b1) / bound) / log r)`` (``logs``, from ``series_logs``) is at least
+    the step where the walk stops (summing more steps is exact too). The series needs
+    ``z = eps / (a u_j)`` below ``SERIES_MAX_RATIO`` at every summed step; ``u_j`` only
+    falls with ``j``, so it is tested at ``J`` alone. Returns J, or -1 (nothing written)
+    where that test or the row's values rule the series out: the caller then walks.
+    """
+    width = P.shape[1]
+    D = VM if amsgrad else V
+    if amsgrad:
+        for d in range(width):
+            if float(VM[r, d]) < float(V[r, d]):
+                return -1  # a max below v (a loaded state?): the replay applies the max
+    w2, v_min = _row_scale(P, M, D, r)
+    if v_min == 0.0:
+        return -1
+    w, a_min = np.sqrt(w2), np.sqrt(v_min)
+    if w == 0.0:
+        return 0
+    log_b2, log_r, log_target = logs
+    x = (log_target - np.log(w * lr_max * ratio)) / log_r
+    J = k
+    if x == x and x < k:  # NaN / inf (a zero |p|): every step is summed
+        J = max(np.int64(1), np.int64(np.ceil(x)))
+    iu = np.sqrt(-np.expm1(float(lag_from + J) * log_b2))
+    if not amsgrad:
+        iu *= np.exp(-0.5 * float(J) * log_b2)
+    if not (eps * iu <= SERIES_MAX_RATIO * a_min * (1.0 - 1e-9)):  # margin: exp's rounding
+        return -1
+    Q, s0, s1, s2, s3, s4, s5 = _series_sums(sblocks, offsets, n_levels, rho_pow,
+                                             lag_from + 1 - base, lag_from + J - base)
+    f1, f2 = b1 ** float(J), b2 ** float(J)
+    for d in range(width):
+        m = float(M[r, d])
+        # m == 0: the term is 0 (den may be 0 there: the floor keeps ia finite; every
+        # element with m != 0 has den >= v_min, far above the floor)
+        ia = 1.0 / np.sqrt(max(float(D[r, d]), 1e-300))
+        z = eps * ia
+        P[r, d] = Q * float(P[r, d]) - m * ia * (
+            s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+        M[r, d] = m * f1
+        V[r, d] = float(V[r, d]) * f2
+    return J
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
-                 ratio, tol, lr_max, has_h, lr_h, wd_h, replay):
+                 ratio, tol, lr_max, has_h, lr_h, wd_h, replay, base=0):
     """Skipped steps of one row replayed step-major (the per-step scalars computed once);
     returns the number of steps done.
 
@@ -596,8 +733,8 @@ def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     while j < k:
         j += 1
         s = lag_from + j
-        lr_s = lr_h[s] if has_h else lr
-        wd_s = wd_h[s] if has_h else wd
+        lr_s = lr_h[s - base] if has_h else lr
+        wd_s = wd_h[s - base] if has_h else wd
         q = 1.0 - lr_s * wd_s if decoupled else 1.0
         l2 = 0.0 if decoupled else wd_s
         pw1, pw2 = pw1 * b1, pw2 * b2
@@ -634,25 +771,31 @@ def _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
-                   ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels, replay):
-    """The ``k`` skipped steps of row ``r``: the drift in closed form (``_adam_series``)
-    where it applies, else replayed (``_adam_replay``, always with L2 decay: a zero
-    gradient then still moves the row non-linearly). Once the drift is done, the remaining
-    steps only decay m, v (and p by the steps' ``1 - lr*wd``), in closed form."""
+                   ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels, replay,
+                   has_s, sblocks, rho_pow, logs, base=0):
+    """The ``k`` skipped steps of row ``r``: the drift in closed form where it applies
+    (``_adam_series_blocked`` from the history's block sums when it has them, else
+    ``_adam_series`` walking the steps), else replayed (``_adam_replay``, always with L2
+    decay: a zero gradient then still moves the row non-linearly). Once the drift is
+    done, the remaining steps only decay m, v (and p by the steps' ``1 - lr*wd``), in
+    closed form."""
     j = -1
-    if not replay:
+    if not replay and has_s:
+        j = _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, ratio,
+                                 lr_max, sblocks, offsets, n_levels, rho_pow, logs, base)
+    if not replay and j < 0:
         j = _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
-                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h)
+                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, base)
     if j < 0:
         j = _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
-                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, replay)
+                         amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, replay, base)
     rest = k - j
     if rest > 0:
         f1, f2 = b1 ** float(rest), b2 ** float(rest)
         fq = 1.0
         if decoupled:
-            fq = _skipped_map(has_h, blocks, offsets, n_levels, lag_from + j + 1,
-                              lag_from + k, 1.0 - lr * wd, 0.0, 0.0, 1.0)[0]
+            fq = _skipped_map(has_h, blocks, offsets, n_levels, lag_from + j + 1 - base,
+                              lag_from + k - base, 1.0 - lr * wd, 0.0, 0.0, 1.0)[0]
         for d in range(P.shape[1]):
             M[r, d] = M[r, d] * f1
             V[r, d] = V[r, d] * f2
@@ -662,7 +805,7 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-          replay, guard, SP, SM, SV, SVM, SL, status):
+          base, replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
     width = P.shape[1]
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
     q = 1.0 - lr * wd if decoupled else 1.0
@@ -695,7 +838,8 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
             if k > 0:
                 _adam_catch_up(P, M, V, VM, r, last[r], k, lr, wd, b1, b2, eps, decoupled,
                                amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, blocks,
-                               offsets, n_levels, replay)
+                               offsets, n_levels, replay, has_s, sblocks, rho_pow, logs,
+                               base)
             last[r] = t
         if has_grad:
             for d in range(width):
@@ -711,11 +855,13 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
-              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None):
+              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None,
+              trusted=False):
     p2, (m2, v2, vm2), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, [m, v, max_exp_avg_sq], idx, grad, t, last, [True, True, bool(amsgrad)],
-        ["m", "v", "max_exp_avg_sq"], guard)
-    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(decoupled))
+        ["m", "v", "max_exp_avg_sq"], guard, trusted)
+    steps = _Steps(history, lr, weight_decay, t - has_grad, exact, bool(decoupled),
+                   *_untrusted(trusted, last_, idx))
     _, ratio = adam_drift_ratio(1.0, beta1, beta2, steps.lrwd_max if decoupled else 0.0,
                                 decoupled)
     replay = steps.wd_any and not decoupled
@@ -723,4 +869,24 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
         p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
         float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
         float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),
-        *steps.args(), replay, *checks)
+        *steps.args(), replay,
+        *series_args(history, steps, beta1, beta2, decoupled, amsgrad, p2.dtype), *checks)
+
+
+def series_args(history, steps, beta1, beta2, decoupled, amsgrad, dtype):
+    """``(has_s, sblocks, rho_pow, logs)`` of ``_adam``: the history's Adam block sums when
+    it keeps them for these hyperparameters (``kernels.rules.adam.SeriesBlocks``), else
+    stand-ins (the series then walks the steps)."""
+    series = getattr(history, "series", None) if steps.has else None
+    has_s = (series is not None and getattr(history, "sblocks", None) is not None
+             and series.key == (float(beta1), float(beta2), bool(decoupled), bool(amsgrad))
+             and series.rho_pow.shape[0] >= steps.n_levels)
+    sblocks, rho_pow = (history.sblocks, series.rho_pow) if has_s else (_NO_SBLOCKS,
+                                                                         _NO_RHO_POW)
+    logs = series_logs(float(beta1), float(beta2), bool(amsgrad), adam_drift_tol(dtype))
+    return has_s, sblocks, rho_pow, logs
+
+
+register_row_kernels('numba', {"sgd": sgd_rows, "momentum": momentum_rows,
+                               "adagrad": adagrad_rows, "rmsprop": rmsprop_rows,
+                               "adam": adam_rows})

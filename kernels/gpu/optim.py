@@ -8,6 +8,7 @@ docs/optimizers.md.
 """
 from kernels.gpu._cupy import require_cupy
 from kernels.reference import optim as _reference
+from kernels.row_kernels import register_row_kernels
 
 __all__ = ["sgd_rows", "momentum_rows", "adagrad_rows", "rmsprop_rows", "adam_rows"]
 
@@ -29,3 +30,8 @@ momentum_rows = _on_device(_reference.momentum_rows)
 adagrad_rows = _on_device(_reference.adagrad_rows)
 rmsprop_rows = _on_device(_reference.rmsprop_rows)
 adam_rows = _on_device(_reference.adam_rows)
+
+
+register_row_kernels('cupy', {"sgd": sgd_rows, "momentum": momentum_rows,
+                               "adagrad": adagrad_rows, "rmsprop": rmsprop_rows,
+                               "adam": adam_rows})

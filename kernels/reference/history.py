@@ -15,10 +15,21 @@ history keeps, per step ``s`` (1-based; index 0 unused):
 ``2 log2(e - a + 1)`` stored blocks: O(log k) per row instead of O(k), and numerically as
 safe as multiplying the steps one by one (only forward products, no inverse, so no
 ``mu**-t`` overflow and no prefix product that underflows). Adam's drift is not linear;
-it keeps ``lr_max``, ``lrwd_max`` and ``wd_max`` (running maxima) to bound the rest of a drift sum.
+it keeps ``lr_max``, ``lrwd_max`` and ``wd_max`` (running maxima) to bound the rest of a drift sum,
+and, given a ``series`` (``kernels.rules.adam.SeriesBlocks``), the same aligned blocks of
+the sums its closed-form catch-up needs (``sblocks``: 7 floats a block, 112 bytes a step),
+so a row's catch-up reads O(log k) blocks instead of walking its k skipped steps.
 
 Recording step ``s`` again (a retried call) overwrites it and everything after it, so a
 failed call that recorded its step leaves nothing wrong behind.
+
+**Compaction.** Storage is indexed by ``s - base``: ``lr[s - base]``, and the blocks are
+aligned on ``s - base`` (every query and every kernel subtracts ``base``). ``restart``
+(after a flush or a load: no row lags) moves ``base`` to the step and shrinks the storage
+back to 64 steps; ``compact(min_last)`` (called by the owner when the storage is full,
+with the smallest ``last`` of its rows) drops the first half of the window when no row
+needs it, so a run keeps about ``2 * (n - min_last)`` steps (at least ``COMPACT_MIN``),
+not every step since the start.
 """
 from __future__ import annotations
 
@@ -26,13 +37,19 @@ import numpy as np
 
 __all__ = ["StepHistory", "range_product"]
 
+#: the window is not compacted below this many steps (each compaction costs one O(V) min
+#: over the owner's ``last`` array, so it runs at most once per COMPACT_MIN / 2 steps)
+COMPACT_MIN = 4096
+
 
 class StepHistory:
     """Per-step lr / weight decay (and block products of the rule's step matrix)."""
 
-    def __init__(self, matrix=None, capacity=64):
+    def __init__(self, matrix=None, capacity=64, series=None):
         self.matrix = matrix  # (lr, wd) -> (a11, a12, a21, a22), or None
+        self.series = series  # kernels.rules.adam.SeriesBlocks, or None
         self.n = 0  # steps recorded: 1..n
+        self.base = 0  # storage index of step s: s - base (steps <= base are forgotten)
         self.lr_max = self.lrwd_max = self.wd_max = 0.0
         self._allocate(max(64, int(capacity)))
 
@@ -46,17 +63,24 @@ class StepHistory:
         for level in range(n_levels):
             offsets[level + 1] = offsets[level] + (cap >> level)
         blocks = np.zeros((int(offsets[-1]), 4)) if self.matrix is not None else None
+        sblocks = None
+        if self.series is not None:
+            sblocks = np.zeros((int(offsets[-1]), self.series.width))
+            self.series.levels(n_levels)
         if hasattr(self, "lr"):
-            n = self.n + 1
+            n = self.n - self.base + 1
             lr[:n], wd[:n] = self.lr[:n], self.wd[:n]
-            if blocks is not None:
+            for new, old in ((blocks, self.blocks), (sblocks, self.sblocks)):
+                if new is None:
+                    continue
                 for level in range(len(self.offsets) - 1):
                     size = self.offsets[level + 1] - self.offsets[level]
-                    src = self.blocks[self.offsets[level]:self.offsets[level] + size]
-                    blocks[offsets[level]:offsets[level] + size] = src
+                    src = old[self.offsets[level]:self.offsets[level] + size]
+                    new[offsets[level]:offsets[level] + size] = src
         # blocks not yet complete hold zeros: a query only ever uses blocks that lie
         # wholly inside recorded, skipped steps
         self.lr, self.wd, self.offsets, self.blocks, self.cap = lr, wd, offsets, blocks, cap
+        self.sblocks = sblocks
 
     @property
     def n_levels(self):
@@ -66,20 +90,24 @@ class StepHistory:
     def record(self, step, lr, wd):
         """Step ``step`` uses ``lr`` and ``wd``; forgets any later step (a retried call)."""
         step = int(step)
-        if step < 1 or step > self.n + 1:
-            raise ValueError(f"step {step} recorded out of order (history holds 1..{self.n})")
-        while step >= self.cap:
+        if step <= self.base or step > self.n + 1:
+            raise ValueError(f"step {step} recorded out of order (history holds "
+                             f"{self.base + 1}..{self.n})")
+        while step - self.base >= self.cap:
             self._allocate(2 * self.cap)
-        self.lr[step], self.wd[step] = lr, wd
+        i = step - self.base
+        self.lr[i], self.wd[i] = lr, wd
         self.n = step
         self.lr_max = max(self.lr_max, float(lr))
         self.lrwd_max = max(self.lrwd_max, float(lr) * float(wd))
         self.wd_max = max(self.wd_max, float(wd))
+        if self.sblocks is not None:
+            self._record_series(step, i, float(lr), float(wd))
         if self.blocks is None:
             return
         blocks, off = self.blocks, self.offsets
-        blocks[off[0] + step] = self.matrix(float(lr), float(wd))
-        b = step
+        blocks[off[0] + i] = self.matrix(float(lr), float(wd))
+        b = i
         for level in range(1, self.n_levels):
             if (b & 1) == 0:  # this step does not complete a block of the next level
                 break
@@ -87,13 +115,63 @@ class StepHistory:
             hi, lo = blocks[off[level - 1] + 2 * b + 1], blocks[off[level - 1] + 2 * b]
             blocks[off[level] + b] = _mul(hi, lo)
 
+    def _record_series(self, step, i, lr, wd):
+        series, sblocks, off = self.series, self.sblocks, self.offsets
+        sblocks[off[0] + i] = series.leaf(step, lr, wd)
+        b = i
+        for level in range(1, self.n_levels):
+            if (b & 1) == 0:  # this step does not complete a block of the next level
+                break
+            b >>= 1
+            lo, hi = sblocks[off[level - 1] + 2 * b], sblocks[off[level - 1] + 2 * b + 1]
+            sblocks[off[level] + b] = series.combine(lo, hi, level)
+
+    def at(self, step):
+        """``(lr, wd)`` recorded for ``step`` (``base <= step <= n``; the step a restart
+        moved ``base`` to keeps its values when they were recorded)."""
+        i = int(step) - self.base
+        return float(self.lr[i]), float(self.wd[i])
+
     def restart(self, step):
         """Forget everything; the next recorded step is ``step + 1`` (after a flush or a
-        load every row is up to date at ``step``, so older steps are never needed)."""
-        self.n = int(step)
+        load every row is up to date at ``step``, so older steps are never needed). The
+        storage shrinks back to its first size, with ``base = step``."""
+        step = int(step)
+        keep = self.at(step) if self.base <= step <= self.n else (0.0, 0.0)
+        self.n = self.base = step
         self.lr_max = self.lrwd_max = self.wd_max = 0.0
-        while self.n + 1 >= self.cap:
-            self._allocate(2 * self.cap)
+        del self.lr  # nothing recorded is kept: allocate afresh
+        self._allocate(64)
+        self.lr[0], self.wd[0] = keep
+
+    def compact(self, min_last):
+        """Drop the first half of the storage window when no row needs it: rows last
+        updated at ``min_last`` or later read steps ``> min_last`` only. Called by the
+        owner when the window is full; returns whether it moved ``base``.
+
+        The window ``[base, base + cap)`` keeps its block alignment when it moves by
+        ``half = cap / 2`` steps: each level's blocks shift down by ``half >> level``
+        (the one block spanning the whole window is dropped: it would now straddle)."""
+        half = self.cap // 2
+        if self.cap < COMPACT_MIN or int(min_last) - self.base < half:
+            return False
+        n = self.n - self.base + 1
+        self.lr[:n - half], self.wd[:n - half] = self.lr[half:n], self.wd[half:n]
+        self.lr[n - half:], self.wd[n - half:] = 0.0, 0.0
+        for table in (self.blocks, self.sblocks):
+            if table is None:
+                continue
+            for level in range(self.n_levels):
+                size = self.cap >> level
+                lo = int(self.offsets[level])
+                shift = half >> level
+                if shift == 0:  # the top block: it covered the dropped half too
+                    table[lo:lo + size] = 0.0
+                    continue
+                table[lo:lo + size - shift] = table[lo + shift:lo + size].copy()
+                table[lo + size - shift:lo + size] = 0.0
+        self.base += half
+        return True
 
 
 def _mul(x, y):
@@ -105,8 +183,8 @@ def _mul(x, y):
 def range_product(history, a, e):
     """``A_e ... A_a`` for each row's range ``[a[i], e[i]]`` (empty when ``a > e``: the
     identity), vectorised over rows: ``(n, 4)`` float64. O(log(e - a)) block products."""
-    a = np.asarray(a, dtype=np.int64).copy()
-    e = np.asarray(e, dtype=np.int64)
+    a = np.asarray(a, dtype=np.int64) - history.base  # storage steps
+    e = np.asarray(e, dtype=np.int64) - history.base
     n = a.shape[0]
     out = np.zeros((n, 4))
     out[:, 0] = out[:, 3] = 1.0

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from kernels.row_kernels import register_row_kernels, row_kernel
 from kernels.rules import adagrad as adagrad_rule
 from kernels.rules import adam as adam_rule
 from kernels.rules import momentum as momentum_rule
@@ -77,8 +78,54 @@ def _check_destination(name, a):
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def check_rows_args(param, states, idx, grad, t, last, required=None, names=None):
+def trusted_rows_args(param, states, idx, grad, t, last, required):
+    """``check_rows_args`` for a call from compiled code, whose row indices are already
+    checked (a ``RowSparse`` gradient is range-checked and coalesced when it is built, a
+    flush or a read passes rows it found in the tables): only the O(1) checks a compiled
+    loop needs not to read or write out of bounds (table dtypes, shapes, contiguity, a
+    required state present). The O(rows) passes (index range, order, ``last`` behind
+    ``t``) cost ~25-100 us a call, as much as a small step itself. Returns None where
+    something is off, so the caller runs the full check (and its error message)."""
+    shape = param.shape
+    dtype = param.dtype
+    if (type(param) is not np.ndarray or dtype not in _FLOAT_DTYPES or len(shape) < 1
+            or not param.flags.c_contiguous or not param.flags.writeable
+            or type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1):
+        return None
+    for s, req in zip(states, required):
+        if s is None:
+            if req:
+                return None
+        elif (type(s) is not np.ndarray or s.shape != shape or s.dtype != dtype
+              or not s.flags.c_contiguous or not s.flags.writeable):
+            return None
+    n = idx.shape[0]
+    width = 1
+    for d in shape[1:]:
+        width *= d
+    if grad is not None:
+        if (type(grad) is not np.ndarray or grad.dtype != dtype or grad.shape[:1] != (n,)
+                or grad.shape[1:] != shape[1:] or not grad.flags.c_contiguous):
+            return None
+        grad = grad.reshape(n, width)
+    if last is not None and (type(last) is not np.ndarray or last.dtype != np.int64
+                             or last.shape != shape[:1] or not last.flags.c_contiguous
+                             or not last.flags.writeable):
+        return None
+    t = int(t)
+    if t < 1:
+        return None
+    rows = shape[0]
+    flat = [None if s is None else s.reshape(rows, width) for s in states]
+    return param.reshape(rows, width), flat, idx, grad, t
+
+
+def check_rows_args(param, states, idx, grad, t, last, required=None, names=None,
+                    trusted=False):
     """Validate one row-update call (cheap, vectorised); return 2-D views and int64 idx.
+
+    ``trusted=True`` (a call from compiled code, see ``trusted_rows_args``) skips the
+    O(rows) checks of the indices when the O(1) checks pass.
 
     Compiled kernels do no bounds checking, so every implementation calls this first, and
     every array the kernel dereferences is checked here: ``required[i]`` says whether state
@@ -86,6 +133,11 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     table), ``names[i]`` names it in errors. Every destination is checked before anything is
     written, so a refused call changes nothing. Returns ``(param2d, states2d, idx, grad2d, t)``.
     """
+    if trusted:
+        got = trusted_rows_args(param, states, idx, grad, t, last,
+                                required if required is not None else [False] * len(states))
+        if got is not None:
+            return got
     _check_destination("param", param)
     if param.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"param must be float32 or float64, got {param.dtype}")
@@ -145,15 +197,17 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
 
 
 def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, history,
-           guard=None):
+           guard=None, trusted=False):
     """Gather rows, catch up skipped steps, apply step ``t``, scatter back.
 
     With a ``guard`` (``kernels.row_guard.RowGuard``) the old rows are saved into its
     scratch and the new ones are checked before the scatter: a non-finite result writes
     nothing and returns the position of the first bad row (else -1)."""
-    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names)
+    p2, s2, idx, grad, t = check_rows_args(param, states, idx, grad, t, last, required, names,
+                                           trusted)
     if history is not None and last is not None:
-        check_history(history, t - (grad is not None))
+        check_history(history, t - (grad is not None), last=None if trusted else last,
+                      idx=idx)
     if idx.shape[0] == 0:
         if guard is not None:
             guard.buffers([p2, *s2], last, idx)
@@ -209,13 +263,19 @@ def _first_bad_row(rows):
     return int(bad[0]) if bad.shape[0] else -1
 
 
-def check_history(history, need, needs_blocks=False):
-    """A ``StepHistory`` must hold every step a catch-up up to ``need`` reads."""
-    for name in ("lr", "wd", "offsets", "n", "lr_max", "lrwd_max", "wd_max"):
+def check_history(history, need, needs_blocks=False, last=None, idx=None):
+    """A ``StepHistory`` must hold every step a catch-up up to ``need`` reads: up to
+    ``need``, and (given ``last``/``idx``) back to the oldest step a row of ``idx`` lags
+    from (a compacted history has forgotten the steps up to its ``base``)."""
+    for name in ("lr", "wd", "offsets", "n", "base", "lr_max", "lrwd_max", "wd_max"):
         if not hasattr(history, name):
             raise TypeError(f"history must be a StepHistory, got {type(history).__name__}")
     if history.n < need:
         raise ValueError(f"history holds steps 1..{history.n}, the catch-up needs 1..{need}")
+    if (history.base and last is not None and idx is not None and idx.shape[0]
+            and int(last[idx].min()) < history.base):
+        raise ValueError(f"history holds steps from {history.base + 1} on (compacted), but "
+                         f"a row lags from step {int(last[idx].min())}")
     if needs_blocks and getattr(history, "blocks", None) is None:
         raise ValueError("history has no step maps (StepHistory(matrix=...)), which this "
                          "rule's catch-up needs")
@@ -232,7 +292,7 @@ class _Hyper:
         """``(lr, wd)`` for ``steps`` (an int array) as float64 columns, or the scalars."""
         if self.history is None:
             return self.lr, self.wd
-        steps = _host(steps)
+        steps = _host(steps) - self.history.base  # storage index (compaction)
         return (xp.asarray(self.history.lr[steps])[:, None],
                 xp.asarray(self.history.wd[steps])[:, None])
 
@@ -272,7 +332,7 @@ def _replay(step, rows, lag_from, k, hyper):
 REPLAY_COMPILED_MIN_STEPS = 512
 
 
-def _replay_compiled(kernel, rows, lag_from, k, hyper, args, min_steps=None, **states):
+def _replay_compiled(rule, rows, lag_from, k, hyper, args, min_steps=None, **states):
     """Replay the skipped steps with the Numba kernel of the same rule, for long gaps.
 
     With L2 weight decay a zero-gradient step of Adagrad, RMSprop or Adam is a nonlinear
@@ -283,6 +343,7 @@ def _replay_compiled(kernel, rows, lag_from, k, hyper, args, min_steps=None, **s
     package), which runs the same update per element in a compiled loop; shorter ones
     (and CuPy arrays, or an install without Numba) stay on the NumPy replay, which the
     tests compare with both the dense loop and the compiled one. Returns whether it ran.
+    ``rule``: the rule's key in ``kernels.row_kernels`` (its Numba kernel does the replay).
     ``rows`` (copies of the lagging rows, ``None`` for an absent state) are updated in
     place; they all catch up to the same step ``lag_from + k``.
     """
@@ -296,9 +357,9 @@ def _replay_compiled(kernel, rows, lag_from, k, hyper, args, min_steps=None, **s
         return False
     n = rows[0].shape[0]
     target = int(lag_from[0]) + int(k[0])
-    getattr(cpu, kernel)(rows[0], *rows[1:], np.arange(n, dtype=np.int64), None, target,
-                         np.ascontiguousarray(lag_from, dtype=np.int64).copy(), *args,
-                         history=hyper.history, **states)
+    row_kernel(rule, cpu)(rows[0], *rows[1:], np.arange(n, dtype=np.int64), None, target,
+                          np.ascontiguousarray(lag_from, dtype=np.int64).copy(), *args,
+                          history=hyper.history, **states)
     return True
 
 
@@ -317,7 +378,7 @@ def _drift_compiled(rows, lag_from, k, hyper, rule, amsgrad):
     if work <= DRIFT_COMPILED_MIN_WORK and int(k.max()) <= REPLAY_COMPILED_MIN_STEPS:
         return False
     rest = [rows[0], rows[1], rows[2]]
-    ran = _replay_compiled("adam_rows", rest, lag_from, k, hyper,
+    ran = _replay_compiled("adam", rest, lag_from, k, hyper,
                            (hyper.lr, *rule[:3], hyper.wd, rule[3], amsgrad),
                            max_exp_avg_sq=rows[3], min_steps=0)
     if ran:
@@ -398,7 +459,7 @@ def _momentum_catch_up(rows, lag_from, k, hyper, mu, damp, nesterov):
 
 
 def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, nesterov,
-                  weight_decay, history=None, guard=None):
+                  weight_decay, history=None, guard=None, trusted=False):
     """SGD with momentum (torch semantics) on rows ``idx``; exact catch-up is closed form
     (a product of the 2x2 step maps: a matrix power, or block products of the history)."""
     hyper = _Hyper(lr, weight_decay, history)
@@ -406,13 +467,14 @@ def momentum_rows(param, buf, idx, grad, t, last, lr, momentum, dampening, neste
     return _drive(param, [buf] if momentum else [None], idx, grad, t, last,
                   lambda r, g, s: _momentum_step(r, g, s, hyper.lr, hyper.wd, *rule),
                   lambda r, lf, k: _momentum_catch_up(r, lf, k, hyper, *rule),
-                  [bool(momentum)], ["buf"], history, guard)
+                  [bool(momentum)], ["buf"], history, guard, trusted)
 
 
-def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None):
+def sgd_rows(param, idx, grad, t, last, lr, weight_decay, history=None, guard=None,
+             trusted=False):
     """Plain SGD: momentum_rows without a buffer (skipped steps decay by prod(1 - lr*wd))."""
     return momentum_rows(param, None, idx, grad, t, last, lr, 0.0, 0.0, False, weight_decay,
-                         history, guard)
+                         history, guard, trusted)
 
 
 # --- Adagrad -------------------------------------------------------------------------------
@@ -425,7 +487,7 @@ def _adagrad_step(rows, g, s, lr, wd, eps, lr_decay):
 
 
 def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay=0.0,
-                 history=None, guard=None):
+                 history=None, guard=None, trusted=False):
     """Adagrad (torch). A zero gradient changes nothing unless weight decay is on."""
     hyper = _Hyper(lr, weight_decay, history)
 
@@ -434,11 +496,11 @@ def adagrad_rows(param, acc, idx, grad, t, last, lr, eps, weight_decay, lr_decay
 
     def catch_up(r, lf, k):
         if hyper.wd_any and not _replay_compiled(
-                "adagrad_rows", r, lf, k, hyper, (hyper.lr, eps, hyper.wd, lr_decay)):
+                "adagrad", r, lf, k, hyper, (hyper.lr, eps, hyper.wd, lr_decay)):
             _replay(step, r, lf, k, hyper)
 
     return _drive(param, [acc], idx, grad, t, last, step, catch_up, [True], ["acc"], history,
-                  guard)
+                  guard, trusted)
 
 
 # --- RMSprop -------------------------------------------------------------------------------
@@ -465,7 +527,7 @@ def _rmsprop_catch_up(rows, lag_from, k, hyper, alpha, momentum):
 
 
 def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha, eps,
-                 momentum, centered, weight_decay, history=None, guard=None):
+                 momentum, centered, weight_decay, history=None, guard=None, trusted=False):
     """RMSprop (torch; ``alpha`` is the API's ``rho``); ``grad_avg``/``buf`` may be None."""
     hyper = _Hyper(lr, weight_decay, history)
     rule = (alpha, eps, momentum, centered)
@@ -475,7 +537,7 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
 
     def catch_up(r, lf, k):
         if hyper.wd_any:
-            if not _replay_compiled("rmsprop_rows", r, lf, k, hyper,
+            if not _replay_compiled("rmsprop", r, lf, k, hyper,
                                     (hyper.lr, alpha, eps, momentum, centered, hyper.wd)):
                 _replay(step, r, lf, k, hyper)
         else:
@@ -483,7 +545,7 @@ def rmsprop_rows(param, square_avg, grad_avg, buf, idx, grad, t, last, lr, alpha
 
     return _drive(param, [square_avg, grad_avg, buf], idx, grad, t, last, step, catch_up,
                   [True, bool(centered), bool(momentum)], ["square_avg", "grad_avg", "buf"],
-                  history, guard)
+                  history, guard, trusted)
 
 
 # --- Adam / AdamW --------------------------------------------------------------------------
@@ -559,7 +621,7 @@ def _adam_drift(rows, lag_from, k, hyper, b1, b2, eps, decoupled, amsgrad, tol):
             lr = xp.full(s.shape, hyper.lr)
             wd = xp.full(s.shape, hyper.wd)
         else:
-            h = _host(s_int)
+            h = _host(s_int) - hyper.history.base
             lr, wd = xp.asarray(hyper.history.lr[h]), xp.asarray(hyper.history.wd[h])
         jf = j.astype(np.float64)[:, None, None]
         m_j = m0f[live][None] * b1 ** jf  # (c, n_live, width)
@@ -612,7 +674,8 @@ def _adam_drift(rows, lag_from, k, hyper, b1, b2, eps, decoupled, amsgrad, tol):
 
 
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
-              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None):
+              decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None,
+              trusted=False):
     """Adam (``decoupled=False``: L2 weight decay) or AdamW on rows ``idx``.
 
     ``last=None`` is lazy mode with ``torch.optim.SparseAdam``'s update; exact mode uses
@@ -629,7 +692,7 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     def catch_up(r, lf, k):
         if hyper.wd_any and not decoupled:
             rest = [r[0], r[1], r[2]]
-            if not _replay_compiled("adam_rows", rest, lf, k, hyper,
+            if not _replay_compiled("adam", rest, lf, k, hyper,
                                     (hyper.lr, *rule[:3], hyper.wd, False, amsgrad),
                                     max_exp_avg_sq=r[3]):
                 _replay(step, r, lf, k, hyper)
@@ -639,4 +702,10 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
             _adam_drift(r, lf, k, hyper, *rule, amsgrad, tol=adam_drift_tol(r[0].dtype))
 
     return _drive(param, [m, v, max_exp_avg_sq], idx, grad, t, last, step, catch_up,
-                  [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history, guard)
+                  [True, True, bool(amsgrad)], ["m", "v", "max_exp_avg_sq"], history, guard,
+                  trusted)
+
+
+register_row_kernels('numpy', {"sgd": sgd_rows, "momentum": momentum_rows,
+                               "adagrad": adagrad_rows, "rmsprop": rmsprop_rows,
+                               "adam": adam_rows})

@@ -16,7 +16,7 @@ class Adagrad(Optimizer):
     touched row skipped k steps: the step is not linear, so no closed form exists).
     """
 
-    kernel = "adagrad_rows"
+    rule = "adagrad"
     layout = ("sum",)
 
     def __init__(self, params, lr=1e-2, eps=1e-10, weight_decay=0.0,

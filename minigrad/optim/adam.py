@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from kernels.reference.optim import adam_matrix
+from kernels.rules.adam import series_blocks
 from minigrad.ops import cast, maximum, sqrt
 from minigrad.optim.base import Optimizer, check_hyper
 
@@ -20,7 +21,7 @@ class Adam(Optimizer):
     ``eps / sqrt(v)`` (O(1) per element), see docs/optimizers.md.
     """
 
-    kernel = "adam_rows"
+    rule = "adam"
     layout = ("exp_avg", "exp_avg_sq")  # max_exp_avg_sq (amsgrad) goes by keyword
     default_sparse = "lazy"
     decoupled = False
@@ -42,6 +43,9 @@ class Adam(Optimizer):
 
     def catch_up_matrix(self):
         return adam_matrix if self.decoupled else None
+
+    def catch_up_series(self):
+        return series_blocks(*self.betas, self.decoupled, self.amsgrad)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps,

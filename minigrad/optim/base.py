@@ -50,9 +50,9 @@ def check_hyper(owner, name, value, low=0.0, high=math.inf, low_open=False, high
 
 
 class Optimizer:
-    """Base class. Subclasses set ``kernel``, ``layout`` and implement the rule methods."""
+    """Base class. Subclasses set ``rule``, ``layout`` and implement the rule methods."""
 
-    kernel = ""  # name of the fused row kernel in kernels.{reference,cpu,gpu}
+    rule = ""  # the rule's key in kernels.row_kernels (its fused row kernel per backend)
     layout = ()  # the kernel's state arguments, in order (absent ones are passed as None)
     default_sparse = "exact"
 
@@ -82,8 +82,9 @@ class Optimizer:
             states = {k: shared(self.initial_state(k, p.value), name=f"{label}.{k}")
                       for k in self.state_names()}
             self.param_states.append(ParamState(
-                label, p, states, shared(np.int64(0), name=f"{label}.step"), self.kernel,
-                self.layout, self.kernel_hyper(), self.catch_up_matrix()))
+                label, p, states, shared(np.int64(0), name=f"{label}.step"), self.rule,
+                self.layout, self.kernel_hyper(), self.catch_up_matrix(),
+                series=self.catch_up_series()))
         self._kinds = [None] * len(params)
 
     # views kept for callers and tests ----------------------------------------------------
@@ -157,6 +158,11 @@ class Optimizer:
         need none. A plain function of the rule's constants (it must not hold ``self``)."""
         return None
 
+    def catch_up_series(self):
+        """Per-step block sums the rule's closed-form catch-up reads from the step history
+        (``kernels.rules.adam.SeriesBlocks`` for Adam), or ``None`` (the default)."""
+        return None
+
     def needs_catch_up(self):
         """Whether a zero-gradient step changes anything (then exact mode keeps ``last``)."""
         return True
@@ -214,7 +220,7 @@ class Optimizer:
         self._kinds[i] = kind
 
     def _dense_rule(self, i, p, g, t_new, hyper):
-        if self.kernel:
+        if self.rule:
             # a dense gradient is a row-sparse one touching every row: the fused kernel
             # updates it in place in one pass (dense semantics: exact mode), where a
             # symbolic rule would allocate a temporary per arithmetic step (a scalar

@@ -18,7 +18,7 @@ class Momentum(Optimizer):
     weight decay, from the step history's block products: docs/optimizers.md).
     """
 
-    kernel = "momentum_rows"
+    rule = "momentum"
     layout = ("buf",)
 
     def __init__(self, params, lr=1e-3, momentum=0.9, nesterov=False, dampening=0.0,

@@ -122,8 +122,9 @@ class RowUpdate(Op):
         ones; ``guard.status`` then says how many rows it wrote and where it stopped."""
         tables, (grad, t, hyper) = inputs[:-3], inputs[-3:]
         hyper = np.asarray(_host(hyper), dtype=np.float64)
+        # PrepareRows made grad: coalesced, range-checked indices (trusted by the kernel)
         self.state.run(module, list(tables), grad.indices, grad.values, int(t),
-                       float(hyper[0]), float(hyper[1]), self.exact, guard)
+                       float(hyper[0]), float(hyper[1]), self.exact, guard, trusted=True)
         return tuple(tables)
 
     def perform(self, node, inputs):
@@ -239,8 +240,13 @@ class FreshTake(Op):
             # each lagging read gets its own copy (a repeated index is caught up twice,
             # identically: cheaper than de-duplicating every read)
             local = xp.arange(pos.shape[0], dtype=np.int64)
-            self.state.catch_up(module, [*sub, sub_last], local, t)
-            out[pos] = sub[0]
+            self.state.catch_up(module, [*sub, sub_last], local, t, trusted=True)
+            if pos.shape[0] == flat.shape[0]:
+                # every read lags (the common case on a large table): the caught-up copy is
+                # the result as it stands; the row scatter costs ~11 us for 256 rows
+                out = sub[0]
+            else:
+                out[pos] = sub[0]
         return (out.reshape(shape),)
 
     def perform(self, node, inputs):
@@ -269,7 +275,7 @@ class CatchUpAll(Op):
         # nothing pending (e.g. a table updated densely every step): skip the kernel call
         if t >= 1 and int(last.min()) < t:
             rows = array_module(param).arange(_n_rows(param), dtype=np.int64)
-            self.state.catch_up(module, tables, rows, t)
+            self.state.catch_up(module, tables, rows, t, trusted=True)
         return (param,)
 
     def perform(self, node, inputs):

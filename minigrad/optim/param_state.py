@@ -17,7 +17,8 @@ import weakref
 
 import numpy as np
 
-from kernels.reference.history import StepHistory
+from kernels.reference.history import COMPACT_MIN, StepHistory
+from kernels.row_kernels import row_kernel
 from minigrad.variables import shared
 
 #: live exact-mode states by the id of their parameter: how ``fresh_reads`` finds the
@@ -64,11 +65,12 @@ def _forget(key, ref):
 class ParamState:
     """Tables, step counter, last-step array and history of one parameter."""
 
-    def __init__(self, label, param, states, step, kernel, layout, kernel_hyper, matrix):
+    def __init__(self, label, param, states, step, rule, layout, kernel_hyper, matrix,
+                 series=None):
         self.label, self.param, self.states, self.step = label, param, states, step
-        self.kernel, self.layout = kernel, tuple(layout)
+        self.rule, self.layout = rule, tuple(layout)
         self.kernel_hyper = dict(kernel_hyper)
-        self.matrix = matrix
+        self.matrix, self.series = matrix, series
         self.last = None
         self.history = None
         self.pending = False
@@ -92,7 +94,7 @@ class ParamState:
         step = int(self.step.value)
         rows = self.param.value.shape[0] if self.param.value.ndim else 1
         self.last = shared(np.full(rows, step, dtype=np.int64), name=f"{self.label}.last_step")
-        self.history = StepHistory(self.matrix)
+        self.history = StepHistory(self.matrix, series=self.series)
         self.history.restart(step)
         self._watch([self.last])
         key, ref = id(self.param), weakref.ref(self)
@@ -115,7 +117,7 @@ class ParamState:
         return [v.value for v in self.table_vars(exact)]
 
     # --- kernel calls -----------------------------------------------------------------
-    def _call(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
+    def _call(self, module, tables, idx, grad, t, lr, wd, exact, guard=None, trusted=False):
         if tables[0].ndim == 0:
             # a scalar parameter is a table of one row of one element for the kernels:
             # reshaped views, so the kernel's in-place writes land in the 0-d arrays
@@ -127,29 +129,41 @@ class ParamState:
         by_name = {k: v for k, v in states.items() if k not in self.layout}
         if guard is not None:
             by_name["guard"] = guard
-        return getattr(module, self.kernel)(
+        return row_kernel(self.rule, module)(
             param, *[states.get(name) for name in self.layout], idx, grad, t, last,
             lr=lr, weight_decay=wd, history=self.history if exact else None,
-            **by_name, **self.kernel_hyper)
+            trusted=trusted, **by_name, **self.kernel_hyper)
 
-    def run(self, module, tables, idx, grad, t, lr, wd, exact, guard=None):
+    def run(self, module, tables, idx, grad, t, lr, wd, exact, guard=None, trusted=False):
         """Step ``t`` on rows ``idx`` of ``tables`` (the arrays of ``table_vars``): exact
         mode records the step's lr / weight decay first (a retried step overwrites it).
         With a ``RowGuard`` the kernel saves the rows it writes and checks them: returns
-        the position of the first non-finite row, or -1 (``guard.restore()`` undoes)."""
+        the position of the first non-finite row, or -1 (``guard.restore()`` undoes).
+        ``trusted``: ``idx`` comes from a checked, coalesced ``RowSparse`` (compiled
+        code), so the kernel skips its O(rows) index checks."""
         if exact:
-            self.history.record(t, lr, wd)
-        bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard)
+            self.record_step(t, lr, wd)
+        bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard, trusted)
         if exact:
             self.pending = True
         return bad if guard is not None else -1
 
-    def catch_up(self, module, tables, rows, t):
-        """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step)."""
+    def record_step(self, t, lr, wd):
+        """Exact mode: record step ``t``'s lr / weight decay in the history, compacting a
+        full window first (``StepHistory.compact``: one O(V) min over ``last``)."""
+        h = self.history
+        if t - h.base >= h.cap and h.cap >= COMPACT_MIN:
+            h.compact(int(self.last.value.min()))
+        h.record(t, lr, wd)
+
+    def catch_up(self, module, tables, rows, t, trusted=False):
+        """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step);
+        ``trusted``: ``rows`` are sorted, unique and in range (found in the tables)."""
         if t < 1 or rows.shape[0] == 0:
             return
         h = self.history
-        self._call(module, tables, rows, None, t, float(h.lr[t]), float(h.wd[t]), True)
+        lr, wd = h.at(t)
+        self._call(module, tables, rows, None, t, lr, wd, True, trusted=trusted)
 
     def flush(self):
         """Catch every row up to the current step (what ``get_value`` needs)."""
@@ -162,7 +176,9 @@ class ParamState:
         if idx.shape[0]:
             # the kernels of the function that pended the rows (compile.py sets it)
             module = getattr(self, "flush_module", None) or module_for(self.param.value)
-            self.catch_up(module, self.arrays(True), idx, t)
+            self.catch_up(module, self.arrays(True), idx, t, trusted=True)
+        # every row is up to date at t: no step before it is needed any more
+        self.history.restart(t)
         self.pending = False
 
     def restart(self, step):

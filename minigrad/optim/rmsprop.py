@@ -18,7 +18,7 @@ class RMSprop(Optimizer):
     own lr); with weight decay the skipped steps are replayed in the kernel (O(k) per row).
     """
 
-    kernel = "rmsprop_rows"
+    rule = "rmsprop"
     layout = ("square_avg", "grad_avg", "buf")
 
     def __init__(self, params, lr=1e-2, rho=0.9, eps=1e-8, weight_decay=0.0, momentum=0.0,

@@ -15,7 +15,7 @@ class SGD(Optimizer):
     row is next touched or flushed, ``"lazy"`` decays touched rows only.
     """
 
-    kernel = "sgd_rows"
+    rule = "sgd"
 
     def __init__(self, params, lr=1e-3, weight_decay=0.0, transforms=None, sparse="exact"):
         super().__init__(params, lr, weight_decay, transforms, sparse)
