@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("numba", reason="the direct path calls the Numba row loops")
 
+from test_optim_row_guard import _raw  # noqa: E402  (tests/ is on sys.path)
+
 import minigrad as mg  # noqa: E402
 from minigrad import direct_updates  # noqa: E402
 
@@ -130,15 +132,6 @@ def test_a_non_finite_update_on_the_direct_path_leaves_every_table_bitwise_uncha
         np.testing.assert_array_equal(a, b, err_msg=label)
     f(np.array([1, 2], np.int32), np.ones((2, 4), np.float32))  # and it still steps
     assert int(opt.param_states[0].step.value) == 5
-
-
-def _raw(opt):
-    out = []
-    for ps in opt.param_states:
-        for var in ps.table_vars(ps.last is not None):
-            out.append((str(var), var._value.copy()))
-        out.append((str(ps.step), np.array(ps.step._value)))
-    return out
 
 
 def test_what_the_direct_path_does_not_cover_keeps_the_checked_path(monkeypatch):
