@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -95,6 +97,35 @@ def test_unbound_segment_binds_at_its_call_and_gives_the_same_values(step, monke
     assert fn._safe_run.jit_fallbacks == []
     for p, v in zip(params, saved):  # the step ran once (SGD moved the parameters)
         assert not np.array_equal(p.get_value(), v)
+
+
+def _recorded_helpers(dispatcher):
+    """The ``(module, qualname, argtypes, symbol)`` each helper call of a segment recorded."""
+    for cres in dispatcher.overloads.values():
+        engine = cres.library.codegen._engine._ee
+        mod = cres.library._get_module_for_linking()
+        for gv in mod.global_variables:
+            if gv.name.startswith(jit_calls.SIG):
+                text = ctypes.string_at(engine.get_global_value_address(gv.name))
+                yield pickle.loads(bytes.fromhex(text.decode()))
+
+
+def test_binding_ignores_the_compiling_process_unique_id(step):
+    """A segment cached by another process records its helpers' mangled names with that
+    process's unique ids (``...B2v2B56...``); this process's helper, loaded from its own
+    cache, may be ``...B2v1B56...``. Binding looks up this process's symbol: it used to
+    fail ("has no symbol") and leave the function on its thunks for good."""
+    recorded = list(_recorded_helpers(step[0]._safe_run.compiled[0]))
+    assert recorded
+    for module, qualname, argtypes, target in recorded:
+        # the ABI tag "B<length>v<id>B": another process's id
+        other = re.sub(r"B(\d+)v(\d+)B", lambda m: f"B{len(str(int(m[2]) + 1)) + 1}v"
+                       f"{int(m[2]) + 1}B", target, count=1)
+        assert other != target, target
+        here = jit_calls.helper_address(module, qualname, argtypes, target)
+        assert here and jit_calls.helper_address(module, qualname, argtypes, other) == here
+    with pytest.raises(RuntimeError, match="unknown helper module"):
+        jit_calls.helper_address("os", "system", (), "x")
 
 
 def test_helper_exception_propagates_through_the_address():

@@ -178,6 +178,26 @@ def __getattr__(name):  # ``from minigrad.backends.jit_calls import J, F``
 # --- binding: writing this process's helper addresses into a segment ------------------
 
 
+def helper_address(module_name, qualname, argtypes, target):
+    """This process's address of the helper a segment recorded as ``(module, qualname,
+    argument types, symbol)``, compiling or loading the helper's overload.
+
+    The recorded symbol is only a label: a mangled name carries the compiling process's
+    unique id of the function (``...B2v2B56...`` where this process, loading the helper
+    from its own cache, may have ``...B2v1B56...``), so this process's own name is used."""
+    if module_name not in _HELPER_MODULES:
+        raise RuntimeError(f"jit segment names an unknown helper module {module_name!r}")
+    helper = getattr(importlib.import_module(module_name), qualname)
+    helper.compile(argtypes)
+    cres = helper.overloads[tuple(argtypes)]
+    symbol = cres.fndesc.llvm_func_name
+    address = cres.library.get_pointer_to_function(symbol)
+    if not address:
+        raise RuntimeError(f"helper {qualname}{argtypes} has no symbol {symbol} "
+                           f"(compiled as {target})")
+    return address
+
+
 def bind(dispatcher):
     """Write the helper addresses of every overload of the segment ``dispatcher``;
     returns how many were written."""
@@ -197,15 +217,7 @@ def bind_steps(dispatcher):
                 continue
             key = gv.name[len(SIG):]
             text = ctypes.string_at(engine.get_global_value_address(gv.name))
-            module_name, qualname, argtypes, target = pickle.loads(bytes.fromhex(text.decode()))
-            if module_name not in _HELPER_MODULES:
-                raise RuntimeError(f"jit segment names an unknown helper module {module_name!r}")
-            helper = getattr(importlib.import_module(module_name), qualname)
-            helper.compile(argtypes)
-            helper_lib = helper.overloads[tuple(argtypes)].library
-            address = helper_lib.get_pointer_to_function(target)
-            if not address:
-                raise RuntimeError(f"helper {qualname}{argtypes} has no symbol {target}")
+            address = helper_address(*pickle.loads(bytes.fromhex(text.decode())))
             ctypes.c_void_p.from_address(engine.get_global_value_address(ADDR + key)).value = \
                 address
             yield key
