@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -70,12 +69,8 @@ def test_first_call_matches_reference(step):
 
 
 def _address_slots(dispatcher):
-    for cres in dispatcher.overloads.values():
-        engine = cres.library.codegen._engine._ee
-        mod = cres.library._get_module_for_linking()
-        for gv in mod.global_variables:
-            if gv.name.startswith(jit_calls.ADDR):
-                yield ctypes.c_void_p.from_address(engine.get_global_value_address(gv.name))
+    for name, address_of in jit_calls.segment_globals(dispatcher, jit_calls.ADDR):
+        yield ctypes.c_void_p.from_address(address_of(name))
 
 
 def test_unbound_segment_binds_at_its_call_and_gives_the_same_values(step, monkeypatch):
@@ -101,13 +96,8 @@ def test_unbound_segment_binds_at_its_call_and_gives_the_same_values(step, monke
 
 def _recorded_helpers(dispatcher):
     """The ``(module, qualname, argtypes, symbol)`` each helper call of a segment recorded."""
-    for cres in dispatcher.overloads.values():
-        engine = cres.library.codegen._engine._ee
-        mod = cres.library._get_module_for_linking()
-        for gv in mod.global_variables:
-            if gv.name.startswith(jit_calls.SIG):
-                text = ctypes.string_at(engine.get_global_value_address(gv.name))
-                yield pickle.loads(bytes.fromhex(text.decode()))
+    for name, address_of in jit_calls.segment_globals(dispatcher, jit_calls.SIG):
+        yield jit_calls.recorded_helper(address_of(name))
 
 
 def test_binding_ignores_the_compiling_process_unique_id(step):

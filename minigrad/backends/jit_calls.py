@@ -208,19 +208,30 @@ def bind_steps(dispatcher):
     """:func:`bind` one helper at a time: a generator that yields after each address it
     wrote (each is a load from Numba's cache, ~10 ms), so that the tiered linker can spread
     them over calls instead of stalling one call for all of them."""
+    for name, address_of in segment_globals(dispatcher, SIG):
+        key = name[len(SIG):]
+        address = helper_address(*recorded_helper(address_of(name)))
+        ctypes.c_void_p.from_address(address_of(ADDR + key)).value = address
+        yield key
+
+
+def segment_globals(dispatcher, prefix):
+    """``(name, address_of)`` for each global whose name starts with ``prefix`` in every
+    overload of segment ``dispatcher``; ``address_of(name)`` gives the address of any
+    global of that overload's module (its helper slot ``ADDR + key`` beside ``SIG + key``)."""
     for cres in list(dispatcher.overloads.values()):
         library = cres.library
-        engine = library.codegen._engine._ee
+        address_of = library.codegen._engine._ee.get_global_value_address
         module = library._get_module_for_linking()  # its globals, also when loaded from cache
         for gv in module.global_variables:
-            if not gv.name.startswith(SIG):
-                continue
-            key = gv.name[len(SIG):]
-            text = ctypes.string_at(engine.get_global_value_address(gv.name))
-            address = helper_address(*pickle.loads(bytes.fromhex(text.decode())))
-            ctypes.c_void_p.from_address(engine.get_global_value_address(ADDR + key)).value = \
-                address
-            yield key
+            if gv.name.startswith(prefix):
+                yield gv.name, address_of
+
+
+def recorded_helper(address):
+    """The ``(module, qualname, argument types, symbol)`` a segment recorded at
+    ``address`` (the text of a ``SIG`` global) for one helper call."""
+    return pickle.loads(bytes.fromhex(ctypes.string_at(address).decode()))
 
 
 class BoundSegment:
