@@ -91,17 +91,15 @@ def direct_update(node, kernels):
     state = node.op.state
     if kernels is not cpu or node.inputs[0].ndim < 1:
         return None
-    name = f"{state.rule}_rows"  # the rule's key in kernels.row_kernels
     from kernels.row_kernels import row_kernel  # (a swapped table entry: checked path)
 
-    if row_kernel(state.rule, kernels) is not getattr(loops, name, object()):
-        return None
+    kernel = row_kernel(state.rule, kernels)
     hyper = dict(state.kernel_hyper)
-    if name == "adam_rows" and not hyper.get("amsgrad") and _loop_matches(loops, "_adam") \
+    if kernel is loops.adam_rows and not hyper.get("amsgrad") and _loop_matches(loops, "_adam") \
             and set(state.states) == {"exp_avg", "exp_avg_sq"}:
         return _AdamRows(node.op, loops, hyper)
-    if name in ("momentum_rows", "sgd_rows") and _loop_matches(loops, "_momentum"):
-        if name == "sgd_rows":
+    if kernel in (loops.momentum_rows, loops.sgd_rows) and _loop_matches(loops, "_momentum"):
+        if kernel is loops.sgd_rows:
             hyper = {"momentum": 0.0, "dampening": 0.0, "nesterov": False}
         if set(state.states) != ({"buf"} if hyper["momentum"] else set()):
             return None
@@ -117,6 +115,17 @@ def direct_entries(nodes, entries, kernels):
         call = direct_update(node, kernels)
         out.append((thunk if call is None else call, ins, outs, label))
     return out
+
+
+def _memo(cache, key, make):
+    """``cache[key]``, made by ``make()`` on a miss. At most 65 entries: under a schedule
+    every step brings a new lr, so the cache is emptied rather than left to grow."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) > 64:
+            cache.clear()
+        value = cache[key] = make()
+    return value
 
 
 class _Direct:
@@ -150,15 +159,10 @@ class _Direct:
         state = self.state
         if exact:  # as ParamState.run: the step's lr / wd first (a retried step rewrites it)
             state.record_step(t, lr, wd)
-        if exact:
             steps = self.loops._Steps(state.history, lr, wd, t - 1, True, self.decoupled)
         else:  # no history: the stand-ins depend on lr and wd only
-            steps = self._steps.get((lr, wd))
-            if steps is None:
-                if len(self._steps) > 64:
-                    self._steps.clear()
-                steps = self._steps[(lr, wd)] = self.loops._Steps(None, lr, wd, t - 1, False,
-                                                                  self.decoupled)
+            steps = _memo(self._steps, (lr, wd), lambda: self.loops._Steps(
+                None, lr, wd, t - 1, False, self.decoupled))
         if guard is not None:
             saved, saved_last = guard.buffers([p2, *states, *([None] * self.absent)], last,
                                               idx, 4)
@@ -185,13 +189,8 @@ class _AdamRows(_Direct):
         self.lazy = direct_rows  # its lazy_adam, looked up per call
 
     def ratio(self, lrwd):
-        r = self._ratio.get(lrwd)
-        if r is None:
-            if len(self._ratio) > 64:
-                self._ratio.clear()
-            r = self._ratio[lrwd] = self.loops.adam_drift_ratio(
-                1.0, self.b1, self.b2, lrwd, self.decoupled)[1]
-        return r
+        return _memo(self._ratio, lrwd, lambda: self.loops.adam_drift_ratio(
+            1.0, self.b1, self.b2, lrwd, self.decoupled)[1])
 
     def step(self, p2, states, idx, g, t, last, lr, wd, steps, checks):
         m2, v2 = states
@@ -221,15 +220,12 @@ class _MomentumRows(_Direct):
         self._matrix = {}
 
     def matrix(self, lr, wd):
-        a = self._matrix.get((lr, wd))
-        if a is None:
-            from kernels.reference.optim import momentum_matrix
+        return _memo(self._matrix, (lr, wd), lambda: self._make_matrix(lr, wd))
 
-            if len(self._matrix) > 64:
-                self._matrix.clear()
-            a = self._matrix[(lr, wd)] = np.array(
-                momentum_matrix(lr, self.mu, self.damp, self.nesterov, wd), dtype=float)
-        return a
+    def _make_matrix(self, lr, wd):
+        from kernels.reference.optim import momentum_matrix
+
+        return np.array(momentum_matrix(lr, self.mu, self.damp, self.nesterov, wd), dtype=float)
 
     def step(self, p2, states, idx, g, t, last, lr, wd, steps, checks):
         b2 = states[0] if states else self.empty(p2)
