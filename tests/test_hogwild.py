@@ -218,7 +218,12 @@ def test_ctrl_c_stops_all_workers(ratings, no_leak):
     snapshot = [p.get_value() for p in model.params]
 
     def press_ctrl_c():
-        time.sleep(1.0)
+        # once both workers run: while the parent forks one it ignores SIGINT for that
+        # instant (so the child inherits the ignore), and a press then would be lost
+        deadline = time.monotonic() + 60.0
+        while len(mp.active_children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
         for child in mp.active_children():  # a terminal sends SIGINT to the whole group
             os.kill(child.pid, signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
