@@ -26,13 +26,21 @@ from kernels.row_guard import RowGuard  # noqa: E402
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 _ADAM_PARAMS = tuple(inspect.signature(cpu_optim._adam.py_func).parameters)
-_EXACT_PARAMS = tuple(inspect.signature(cpu_optim._adam_exact.py_func).parameters)
 
 
-def _plain(*args):
-    """The plain loop called with ``_adam``'s arguments (the ones it takes, by name)."""
-    by_name = dict(zip(_ADAM_PARAMS, args))
-    return cpu_optim._adam_exact(*[by_name[name] for name in _EXACT_PARAMS])
+def _by_name(loop):
+    names = tuple(inspect.signature(loop.py_func).parameters)
+
+    def call(*args):
+        """``loop`` called with ``_adam``'s arguments (the ones it takes, by name)."""
+        by_name = dict(zip(_ADAM_PARAMS, args))
+        return loop(*[by_name[name] for name in names])
+
+    return call
+
+
+_plain = _by_name(cpu_optim._adam_exact)
+_plain_catch_up = _by_name(cpu_optim._adam_exact_catch_up)
 
 T = 3200  # the call's step
 V, D = 40, 8
@@ -89,6 +97,25 @@ def test_plain_exact_loop_equals_the_general_loop(histories, decoupled, wd, dtyp
         np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-300)
     np.testing.assert_array_equal(got[3], want[3])
     assert (got[3][idx] == T).all()
+
+
+@pytest.mark.parametrize("decoupled, wd", [(False, 0.0), (True, 0.01)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_plain_catch_up_equals_the_general_loop(histories, decoupled, wd, dtype):
+    """Without a gradient (a flush, a read's lagging rows): rows brought up to step T."""
+    rng = np.random.default_rng(6)
+    base = _tables(rng, dtype)
+    base[3] = np.maximum(base[3] - 1, 0)  # one lag more: the catch-up goes up to T itself
+    idx = np.arange(0, V, dtype=np.int64)
+    got, want = [a.copy() for a in base], [a.copy() for a in base]
+    h = histories[(decoupled, wd)]
+    assert _run(_plain_catch_up, got, idx, None, h, decoupled, wd) == -1
+    assert _run(cpu_optim._adam_general, want, idx, None, h, decoupled, wd) == -1
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    for g, w in zip(got[:3], want[:3]):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-300)
+    np.testing.assert_array_equal(got[3], want[3])
+    assert not np.array_equal(got[0], base[0])  # (the catch-up moved rows)
 
 
 def test_adam_rows_takes_the_plain_loop(histories):

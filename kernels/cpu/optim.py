@@ -807,11 +807,16 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
           base, replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
     """Every Adam row update: an exact-mode gradient step whose catch-up has the history's
-    block sums (the common exact case) runs the plain loop ``_adam_exact``, the rest the
-    general loop ``_adam_general``. (One entry point, so ``minigrad/direct_updates.py``
+    block sums (the common exact case) runs the plain loop ``_adam_exact`` (without a
+    gradient, unguarded: ``_adam_exact_catch_up``), the rest the general loop
+    ``_adam_general``. (One entry point, so ``minigrad/direct_updates.py``
     and ``adam_rows`` get the same loop; a separate function, because LLVM optimises the
     element loops of one large function less well: ~1.6x, see kernels/cpu/direct_rows.py.)"""
     n = idx.shape[0]
+    if exact and not has_grad and has_s and not amsgrad and not replay and not guard:
+        return _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd,
+                                    decoupled, ratio, tol, lr_max, dist, has_h, lr_h, wd_h,
+                                    blocks, offsets, n_levels, base, sblocks, rho_pow, logs)
     if exact and has_grad and has_s and not amsgrad and not replay and (not guard or (
             SP.shape[0] >= n and SM.shape[0] >= n and SV.shape[0] >= n and SL.shape[0] >= n)):
         return _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled,
@@ -864,6 +869,55 @@ def _series_fits(M, V, r, v_floor):
     return fits
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _lag_scalars(sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2):
+    """The per-row scalars of the closed-form catch-up of steps ``L+1 .. L+k``, all summed:
+    ``(Q, s0..s5, b1**k, b2**k, v_floor)``; ``v_floor``: the least ``v`` (where ``m != 0``)
+    for which the series applies at every summed step (``eps / (a u) <= SERIES_MAX_RATIO``,
+    ``u`` taken at the last step, where it is smallest), squared so no sqrt is needed."""
+    Q, s0, s1, s2, s3, s4, s5 = _series_sums(sblocks, offsets, n_levels, rho_pow,
+                                             L + 1 - base, L + k - base)
+    iu = np.sqrt(-np.expm1(float(L + k) * log_b2)) * np.exp(-0.5 * float(k) * log_b2)
+    a_floor = eps * iu / (SERIES_MAX_RATIO * (1.0 - 1e-9))
+    return Q, s0, s1, s2, s3, s4, s5, b1 ** float(k), b2 ** float(k), a_floor * a_floor
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd, decoupled, ratio,
+                         tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
+                         base, sblocks, rho_pow, logs):
+    """``_adam_exact`` without a gradient (a flush, the read of lagging rows): each row's
+    catch-up to step ``t`` in one vectorisable pass, the general one where the series
+    does not fit."""
+    c_last = np.int64(-1)
+    Q = s0 = s1 = s2 = s3 = s4 = s5 = f1 = f2 = v_floor = 0.0
+    for i in range(idx.shape[0]):
+        _prefetch_ahead(idx, i, dist, P, M, V)
+        r = idx[i]
+        L = last[r]
+        k = t - L
+        last[r] = t
+        if k <= 0:
+            continue
+        if L != c_last:
+            Q, s0, s1, s2, s3, s4, s5, f1, f2, v_floor = _lag_scalars(
+                sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, logs[0])
+            c_last = L
+        if _series_fits(M, V, r, v_floor):
+            for d in range(P.shape[1]):
+                p, m, v = float(P[r, d]), float(M[r, d]), float(V[r, d])
+                ia = 1.0 / np.sqrt(v)
+                z = eps * ia
+                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+                P[r, d] = Q * p - (drift if m != 0.0 else 0.0)
+                M[r, d], V[r, d] = m * f1, v * f2
+        else:
+            _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, False,
+                           ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels,
+                           False, True, sblocks, rho_pow, logs, base)
+    return -1
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, ratio, tol,
                 lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, base, sblocks,
@@ -908,14 +962,8 @@ def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, ra
                              SP, SM, SV)
         else:
             if L != c_last:
-                Q, s0, s1, s2, s3, s4, s5 = _series_sums(sblocks, offsets, n_levels, rho_pow,
-                                                         L + 1 - base, L + k - base)
-                f1, f2 = b1 ** float(k), b2 ** float(k)
-                # u_k's inverse at the last summed step (the largest), as in the series
-                iu = np.sqrt(-np.expm1(float(L + k) * log_b2)) * np.exp(-0.5 * float(k)
-                                                                       * log_b2)
-                a_floor = eps * iu / (SERIES_MAX_RATIO * (1.0 - 1e-9))
-                v_floor = a_floor * a_floor
+                Q, s0, s1, s2, s3, s4, s5, f1, f2, v_floor = _lag_scalars(
+                    sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2)
                 c_last = L
             fits = _series_fits(M, V, r, v_floor)
             if fits and guard:
