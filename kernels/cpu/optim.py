@@ -870,6 +870,14 @@ def _series_fits(M, V, r, v_floor):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_last(idx, i, dist, last):
+    """Ask for ``last[idx[i + dist]]`` too (the exact loops read it first in every row: a
+    cache miss a row in a large table)."""
+    if dist > 0 and i + dist < idx.shape[0]:
+        _prefetch_for_write(last.reshape(last.shape[0], 1), idx[i + dist], 0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _lag_scalars(sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2):
     """The per-row scalars of the closed-form catch-up of steps ``L+1 .. L+k``, all summed:
     ``(Q, s0..s5, b1**k, b2**k, v_floor)``; ``v_floor``: the least ``v`` (where ``m != 0``)
@@ -893,6 +901,7 @@ def _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd, decoupl
     Q = s0 = s1 = s2 = s3 = s4 = s5 = f1 = f2 = v_floor = 0.0
     for i in range(idx.shape[0]):
         _prefetch_ahead(idx, i, dist, P, M, V)
+        _prefetch_last(idx, i, dist, last)
         r = idx[i]
         L = last[r]
         k = t - L
@@ -946,6 +955,7 @@ def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, ra
     Q = s0 = s1 = s2 = s3 = s4 = s5 = f1 = f2 = v_floor = 0.0
     for i in range(n):
         _prefetch_ahead(idx, i, dist, P, M, V)
+        _prefetch_last(idx, i, dist, last)
         r = idx[i]
         L = last[r]
         k = t - 1 - L
