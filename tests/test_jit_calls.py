@@ -281,3 +281,26 @@ def test_bundle_key_names_the_helpers_and_their_order_does_not_matter(bundles):
     a, b = "kernels.cpu.jit_ops.exp(float64)", "kernels.cpu.jit_ops.log(float64)"
     assert bundles.bundle_key([a, b]) == bundles.bundle_key([b, a, a])
     assert bundles.bundle_key([a, b]) != bundles.bundle_key([a])
+
+
+def test_helper_exception_propagates_from_a_bundle(bundles):
+    from numba import njit
+
+    broadcast = jit_calls.helpers("kernels.cpu.jit_ops").broadcast_1d
+
+    @njit
+    def segment(g, n):
+        return broadcast(g, n)
+
+    g = np.arange(3.0)
+    with pytest.raises(RuntimeError, match="not bound"):
+        segment(g, 3)
+    assert jit_calls.write_bundle(segment)  # one helper: MIN_HELPERS is 1 here
+    assert jit_calls.bind(segment) == 1
+    (slot, _), = jit_calls.helper_slots(segment)
+    single = jit_calls.helper_address(*jit_calls.helper_slots(segment)[0][1])
+    assert ctypes.c_void_p.from_address(slot).value not in (None, single)  # the bundle's
+    np.testing.assert_array_equal(segment(g, 3), g)
+    np.testing.assert_array_equal(segment(g[:1], 4), np.zeros(4))
+    with pytest.raises(ValueError, match="cannot broadcast"):
+        segment(g, 5)  # raised inside the bundle's code, through the caller's status code
