@@ -172,7 +172,10 @@ _CHILD = textwrap.dedent("""
     y = mg.sigmoid(mg.dot(x, w)).sum() + (x * x).mean()
     f = mg.function([x], [y, mg.grad(y, w)], mode=mg.Mode(backend="numba", linker="jit"))
     out = f(np.linspace(0, 1, 20).reshape(5, 4))
+    again = f(np.linspace(0, 1, 20).reshape(5, 4))  # a bundle is started at a 2nd call
+    assert float(again[0]) == float(out[0])
     d = f._safe_run.compiled[0]
+    helper_bundle.wait()  # a bundle being written beside the call (it would at exit too)
     print(json.dumps({"file": f._safe_run.segment_file, "y": float(out[0]),
                       "g": np.asarray(out[1]).tolist(),
                       "hits": sum(d.stats.cache_hits.values()),
@@ -186,8 +189,8 @@ _CHILD = textwrap.dedent("""
 def test_fresh_process_loads_binds_and_runs_the_cached_segment(tmp_path):
     """Three processes on one cache: the first compiles the segment and binds its helpers
     one by one; the second loads the segment, binds one by one (its helpers' mangled names
-    are not the first process's) and writes the helpers' bundle; the third binds from the
-    bundle. Same bits in all three."""
+    are not the first process's) and writes the helpers' bundle in a thread; the third
+    binds from the bundle. Same bits in all three."""
     import json
 
     env = dict(os.environ, MINIGRAD_CACHE_DIR=str(tmp_path),

@@ -20,12 +20,19 @@ given to the JIT, it is ignored.
 
 A bundle is written (``jit_calls.bind``) by a process that *loaded* a segment from the
 cache and had to bind its helpers one by one, when it calls at least :data:`MIN_HELPERS`
-helpers, and by the tiered linker's background compiler. Code generation of a training
-step's helpers costs 1-2 s, once: the process that compiles a segment (a first run, a
-test suite with fresh graphs) never pays it on top of the compile; the second run does,
-every later one binds in one load. Helpers that need what a bundle cannot give (a Numba
+helpers (in a thread, beside its training loop: :func:`build_in_background`), and by the
+tiered linker's background compiler. Code generation of a training step's helpers costs
+1.8-2.6 s of CPU, once: the process that compiles a segment (a first run, a test suite
+with fresh graphs) never spends it on top of the compile; the second run does, in the
+background; every later one binds in one load. Helpers that need what a bundle cannot give (a Numba
 environment object, dynamic globals, functions to re-run at load) make the whole set fall
-back to binding one at a time.
+back to binding one at a time. ``MINIGRAD_JIT_BUNDLES=0`` (read at import) switches
+bundles off: every segment binds helper by helper, and none is written.
+
+The trade, measured (``docs/compiler.md``): writing the embedding step's bundle costs
+1.8 s of CPU (31 helpers), the FM step's 2.6 s (39), once, in a thread of the second
+process; every later process saves ~0.2 s of CPU (0.5 s of wall time on a loaded box)
+at its first call.
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ import logging
 import os
 import pickle
 import tempfile
+import threading
 
 log = logging.getLogger("minigrad.jit")
 
@@ -237,4 +245,54 @@ def build(helpers):
     return path
 
 
-__all__ = ["MIN_HELPERS", "build", "bundle_dir", "bundle_key", "helper_label", "load"]
+# --- building beside the training loop --------------------------------------------------
+
+_WRITERS = []  # threads writing a bundle (at most one per key)
+_WRITING = set()
+
+
+def build_in_background(helpers):
+    """:func:`build` in a thread, so the training loop does not wait for the code
+    generation: LLVM runs without the GIL (llvmlite's calls release it), under Numba's
+    compiler lock (a compile or a cache load in the meantime waits for it: jit_calls starts
+    the thread at a segment's second call, after the first-time loads of the first). The
+    thread is joined before a ``fork`` (a child must not inherit the lock held) and at
+    interpreter exit (a bundle is written whole or not at all). Returns the thread, or
+    None."""
+    if _DISABLED or not helpers:
+        return None
+    key = bundle_key(helpers)
+    if key in _WRITING or os.path.exists(_path(key)):
+        return None
+    _WRITING.add(key)
+    thread = threading.Thread(target=_write, args=(helpers, key), daemon=False,
+                              name=f"minigrad-helper-bundle-{key[:8]}")
+    _WRITERS.append(thread)
+    thread.start()
+    return thread
+
+
+def _write(helpers, key):
+    from numba.core.compiler_lock import global_compiler_lock
+
+    try:
+        with global_compiler_lock:
+            build(helpers)
+    except Exception as err:  # a bundle is only a faster bind: never fail anything
+        log.warning("jit linker: helper bundle not built (%s: %s)", type(err).__name__, err)
+    finally:
+        _WRITING.discard(key)
+
+
+def wait(timeout=None):
+    """Wait for the bundles being written in this process (tests, benchmarks, fork)."""
+    for thread in list(_WRITERS):
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+    _WRITERS[:] = [t for t in _WRITERS if t.is_alive()]
+
+
+os.register_at_fork(before=wait)
+
+__all__ = ["MIN_HELPERS", "build", "build_in_background", "bundle_dir", "bundle_key",
+           "helper_label", "load", "wait"]

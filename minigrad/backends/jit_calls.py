@@ -220,9 +220,10 @@ def bind(dispatcher):
     With :data:`helper_bundle.MIN_HELPERS` distinct helpers or more, from their bundle
     when there is one (one load, ``helper_bundle.py``); otherwise one helper at a time.
     A segment loaded from the cache (not compiled by this process) that had to bind one
-    helper at a time then writes the bundle for the next process: code generation of the
-    helpers, ~1-2 s once, paid by the second process that runs a segment, never by the
-    compile (nor by a test suite that compiles its graphs afresh)."""
+    helper at a time then writes the bundle for the next process, in a thread started at
+    its next call, beside the training loop: code generation of the helpers, 1.8-2.6 s of
+    CPU once, spent by the second process that runs a segment, never by a compile (nor by
+    a test suite that compiles its graphs afresh)."""
     slots = helper_slots(dispatcher)
     big = len({helper_bundle.helper_label(*rec[:3]) for _, rec in slots}) \
         >= helper_bundle.MIN_HELPERS
@@ -231,20 +232,35 @@ def bind(dispatcher):
     for slot, rec in slots:
         ctypes.c_void_p.from_address(slot).value = helper_address(*rec)
     if big and sum(dispatcher.stats.cache_hits.values()):
-        write_bundle(dispatcher)
+        _PENDING.append(dispatcher)  # written from the segment's next call on
     return len(slots)
 
 
-def write_bundle(dispatcher):
+# segments whose helper bundle is to be written in the background: started at a segment's
+# next call, once the call that bound them (and its other first-time cache loads, which
+# take Numba's compiler lock too) is over
+_PENDING = []
+
+
+def _start_pending():
+    while _PENDING:
+        write_bundle(_PENDING.pop(), background=True)
+
+
+def write_bundle(dispatcher, background=False):
     """Write the bundle of the helpers the segment ``dispatcher`` calls (their code
-    generation: ~1-2 s for a training step); returns its path, or None when it was not
-    written (too few helpers, a helper that cannot be bundled, an unwritable cache)."""
+    generation: 1.8-2.6 s of CPU for a training step); returns its path, or None when it
+    was not written (too few helpers, a helper that cannot be bundled, an unwritable
+    cache). ``background=True``: in a thread (``helper_bundle.build_in_background``),
+    returns the thread."""
     recs = {helper_bundle.helper_label(*rec[:3]): rec for _, rec in helper_slots(dispatcher)}
     if len(recs) < helper_bundle.MIN_HELPERS:
         return None
     try:
-        return helper_bundle.build({label: helper_overload(*rec[:3])
-                                    for label, rec in recs.items()})
+        helpers = {label: helper_overload(*rec[:3]) for label, rec in recs.items()}
+        if background:
+            return helper_bundle.build_in_background(helpers)
+        return helper_bundle.build(helpers)
     except Exception as err:  # a bundle is only a faster bind: never fail a call
         helper_bundle.log.warning("jit linker: helper bundle not built (%s: %s)",
                                   type(err).__name__, err)
@@ -313,10 +329,14 @@ class BoundSegment:
 
     def __call__(self, *args):
         try:
-            return self.dispatcher(*args)
+            result = self.dispatcher(*args)
         except RuntimeError as err:
             if str(err) != UNBOUND:
                 raise
+        else:
+            if _PENDING:
+                _start_pending()
+            return result
         bind(self.dispatcher)
         return self.dispatcher(*args)
 
