@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import inspect
+import os
 import pickle
 import re
 import types as pytypes
@@ -232,19 +233,22 @@ def bind(dispatcher):
     for slot, rec in slots:
         ctypes.c_void_p.from_address(slot).value = helper_address(*rec)
     if big and sum(dispatcher.stats.cache_hits.values()):
-        _PENDING.append(dispatcher)  # written from the segment's next call on
+        _PENDING.append((os.getpid(), dispatcher))  # written from the segment's next call on
     return len(slots)
 
 
 # segments whose helper bundle is to be written in the background: started at a segment's
 # next call, once the call that bound them (and its other first-time cache loads, which
-# take Numba's compiler lock too) is over
+# take Numba's compiler lock too) is over; by the process that bound them only (forked
+# Hogwild workers would otherwise each write the same bundle)
 _PENDING = []
 
 
 def _start_pending():
     while _PENDING:
-        write_bundle(_PENDING.pop(), background=True)
+        pid, dispatcher = _PENDING.pop()
+        if pid == os.getpid():
+            write_bundle(dispatcher, background=True)
 
 
 def write_bundle(dispatcher, background=False):
