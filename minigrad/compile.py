@@ -238,6 +238,7 @@ class Function:
         if linker in ("jit", "tiered") and self.backend.name != "numba":
             linker = "generated"  # jit segments are Numba code
         if linker == "vm":
+            self.update_driver = None
             self._safe_run = vm_phase(safe, self.safe_in, self.safe_out, self.n_slots, const)
             self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)
             return
@@ -248,6 +249,17 @@ class Function:
             late = direct_entries(self.destructive_nodes, late, self._kernels)
         self._destructive_run = generated_phase(late, self.destructive_in, (),
                                                 "destructive_phase", const)
+        self.update_driver = None
+        if self._direct:  # every row update in one compiled call where all are covered
+            from minigrad.update_driver import build  # (update_driver.py)
+
+            self.update_driver = driver = build(self.destructive_nodes,
+                                                self.destructive_program, self._kernels,
+                                                self.destructive_in, const)
+            if driver is not None:  # the per-node phases stay: the catch-up path
+                driver.fallback_plain, self._destructive_run = self._destructive_run, driver.plain
+                driver.fallback_guarded = self._guarded_phase
+                self._guarded_phase = driver.guarded if self._guarded_phase else None
         if linker == "jit":
             from minigrad.linker_jit import jit_phase  # compiled segments (linker_jit.py)
 
