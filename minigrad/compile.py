@@ -196,6 +196,8 @@ class Function:
                                  dict.fromkeys(n.inputs[i] for n in self.destructive_nodes
                                                for i in n.op.destroy_map.values())
                                  if isinstance(v, SharedVariable)]
+        # the arrays that passed check_destinations (the same objects are not re-checked)
+        self._destinations_checked = call_checks.destination_record(self.in_place_targets)
         self.output_slots = [slot_of(v) for v in self.graph_outputs]
         # a shared variable returned as such is read with get_value(): its flush hooks run
         # (an exact-mode optimizer's pending rows are caught up) and the caller gets a copy
@@ -331,7 +333,8 @@ class Function:
             storage[s] = self.backend.load_shared(var)
         for s, data in self.constants:
             storage[s] = data
-        call_checks.check_destinations(self.in_place_targets, storage, self._label())
+        call_checks.check_destinations(self.in_place_targets, storage, self._label(),
+                                       self._destinations_checked)
         self._undo_log.clear()
         try:
             results = self._safe_run(*[storage[s] for s in self.safe_in])

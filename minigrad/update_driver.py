@@ -45,6 +45,18 @@ import numpy as np
 
 from minigrad.direct_updates import vouched
 
+#: tables above this size have their rows asked for ``PREFETCH_DISTANCE`` rows ahead: a
+#: step's rows of a table larger than a core's L2 (1 MiB here) are mostly not in cache
+#: when the update reaches them (the embedding step at V=30K, six 7.7 MB tables: the
+#: step took ~0.5 ms less with it, same run, loaded box)
+PREFETCH_MIN_BYTES = 1 << 20
+PREFETCH_DISTANCE = 8
+
+
+def prefetch_distance(table):
+    """How many rows ahead the row loops ask for (0: none) for ``table``."""
+    return PREFETCH_DISTANCE if table.nbytes > PREFETCH_MIN_BYTES else 0
+
 
 def _dense_gradient(node):
     """Whether the gradient of row update ``node`` touches every row (``AllRows``)."""
@@ -140,9 +152,7 @@ class UpdateDriver:
 
         self.entries = entries
         size = next(s for s in drv.SIZES if s >= len(entries))
-        from kernels.cpu.optim import _prefetch_distance
-
-        self._step_rows, self._prefetch_distance = drv.step_rows, _prefetch_distance
+        self._step_rows, self._prefetch_distance = drv.step_rows, prefetch_distance
         self._pos = {s: k for k, s in enumerate(live_in)}
         self._const = dict(constants or {})
         self._disabled = False
