@@ -207,6 +207,9 @@ class Function:
             (target, slot_of(v), v.owner is not None and bool(v.owner.op.destroy_map))
             for (target, _), v in zip(self.updates, self.graph_updates)
         ]
+        # the updates written by assignment (step counters, dense values), not in place:
+        # what the call's finiteness check and its last loop look at
+        self._assigned_updates = [u for u in self.update_slots if not u[2]]
         self.leaf_slots = {slot[v] for v in slot if v.owner is None}
         # nan_guard looks at what would be written or returned: outputs, dense update
         # values, and the inputs of in-place update nodes (their gradients)
@@ -346,7 +349,7 @@ class Function:
         if self.nan_guard and not self._all_finite(storage):
             roll_back(self._undo_log)
             return self._on_nan()
-        if self.update_guard and not call_checks.dense_updates_finite(self.update_slots,
+        if self.update_guard and not call_checks.dense_updates_finite(self._assigned_updates,
                                                                       storage):
             roll_back(self._undo_log)
             return self._on_nan()
@@ -374,7 +377,7 @@ class Function:
         self._undo_log.clear()
         for state in self._pending_states:
             state.flush_module = self._kernels  # the backend that pended the rows
-        for target, s, in_place in self.update_slots:
+        for target, s, in_place in self._assigned_updates:
             if not in_place:
                 value = storage[s]
                 if s in self.leaf_slots or id(value) in handed_out or (
