@@ -98,6 +98,23 @@ def test_a_non_finite_value_in_a_later_entry_restores_every_entry_bitwise():
     assert int(opt.param_states[0].step.value) == 4
 
 
+def test_on_nan_skip_warns_and_changes_nothing_and_an_unguarded_driver_writes_the_nan():
+    z = np.array([1.0, np.inf], np.float32)
+    f, opt = _step()
+    f.on_nan = "skip"
+    f(np.array([1, 2], np.int32), np.ones(2, np.float32))
+    before = _raw(opt)
+    with pytest.warns(RuntimeWarning, match=r"update of c \(row 1\).*step skipped"):
+        assert f(np.array([1, 2], np.int32), z) is None
+    for (label, a), (_, b) in zip(before, _raw(opt)):
+        np.testing.assert_array_equal(b, a, err_msg=label)
+    g, opt = _step(nan_guard=False)
+    assert g.update_driver is not None
+    g(np.array([1, 2], np.int32), z)  # nan_guard=False checks nothing: the inf lands
+    assert not np.isfinite(opt.param_states[3].param.get_value()).all()
+    assert int(opt.param_states[3].step.value) == 1
+
+
 def test_a_lagging_row_of_a_dense_exact_table_takes_the_catch_up_path():
     """``W`` stepped with a dense gradient by one function (the driver) and row-sparsely
     in exact mode by another (rows lag). The dense step is given its gradient (so no dense
