@@ -160,7 +160,7 @@ class UpdateDriver:
         empty = np.zeros((0, 1), dtype=dtype)
         no_rows, no_last = np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
         self._empty = {}
-        # per call only the entries' slots change; padding entries have no rows
+        # the padding: stand-ins without rows, copied per call and filled for the entries
         self._lists = [[empty] * size for _ in range(3)] + [[no_last] * size,
                                                              [no_rows] * size,
                                                              [empty] * size]
@@ -189,8 +189,10 @@ class UpdateDriver:
         _prefetch_distance = self._prefetch_distance
         if self._disabled:
             return -2
-        P, A, B, L, I, G = self._lists
-        SP, SA, SB, SL = self._scratch
+        # fresh lists from the padding (stand-ins): nothing of this call's tables, gradients
+        # or scratch is kept referenced after it (a replaced table is freed)
+        P, A, B, L, I, G = (list(x) for x in self._lists)
+        SP, SA, SB, SL = (list(x) for x in self._scratch)
         ints, fl = self.ints, self.fl
         for k, e in enumerate(self.entries):
             tables = [value(s) for s in e.tables]
