@@ -81,7 +81,8 @@ def _entry_kind(node, kernels):
     kernel = row_kernel(state.rule, kernels)
     hyper = dict(state.kernel_hyper)
     if kernel is loops.adam_rows:
-        if hyper.get("amsgrad") or set(state.states) != {"exp_avg", "exp_avg_sq"}:
+        # (the tables in this order: they are passed to the loop by position)
+        if hyper.get("amsgrad") or tuple(state.states) != ("exp_avg", "exp_avg_sq"):
             return None
         return drv.ADAM, (float(hyper["beta1"]), float(hyper["beta2"]), float(hyper["eps"]),
                           float(bool(hyper["decoupled"])))
@@ -89,7 +90,7 @@ def _entry_kind(node, kernels):
         if kernel is loops.sgd_rows:
             hyper = {"momentum": 0.0, "dampening": 0.0, "nesterov": False}
         mu = float(hyper["momentum"])
-        if set(state.states) != ({"buf"} if mu else set()):
+        if tuple(state.states) != (("buf",) if mu else ()):
             return None
         return drv.MOMENTUM, (mu, float(hyper["dampening"]), float(bool(hyper["nesterov"])),
                               0.0)
@@ -252,9 +253,6 @@ class UpdateDriver:
         entries = self.entries
         try:
             code = self._run(storage.__getitem__, True)
-            if code == -1:
-                self._stepped(storage.__getitem__)
-                return None
             if code >= 0:
                 from minigrad.call_checks import _not_finite
 
@@ -268,6 +266,8 @@ class UpdateDriver:
         finally:
             for e in entries:
                 e.guard.release()
+        if code == -1:  # (the tables' rows and the histories now agree: all at step t)
+            return self._stepped(storage.__getitem__)
         # a dense exact table has a row to catch up (nothing was written): per node
         return self.fallback_guarded(storage, label)
 
