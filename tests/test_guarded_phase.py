@@ -207,7 +207,7 @@ def test_an_interrupt_right_after_the_one_call_driver_returned_is_undone(sparse,
         x = mg.matrix("x")
         cost = (A * x).sum() + (B * x * x).sum()
         opt = mg.optim.Adam([A, B], 0.01)
-        f = mg.function([x], cost, updates=opt.updates(cost))
+        f = mg.function([x], cost, updates=opt.updates(cost), backend="numba")
         args = (np.ones((5, 3)),)
     assert f.update_driver is not None
     f(*args)

@@ -127,7 +127,7 @@ def test_a_lagging_row_of_a_dense_exact_table_takes_the_catch_up_path():
         x, i = mg.matrix("x"), mg.ivector("i")
         opt = mg.optim.Adam([W], 0.05, sparse="exact")
         sparse_cost = (W[i] ** 2).sum()
-        mode = mg.Mode(linker=linker)
+        mode = mg.Mode(backend="numba", linker=linker)
         return (opt, mg.function([x], x.sum(), updates=opt.updates(grads=[x]), mode=mode),
                 mg.function([i], sparse_cost, updates=opt.updates(sparse_cost), mode=mode))
 
@@ -173,5 +173,6 @@ def test_what_the_driver_does_not_cover_keeps_the_per_node_path():
     A = mg.shared(rng.normal(size=(4, 2)).astype("float32"), name="A")
     B = mg.shared(rng.normal(size=(4, 2)), name="B")
     cost = (A * A).sum() + (B * B).sum()
-    f = mg.function([], cost, updates=mg.optim.SGD([A, B], 0.1).updates(cost))
+    f = mg.function([], cost, updates=mg.optim.SGD([A, B], 0.1).updates(cost),
+                    backend="numba")
     assert f.update_driver is None
