@@ -196,6 +196,8 @@ class Function:
                                  dict.fromkeys(n.inputs[i] for n in self.destructive_nodes
                                                for i in n.op.destroy_map.values())
                                  if isinstance(v, SharedVariable)]
+        # the arrays that passed check_destinations (the same objects are not re-checked)
+        self._destinations_checked = call_checks.destination_record(self.in_place_targets)
         self.output_slots = [slot_of(v) for v in self.graph_outputs]
         # a shared variable returned as such is read with get_value(): its flush hooks run
         # (an exact-mode optimizer's pending rows are caught up) and the caller gets a copy
@@ -205,6 +207,9 @@ class Function:
             (target, slot_of(v), v.owner is not None and bool(v.owner.op.destroy_map))
             for (target, _), v in zip(self.updates, self.graph_updates)
         ]
+        # the updates written by assignment (step counters, dense values), not in place:
+        # what the call's finiteness check and its last loop look at
+        self._assigned_updates = [u for u in self.update_slots if not u[2]]
         self.leaf_slots = {slot[v] for v in slot if v.owner is None}
         # nan_guard looks at what would be written or returned: outputs, dense update
         # values, and the inputs of in-place update nodes (their gradients)
@@ -238,6 +243,7 @@ class Function:
         if linker in ("jit", "tiered") and self.backend.name != "numba":
             linker = "generated"  # jit segments are Numba code
         if linker == "vm":
+            self.update_driver = None
             self._safe_run = vm_phase(safe, self.safe_in, self.safe_out, self.n_slots, const)
             self._destructive_run = vm_phase(late, self.destructive_in, (), self.n_slots, const)
             return
@@ -248,6 +254,17 @@ class Function:
             late = direct_entries(self.destructive_nodes, late, self._kernels)
         self._destructive_run = generated_phase(late, self.destructive_in, (),
                                                 "destructive_phase", const)
+        self.update_driver = None
+        if self._direct:  # every row update in one compiled call where all are covered
+            from minigrad.update_driver import build  # (update_driver.py)
+
+            self.update_driver = driver = build(self.destructive_nodes,
+                                                self.destructive_program, self._kernels,
+                                                self.destructive_in, const)
+            if driver is not None:  # the per-node phases stay: the catch-up path
+                driver.fallback_plain, self._destructive_run = self._destructive_run, driver.plain
+                driver.fallback_guarded = self._guarded_phase
+                self._guarded_phase = driver.guarded if self._guarded_phase else None
         if linker == "jit":
             from minigrad.linker_jit import jit_phase  # compiled segments (linker_jit.py)
 
@@ -319,7 +336,8 @@ class Function:
             storage[s] = self.backend.load_shared(var)
         for s, data in self.constants:
             storage[s] = data
-        call_checks.check_destinations(self.in_place_targets, storage, self._label())
+        call_checks.check_destinations(self.in_place_targets, storage, self._label(),
+                                       self._destinations_checked)
         self._undo_log.clear()
         try:
             results = self._safe_run(*[storage[s] for s in self.safe_in])
@@ -331,7 +349,7 @@ class Function:
         if self.nan_guard and not self._all_finite(storage):
             roll_back(self._undo_log)
             return self._on_nan()
-        if self.update_guard and not call_checks.dense_updates_finite(self.update_slots,
+        if self.update_guard and not call_checks.dense_updates_finite(self._assigned_updates,
                                                                       storage):
             roll_back(self._undo_log)
             return self._on_nan()
@@ -359,7 +377,7 @@ class Function:
         self._undo_log.clear()
         for state in self._pending_states:
             state.flush_module = self._kernels  # the backend that pended the rows
-        for target, s, in_place in self.update_slots:
+        for target, s, in_place in self._assigned_updates:
             if not in_place:
                 value = storage[s]
                 if s in self.leaf_slots or id(value) in handed_out or (

@@ -25,6 +25,11 @@ Lazy-mode Adam (nothing to catch up) goes one step further: the plain row loop o
 ``kernels/cpu/direct_rows.py`` (the same rule, inlined alike: bitwise the same results),
 about 2x faster than the general loop of ``kernels/cpu/optim.py``.
 
+Where every row update of a step is covered by it, the whole destructive phase is one
+compiled call instead (``minigrad/update_driver.py``); this per-node path is then that
+call's catch-up path (an exact-mode table with rows that lag), and the path of steps the
+one call does not cover (row-sparse exact mode, mixed dtypes, another rule beside).
+
 Covered: ``adam_rows`` (not amsgrad), ``momentum_rows`` and ``sgd_rows`` on the CPU kernels,
 lazy and exact mode, guarded or not, parameters of rank >= 1. Anything else (another rule,
 a gradient not from ``PrepareRows``, a scalar parameter, a kernel module other than

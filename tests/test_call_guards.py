@@ -207,3 +207,29 @@ def test_calls_from_four_threads_lose_no_step(backend, sparse):
     for _ in range(400):
         f2(np.array([1, 2, 3]))
     np.testing.assert_array_equal(W.get_value(), W2.get_value())
+
+
+def test_destinations_are_checked_again_only_when_a_value_is_replaced(monkeypatch):
+    """``check_destinations`` skips a table that is the very array it passed last call
+    (a weak reference to it is kept); any replacement is a new object and is checked."""
+    from minigrad import call_checks
+
+    A = mg.shared(np.zeros((10, 2)), name="A")
+    B = mg.shared(np.zeros((10, 2)), name="B")
+    i = mg.ivector("i")
+    c = (A[i] + B[i]).sum()
+    f = mg.function([i], c, updates=mg.optim.SGD([A, B], 0.1).updates(c))
+    f(np.array([1, 2], np.int32))
+    checked = []
+    real = call_checks._np_dtype
+    monkeypatch.setattr(call_checks, "_np_dtype", lambda name: checked.append(name) or real(name))
+    f(np.array([1, 2], np.int32))
+    assert checked == []  # the same arrays: not checked again
+    A.set_value(np.ones((10, 2)))
+    f(np.array([1, 2], np.int32))
+    assert checked == ["float64"]  # A's new array only
+    ro = B.get_value()
+    ro.flags.writeable = False
+    B._value = ro  # behind set_value's back: a new object, refused
+    with pytest.raises(ValueError, match="B is read-only"):
+        f(np.array([1, 2], np.int32))

@@ -64,8 +64,15 @@ def _tables(opt):
     return out
 
 
+def _per_node(f):
+    """The per-node guarded phase: the phase itself, or the fallback of the one-call
+    driver (``minigrad/update_driver.py``) where every row update is covered by it."""
+    g = f._guarded_phase
+    return g if f.update_driver is None else f.update_driver.fallback_guarded
+
+
 def _direct_steps(f):
-    return [s for s in f._guarded_phase._steps
+    return [s for s in _per_node(f)._steps
             if isinstance(getattr(s, "call", None), direct_updates._Direct)]
 
 
@@ -76,12 +83,18 @@ def test_direct_path_is_bitwise_the_checked_path_and_matches_the_reference(name,
     fd, od = _model(name, kw, nan_guard=nan_guard)
     fc, oc = _model(name, kw, linker="vm", nan_guard=nan_guard)
     fr, orf = _model(name, kw, backend="numpy", nan_guard=nan_guard)
+    # lazy mode: the one-call driver, with the direct per-node path as its fallback;
+    # exact mode with row-sparse gradients: the direct per-node path
+    assert (fd.update_driver is not None) == (kw.get("sparse", "lazy") == "lazy")
+    assert fc.update_driver is None
     if nan_guard is None:
         assert len(_direct_steps(fd)) == 3  # every row update takes the direct path
         assert not _direct_steps(fc)
     else:
+        plain = (fd._destructive_run if fd.update_driver is None
+                 else fd.update_driver.fallback_plain)
         assert sum(isinstance(t, direct_updates._Direct)
-                   for t in fd._destructive_run.__globals__.values()) == 3
+                   for t in plain.__globals__.values()) == 3
     for ids, x in _batches():
         np.testing.assert_array_equal(fd(ids, x), fc(ids, x))
         fr(ids, x)
@@ -97,6 +110,9 @@ def test_lazy_adam_loop_is_bitwise_the_general_adam_loop_in_float32(kw, monkeypa
     """Lazy Adam takes the plain loop of kernels/cpu/direct_rows.py; the vm linker's
     checked path runs kernels/cpu/optim.py's general loop: the bits must agree."""
     name = "AdamW" if kw.pop("decoupled", False) else "Adam"
+    import minigrad.update_driver as update_driver
+
+    monkeypatch.setattr(update_driver, "build", lambda *a: None)  # the per-node path
     fd, od = _model(name, kw, dtype="float32")
     fc, oc = _model(name, kw, linker="vm", dtype="float32")
     import kernels.cpu.direct_rows as direct_rows

@@ -40,6 +40,10 @@ def _two_tables(backend, sparse="exact", rows=200, opt_cls="Adam", **kw):
 
 
 def _guards(f):
+    """The row updates' ``RowGuard``s: the one-call driver's (``update_driver.py``), or
+    the per-node phase's."""
+    if f.update_driver is not None:
+        return [entry.guard for entry in f.update_driver.entries]
     return [step.guard for step in f._guarded_phase._steps if hasattr(step, "guard")]
 
 
@@ -162,7 +166,9 @@ def test_an_interrupt_between_the_compiled_loop_and_its_python_caller_is_undone(
     leaves the guard able to put the rows back."""
     import kernels.cpu.direct_rows as direct_rows
     import kernels.cpu.optim as cpu_optim
+    import minigrad.update_driver as update_driver
 
+    monkeypatch.setattr(update_driver, "build", lambda *a: None)  # the per-node phase
     (A, B), opt, f = _two_tables("numba", "lazy")
     f(np.arange(6, dtype=np.int32), np.ones((6, 8)))
     before = _raw(opt)
@@ -185,6 +191,40 @@ def test_an_interrupt_between_the_compiled_loop_and_its_python_caller_is_undone(
         f(np.arange(6, dtype=np.int32), np.ones((6, 8)))
     assert calls == [-1, -1]
     _assert_same(before, _raw(opt))
+
+
+@pytest.mark.parametrize("sparse", ["lazy", "dense"])
+def test_an_interrupt_right_after_the_one_call_driver_returned_is_undone(sparse, monkeypatch):
+    """The one-call destructive phase (``update_driver.py``) wrote every row and returned;
+    an exception landing before Python finished the phase puts every row back (``last``
+    of a dense exact table included), from the guards the compiled code filled."""
+    if sparse == "lazy":
+        (A, B), opt, f = _two_tables("numba", "lazy")
+        args = (np.arange(6, dtype=np.int32), np.ones((6, 8)))
+    else:  # dense gradients: exact mode, every row each step
+        rng = np.random.default_rng(4)
+        A, B = (mg.shared(rng.normal(size=(5, 3)), name=n) for n in "AB")
+        x = mg.matrix("x")
+        cost = (A * x).sum() + (B * x * x).sum()
+        opt = mg.optim.Adam([A, B], 0.01)
+        f = mg.function([x], cost, updates=opt.updates(cost), backend="numba")
+        args = (np.ones((5, 3)),)
+    assert f.update_driver is not None
+    f(*args)
+    before = _raw(opt)
+    real = f.update_driver._step_rows
+
+    def then_interrupt(*a):
+        assert real(*a) == -1  # every row written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(f.update_driver, "_step_rows", then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        f(*args)
+    _assert_same(before, _raw(opt))
+    monkeypatch.undo()
+    f(*args)  # and the function still works
+    assert int(opt.param_states[1].step.value) == 2
 
 
 def test_scratch_over_keep_bytes_is_dropped_after_each_call(backend, monkeypatch):

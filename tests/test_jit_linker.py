@@ -123,7 +123,8 @@ def _direct_updates(fn):
     """How many row updates of ``fn`` call their compiled loop directly (direct_updates)."""
     from minigrad.direct_updates import _Direct
 
-    return sum(isinstance(getattr(s, "call", None), _Direct) for s in fn._guarded_phase._steps)
+    phase = fn._guarded_phase if fn.update_driver is None else fn.update_driver.fallback_guarded
+    return sum(isinstance(getattr(s, "call", None), _Direct) for s in phase._steps)
 
 
 def _fm(mode, fuse=True):

@@ -144,6 +144,19 @@ class StepHistory:
         self._allocate(64)
         self.lr[0], self.wd[0] = keep
 
+    def restart_at(self, step, lr, wd):
+        """``restart(step)`` after a step that brought *every* row up to date at ``step``
+        with ``lr`` / ``wd`` (a dense-semantics step, ``minigrad/update_driver.py``): no
+        earlier step can be needed, and ``at(step)`` gives that step's values. O(1) when
+        nothing was recorded since the last restart (the storage is all zeros then)."""
+        step = int(step)
+        if self.n != self.base or step <= self.base:
+            self.restart(step)
+        else:
+            self.n = self.base = step
+            self.lr_max = self.lrwd_max = self.wd_max = 0.0
+        self.lr[0], self.wd[0] = lr, wd
+
     def compact(self, min_last):
         """Drop the first half of the storage window when no row needs it: rows last
         updated at ``min_last`` or later read steps ``> min_last`` only. Called by the

@@ -1,0 +1,189 @@
+"""The destructive phase of a compiled step as one compiled call (issue 12).
+
+A training step's destructive phase applies one row update per parameter (the embedding
+step: lazy Adam on ``E`` and ``M``, dense-semantics Adam on the head ``W`` and the bias
+``c``). Called one by one from Python, each costs a Python call, its bookkeeping and a
+Numba dispatch (~20 us of Python each, ~100 us for an exact-mode dense update with its
+history); :func:`step_rows` applies them all in one call, with their ``last`` counters.
+
+Entries are passed as tuples of same-typed tables, padded to a fixed length
+(``SIZES``): the driver is compiled once per (length, dtype), not per step signature,
+and padding entries have no rows (their loops run zero times).
+
+* ``kinds[e]``: :data:`ADAM` (lazy: ``torch.optim.SparseAdam``'s formula; exact:
+  ``torch.optim.Adam``'s) or :data:`MOMENTUM` (SGD with momentum / Nesterov, plain SGD
+  with ``mu = 0``; ``torch.optim.SGD``);
+* ``ints[e] = (t, exact, prefetch distance)``; ``fl[e] = (lr, wd, b1|mu, b2|damp,
+  eps|nesterov, decoupled)``;
+* exact-mode entries only where **no row lags** (``last[r] >= t - 1``: nothing to catch
+  up): this is checked for every exact entry before anything is written, and the call
+  returns ``-2 - e`` (nothing written) when entry ``e`` has a lagging row, so the caller
+  runs the catch-up path instead;
+* ``guard``: each row's old values (and ``last``) go to row ``i`` of the entry's scratch
+  as the row is read, the new ones are checked as they are written; on the first
+  non-finite row of entry ``e`` the call restores that entry's written rows and every row
+  of the entries before it (in reverse order), bitwise, and returns ``e``;
+  ``status[e] = (rows written, bad position or -1)`` (one array per entry: the entry's
+  ``RowGuard.status``) says where it stopped.
+
+The arithmetic is the rules' element functions (``kernels/rules``) inlined with the
+arguments ``kernels.cpu.optim``'s loops pass, so the results are bitwise those of the
+checked path (``tests/test_update_driver.py``). No argument is checked here: the caller
+(a compiled step, ``minigrad/update_driver.py``) has checked the call.
+"""
+from numba import njit
+
+from kernels.cpu.direct_rows import _not_finite, _prefetch, lazy_adam
+from kernels.rules import adam as adam_rule
+from kernels.rules import momentum as momentum_rule
+
+ADAM, MOMENTUM = 0, 1
+
+#: the tuple lengths the driver is compiled for (a step with more entries is not driven):
+#: one length, so one compile per dtype (~7 s cold); 8 entries cost ~6 us more per call
+#: to dispatch than 4 would
+SIZES = (8,)
+
+_adam_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    adam_rule.update)
+_adam_scalars = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    adam_rule.scalars)
+_momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
+    momentum_rule.update)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def dense_adam(P, M, V, L, idx, G, t, lr, b1, b2, eps, wd, decoupled, dist, guard, SP, SM,
+               SV, SL, status):
+    """Exact-mode Adam (``torch.optim.Adam``) on rows ``idx``, none of which lags: the
+    step, and ``last[r] = t``; guarded, ``last`` is saved too."""
+    width = P.shape[1]
+    step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, float(t), False)
+    q = 1.0 - lr * wd if decoupled else 1.0
+    l2 = 0.0 if decoupled else wd
+    n = idx.shape[0]
+    if guard:
+        for i in range(n):
+            _prefetch(idx, i, dist, P, M, V)
+            r = idx[i]
+            SL[i] = L[r]
+            L[r] = t
+            bad = False
+            for d in range(width):
+                p0, m0, v0 = P[r, d], M[r, d], V[r, d]
+                SP[i, d], SM[i, d], SV[i, d] = p0, m0, v0
+                P[r, d], M[r, d], V[r, d], _ = _adam_elem(
+                    float(p0), float(m0), float(v0), 0.0, float(G[i, d]), b1, b2, eps, l2, q,
+                    step_size, sqrt_bc2, False, False)
+                bad |= _not_finite(P[r, d]) | _not_finite(M[r, d]) | _not_finite(V[r, d])
+            if bad:
+                status[0], status[1] = i + 1, i
+                return i
+        status[0], status[1] = n, -1
+        return -1
+    for i in range(n):
+        _prefetch(idx, i, dist, P, M, V)
+        r = idx[i]
+        L[r] = t
+        for d in range(width):
+            P[r, d], M[r, d], V[r, d], _ = _adam_elem(
+                float(P[r, d]), float(M[r, d]), float(V[r, d]), 0.0, float(G[i, d]), b1, b2,
+                eps, l2, q, step_size, sqrt_bc2, False, False)
+    return -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def momentum_plain(P, B, L, idx, G, t, exact, lr, mu, damp, nesterov, wd, dist, guard, SP, SB,
+                   SL, status):
+    """SGD / momentum (``torch.optim.SGD``) on rows ``idx`` (exact mode: none lags, and
+    ``last[r] = t``); ``mu == 0``: plain SGD, ``B`` is not read."""
+    width = P.shape[1]
+    first = t == 1
+    n = idx.shape[0]
+    for i in range(n):
+        _prefetch(idx, i, dist, P, P, P)
+        r = idx[i]
+        if exact:
+            if guard:
+                SL[i] = L[r]
+            L[r] = t
+        bad = False
+        if mu == 0.0:
+            for d in range(width):
+                p0 = P[r, d]
+                if guard:
+                    SP[i, d] = p0
+                P[r, d] = _momentum_elem(float(p0), 0.0, float(G[i, d]), first, lr, 0.0, damp,
+                                         nesterov, wd)[0]
+                bad |= _not_finite(P[r, d])
+        else:
+            for d in range(width):
+                p0, b0 = P[r, d], B[r, d]
+                if guard:
+                    SP[i, d], SB[i, d] = p0, b0
+                P[r, d], B[r, d] = _momentum_elem(float(p0), float(b0), float(G[i, d]), first,
+                                                  lr, mu, damp, nesterov, wd)
+                bad |= _not_finite(P[r, d]) | _not_finite(B[r, d])
+        if guard and bad:
+            status[0], status[1] = i + 1, i
+            return i
+    if guard:
+        status[0], status[1] = n, -1
+    return -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _restore(P, A, B, L, idx, SP, SA, SB, SL, written, exact):
+    """Rows ``idx[:written]`` of the tables (and ``last``) back from the scratch (an empty
+    scratch: a table the entry does not have)."""
+    width = P.shape[1]
+    for i in range(written):
+        r = idx[i]
+        if exact:
+            L[r] = SL[i]
+        for d in range(width):
+            P[r, d] = SP[i, d]
+        if SA.shape[0] > i:
+            for d in range(width):
+                A[r, d] = SA[i, d]
+        if SB.shape[0] > i:
+            for d in range(width):
+                B[r, d] = SB[i, d]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def step_rows(kinds, P, A, B, L, idx, G, ints, fl, guard, SP, SA, SB, SL, status):
+    """Every entry's row update in order (see the module note). Returns -1 (done), ``e``
+    (entry ``e`` not finite: everything restored) or ``-2 - e`` (exact entry ``e`` has a
+    lagging row: nothing written)."""
+    n = kinds.shape[0]
+    for e in range(n):  # exact entries: nothing may lag, checked before any write
+        if ints[e, 1] != 0:
+            t, last, rows = ints[e, 0], L[e], idx[e]
+            for i in range(rows.shape[0]):
+                if last[rows[i]] < t - 1:
+                    return -2 - e
+    for e in range(n):
+        t, exact, dist = ints[e, 0], ints[e, 1] != 0, ints[e, 2]
+        if kinds[e] == ADAM:
+            if exact:
+                bad = dense_adam(P[e], A[e], B[e], L[e], idx[e], G[e], t, fl[e, 0], fl[e, 2],
+                                 fl[e, 3], fl[e, 4], fl[e, 1], fl[e, 5] != 0.0, dist, guard,
+                                 SP[e], SA[e], SB[e], SL[e], status[e])
+            else:
+                bad = lazy_adam(P[e], A[e], B[e], idx[e], G[e], t, fl[e, 0], fl[e, 2],
+                                fl[e, 3], fl[e, 4], fl[e, 1], fl[e, 5] != 0.0, dist, guard,
+                                SP[e], SA[e], SB[e], status[e])
+        else:
+            bad = momentum_plain(P[e], A[e], L[e], idx[e], G[e], t, exact, fl[e, 0], fl[e, 2],
+                                 fl[e, 3], fl[e, 4] != 0.0, fl[e, 1], dist, guard, SP[e],
+                                 SA[e], SL[e], status[e])
+        if guard and bad >= 0:
+            for f in range(e, -1, -1):  # this entry's written rows, then those before
+                _restore(P[f], A[f], B[f], L[f], idx[f], SP[f], SA[f], SB[f], SL[f],
+                         status[f][0], ints[f, 1] != 0)
+            return e
+    return -1
+
+
+__all__ = ["ADAM", "MOMENTUM", "SIZES", "dense_adam", "momentum_plain", "step_rows"]
