@@ -747,12 +747,91 @@ def _register_sparse():
                 f"{out.part('nc')} = {table.shape(0)}"]
 
 
+def _products_lines(name, Xs, n_table_rows, dt):
+    """Checks of the CSR batches of a fused multi-product node, and ``<name>_d``, their
+    values stacked ``(K, nnz)`` in ``dt`` (what the kernels of ``kernels/cpu/fused`` take)."""
+    first = Xs[0]
+    lines = []
+    for X in Xs:
+        lines += [f"if {X.part('nc')} != {n_table_rows}:",
+                  "    raise ValueError('sparse.dot: columns and rows differ')"]
+        if X is not first:
+            lines += [f"if not J.same_pattern({first.part('indptr')}, {first.part('indices')}, "
+                      f"{X.part('indptr')}, {X.part('indices')}):",
+                      "    raise ValueError('fused CSR products need one sparsity pattern')"]
+    lines.append(f"{name}_d = J.zeros(({len(Xs)}, {first.part('data')}.shape[0]), {like(dt)})")
+    lines += [f"J.put_row({name}_d, {i}, {cast(X.part('data'), X.dtype, dt, False)})"
+              for i, X in enumerate(Xs)]
+    return lines
+
+
+def _int_tuple(values):
+    return "(" + ", ".join(str(int(v)) for v in values) + ("," if len(values) == 1 else "") + ")"
+
+
+def _register_fused_products():
+    from minigrad.ops.fused_products import FusedCSRGatherSums, FusedCSRScatterSums
+
+    @emit.register(FusedCSRGatherSums)
+    def _gather_sums(op, node, ins, outs):
+        table, *Xs = ins
+        dt = outs[0].dtype
+        if table.ndim != 2 or dt not in ("float32", "float64"):
+            return None
+        name = outs[0].name + "_all"
+        first = Xs[0]
+        lines = _products_lines(name, Xs, table.shape(0), dt)
+        lines += [f"{name}_o = J.zeros(({len(Xs)}, {first.part('nr')}, {table.shape(1)}), "
+                  f"{like(dt)})",
+                  f"F._gather_sums({first.part('indptr')}, {first.part('indices')}, {name}_d, "
+                  f"J.shape_vector({_int_tuple(op.powers)}), "
+                  f"{cast(table.name, table.dtype, dt, False)}, {name}_o)"]
+        lines += [f"{out.name} = {name}_o[{i}]" for i, out in enumerate(outs)]
+        return lines
+
+    @emit.register(FusedCSRScatterSums)
+    def _scatter_sums(op, node, ins, outs):
+        K = len(op.powers)
+        shape, table = as_shape(ins[0]), ins[1]
+        Xs, grads = ins[2:2 + K], ins[2 + K:]
+        (out,) = outs
+        dt = out.dtype
+        if table.ndim != 2 or shape.ndim != 2 or dt not in ("float32", "float64"):
+            return None
+        n, first = out.name, Xs[0]
+        lines = [f"if {table.shape(0)} != {shape.shape(0)} or "
+                 f"{table.shape(1)} != {shape.shape(1)}:",
+                 "    raise ValueError('table and shape differ')"]
+        lines += _products_lines(n, Xs, shape.shape(0), dt)
+        lines.append(f"{n}_g = J.zeros(({K}, {first.part('nr')}, {table.shape(1)}), {like(dt)})")
+        for i, g in enumerate(grads):
+            lines += [f"if {g.name}.shape[0] != {first.part('nr')} or not ("
+                      f"{g.name}.shape[1] == 1 or {g.name}.shape[1] == {table.shape(1)}):",
+                      "    raise ValueError('gradient and batch or table differ in shape')",
+                      f"J.put_grad({n}_g, {i}, {cast(g.name, g.dtype, dt, False)})"]
+        if all(m == 0 for m in op.powers):  # no term is as wide as the table by itself
+            narrow = " and ".join(f"{g.name}.shape[1] == 1" for g in grads)
+            lines += [f"if {table.shape(1)} != 1 and {narrow}:",
+                      "    raise ValueError('gradient rows narrower than the table')"]
+        coefs = "(" + ", ".join(repr(float(c)) for c in op.coefs) + ("," if K == 1 else "") + ")"
+        lines += [f"{n}_s = slot_{n}",  # provided by the linker
+                  f"{out.part('idx')}, {out.part('val')} = F._scatter_sums("
+                  f"{first.part('indptr')}, {first.part('indices')}, {n}_d, {n}_g, "
+                  f"J.values_vector({coefs}, {like(dt)}), "
+                  f"J.shape_vector({_int_tuple(op.powers)}), "
+                  f"{cast(table.name, table.dtype, dt, False)}, {n}_s)",
+                  f"{out.part('n')} = {shape.shape(0)}"]
+        return lines
+
+
 #: which RowSparse outputs are coalesced (sorted unique indices), per Op class name
-COALESCED = {"FusedCSRScatterGrad", "SlotTakeGrad", "AllRows", "PrepareRows"}
+COALESCED = {"FusedCSRScatterGrad", "FusedCSRScatterSums", "SlotTakeGrad", "AllRows",
+             "PrepareRows"}
 
 _register_elemwise()
 _register_reductions()
 _register_nn()
 _register_sparse()
+_register_fused_products()
 
 __all__ = ["COALESCED", "Val", "covered", "emit", "supported_type"]
