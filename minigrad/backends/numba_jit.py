@@ -278,6 +278,78 @@ def fused_elemwise_lines(op, ins, out):
         names[res] = (target, res_dtype)
     if op.inner_outputs[0] in op.inner_inputs:
         return None
+    loop = fused_loop_lines(op, ins, out)
+    if loop is None:
+        return lines
+    # one loop, no temporaries, when the inputs have one shape (checked at run time);
+    # broadcasting inputs take the helper statements
+    return loop + ["else:"] + ["    " + line for line in lines]
+
+
+#: scalar forms of the element-wise Ops inside one fused loop (``{zero}``: a typed 0)
+SCALAR_UNARY = {
+    "neg": "-({0})", "abs": "np.abs({0})", "sign": "np.sign({0})", "exp": "np.exp({0})",
+    "log": "np.log({0})", "log1p": "np.log1p({0})", "sqrt": "np.sqrt({0})",
+    "square": "({0}) * ({0})", "tanh": "np.tanh({0})", "sigmoid": "J.sigmoid_scalar({0})",
+    "relu": "np.maximum({0}, {zero})", "softplus": "np.logaddexp({zero}, {0})",
+}
+SCALAR_BINARY = dict(_SCALAR_BINARY, pow="np.power({0}, {1})", maximum="np.maximum({0}, {1})",
+                     minimum="np.minimum({0}, {1})")
+
+
+def fused_loop_lines(op, ins, out):
+    """``if <inputs of one shape>:`` and one loop computing the inner graph per element
+    (rank 1 or 2, float output, float/int values), or ``None`` (the helper statements)."""
+    from minigrad.backends.numba_fused import _literal
+    from minigrad.ops.elemwise import Binary, Cast, Unary
+
+    arrays = [a for a in ins if not a.is_scalar]
+    if (out.is_scalar or out.ndim not in (1, 2) or out.dtype not in ("float32", "float64")
+            or not arrays or any(a.ndim != out.ndim for a in arrays)):
+        return None
+    index = ", ".join(f"{out.name}_i{a}" for a in range(out.ndim))
+    names = {v: (f"{a.name}[{index}]" if not a.is_scalar else a.name, a.dtype)
+             for v, a in zip(op.inner_inputs, ins)}
+    body = []
+    for k, inner in enumerate(op.inner_nodes):
+        args, dtypes = [], []
+        for var in inner.inputs:
+            if var not in names:
+                names[var] = (_literal(np.asarray(var.data)), np.asarray(var.data).dtype.name)
+            args.append(names[var][0])
+            dtypes.append(names[var][1])
+        res_dtype = np.dtype(inner.outputs[0].dtype).name
+        if np.dtype(res_dtype).kind not in "fiu" or any(np.dtype(d).kind not in "fiu"
+                                                       for d in dtypes):
+            return None  # bool values: the helpers keep NumPy's rules
+        if isinstance(inner.op, Cast):
+            expr = args[0]
+        elif isinstance(inner.op, Unary) and inner.op.name in SCALAR_UNARY:
+            if inner.op.name in ("neg", "abs", "sign") and np.dtype(dtypes[0]).kind == "u":
+                return None
+            zero = np_dtype(dtypes[0] if np.dtype(dtypes[0]).kind == "f" else "float64")
+            if inner.op.name == "relu":
+                zero = np_dtype(dtypes[0])
+            expr = SCALAR_UNARY[inner.op.name].format(*args, zero=f"{zero}(0)")
+        elif isinstance(inner.op, Binary) and inner.op.name in SCALAR_BINARY:
+            if inner.op.name == "pow" and {np.dtype(d).kind for d in dtypes} & set("iu"):
+                return None
+            expr = SCALAR_BINARY[inner.op.name].format(*args)
+        else:
+            return None
+        target = f"{out.name}_e{k}"
+        body.append(f"{target} = {np_dtype(res_dtype)}({expr})")
+        names[inner.outputs[0]] = (target, res_dtype)
+    first = arrays[0].name
+    same = " and ".join(f"{a.name}.shape == {first}.shape" for a in arrays[1:]) or "True"
+    lines = [f"if {same}:",
+             f"    {out.name} = np.empty({first}.shape, dtype=np.{out.dtype})"]
+    pad = "    "
+    for axis in range(out.ndim):
+        lines.append(f"{pad}for {out.name}_i{axis} in range({first}.shape[{axis}]):")
+        pad += "    "
+    lines += [pad + line for line in body]
+    lines.append(f"{pad}{out.name}[{index}] = {names[op.inner_outputs[0]][0]}")
     return lines
 
 
