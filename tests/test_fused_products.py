@@ -277,3 +277,28 @@ def test_debugprint_shows_the_fused_products(capsys):
     out = capsys.readouterr().out
     assert "FusedCSRGatherSums{powers=(1, 2, 2)}.0" in out
     assert "FusedCSRScatterSums{" in out and "X0'(G0*T^" in out
+
+
+def test_gpu_kernels_equal_the_reference():
+    import kernels.reference.fused_products as ref
+
+    cp = pytest.importorskip("cupy", reason="CuPy not installed")
+    try:
+        gpu = importlib.import_module("kernels.gpu.fused_products")
+    except Exception as exc:  # no device, or no working CUDA
+        pytest.skip(f"kernels.gpu unavailable: {exc}")
+    indptr, indices, data = _batch(11, 9, 14, np.float64)
+    rng = np.random.default_rng(12)
+    T = rng.standard_normal((14, 3))
+    grads = [rng.standard_normal((9, 3)), rng.standard_normal((9, 1))]
+    datas = [data, data * data]
+    for got, want in zip(gpu.csr_gather_sums(indptr, indices, [cp.asarray(d) for d in datas],
+                                             cp.asarray(T), [1, 2]),
+                         ref.csr_gather_sums(indptr, indices, datas, T, [1, 2])):
+        np.testing.assert_allclose(got.get(), want, rtol=1e-12, atol=1e-12)
+    u, r = gpu.csr_scatter_sums(indptr, indices, [cp.asarray(d) for d in datas],
+                                [cp.asarray(g) for g in grads], cp.asarray(T), [2.0, 1.0],
+                                [1, 0])
+    u_ref, r_ref = ref.csr_scatter_sums(indptr, indices, datas, grads, T, [2.0, 1.0], [1, 0])
+    assert np.array_equal(u.get(), u_ref)
+    np.testing.assert_allclose(r.get(), r_ref, rtol=1e-12, atol=1e-12)

@@ -17,14 +17,16 @@ direction in one pass over the stored entries, reading each ``V[c_k]`` once:
 
 ``perform`` is the NumPy reference (``kernels/reference/fused_products.py``); the Numba
 versions are in ``kernels/cpu/fused.py`` (thunks: ``backends/numba_fused.py``, jit source:
-``backends/numba_jit.py``). The rewrites introducing them are in ``rewrite_fusion.py``.
+``backends/numba_jit.py``), the CuPy ones in ``kernels/gpu/fused_products.py``
+(``backends/cupy_fused_products.py``). The rewrites introducing them are in
+``rewrite_fusion.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from minigrad.graph import Apply, Op
-from minigrad.types import CSRType, RowSparse, RowSparseType, TensorType
+from minigrad.types import CSRType, RowSparse, RowSparseType, TensorType, array_module
 from minigrad.variables import as_variable
 
 
@@ -47,15 +49,18 @@ def check_pattern(node, Xs, table_rows, table_var):
                              f"{value_name(table_var, 'W')} has {table_rows} rows")
         if X is first:
             continue
+        xp = array_module(X.indices)  # NumPy, or CuPy on a GPU
         same = (X.shape == first.shape and X.nnz == first.nnz
-                and (X.indices is first.indices or np.array_equal(X.indices, first.indices))
-                and (X.indptr is first.indptr or np.array_equal(X.indptr, first.indptr)))
+                and (X.indices is first.indices or bool(xp.array_equal(X.indices,
+                                                                       first.indices)))
+                and (X.indptr is first.indptr or bool(xp.array_equal(X.indptr,
+                                                                      first.indptr))))
         if not same:
             raise ValueError("fused CSR products need batches of one sparsity pattern")
 
 
 def _datas(Xs, dtype):
-    return [np.asarray(X.data, dtype=dtype) for X in Xs]
+    return [array_module(X.data).asarray(X.data, dtype=dtype) for X in Xs]
 
 
 class FusedCSRGatherSums(Op):
@@ -89,7 +94,7 @@ class FusedCSRGatherSums(Op):
         table, *Xs = inputs
         check_pattern(node, Xs, table.shape[0], node.inputs[0])
         dtype = node.outputs[0].dtype
-        return Xs, np.asarray(table, dtype=dtype), _datas(Xs, dtype)
+        return Xs, array_module(table).asarray(table, dtype=dtype), _datas(Xs, dtype)
 
     def perform(self, node, inputs):
         Xs, table, datas = self.arrays(node, inputs)
@@ -163,11 +168,11 @@ class FusedCSRScatterSums(Op):
         Xs, grads = rest[:K], rest[K:]
         shape = shape_tuple(shape)
         check_pattern(node, Xs, shape[0], node.inputs[0])
-        dtype = self.dtype
-        table = np.asarray(table, dtype=dtype)
+        dtype, xp = self.dtype, array_module(table)
+        table = xp.asarray(table, dtype=dtype)
         if table.shape != shape:
             raise ValueError(f"table of shape {table.shape} for the shape {shape}")
-        return Xs, table, _datas(Xs, dtype), [np.asarray(g, dtype=dtype) for g in grads]
+        return Xs, table, _datas(Xs, dtype), [xp.asarray(g, dtype=dtype) for g in grads]
 
     @staticmethod
     def value(table, unique, rows):
