@@ -255,6 +255,10 @@ def test_three_products_on_the_jit_linker_equal_the_reference(jit_runs):
     ref = _run(dtype, mg.Mode(backend="numpy", exclude=("fuse",)))
     assert {"FusedCSRGatherSums", "FusedCSRScatterSums"} <= _node_types(fn)
     assert len(fn._safe_run.segments) == 1
+    for dispatcher in fn._safe_run.compiled:  # helpers called by address, none linked in
+        for cres in dispatcher.overloads.values():
+            linked = [lib.name for lib in cres.library._linking_libraries]
+            assert linked in ([], ["nrt"]), f"linked into the segment: {linked}"
     tol = _tol(np.dtype(dtype).type)
     np.testing.assert_allclose(losses, ref[1], **tol)
     for p, q in zip(values, ref[2]):

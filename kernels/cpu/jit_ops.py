@@ -407,6 +407,11 @@ def zeros(shape, like):
 
 
 @njit(**_OPTS)
+def empty(shape, like):
+    return np.empty(shape, dtype=like.dtype)
+
+
+@njit(**_OPTS)
 def slot_map(n):
     return np.full(n, -1, dtype=np.int32)
 

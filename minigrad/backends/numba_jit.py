@@ -291,8 +291,9 @@ SCALAR_UNARY = {
     "neg": "-({0})", "abs": "np.abs({0})", "sign": "np.sign({0})", "exp": "np.exp({0})",
     "log": "np.log({0})", "log1p": "np.log1p({0})", "sqrt": "np.sqrt({0})",
     "square": "({0}) * ({0})", "tanh": "np.tanh({0})", "sigmoid": "J.sigmoid_scalar({0})",
-    "relu": "np.maximum({0}, {zero})", "softplus": "np.logaddexp({zero}, {0})",
+    "relu": "np.maximum({0}, {zero})", "softplus": "J.logaddexp({zero}, {0})",
 }
+# (np.logaddexp and np.empty would link a Numba library into the segment: helpers instead)
 SCALAR_BINARY = dict(_SCALAR_BINARY, pow="np.power({0}, {1})", maximum="np.maximum({0}, {1})",
                      minimum="np.minimum({0}, {1})")
 
@@ -343,7 +344,7 @@ def fused_loop_lines(op, ins, out):
     first = arrays[0].name
     same = " and ".join(f"{a.name}.shape == {first}.shape" for a in arrays[1:]) or "True"
     lines = [f"if {same}:",
-             f"    {out.name} = np.empty({first}.shape, dtype=np.{out.dtype})"]
+             f"    {out.name} = J.empty({first}.shape, {like(out.dtype)})"]
     pad = "    "
     for axis in range(out.ndim):
         lines.append(f"{pad}for {out.name}_i{axis} in range({first}.shape[{axis}]):")
