@@ -5,9 +5,12 @@ Each measurement runs in a fresh child process (first calls are per process), so
 
 * **compile**: ``mg.function`` split into ``Function.compile_phases`` (setup, rewrites,
   linking), for the first function of the process (it pays the backend's kernel imports)
-  and for a second, identical one;
-* **first call** with a *warm* cache (everything compiled by an earlier process): the
-  seconds, and how much of it is Numba loading compiled code (events ``numba:compile``);
+  and for a second, identical one; ``import numba`` is timed apart, before it (a plain
+  script pays it in its first ``mg.function``);
+* **first call** with a *warm* cache (everything compiled by an earlier process, and the
+  jit segments' helper bundle written by the process after it): the seconds, how much of
+  it is Numba loading compiled code (events ``numba:compile``) and binding the segments'
+  helper addresses;
 * **first call with a cold cache** (``--cold``): a fresh ``NUMBA_CACHE_DIR`` and
   ``MINIGRAD_CACHE_DIR``, so every kernel, helper and segment compiles. Split per compiled
   function (time inside its ``numba:compile`` event, its callees' compiles excluded),
@@ -37,12 +40,17 @@ import json, sys, time
 t0 = time.perf_counter()
 import minigrad as mg
 t_import = time.perf_counter() - t0
+t0 = time.perf_counter()
+import numba  # imported by the first mg.function of a plain script; timed apart here
+t_numba = time.perf_counter() - t0
 from benchmarks.compile_time import build_case, CompileListener, event, watch_cache_loads
+from benchmarks.compile_time import watch_binds
 
 case, linker = sys.argv[1], sys.argv[2]
 listener = CompileListener()
 event.register("numba:compile", listener)
 loads = watch_cache_loads()
+binds = watch_binds()
 inputs, cost, updates, batches = build_case(case)
 f = mg.function(inputs, cost, updates=updates, mode=mg.Mode(linker=linker))
 inputs2, cost2, updates2, _ = build_case(case)
@@ -60,7 +68,8 @@ for k, disp in enumerate(getattr(f._safe_run, "compiled", None) or []):
         segments.append(dict(segment=k, llvm_s=md.get("timers", {}).get("llvm_lock"),
                              typing_s=typing if times else None,
                              cache_hits=sum(disp.stats.cache_hits.values())))
-print(json.dumps(dict(case=case, linker=linker, import_s=t_import,
+print(json.dumps(dict(case=case, linker=linker, import_s=t_import, import_numba_s=t_numba,
+                      binds=binds,
                       compile_first=f.compile_phases, compile_again=again.compile_phases,
                       nodes=len(f.nodes), first_call_s=first, first_call_cpu_s=first_cpu,
                       second_call_s=second, numba=listener.summary(), segments=segments,
@@ -143,6 +152,31 @@ def watch_cache_loads():
     return totals
 
 
+def watch_binds():
+    """``{"n": segments bound, "s": seconds, "bundled": bound from a helper bundle}``, kept
+    up to date: the helper address binding of jit segments (``jit_calls.bind``)."""
+    from minigrad.backends import jit_calls
+
+    totals = {"n": 0, "s": 0.0, "bundled": 0}
+    bind, from_bundle = jit_calls.bind, jit_calls.bind_from_bundle
+
+    def timed(dispatcher):
+        start = time.perf_counter()
+        try:
+            return bind(dispatcher)
+        finally:
+            totals["n"] += 1
+            totals["s"] += time.perf_counter() - start
+
+    def counted(slots):
+        ok = from_bundle(slots)
+        totals["bundled"] += bool(ok)
+        return ok
+
+    jit_calls.bind, jit_calls.bind_from_bundle = timed, counted
+    return totals
+
+
 def run_child(case, linker, env_extra=None):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -164,11 +198,14 @@ def report(res, label, top):
     numba = res["numba"]
     in_numba = sum(own for own, _ in numba.values())
     print(f"{res['case']} / {res['linker']} ({label}): {res['nodes']} nodes; import "
-          f"{res['import_s']:.2f} s; compile ms first {sum(ms.values()):.1f} {ms}, again "
-          f"{sum(ms2.values()):.1f} {ms2}")
+          f"minigrad {res['import_s']:.2f} s, numba {res['import_numba_s']:.2f} s; compile ms "
+          f"first {sum(ms.values()):.1f} {ms}, again {sum(ms2.values()):.1f} {ms2}")
+    binds = res["binds"]
+    bound = (f"; binding {binds['s']:.3f} s for {binds['n']} segment(s), "
+             f"{binds['bundled']} from a helper bundle" if binds["n"] else "")
     print(f"  first call {res['first_call_s']:.3f} s (CPU {res['first_call_cpu_s']:.2f} s; "
           f"compiling {in_numba:.3f} s; {res['cache_loads']['n']} loads from Numba's cache "
-          f"{res['cache_loads']['s']:.3f} s), second call "
+          f"{res['cache_loads']['s']:.3f} s{bound}), second call "
           f"{res['second_call_s'] * 1e3:.2f} ms")
     for name, (own, incl) in sorted(numba.items(), key=lambda kv: -kv[1][0])[:top]:
         print(f"    {own:8.3f} s own {incl:8.3f} s incl  {_short(name)}")
@@ -193,7 +230,8 @@ def main(argv=None):
     results = []
     for case in args.cases.split(","):
         for linker in args.linkers.split(","):
-            run_child(case, linker)  # make sure the caches are warm
+            run_child(case, linker)  # make sure the caches are warm: the segment compiles,
+            run_child(case, linker)  # then a process loading it writes its helper bundle
             results.append((run_child(case, linker), "warm caches"))
             if not args.cold:
                 continue

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["BACKENDS", "register_row_kernels", "row_kernel", "rules_of"]
+__all__ = ["BACKENDS", "fresh_read", "register_fresh_reads", "register_row_kernels",
+           "row_kernel", "rules_of"]
+
+#: backend -> the module whose import registers its fused reads (``fresh_read``)
+FRESH_MODULES = {"numba": "kernels.cpu.fresh"}
 
 #: backend -> the module whose import registers its row kernels
 BACKENDS = {"numpy": "kernels.reference.optim", "numba": "kernels.cpu.optim",
@@ -28,6 +32,8 @@ _BACKEND_OF_PACKAGE = {"kernels.reference": "numpy", "kernels.cpu": "numba",
                        "kernels.gpu": "cupy"}
 
 _TABLE: dict[tuple[str, str], object] = {}
+_FRESH: dict[tuple[str, str], object] = {}
+_FRESH_LOADED: set = set()
 _BACKEND_CACHE = {}  # module object -> backend (a kernel call looks it up every time)
 
 
@@ -73,3 +79,28 @@ def rules_of(backend):
     """The rules with a row kernel registered on ``backend`` (its module imported)."""
     importlib.import_module(BACKENDS[backend])
     return sorted(r for r, b in _TABLE if b == backend)
+
+
+def register_fresh_reads(backend, reads):
+    """Record ``{rule: function}`` as the fused exact-mode reads of ``backend``: ``fn(tables,
+    last, flat, t, history, hyper) -> (bad, out)``, the gathered rows caught up in one
+    pass (``out`` None: the read does not apply, the caller takes the general path)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (known: {sorted(BACKENDS)})")
+    for rule, fn in reads.items():
+        if not callable(fn):
+            raise TypeError(f"fresh read of {rule!r} on {backend} is not callable: {fn!r}")
+        _FRESH[(rule, backend)] = fn
+
+
+def fresh_read(rule, module):
+    """The fused read of ``rule`` on the backend of kernel module ``module``, or None (the
+    general path: ``gather_lagging`` then the rule's row kernel on the lagging rows)."""
+    backend = _BACKEND_CACHE.get(module)
+    if backend is None:
+        backend = _BACKEND_CACHE[module] = backend_of(module)
+    if backend not in _FRESH_LOADED:
+        if backend in FRESH_MODULES:
+            importlib.import_module(FRESH_MODULES[backend])
+        _FRESH_LOADED.add(backend)
+    return _FRESH.get((rule, backend))

@@ -21,9 +21,14 @@ background process and loaded from the on-disk cache; see ``minigrad/tiered.py``
 Why ``"generated"`` stays the default (measured in ``docs/compiler.md``, "The default
 stays generated"): ``"jit"`` compiles each new graph at its first call (2.4-3.6 s of CPU
 for a training step, with its helpers cached), which tests and one-off functions cannot
-afford; ``"tiered"`` swaps linker when a background compile ends, so the last bits of
-``exp``/``log`` would depend on timing and runs would stop being reproducible. A training
-loop asks for the fast step with ``mg.Mode(linker="jit")`` (or ``"tiered"``).
+afford; and the jit segments do not compute the generated linker's bits (50 embedding
+steps: 24 of the 50 costs and 30,500 of the 1.92M elements of ``E`` differ; it is the
+reductions' order and the fused kernels, not only ``exp``/``log``), so any default that
+picks the linker by timing (``"tiered"``) or by what is on disk (jit where a segment is
+cached) would make a script's results depend on when or where it ran. A training loop
+asks for the fast step with ``mg.Mode(linker="jit")`` (or ``"tiered"``); from a warm cache
+its first call costs what the generated linker's does (~0.45 s of CPU, Numba's start-up)
+once a second process has written the helpers' bundle (``backends/helper_bundle.py``).
 """
 from __future__ import annotations
 

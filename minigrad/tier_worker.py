@@ -10,8 +10,9 @@ one job to its stdin: an 8-byte length, then a pickle of::
 
 The child compiles each segment for its argument types, which writes Numba's on-disk
 cache next to the generated file (the parent then *loads* the machine code instead of
-compiling it: a fraction of a second), prints one JSON line ``{"compiled": [...],
-"errors": {name: message}}`` and exits (status 0 when every segment compiled).
+compiling it: a fraction of a second), writes the bundle of their helpers
+(``backends/helper_bundle.py``: the parent binds them in one load), prints one JSON line
+``{"compiled": [...], "errors": {name: message}}`` and exits (status 0 when every segment compiled).
 
 It never outlives its parent: a thread reads stdin to its end, and the end of stdin means
 the parent closed it or died, so the child exits at once (``os._exit``), mid-compile if
@@ -67,6 +68,13 @@ def main():
             compiled.append(name)
         except Exception as err:  # reported to the parent, which stays on its thunks
             errors[name] = f"{type(err).__name__}: {str(err)[:2000]}"
+    for name in compiled:  # the helpers' bundle, so the parent binds them in one load
+        try:
+            from minigrad.backends.jit_calls import write_bundle
+
+            write_bundle(getattr(module, name))
+        except Exception:  # only a faster bind in the parent: never a failed job
+            pass
     sys.stdout.write(json.dumps({"compiled": compiled, "errors": errors}) + "\n")
     sys.stdout.flush()
     os._exit(0 if not errors else 2)

@@ -161,33 +161,149 @@ _CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
     import minigrad as mg
+    from minigrad.backends import helper_bundle, jit_calls
+    helper_bundle.MIN_HELPERS = int(sys.argv[2])  # bundle even this tiny segment's helpers
+    used = []
+    real = jit_calls.bind_from_bundle
+    jit_calls.bind_from_bundle = lambda slots: used.append(real(slots)) or used[-1]
     x = mg.matrix("x")
     junk = [mg.vector() for _ in range(int(sys.argv[1]))]  # other object addresses
     w = mg.shared(np.linspace(-1, 1, 12).reshape(4, 3), name="w")
     y = mg.sigmoid(mg.dot(x, w)).sum() + (x * x).mean()
     f = mg.function([x], [y, mg.grad(y, w)], mode=mg.Mode(backend="numba", linker="jit"))
     out = f(np.linspace(0, 1, 20).reshape(5, 4))
+    again = f(np.linspace(0, 1, 20).reshape(5, 4))  # a bundle is started at a 2nd call
+    assert float(again[0]) == float(out[0])
     d = f._safe_run.compiled[0]
+    helper_bundle.wait()  # a bundle being written beside the call (it would at exit too)
     print(json.dumps({"file": f._safe_run.segment_file, "y": float(out[0]),
                       "g": np.asarray(out[1]).tolist(),
                       "hits": sum(d.stats.cache_hits.values()),
-                      "fallbacks": len(f._safe_run.jit_fallbacks)}))
-""")
+                      "fallbacks": len(f._safe_run.jit_fallbacks),
+                      "from_bundle": any(used), "bundles": sorted(
+                          os.listdir(helper_bundle.bundle_dir())
+                          if os.path.isdir(helper_bundle.bundle_dir()) else [])}))
+""").replace("import json, sys", "import json, os, sys")
 
 
 def test_fresh_process_loads_binds_and_runs_the_cached_segment(tmp_path):
+    """Three processes on one cache: the first compiles the segment and binds its helpers
+    one by one; the second loads the segment, binds one by one (its helpers' mangled names
+    are not the first process's) and writes the helpers' bundle in a thread; the third
+    binds from the bundle. Same bits in all three."""
     import json
 
     env = dict(os.environ, MINIGRAD_CACHE_DIR=str(tmp_path),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     runs = []
-    for junk in (0, 37):
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(junk)], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+    for junk in (0, 37, 5):
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(junk), "1"],
+                             env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    first, second = runs
-    assert first["file"] == second["file"]  # the same source in both processes
-    assert first["fallbacks"] == second["fallbacks"] == 0
-    assert second["hits"] == 1  # loaded from the cache, then bound, not compiled
+    first, second, third = runs
+    assert first["file"] == second["file"] == third["file"]  # the same source everywhere
+    assert first["fallbacks"] == second["fallbacks"] == third["fallbacks"] == 0
+    assert second["hits"] == third["hits"] == 1  # loaded from the cache, not compiled
+    assert not first["from_bundle"] and first["bundles"] == []  # a compile writes none
+    assert not second["from_bundle"] and len(second["bundles"]) == 1
+    assert third["from_bundle"]
     assert second["y"] == first["y"] and second["g"] == first["g"]
+    assert third["y"] == first["y"] and third["g"] == first["g"]
+
+
+# --- helper bundles, in this process --------------------------------------------------
+
+
+@pytest.fixture
+def bundles(tmp_path, monkeypatch):
+    """Bundles on for any segment (the step's few helpers), written under ``tmp_path``."""
+    from minigrad.backends import helper_bundle
+
+    monkeypatch.setattr(helper_bundle, "MIN_HELPERS", 1)
+    monkeypatch.setattr(helper_bundle, "_DISABLED", False)
+    monkeypatch.setattr(helper_bundle, "bundle_dir", lambda: str(tmp_path / "bundles"))
+    return helper_bundle
+
+
+def _run_from(params, values, fn, data):
+    for p, v in zip(params, values):
+        p.set_value(v.copy())
+    out = float(fn(*data))
+    return out, [p.get_value().copy() for p in params]
+
+
+def test_bundle_binds_to_the_same_bits_and_a_damaged_one_is_never_loaded(step, bundles,
+                                                                           monkeypatch):
+    fn, ref, data, _, _, params = step
+    dispatcher = fn._safe_run.compiled[0]
+    start = [p.get_value().copy() for p in params]
+    monkeypatch.setattr(bundles, "_DISABLED", True)
+    for s in _address_slots(dispatcher):
+        s.value = None
+    one_by_one = _run_from(params, start, fn, data)
+    singles = [s.value for s in _address_slots(dispatcher)]
+    monkeypatch.setattr(bundles, "_DISABLED", False)
+    path = jit_calls.write_bundle(dispatcher)
+    assert path and os.path.isfile(path)
+    for s in _address_slots(dispatcher):
+        s.value = None
+    from_bundle = _run_from(params, start, fn, data)
+    bundled = [s.value for s in _address_slots(dispatcher)]
+    assert all(bundled) and not set(bundled) & set(singles)  # the bundle's own code ran
+    assert from_bundle[0] == one_by_one[0]
+    for a, b in zip(from_bundle[1], one_by_one[1]):
+        np.testing.assert_array_equal(a, b)
+    assert fn._safe_run.jit_fallbacks == []
+
+    import pickle
+
+    labels = [bundles.helper_label(*rec[:3]) for _, rec in jit_calls.helper_slots(dispatcher)]
+    monkeypatch.setattr(bundles, "_LOADED", {})  # as a fresh process would read it
+    raw = bytearray(open(path, "rb").read())
+    obj = pickle.loads(bytes(raw))["object"]
+    at = raw.find(obj[len(obj) // 2:len(obj) // 2 + 64])
+    assert at > 0
+    raw[at] ^= 0xFF  # one flipped byte in the object code: the file still unpickles
+    with open(path, "wb") as fh:
+        fh.write(raw)
+    assert bundles.load(labels) is None
+    with open(path, "wb") as fh:
+        fh.write(b"not a bundle")
+    assert bundles.load(labels) is None
+    assert bundles.load(labels[:1] + ["kernels.cpu.jit_ops.other(int64)"]) is None  # no file
+    for s in _address_slots(dispatcher):
+        s.value = None
+    expected = float(ref(*data))
+    assert float(fn(*data)) == pytest.approx(expected, rel=1e-12)  # bound one by one
+    assert fn._safe_run.jit_fallbacks == []
+
+
+def test_bundle_key_names_the_helpers_and_their_order_does_not_matter(bundles):
+    a, b = "kernels.cpu.jit_ops.exp(float64)", "kernels.cpu.jit_ops.log(float64)"
+    assert bundles.bundle_key([a, b]) == bundles.bundle_key([b, a, a])
+    assert bundles.bundle_key([a, b]) != bundles.bundle_key([a])
+
+
+def test_helper_exception_propagates_from_a_bundle(bundles):
+    from numba import njit
+
+    broadcast = jit_calls.helpers("kernels.cpu.jit_ops").broadcast_1d
+
+    @njit
+    def segment(g, n):
+        return broadcast(g, n)
+
+    g = np.arange(3.0)
+    with pytest.raises(RuntimeError, match="not bound"):
+        segment(g, 3)
+    assert jit_calls.write_bundle(segment)  # one helper: MIN_HELPERS is 1 here
+    assert jit_calls.bind(segment) == 1
+    (slot, _), = jit_calls.helper_slots(segment)
+    single = jit_calls.helper_address(*jit_calls.helper_slots(segment)[0][1])
+    assert ctypes.c_void_p.from_address(slot).value not in (None, single)  # the bundle's
+    np.testing.assert_array_equal(segment(g, 3), g)
+    np.testing.assert_array_equal(segment(g[:1], 4), np.zeros(4))
+    with pytest.raises(ValueError, match="cannot broadcast"):
+        segment(g, 5)  # raised inside the bundle's code, through the caller's status code

@@ -62,6 +62,10 @@ def test_compiled_step_apply_and_flush_call_the_table_entry(monkeypatch, backend
         return original(*args, **kwargs)
 
     monkeypatch.setitem(row_kernels._TABLE, ("momentum", backend), counting)
+    # the read through the general path (gather_lagging + the row kernel), not the fused
+    # read of kernels.cpu.fresh (test_optim_fused_reads.py)
+    row_kernels.fresh_read("momentum", package)
+    monkeypatch.delitem(row_kernels._FRESH, ("momentum", backend), raising=False)
     E = mg.shared(np.ones((6, 2)), name="E")
     idx = mg.lvector("idx")
     cost = (E[idx] ** 2).sum()

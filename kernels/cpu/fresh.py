@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from kernels.cpu.optim import _momentum_elem, _skipped_map
 from kernels.cpu.rows import _prefetch_for_write
+from kernels.row_kernels import register_fresh_reads
 
-__all__ = ["gather_lagging"]
+__all__ = ["gather_lagging", "fresh_linear"]
 
 #: prefetch this many indices ahead when the param table is larger than this
 _PREFETCH_MIN_BYTES = 8 << 20
@@ -78,3 +80,88 @@ def gather_lagging(tables, last, flat, t):
     if got < 0:
         return -1 - got, None, None, None, None
     return -1, out, pos[:got], [s[:got] for s in subs[:len(tables)]], sub_last[:got]
+
+
+# --- fused reads: gather and catch up in one pass (linear rules) ---------------------------
+
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fresh_linear(P, B, last, flat, t, dist, mu, damp, nesterov, lr_h, wd_h, blocks, offsets,
+                  n_levels, base, out):
+    """``out[i] = P[flat[i]]`` caught up to step ``t`` without writing the tables: SGD /
+    momentum's zero-gradient steps are the linear maps of the history's blocks, applied
+    to ``(p, buffer)`` in registers (the same arithmetic as ``_momentum``'s catch-up,
+    including torch's first step that sets the buffer). Rows that skipped the same steps
+    share the map. Returns -1, or ``-2 - i`` for a bad index at position ``i``."""
+    n, n_rows, width = flat.shape[0], P.shape[0], P.shape[1]
+    for i in range(n):
+        if flat[i] < 0 or flat[i] >= n_rows:
+            return -2 - i
+    last2 = last.reshape(last.shape[0], 1)
+    line = max(1, 64 // P.itemsize)
+    c_start, c_end, c11, c12, c21, c22 = np.int64(-1), np.int64(-1), 1.0, 0.0, 0.0, 1.0
+    for i in range(n):
+        if dist > 0 and i + dist < n:
+            a = flat[i + dist]
+            _prefetch_for_write(last2, a, 0)
+            for j in range(0, width, line):
+                _prefetch_for_write(P, a, j)
+                if B.shape[0] > a:
+                    _prefetch_for_write(B, a, j)
+        r = flat[i]
+        L = last[r]
+        if L >= t:
+            _copy_row(P, r, out, i)
+            continue
+        start, end = L + 1, t
+        if mu == 0.0:
+            if start != c_start or end != c_end:
+                c11, c12, c21, c22 = _skipped_map(True, blocks, offsets, n_levels,
+                                                  start - base, end - base, 1.0, 0.0, 0.0, 1.0)
+                c_start, c_end = start, end
+            for d in range(width):
+                out[i, d] = float(P[r, d]) * c11
+            continue
+        first = L == 0  # the dense optimizer's step 1 sets buffer = g (torch)
+        if first:
+            start += 1
+        if start != c_start or end != c_end:
+            c11, c12, c21, c22 = _skipped_map(True, blocks, offsets, n_levels, start - base,
+                                              end - base, 1.0, 0.0, 0.0, 1.0)
+            c_start, c_end = start, end
+        if first:
+            lr1, wd1 = lr_h[1 - base], wd_h[1 - base]  # (base is 0 while a row has last 0)
+            for d in range(width):
+                p, b = _momentum_elem(float(P[r, d]), 0.0, 0.0, True, lr1, mu, damp, nesterov,
+                                      wd1)
+                out[i, d] = c11 * p + c12 * b
+        else:
+            for d in range(width):
+                out[i, d] = c11 * float(P[r, d]) + c12 * float(B[r, d])
+    return -1
+
+
+def fresh_linear(tables, last, flat, t, history, hyper):
+    """``(bad, out)``: rows ``flat`` of an SGD / momentum table (``tables``: 2-D param, then
+    buffer if any) caught up to step ``t`` (``out``, a new array), or ``(bad, None)`` with
+    ``bad`` the position of the first index outside the table; ``(-1, None)`` where this
+    read does not apply (the caller then takes the general path: ``gather_lagging`` and
+    the rule's row kernel)."""
+    mu = float(hyper.get("momentum", 0.0))
+    P = tables[0]
+    if (history is None or getattr(history, "blocks", None) is None or history.n < t
+            or (mu != 0.0 and len(tables) != 2)):
+        return -1, None
+    B = tables[1] if mu != 0.0 else P[:0]
+    out = np.empty((flat.shape[0], P.shape[1]), dtype=P.dtype)
+    dist = _PREFETCH_DISTANCE if P.nbytes > _PREFETCH_MIN_BYTES else 0
+    got = _fresh_linear(P, B, last, flat, int(t), dist, mu, float(hyper.get("dampening", 0.0)),
+                        bool(hyper.get("nesterov", False)), history.lr, history.wd,
+                        history.blocks, history.offsets, history.n_levels, history.base, out)
+    if got < -1:
+        return -2 - got, None
+    return -1, out
+
+
+register_fresh_reads("numba", {"sgd": fresh_linear, "momentum": fresh_linear})

@@ -806,6 +806,203 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
 def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
           base, replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
+    """Every Adam row update: an exact-mode gradient step whose catch-up has the history's
+    block sums (the common exact case) runs the plain loop ``_adam_exact`` (without a
+    gradient, unguarded: ``_adam_exact_catch_up``), the rest the general loop
+    ``_adam_general``. (One entry point, so ``minigrad/direct_updates.py``
+    and ``adam_rows`` get the same loop; a separate function, because LLVM optimises the
+    element loops of one large function less well: ~1.6x, see kernels/cpu/direct_rows.py.)"""
+    n = idx.shape[0]
+    if exact and not has_grad and has_s and not amsgrad and not replay and not guard:
+        return _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd,
+                                    decoupled, ratio, tol, lr_max, dist, has_h, lr_h, wd_h,
+                                    blocks, offsets, n_levels, base, sblocks, rho_pow, logs)
+    if exact and has_grad and has_s and not amsgrad and not replay and (not guard or (
+            SP.shape[0] >= n and SM.shape[0] >= n and SV.shape[0] >= n and SL.shape[0] >= n)):
+        return _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled,
+                           ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets,
+                           n_levels, base, sblocks, rho_pow, logs, guard, SP, SM, SV, SL,
+                           status)
+    return _adam_general(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd,
+                         decoupled, amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h,
+                         blocks, offsets, n_levels, base, replay, has_s, sblocks, rho_pow,
+                         logs, guard, SP, SM, SV, SVM, SL, status)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, catch, Q, s0, s1,
+               s2, s3, s4, s5, f1, f2, save, check, SP, SM, SV):
+    """One pass over row ``r``: with ``catch`` the closed-form catch-up of its skipped
+    steps from the per-row scalars (``Q``, the sums ``s0..s5``, ``f1 = b1**k``, ``f2 =
+    b2**k``: ``_adam_series_blocked``'s formula with every skipped step summed), then dense
+    Adam's step with gradient row ``i``, each element kept in registers between the two;
+    with ``save`` the old values go to row ``i`` of the scratch, with ``check`` it returns
+    whether a stored value is not finite. Called with literal flags: no branch in the loop
+    (the ``m != 0`` test is a select), so it vectorises."""
+    bad = False
+    for d in range(P.shape[1]):
+        p0, m0, v0 = P[r, d], M[r, d], V[r, d]
+        if save:
+            SP[i, d], SM[i, d], SV[i, d] = p0, m0, v0
+        p, m, v = float(p0), float(m0), float(v0)
+        if catch:
+            ia = 1.0 / np.sqrt(v)
+            z = eps * ia
+            drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+            p = Q * p - (drift if m != 0.0 else 0.0)  # (v may be 0 where m is: no drift)
+            m, v = m * f1, v * f2
+        P[r, d], M[r, d], V[r, d], _ = _adam_elem(p, m, v, 0.0, float(G[i, d]), b1, b2, eps,
+                                                  l2, q, step_size, sqrt_bc2, False, False)
+        if check:
+            bad |= _not_finite(P[r, d]) | _not_finite(M[r, d]) | _not_finite(V[r, d])
+    return bad
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _series_fits(M, V, r, v_floor):
+    """Whether every element of row ``r`` with ``m != 0`` has ``v >= v_floor`` (the
+    series' ``z = eps / (a u) <= SERIES_MAX_RATIO`` at every summed step, squared: no
+    sqrt). An AND of comparisons (an integer reduction: it vectorises)."""
+    fits = True
+    for d in range(M.shape[1]):
+        fits &= (float(M[r, d]) == 0.0) | (float(V[r, d]) >= v_floor)
+    return fits
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_last(idx, i, dist, last):
+    """Ask for ``last[idx[i + dist]]`` too (the exact loops read it first in every row: a
+    cache miss a row in a large table)."""
+    if dist > 0 and i + dist < idx.shape[0]:
+        _prefetch_for_write(last.reshape(last.shape[0], 1), idx[i + dist], 0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _lag_scalars(sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2):
+    """The per-row scalars of the closed-form catch-up of steps ``L+1 .. L+k``, all summed:
+    ``(Q, s0..s5, b1**k, b2**k, v_floor)``; ``v_floor``: the least ``v`` (where ``m != 0``)
+    for which the series applies at every summed step (``eps / (a u) <= SERIES_MAX_RATIO``,
+    ``u`` taken at the last step, where it is smallest), squared so no sqrt is needed."""
+    Q, s0, s1, s2, s3, s4, s5 = _series_sums(sblocks, offsets, n_levels, rho_pow,
+                                             L + 1 - base, L + k - base)
+    iu = np.sqrt(-np.expm1(float(L + k) * log_b2)) * np.exp(-0.5 * float(k) * log_b2)
+    a_floor = eps * iu / (SERIES_MAX_RATIO * (1.0 - 1e-9))
+    return Q, s0, s1, s2, s3, s4, s5, b1 ** float(k), b2 ** float(k), a_floor * a_floor
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd, decoupled, ratio,
+                         tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
+                         base, sblocks, rho_pow, logs):
+    """``_adam_exact`` without a gradient (a flush, the read of lagging rows): each row's
+    catch-up to step ``t`` in one vectorisable pass, the general one where the series
+    does not fit."""
+    c_last = np.int64(-1)
+    Q = s0 = s1 = s2 = s3 = s4 = s5 = f1 = f2 = v_floor = 0.0
+    for i in range(idx.shape[0]):
+        _prefetch_ahead(idx, i, dist, P, M, V)
+        _prefetch_last(idx, i, dist, last)
+        r = idx[i]
+        L = last[r]
+        k = t - L
+        last[r] = t
+        if k <= 0:
+            continue
+        if L != c_last:
+            Q, s0, s1, s2, s3, s4, s5, f1, f2, v_floor = _lag_scalars(
+                sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, logs[0])
+            c_last = L
+        if _series_fits(M, V, r, v_floor):
+            for d in range(P.shape[1]):
+                p, m, v = float(P[r, d]), float(M[r, d]), float(V[r, d])
+                ia = 1.0 / np.sqrt(v)
+                z = eps * ia
+                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+                P[r, d] = Q * p - (drift if m != 0.0 else 0.0)
+                M[r, d], V[r, d] = m * f1, v * f2
+        else:
+            _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, False,
+                           ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels,
+                           False, True, sblocks, rho_pow, logs, base)
+    return -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, ratio, tol,
+                lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, base, sblocks,
+                rho_pow, logs, guard, SP, SM, SV, SL, status):
+    """Exact-mode Adam (no AMSGrad, no L2 decay: the catch-up has a closed form) with a
+    gradient, in a plain row loop.
+
+    A row last updated at step ``L`` skipped ``k = t - 1 - L`` steps. Its catch-up is the
+    closed form of ``_adam_series_blocked`` with all ``k`` steps summed (summing past the
+    step where the drift becomes negligible is exact too): the sums depend only on ``L``
+    (``t`` is the call's), so they are computed once per distinct ``L`` from the history's
+    block sums in O(log k), and rows touched together (same ``L``) share them. What is
+    left per element is one vectorisable pass: catch-up and step together (``_step_pass``),
+    with no scan for the drift bound (``_row_scale``'s division and max chain). The series
+    needs ``v >= v_floor`` where ``m != 0``: a row that fails that test (a tiny ``v``, or a
+    gap so long that the summed ``u_k`` is large) takes the general catch-up
+    (``_adam_catch_up``: bound-truncated series, else the replay) and then the step.
+    Guarded: the one-pass save-and-check of ``_adam_general`` (scratch row ``i``, and
+    ``last[r]`` into ``SL[i]``)."""
+    n = idx.shape[0]
+    step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, False)
+    q = 1.0 - lr * wd if decoupled else 1.0
+    l2 = 0.0 if decoupled else wd
+    log_b2 = logs[0]
+    c_last = np.int64(-1)  # the L the scalars below were computed for
+    Q = s0 = s1 = s2 = s3 = s4 = s5 = f1 = f2 = v_floor = 0.0
+    for i in range(n):
+        _prefetch_ahead(idx, i, dist, P, M, V)
+        _prefetch_last(idx, i, dist, last)
+        r = idx[i]
+        L = last[r]
+        k = t - 1 - L
+        if guard:
+            SL[i] = L
+        last[r] = t
+        if k <= 0 and guard:  # (the flags of _step_pass literal in each call)
+            bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                             False, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, True, True,
+                             SP, SM, SV)
+        elif k <= 0:
+            bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                             False, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, False, False,
+                             SP, SM, SV)
+        else:
+            if L != c_last:
+                Q, s0, s1, s2, s3, s4, s5, f1, f2, v_floor = _lag_scalars(
+                    sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2)
+                c_last = L
+            fits = _series_fits(M, V, r, v_floor)
+            if fits and guard:
+                bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                                 True, Q, s0, s1, s2, s3, s4, s5, f1, f2, True, True, SP,
+                                 SM, SV)
+            elif fits:
+                bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                                 True, Q, s0, s1, s2, s3, s4, s5, f1, f2, False, False, SP,
+                                 SM, SV)
+            else:
+                if guard:
+                    _save_rows(i, r, last, False, P, M, V, VM, SP, SM, SV, VM, SL)
+                _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, False,
+                               ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets,
+                               n_levels, False, True, sblocks, rho_pow, logs, base)
+                bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                                 False, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, False,
+                                 True, SP, SM, SV)  # (rare: the check's cost does not matter)
+        if guard and bad:
+            return _stop(guard, status, i + 1, i)
+    return _stop(guard, status, n, -1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_general(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd,
+                  decoupled, amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks,
+                  offsets, n_levels, base, replay, has_s, sblocks, rho_pow, logs, guard, SP,
+                  SM, SV, SVM, SL, status):
     width = P.shape[1]
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, not exact)
     q = 1.0 - lr * wd if decoupled else 1.0
@@ -857,6 +1054,16 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
 def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
               decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None,
               trusted=False):
+    return _adam(*adam_loop_args(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps,
+                                 weight_decay, decoupled, amsgrad, max_exp_avg_sq, history,
+                                 guard, trusted))
+
+
+def adam_loop_args(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,
+                   decoupled, amsgrad=False, max_exp_avg_sq=None, history=None, guard=None,
+                   trusted=False):
+    """The checked arguments of ``_adam`` (and ``_adam_general``) for an ``adam_rows`` call
+    (tests run both loops on the same arguments)."""
     p2, (m2, v2, vm2), idx, g, has_grad, t, last_, exact, checks = _prepare(
         param, [m, v, max_exp_avg_sq], idx, grad, t, last, [True, True, bool(amsgrad)],
         ["m", "v", "max_exp_avg_sq"], guard, trusted)
@@ -865,7 +1072,7 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
     _, ratio = adam_drift_ratio(1.0, beta1, beta2, steps.lrwd_max if decoupled else 0.0,
                                 decoupled)
     replay = steps.wd_any and not decoupled
-    return _adam(
+    return (
         p2, m2, v2, vm2, idx, g, has_grad, t, last_, exact, float(lr), float(beta1),
         float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
         float(ratio), adam_drift_tol(p2.dtype), steps.lr_max, _prefetch_distance(p2),

@@ -229,7 +229,11 @@ def _drive(param, states, idx, grad, t, last, step, catch_up, required, names, h
         if bool((k > 0).any()):
             sel = (k > 0).nonzero()[0]
             sub = [None if r is None else r[sel] for r in rows]
-            catch_up(sub, lag_from[sel], k[sel])
+            if guard is not None:  # a non-finite result is reported by the guard
+                with np.errstate(all="ignore"):
+                    catch_up(sub, lag_from[sel], k[sel])
+            else:
+                catch_up(sub, lag_from[sel], k[sel])
             for r, s in zip(rows, sub):
                 if r is not None:
                     r[sel] = s

@@ -35,9 +35,12 @@ from __future__ import annotations
 import ctypes
 import importlib
 import inspect
+import os
 import pickle
 import re
 import types as pytypes
+
+from minigrad.backends import helper_bundle
 
 ADDR, SIG = "minigrad.addr.", "minigrad.sig."
 UNBOUND = "minigrad: a jit segment's helper address is not bound"
@@ -178,6 +181,16 @@ def __getattr__(name):  # ``from minigrad.backends.jit_calls import J, F``
 # --- binding: writing this process's helper addresses into a segment ------------------
 
 
+def helper_overload(module_name, qualname, argtypes):
+    """The helper's compile result for ``argtypes`` in this process (compiled, or loaded
+    from Numba's cache)."""
+    if module_name not in _HELPER_MODULES:
+        raise RuntimeError(f"jit segment names an unknown helper module {module_name!r}")
+    helper = getattr(importlib.import_module(module_name), qualname)
+    helper.compile(argtypes)
+    return helper.overloads[tuple(argtypes)]
+
+
 def helper_address(module_name, qualname, argtypes, target):
     """This process's address of the helper a segment recorded as ``(module, qualname,
     argument types, symbol)``, compiling or loading the helper's overload.
@@ -185,11 +198,7 @@ def helper_address(module_name, qualname, argtypes, target):
     The recorded symbol is only a label: a mangled name carries the compiling process's
     unique id of the function (``...B2v2B56...`` where this process, loading the helper
     from its own cache, may have ``...B2v1B56...``), so this process's own name is used."""
-    if module_name not in _HELPER_MODULES:
-        raise RuntimeError(f"jit segment names an unknown helper module {module_name!r}")
-    helper = getattr(importlib.import_module(module_name), qualname)
-    helper.compile(argtypes)
-    cres = helper.overloads[tuple(argtypes)]
+    cres = helper_overload(module_name, qualname, argtypes)
     symbol = cres.fndesc.llvm_func_name
     address = cres.library.get_pointer_to_function(symbol)
     if not address:
@@ -198,21 +207,100 @@ def helper_address(module_name, qualname, argtypes, target):
     return address
 
 
+def helper_slots(dispatcher):
+    """``[(slot address, (module, qualname, argument types, symbol))]``: each helper call
+    slot of every overload of the segment ``dispatcher`` and the helper it calls."""
+    return [(address_of(ADDR + name[len(SIG):]), recorded_helper(address_of(name)))
+            for name, address_of in segment_globals(dispatcher, SIG)]
+
+
 def bind(dispatcher):
     """Write the helper addresses of every overload of the segment ``dispatcher``;
-    returns how many were written."""
-    return sum(1 for _ in bind_steps(dispatcher))
+    returns how many were written.
+
+    With :data:`helper_bundle.MIN_HELPERS` distinct helpers or more, from their bundle
+    when there is one (one load, ``helper_bundle.py``); otherwise one helper at a time.
+    A segment loaded from the cache (not compiled by this process) that had to bind one
+    helper at a time then writes the bundle for the next process, in a thread started at
+    its next call, beside the training loop: code generation of the helpers, 1.8-2.6 s of
+    CPU once, spent by the second process that runs a segment, never by a compile (nor by
+    a test suite that compiles its graphs afresh)."""
+    slots = helper_slots(dispatcher)
+    big = len({helper_bundle.helper_label(*rec[:3]) for _, rec in slots}) \
+        >= helper_bundle.MIN_HELPERS
+    if big and bind_from_bundle(slots):
+        return len(slots)
+    for slot, rec in slots:
+        ctypes.c_void_p.from_address(slot).value = helper_address(*rec)
+    if big and sum(dispatcher.stats.cache_hits.values()):
+        _PENDING.append((os.getpid(), dispatcher))  # written from the segment's next call on
+    return len(slots)
+
+
+# segments whose helper bundle is to be written in the background: started at a segment's
+# next call, once the call that bound them (and its other first-time cache loads, which
+# take Numba's compiler lock too) is over; by the process that bound them only (forked
+# Hogwild workers would otherwise each write the same bundle)
+_PENDING = []
+
+
+def _start_pending():
+    while _PENDING:
+        pid, dispatcher = _PENDING.pop()
+        if pid == os.getpid():
+            write_bundle(dispatcher, background=True)
+
+
+def write_bundle(dispatcher, background=False):
+    """Write the bundle of the helpers the segment ``dispatcher`` calls (their code
+    generation: 1.8-2.6 s of CPU for a training step); returns its path, or None when it
+    was not written (too few helpers, a helper that cannot be bundled, an unwritable
+    cache). ``background=True``: in a thread (``helper_bundle.build_in_background``),
+    returns the thread."""
+    recs = {helper_bundle.helper_label(*rec[:3]): rec for _, rec in helper_slots(dispatcher)}
+    if len(recs) < helper_bundle.MIN_HELPERS:
+        return None
+    try:
+        helpers = {label: helper_overload(*rec[:3]) for label, rec in recs.items()}
+        if background:
+            return helper_bundle.build_in_background(helpers)
+        return helper_bundle.build(helpers)
+    except Exception as err:  # a bundle is only a faster bind: never fail a call
+        helper_bundle.log.warning("jit linker: helper bundle not built (%s: %s)",
+                                  type(err).__name__, err)
+        return None
+
+
+def bind_from_bundle(slots):
+    """Write every slot's address from the helpers' bundle; False (nothing written) when
+    there is no usable bundle."""
+    labels = [helper_bundle.helper_label(*rec[:3]) for _, rec in slots]
+    try:
+        addresses = helper_bundle.load(labels)
+    except Exception as err:
+        helper_bundle.log.warning("jit linker: helper bundle not loaded (%s: %s)",
+                                  type(err).__name__, err)
+        addresses = None
+    if not addresses:
+        return False
+    for (slot, _), label in zip(slots, labels):
+        ctypes.c_void_p.from_address(slot).value = addresses[label]
+    return True
 
 
 def bind_steps(dispatcher):
     """:func:`bind` one helper at a time: a generator that yields after each address it
     wrote (each is a load from Numba's cache, ~10 ms), so that the tiered linker can spread
-    them over calls instead of stalling one call for all of them."""
-    for name, address_of in segment_globals(dispatcher, SIG):
-        key = name[len(SIG):]
-        address = helper_address(*recorded_helper(address_of(name)))
-        ctypes.c_void_p.from_address(address_of(ADDR + key)).value = address
-        yield key
+    them over calls instead of stalling one call for all of them. A bundle, when there is
+    one, binds every helper at the first step."""
+    slots = helper_slots(dispatcher)
+    distinct = {helper_bundle.helper_label(*rec[:3]) for _, rec in slots}
+    if len(distinct) >= helper_bundle.MIN_HELPERS and bind_from_bundle(slots):
+        yield len(slots)
+        return
+    for slot, rec in slots:
+        ctypes.c_void_p.from_address(slot).value = helper_address(*rec)
+        yield rec[1]
 
 
 def segment_globals(dispatcher, prefix):
@@ -245,10 +333,14 @@ class BoundSegment:
 
     def __call__(self, *args):
         try:
-            return self.dispatcher(*args)
+            result = self.dispatcher(*args)
         except RuntimeError as err:
             if str(err) != UNBOUND:
                 raise
+        else:
+            if _PENDING:
+                _start_pending()
+            return result
         bind(self.dispatcher)
         return self.dispatcher(*args)
 
@@ -257,4 +349,4 @@ class BoundSegment:
 
 
 __all__ = ["BoundSegment", "UNBOUND", "addressed", "bind", "bind_steps", "helpers", "mirror",
-           "prepare"]
+           "prepare", "write_bundle"]

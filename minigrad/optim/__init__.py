@@ -6,6 +6,7 @@ See ``docs/optimizers.md`` for the update formulas, the ``sparse="exact"`` catch
 from minigrad.optim import schedules
 from minigrad.optim.adagrad import Adagrad
 from minigrad.optim.adam import Adam, AdamW
+from minigrad.optim.adamax import Adamax
 from minigrad.optim.base import Optimizer
 from minigrad.optim.momentum import Momentum
 from minigrad.optim.rmsprop import RMSprop
@@ -13,6 +14,6 @@ from minigrad.optim.sgd import SGD
 from minigrad.optim.transforms import ClipGradNorm, GradientNoise, clip_grad_norm
 
 __all__ = [
-    "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Optimizer",
+    "SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Optimizer",
     "GradientNoise", "ClipGradNorm", "clip_grad_norm", "schedules",
 ]

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from kernels.row_kernels import fresh_read
 from minigrad.graph import Apply, Op
 from minigrad.types import RowSparse, RowSparseType, TensorType
 
@@ -231,8 +232,15 @@ class FreshTake(Op):
         flat = xp.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
         shape = tuple(idx.shape) + tuple(param.shape[1:])
         width = math.prod(param.shape[1:])
-        # one pass: the gathered rows, and a copy of the lagging ones' state for the catch-up
         views = [a.reshape(a.shape[0], width) for a in tables[:-1]]
+        fused = fresh_read(self.state.rule, module) if t >= 1 else None
+        if fused is not None:  # gather and catch up in one pass (kernels.cpu.fresh)
+            bad, out = fused(views, last, flat, t, self.state.history, self.state.kernel_hyper)
+            if bad >= 0:
+                _check_rows(node, xp.asarray([int(flat[bad])]), param.shape[0])
+            if out is not None:
+                return (out.reshape(shape),)
+        # one pass: the gathered rows, and a copy of the lagging ones' state for the catch-up
         bad, out, pos, sub, sub_last = module.gather_lagging(views, last, flat, t)
         if bad >= 0:
             _check_rows(node, xp.asarray([int(flat[bad])]), param.shape[0])
