@@ -56,7 +56,7 @@ from minigrad.backends.generated_module import import_generated
 from minigrad.backends.jit_calls import BoundSegment
 from minigrad.backends.numba_jit import COALESCED, Val, covered
 from minigrad.linker import _comment, generated_phase, thunk_call_line
-from minigrad.types import RowSparse
+from minigrad.types import RowSparse, TensorType
 
 _serial = itertools.count()
 
@@ -155,6 +155,9 @@ def _exit_lines(val):
 
 # --- the generated code ----------------------------------------------------------------
 
+#: Ops whose compiled code de-duplicates through a slot map, and where their table's shape is
+_SLOT_SHAPE = {"FusedCSRScatterGrad": 2, "FusedCSRScatterSums": 0}
+
 
 class _Segment:
     def __init__(self, k, indices, nodes, needed_after, consts):
@@ -172,7 +175,7 @@ class _Segment:
 
     def source(self, name_of):
         """``segment<k>``'s source (a comment per node) and its extra Python arguments."""
-        from minigrad.ops.fused import FusedCSRScatterGrad
+        from minigrad.ops.shape import shape_source
 
         vals = {v: Val(name_of(v), v) for v in self.inputs}
         params = [p for v in self.inputs for p in vals[v].parts()]
@@ -183,14 +186,22 @@ class _Segment:
             ins, outs = [vals[v] for v in node.inputs], [vals[o] for o in node.outputs]
             label = _comment(_label(node))
             body.append(f"    # {', '.join(o.name for o in outs)} = {label}")
-            if isinstance(node.op, FusedCSRScatterGrad):
+            position = _SLOT_SHAPE.get(type(node.op).__name__)
+            if position is not None:
                 slot = f"slot_{outs[0].name}"
-                table = node.inputs[2]  # the table's shape
-                if table in self.inputs:  # a map from the Python side's pool (O(1) a call)
+                shape = node.inputs[position]  # the table's shape
+                source = shape_source(shape)
+                # a map from the Python side's pool (O(1) a call), sized by the shape value
+                # or, when the shape is computed in here, by the table it is the shape of
+                if shape in self.inputs:
                     params.append(slot)
-                    slot_args.append((slot, vals[table]))
+                    slot_args.append((slot, f"{vals[shape].name}[0]"))
+                elif source in self.inputs and isinstance(source.type, TensorType):
+                    params.append(slot)
+                    slot_args.append((slot, f"{vals[source].name}.shape[0]"))
                 else:
-                    body.append(f"    {slot} = J.slot_map({numba_jit.as_shape(ins[2]).shape(0)})")
+                    rows = numba_jit.as_shape(ins[position]).shape(0)
+                    body.append(f"    {slot} = J.slot_map({rows})")
             lines = numba_jit.emit(node.op, node, ins, outs)
             body.extend("    " + line for line in lines)
         # zero-length arrays standing for dtypes (numba_jit.like), passed from Python
@@ -287,9 +298,9 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
                         f"({type(first.op).__name__} ... {type(last.op).__name__})")
         py_lines.append(f"    if jit{k}:")
         pad = "        "
-        for j, (sname, table) in enumerate(slot_args):
+        for j, (sname, rows) in enumerate(slot_args):
             namespace[f"P{k}_{j}"] = _slot_pool()
-            py_lines.append(f"{pad}{sname} = P{k}_{j}.take(int({table.name}[0]))")
+            py_lines.append(f"{pad}{sname} = P{k}_{j}.take(int({rows}))")
             args.append(sname)
         for dtype in seg.likes:  # after the slot maps, as in the segment's signature
             namespace[f"_L_{dtype}"] = np.empty(0, dtype=dtype)
@@ -304,8 +315,8 @@ def jit_phase(nodes, entries, live_in, live_out, name="safe_phase", constants=No
         py_lines.extend(f"{pad}    {line}" for line in exits or ["pass"])
         if slot_args:
             py_lines.append(f"{pad}finally:")
-            for j, (sname, table) in enumerate(slot_args):
-                py_lines.append(f"{pad}    P{k}_{j}.give(int({table.name}[0]), {sname})")
+            for j, (sname, rows) in enumerate(slot_args):
+                py_lines.append(f"{pad}    P{k}_{j}.give(int({rows}), {sname})")
         py_lines.append("    else:")
         if tiered:  # the arguments the segment would get (a slot map: any int32 vector)
             rec_args = ["_SLOT" if a in {s for s, _ in slot_args} else a for a in args]

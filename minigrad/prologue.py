@@ -82,6 +82,7 @@ class Prologue:
 
     def __init__(self, nodes, inputs):
         from minigrad.ops.fused import FusedCSRGatherSum, FusedCSRScatterGrad, SlotTakeGrad
+        from minigrad.ops.fused_products import FusedCSRGatherSums, FusedCSRScatterSums
         from minigrad.ops.indexing import Take, TakeGrad
         from minigrad.ops.nn import PickColumns
 
@@ -103,10 +104,12 @@ class Prologue:
                     continue
                 node.index_checked = True
                 checked.add((idx, param))
-            elif isinstance(node.op, (FusedCSRGatherSum, FusedCSRScatterGrad)):
+            elif isinstance(node.op, (FusedCSRGatherSum, FusedCSRScatterGrad,
+                                      FusedCSRGatherSums, FusedCSRScatterSums)):
                 # columns < X.shape[1] (the filter) and X.shape[1] == rows(T) (the op's own
                 # O(1) check_columns): the kernels need not scan the batch again
-                if self._csr_batch_vouched(node.inputs[0], position):
+                if self._csr_batch_vouched(node.inputs[getattr(node.op, "first_csr", 0)],
+                                           position):
                     node.index_checked = True
             elif isinstance(node.op, PickColumns):
                 logits, labels = node.inputs

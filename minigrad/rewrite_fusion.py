@@ -44,6 +44,7 @@ from minigrad.ops.sparse import (
     CSRScaledGatheredDot,
 )
 from minigrad.rewrite import apply_local, register
+from minigrad.types import TensorType
 
 
 def pattern_source(X):
@@ -159,6 +160,55 @@ def _fused_forward(node, shared=frozenset()):
     return fused if fused.type == out.type or fused.dtype == out.dtype else None
 
 
+def _shared_gather_products(outputs):
+    """``{(table, cols): [product nodes]}`` for gathers read by several CSR products, each
+    ``X_i @ T[cols]`` or ``X_i @ square(T[cols])`` (the FM's ``X @ V``, ``X**2 @ V**2``)."""
+    groups, spoiled = {}, set()
+    for node in toposort(outputs):
+        found = _product_tables(node)
+        if found is None:
+            continue
+        cols, tables = found
+        key = (tables[0], cols)
+        if (not isinstance(node.op, CSRGatheredDot) or len({id(t) for t in tables}) != 1
+                or len(tables) > 2):
+            spoiled.update((t, cols) for t in tables)  # a product the fused loop cannot do
+            continue
+        groups.setdefault(key, []).append(node)
+    return {key: nodes for key, nodes in groups.items()
+            if len(nodes) > 1 and key not in spoiled}
+
+
+def _gather_sums_replacement(table, nodes):
+    """``{old output: new output}`` of one ``FusedCSRGatherSums`` for ``nodes``, or ``{}``."""
+    from minigrad.ops.fused_products import FusedCSRGatherSums
+
+    dtype = nodes[0].outputs[0].dtype
+    if table.ndim != 2 or table.dtype != dtype or any(
+            n.inputs[0].dtype != dtype or n.outputs[0].dtype != dtype for n in nodes):
+        return {}  # one dtype for the fused loop; mixed ones stay unfused
+    # X @ T[cols]: [T], power 1; X @ square(T[cols]) or T[cols] * T[cols]: [T, T], power 2
+    powers = [len(_product_tables(n)[1]) for n in nodes]
+    fused = FusedCSRGatherSums(powers)(table, *[n.inputs[0] for n in nodes])
+    return {n.outputs[0]: new for n, new in zip(nodes, fused)
+            if new.type == n.outputs[0].type}
+
+
+@register("default", "fuse", "fuse_csr_gather_sums")
+def fuse_csr_gather_sums(outputs):
+    """CSR products sharing one gather (``X @ V`` and ``square(X) @ V**2``) become one pass
+    that reads each gathered row once (``FusedCSRGatherSums``); see :func:`shared_gathers`
+    for why they are not fused one by one."""
+    replace = {}
+    for (table, _), nodes in _shared_gather_products(outputs).items():
+        found = _gather_sums_replacement(table, nodes)
+        if len(found) == len(nodes):
+            replace.update(found)
+    if not replace:
+        return outputs
+    return clone_replace(outputs, replace)
+
+
 @register("default", "fuse", "fuse_csr_gather_sum")
 def fuse_csr_gather_sum(outputs):
     """Forward products of CSR batches with gathered rows become one fused pass (unless the
@@ -222,6 +272,105 @@ def _gathered_shape_of(shape, cols):
     return None if source is None else gathered_table(source, cols)
 
 
+# --- the gradient through several products sharing a gather, as one scatter ---------------
+
+
+def _same_index(idx, cols):
+    """Whether ``idx`` holds the values of ``cols``: ``cols`` itself, or the indices of a
+    ``TakeGrad`` by ``cols`` (``(V * g)[rows of g]``, the gradient through ``V ** 2``)."""
+    if idx is cols:
+        return True
+    node = idx.owner
+    if node is None or type(node.op).__name__ != "RowSparseIndices":
+        return False
+    inner = node.inputs[0].owner
+    return inner is not None and isinstance(inner.op, TakeGrad) and inner.inputs[1] is cols
+
+
+def _monomial(var, table, cols):
+    """``(c, m)`` when ``var`` is ``c * table[cols] ** m`` (scalar constants, gathers of
+    ``table`` by ``cols``, their products, negations and squares), else ``None``."""
+    if _is_scalar_constant(var):
+        value = np.asarray(var.data)
+        return (float(value), 0) if value.dtype.kind in "iuf" else None
+    node = var.owner
+    if node is None or var.dtype != table.dtype:
+        return None
+    if isinstance(node.op, Take):
+        return (1.0, 1) if node.inputs[0] is table and _same_index(node.inputs[1], cols) else None
+    parts = [_monomial(v, table, cols) for v in node.inputs]
+    if None in parts:
+        return None
+    if _op_name(var, Unary) == "neg":
+        return (-parts[0][0], parts[0][1])
+    if _op_name(var, Unary) == "square":
+        return (parts[0][0] ** 2, 2 * parts[0][1])
+    if _op_name(var, Binary) == "mul":
+        return (parts[0][0] * parts[1][0], parts[0][1] + parts[1][1])
+    return None
+
+
+def _linear_terms(var, table, cols, depth=0):
+    """``[(coef, X_i, G_i, m_i)]`` when the per-entry gradient rows ``var`` (``nnz x D``)
+    are ``sum_i coef_i * CSRGatheredDotGradRows(X_i, G_i) * table[cols] ** m_i``, with
+    every ``X_i`` of ``cols``'s pattern; ``None`` when they are anything else."""
+    node = var.owner
+    if (node is None or depth > 32 or not isinstance(var.type, TensorType) or var.ndim != 2
+            or var.dtype != table.dtype):
+        return None
+    if isinstance(node.op, CSRGatheredDotGradRows):
+        X, gz = node.inputs
+        ok = (columns_of(X, cols) and X.dtype == table.dtype and gz.ndim == 2
+              and gz.dtype == table.dtype)
+        return [(1.0, X, gz, 0)] if ok else None
+    if type(node.op).__name__ == "RowSparseValues":  # the rows of a TakeGrad by cols
+        inner = node.inputs[0].owner
+        if (inner is None or not isinstance(inner.op, TakeGrad) or inner.inputs[1] is not cols
+                or shape_source(inner.inputs[0]) is not table):
+            return None
+        return _linear_terms(inner.inputs[2], table, cols, depth + 1)
+    name = _op_name(var, Binary) or _op_name(var, Unary)
+    if name in ("add", "sub"):
+        a, b = (_linear_terms(v, table, cols, depth + 1) for v in node.inputs)
+        if a is None or b is None:
+            return None
+        sign = -1.0 if name == "sub" else 1.0
+        return a + [(sign * c, X, g, m) for c, X, g, m in b]
+    if name == "neg":
+        inner = _linear_terms(node.inputs[0], table, cols, depth + 1)
+        return None if inner is None else [(-c, X, g, m) for c, X, g, m in inner]
+    if name == "mul":
+        for scale, rest in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+            mono = _monomial(scale, table, cols)
+            inner = None if mono is None else _linear_terms(rest, table, cols, depth + 1)
+            if inner is not None:
+                c0, m0 = mono
+                return [(c0 * c, X, g, m0 + m) for c, X, g, m in inner]
+    return None
+
+
+def scatter_terms(table, cols, rows):
+    """The terms of :func:`_linear_terms` when ``FusedCSRScatterSums`` can compute them (a
+    2-D table, powers up to 2, at least one term reading ``table`` or several products:
+    a lone ``X^T G`` is ``FusedCSRScatterGrad``'s), else ``None``."""
+    if table.ndim != 2 or cols.ndim != 1:
+        return None
+    terms = _linear_terms(rows, table, cols)
+    if not terms or any(m > 2 for _, _, _, m in terms):
+        return None
+    if len(terms) == 1 and terms[0][3] == 0:
+        return None
+    return terms
+
+
+def scatter_sums_node(dtype, table_shape, table, terms):
+    """The ``FusedCSRScatterSums`` output for ``terms`` (:func:`scatter_terms`)."""
+    from minigrad.ops.fused_products import FusedCSRScatterSums
+
+    op = FusedCSRScatterSums(dtype, [c for c, _, _, _ in terms], [m for _, _, _, m in terms])
+    return op(table_shape, table, *[X for _, X, _, _ in terms], *[g for _, _, g, _ in terms])
+
+
 def optimizer_only_readers(outputs):
     """Variables read only by ``PrepareRows`` nodes (and not themselves outputs)."""
     from minigrad.optim.ops import PrepareRows
@@ -248,9 +397,12 @@ def fuse_csr_scatter_grad(outputs):
             continue
         table = shape_source(table_shape)
         found = None if table is None else _fused_backward(table, idx, rows)
+        terms = None if found is not None or table is None else scatter_terms(table, idx, rows)
         if found is not None:
             X, gz, factor = found
             new = FusedCSRScatterGrad(node.op.dtype)(X, gz, table_shape, factor)
+        elif terms is not None:
+            new = scatter_sums_node(node.op.dtype, table_shape, table, terms)
         else:
             new = SlotTakeGrad(node.op.dtype)(table_shape, idx, rows)
         if new.type == node.outputs[0].type:

@@ -334,8 +334,11 @@ def fm_step(dtype, backend, fuse):
 def test_fm_step_fused_equals_unfused(backend, dtype):
     fused, m_fused = fm_step(dtype, backend, True)
     plain, m_plain = fm_step(dtype, backend, False)
-    assert "FusedCSRGatherSum" in _node_types(fused)
-    assert {"FusedCSRScatterGrad", "SlotTakeGrad"} <= _node_types(fused)
+    # w: one product (FusedCSRGatherSum / FusedCSRScatterGrad); V: two products sharing
+    # one gather, X @ V and X**2 @ V**2 (FusedCSRGatherSums / FusedCSRScatterSums)
+    assert {"FusedCSRGatherSum", "FusedCSRGatherSums"} <= _node_types(fused)
+    assert {"FusedCSRScatterGrad", "FusedCSRScatterSums"} <= _node_types(fused)
+    assert "SlotTakeGrad" not in _node_types(fused) and "Take" not in _node_types(fused)
     rng = np.random.default_rng(1)
     tol = _tol(np.dtype(dtype).type)
     for k in range(4):
@@ -354,7 +357,8 @@ def test_fm_step_fused_equals_unfused(backend, dtype):
 def test_fuse_rewrites_can_be_switched_off_one_by_one():
     from minigrad.rewrite import DB, rewrite
 
-    for name in ("fuse_csr_gather_sum", "fuse_csr_scatter_grad", "fuse_elemwise"):
+    for name in ("fuse_csr_gather_sum", "fuse_csr_gather_sums", "fuse_csr_scatter_grad",
+                 "fuse_elemwise"):
         assert {"default", "fuse", name} <= DB[name].tags and DB[name].phase == "fuse"
     model = classifier(20, 3, 2, seed=0)
     tokens, mask = mg.lmatrix("t"), mg.matrix("m")
@@ -512,15 +516,26 @@ def test_gpu_fused_kernels_match_the_reference(dtype):
 
 
 def test_cost_rule_a_gather_shared_by_several_products_is_not_fused():
-    """``shared_gathers``: the FM's ``V[cols]`` serves ``X @ V`` and ``X**2 @ V**2``; fused,
-    each product would read ``V``'s rows again at random, so it stays one gather. ``w``'s
-    rows serve one product and are fused."""
+    """``shared_gathers``: the FM's ``V[cols]`` serves ``X @ V`` and ``X**2 @ V**2``; fused
+    one by one, each product would read ``V``'s rows again at random, so they are never
+    fused one by one: together they become one ``FusedCSRGatherSums`` (each row read once),
+    and without that rewrite they stay one gather. ``w``'s rows serve one product."""
+    from minigrad.ops.fused_products import FusedCSRGatherSums
     from minigrad.rewrite_fusion import shared_gathers
 
     fused, _ = fm_step("float64", "numpy", True)
     tables = [n.inputs[1].name for n in fused.nodes if isinstance(n.op, FusedCSRGatherSum)]
     assert tables == ["fm_w"]
-    gathers = [n for n in fused.nodes if type(n.op).__name__ == "Take"]
+    multi = [n for n in fused.nodes if isinstance(n.op, FusedCSRGatherSums)]
+    assert [(n.inputs[0].name, n.op.powers) for n in multi] == [("fm_V", (1, 2))]
+    model = mg.models.FactorizationMachine(40, 4, seed=0)
+    Xs, ys = mg.csr_matrix("X"), mg.vector("y")
+    cost = model.cost(Xs, ys)
+    apart = mg.function([Xs, ys], cost, updates=mg.optim.SGD(model.params, 0.1).updates(cost),
+                        mode=mg.Mode(backend="numpy", exclude=("fuse_csr_gather_sums",)))
+    tables = [n.inputs[1].name for n in apart.nodes if isinstance(n.op, FusedCSRGatherSum)]
+    assert tables == ["fm_w"]
+    gathers = [n for n in apart.nodes if type(n.op).__name__ == "Take"]
     assert any(n.inputs[0].name == "fm_V" for n in gathers)
     # the rule itself, on the graph as the fuse phase sees it (one gather after merge)
     fm = mg.models.FactorizationMachine(40, 4, seed=0)

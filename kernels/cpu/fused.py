@@ -209,3 +209,123 @@ def slot_coalesce_rows(indices, values, n_table_rows, slot=None):
     flat = np.ascontiguousarray(values).reshape(values.shape[0], V.row_width(values))
     uniq, out = _slot_coalesce(indices, flat, slot)
     return uniq, out.reshape((uniq.shape[0],) + values.shape[1:])
+
+
+# --- several CSR products sharing one gather (see kernels.reference.fused_products) ----------
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gather_sums(indptr, indices, datas, powers, table, out):
+    """``out[i, r] += datas[i, k] * table[c_k] ** powers[i]``: each table row read once."""
+    width = table.shape[1]
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            c = indices[k]
+            for i in range(datas.shape[0]):
+                x = datas[i, k]
+                if powers[i] == 1:
+                    for d in range(width):
+                        out[i, r, d] += x * table[c, d]
+                else:
+                    for d in range(width):
+                        t = table[c, d]
+                        out[i, r, d] += x * (t * t)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scatter_sums(indptr, indices, datas, grads, coefs, powers, table, slot):
+    """Rows ``x_i[k] * coef_i * G_i[r_k] * T[c_k] ** m_i`` summed into one row per distinct
+    column (sorted); ``grads`` is ``(K, n_rows, width)``."""
+    uniq = _distinct_sorted(indices, slot)
+    width = table.shape[1]
+    values = np.zeros((uniq.shape[0], width), dtype=table.dtype)
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            c = indices[k]
+            s = slot[c]
+            for i in range(datas.shape[0]):
+                x = coefs[i] * datas[i, k]
+                m = powers[i]
+                if m == 0:
+                    for d in range(width):
+                        values[s, d] += x * grads[i, r, d]
+                elif m == 1:
+                    for d in range(width):
+                        values[s, d] += x * grads[i, r, d] * table[c, d]
+                else:
+                    for d in range(width):
+                        t = table[c, d]
+                        values[s, d] += x * grads[i, r, d] * (t * t)
+    _reset(uniq, slot)
+    return uniq, values
+
+
+def stack_data(datas, dtype):
+    """The per-product values as one ``(K, nnz)`` array of ``dtype`` (what the loops take)."""
+    out = np.empty((len(datas), datas[0].shape[0]), dtype=dtype)
+    for i, data in enumerate(datas):
+        out[i] = data
+    return out
+
+
+def stack_grads(grads, width, dtype):
+    """``(K, n_rows, width)``; a gradient of width 1 is broadcast over the width."""
+    out = np.empty((len(grads), grads[0].shape[0], width), dtype=dtype)
+    for i, g in enumerate(grads):
+        out[i] = g
+    return out
+
+
+def csr_gather_sums(indptr, indices, datas, table, powers, trusted=False):
+    """``[X_i @ table ** p_i]`` in one pass; see ``kernels.reference.fused_products``.
+
+    ``trusted``: compiled minigrad code vouches for the CSR structure and the column range
+    (``CSRType.filter`` checked the batch at the input boundary): the O(nnz) scans are
+    skipped; the O(1) shape facts are checked all the same.
+    """
+    table = _table("table", table)
+    if trusted:
+        products_shapes(indptr, indices, datas, powers, (1, 2))
+    else:
+        indptr, indices, datas, powers = _ref_products().check_products(
+            indptr, indices, datas, table, powers, (1, 2))
+    out = np.zeros((len(datas), indptr.shape[0] - 1, table.shape[1]), dtype=table.dtype)
+    _gather_sums(indptr, indices, stack_data(datas, table.dtype),
+                 np.asarray(powers, dtype=np.int64), table, out)
+    return list(out)
+
+
+def csr_scatter_sums(indptr, indices, datas, grads, table, coefs, powers, slot=None,
+                     trusted=False):
+    """Row-sparse gradient of ``table`` through several products sharing its gather,
+    written straight into de-duplicated rows (slot map); see the reference."""
+    ref = _ref_products()
+    table = _table("table", table)
+    if trusted:
+        products_shapes(indptr, indices, datas, powers, (0, 1, 2))
+    else:
+        indptr, indices, datas, powers = ref.check_products(
+            indptr, indices, datas, table, powers, (0, 1, 2))
+    if len(coefs) != len(datas):
+        raise ValueError(f"{len(datas)} products but {len(coefs)} coefficients")
+    grads = [np.asarray(g) for g in grads]
+    ref.check_grads(grads, indptr.shape[0] - 1, table.shape[1], powers)
+    slot = _check_slot(slot, table.shape[0])
+    return _scatter_sums(indptr, indices, stack_data(datas, table.dtype),
+                         stack_grads(grads, table.shape[1], table.dtype),
+                         np.asarray(coefs, dtype=table.dtype),
+                         np.asarray(powers, dtype=np.int64), table, slot)
+
+
+def products_shapes(indptr, indices, datas, powers, allowed):
+    """The O(1) checks of a trusted call: counts, lengths and powers."""
+    if not datas or len(powers) != len(datas) or any(int(p) not in allowed for p in powers):
+        raise ValueError(f"need one power in {sorted(allowed)} per product")
+    if int(indptr[-1]) > indices.shape[0] or any(d.shape != indices.shape for d in datas):
+        raise ValueError("indptr, indices and data do not form a CSR pattern")
+
+
+def _ref_products():
+    import kernels.reference.fused_products as ref
+
+    return ref

@@ -407,6 +407,11 @@ def zeros(shape, like):
 
 
 @njit(**_OPTS)
+def empty(shape, like):
+    return np.empty(shape, dtype=like.dtype)
+
+
+@njit(**_OPTS)
 def slot_map(n):
     return np.full(n, -1, dtype=np.int32)
 
@@ -533,3 +538,50 @@ def expand_dims_1d(a, axis):
     if axis == 0:
         return c.reshape((1, c.shape[0]))
     return c.reshape((c.shape[0], 1))
+
+
+@njit(**_OPTS)
+def put_row(dst, i, src):
+    """``dst[i, :] = src`` (the values of product ``i`` of a fused CSR pass)."""
+    for k in range(src.shape[0]):
+        dst[i, k] = src[k]
+
+
+@njit(**_OPTS)
+def put_grad(dst, i, g):
+    """``dst[i] = g`` for a ``(n, D)`` or ``(n, 1)`` ``g`` (broadcast over ``D``)."""
+    n, width = dst.shape[1], dst.shape[2]
+    if g.shape[1] == width:
+        for r in range(n):
+            for d in range(width):
+                dst[i, r, d] = g[r, d]
+    else:
+        for r in range(n):
+            for d in range(width):
+                dst[i, r, d] = g[r, 0]
+
+
+@njit(**_OPTS)
+def values_vector(values, like):
+    """A tuple of numbers as a vector of ``like``'s dtype."""
+    out = np.empty(len(values), dtype=like.dtype)
+    for i in range(len(values)):
+        out[i] = values[i]
+    return out
+
+
+@njit(**_OPTS)
+def same_pattern(indptr_a, indices_a, indptr_b, indices_b):
+    """Whether two CSR batches store the same positions (the same arrays, or equal ones)."""
+    if indptr_a.shape[0] != indptr_b.shape[0] or indices_a.shape[0] != indices_b.shape[0]:
+        return False
+    if indptr_a.ctypes.data == indptr_b.ctypes.data and (
+            indices_a.ctypes.data == indices_b.ctypes.data):
+        return True
+    for r in range(indptr_a.shape[0]):
+        if indptr_a[r] != indptr_b[r]:
+            return False
+    for k in range(indices_a.shape[0]):
+        if indices_a[k] != indices_b[k]:
+            return False
+    return True

@@ -18,6 +18,7 @@ from minigrad.ops.fused import (
     FusedElemwise,
     SlotTakeGrad,
 )
+from minigrad.ops.fused_products import FusedCSRGatherSums, FusedCSRScatterSums
 from minigrad.types import RowSparse
 
 
@@ -98,6 +99,37 @@ def _slot_take_grad(op: SlotTakeGrad, node):
         shape, idx, values = op.arrays(node, inputs)
         unique, summed = coalesce(idx, values)
         return (make(unique, summed, shape, coalesced=True),)
+
+    return thunk
+
+
+@impl.register
+def _gather_sums(op: FusedCSRGatherSums, node):
+    """Several products sharing one gather: one pass, each table row read once."""
+    cpu, trusted = _cpu(), _trusted(node)
+
+    def thunk(inputs):
+        Xs, table, datas = op.arrays(node, inputs)
+        return tuple(cpu.csr_gather_sums(Xs[0].indptr, Xs[0].indices, datas, table,
+                                         op.powers, trusted=trusted))
+
+    return thunk
+
+
+@impl.register
+def _scatter_sums(op: FusedCSRScatterSums, node):
+    """Their gradient, straight into de-duplicated rows through a pooled slot map."""
+    cpu, maps, trusted = _cpu(), SlotMaps(), _trusted(node)
+
+    def thunk(inputs):
+        Xs, table, datas, grads = op.arrays(node, inputs)
+        slot = maps.take(table.shape[0])
+        try:
+            unique, rows = cpu.csr_scatter_sums(Xs[0].indptr, Xs[0].indices, datas, grads,
+                                                table, op.coefs, op.powers, slot, trusted)
+        finally:  # the kernel validates first and resets what it touched: the map is clean
+            maps.give(table.shape[0], slot)
+        return (op.value(table, unique, rows),)
 
     return thunk
 

@@ -278,6 +278,79 @@ def fused_elemwise_lines(op, ins, out):
         names[res] = (target, res_dtype)
     if op.inner_outputs[0] in op.inner_inputs:
         return None
+    loop = fused_loop_lines(op, ins, out)
+    if loop is None:
+        return lines
+    # one loop, no temporaries, when the inputs have one shape (checked at run time);
+    # broadcasting inputs take the helper statements
+    return loop + ["else:"] + ["    " + line for line in lines]
+
+
+#: scalar forms of the element-wise Ops inside one fused loop (``{zero}``: a typed 0)
+SCALAR_UNARY = {
+    "neg": "-({0})", "abs": "np.abs({0})", "sign": "np.sign({0})", "exp": "np.exp({0})",
+    "log": "np.log({0})", "log1p": "np.log1p({0})", "sqrt": "np.sqrt({0})",
+    "square": "({0}) * ({0})", "tanh": "np.tanh({0})", "sigmoid": "J.sigmoid_scalar({0})",
+    "relu": "np.maximum({0}, {zero})", "softplus": "J.logaddexp({zero}, {0})",
+}
+# (np.logaddexp and np.empty would link a Numba library into the segment: helpers instead)
+SCALAR_BINARY = dict(_SCALAR_BINARY, pow="np.power({0}, {1})", maximum="np.maximum({0}, {1})",
+                     minimum="np.minimum({0}, {1})")
+
+
+def fused_loop_lines(op, ins, out):
+    """``if <inputs of one shape>:`` and one loop computing the inner graph per element
+    (rank 1 or 2, float output, float/int values), or ``None`` (the helper statements)."""
+    from minigrad.backends.numba_fused import _literal
+    from minigrad.ops.elemwise import Binary, Cast, Unary
+
+    arrays = [a for a in ins if not a.is_scalar]
+    if (out.is_scalar or out.ndim not in (1, 2) or out.dtype not in ("float32", "float64")
+            or not arrays or any(a.ndim != out.ndim for a in arrays)):
+        return None
+    index = ", ".join(f"{out.name}_i{a}" for a in range(out.ndim))
+    names = {v: (f"{a.name}[{index}]" if not a.is_scalar else a.name, a.dtype)
+             for v, a in zip(op.inner_inputs, ins)}
+    body = []
+    for k, inner in enumerate(op.inner_nodes):
+        args, dtypes = [], []
+        for var in inner.inputs:
+            if var not in names:
+                names[var] = (_literal(np.asarray(var.data)), np.asarray(var.data).dtype.name)
+            args.append(names[var][0])
+            dtypes.append(names[var][1])
+        res_dtype = np.dtype(inner.outputs[0].dtype).name
+        if np.dtype(res_dtype).kind not in "fiu" or any(np.dtype(d).kind not in "fiu"
+                                                       for d in dtypes):
+            return None  # bool values: the helpers keep NumPy's rules
+        if isinstance(inner.op, Cast):
+            expr = args[0]
+        elif isinstance(inner.op, Unary) and inner.op.name in SCALAR_UNARY:
+            if inner.op.name in ("neg", "abs", "sign") and np.dtype(dtypes[0]).kind == "u":
+                return None
+            zero = np_dtype(dtypes[0] if np.dtype(dtypes[0]).kind == "f" else "float64")
+            if inner.op.name == "relu":
+                zero = np_dtype(dtypes[0])
+            expr = SCALAR_UNARY[inner.op.name].format(*args, zero=f"{zero}(0)")
+        elif isinstance(inner.op, Binary) and inner.op.name in SCALAR_BINARY:
+            if inner.op.name == "pow" and {np.dtype(d).kind for d in dtypes} & set("iu"):
+                return None
+            expr = SCALAR_BINARY[inner.op.name].format(*args)
+        else:
+            return None
+        target = f"{out.name}_e{k}"
+        body.append(f"{target} = {np_dtype(res_dtype)}({expr})")
+        names[inner.outputs[0]] = (target, res_dtype)
+    first = arrays[0].name
+    same = " and ".join(f"{a.name}.shape == {first}.shape" for a in arrays[1:]) or "True"
+    lines = [f"if {same}:",
+             f"    {out.name} = J.empty({first}.shape, {like(out.dtype)})"]
+    pad = "    "
+    for axis in range(out.ndim):
+        lines.append(f"{pad}for {out.name}_i{axis} in range({first}.shape[{axis}]):")
+        pad += "    "
+    lines += [pad + line for line in body]
+    lines.append(f"{pad}{out.name}[{index}] = {names[op.inner_outputs[0]][0]}")
     return lines
 
 
@@ -747,12 +820,91 @@ def _register_sparse():
                 f"{out.part('nc')} = {table.shape(0)}"]
 
 
+def _products_lines(name, Xs, n_table_rows, dt):
+    """Checks of the CSR batches of a fused multi-product node, and ``<name>_d``, their
+    values stacked ``(K, nnz)`` in ``dt`` (what the kernels of ``kernels/cpu/fused`` take)."""
+    first = Xs[0]
+    lines = []
+    for X in Xs:
+        lines += [f"if {X.part('nc')} != {n_table_rows}:",
+                  "    raise ValueError('sparse.dot: columns and rows differ')"]
+        if X is not first:
+            lines += [f"if not J.same_pattern({first.part('indptr')}, {first.part('indices')}, "
+                      f"{X.part('indptr')}, {X.part('indices')}):",
+                      "    raise ValueError('fused CSR products need one sparsity pattern')"]
+    lines.append(f"{name}_d = J.zeros(({len(Xs)}, {first.part('data')}.shape[0]), {like(dt)})")
+    lines += [f"J.put_row({name}_d, {i}, {cast(X.part('data'), X.dtype, dt, False)})"
+              for i, X in enumerate(Xs)]
+    return lines
+
+
+def _int_tuple(values):
+    return "(" + ", ".join(str(int(v)) for v in values) + ("," if len(values) == 1 else "") + ")"
+
+
+def _register_fused_products():
+    from minigrad.ops.fused_products import FusedCSRGatherSums, FusedCSRScatterSums
+
+    @emit.register(FusedCSRGatherSums)
+    def _gather_sums(op, node, ins, outs):
+        table, *Xs = ins
+        dt = outs[0].dtype
+        if table.ndim != 2 or dt not in ("float32", "float64"):
+            return None
+        name = outs[0].name + "_all"
+        first = Xs[0]
+        lines = _products_lines(name, Xs, table.shape(0), dt)
+        lines += [f"{name}_o = J.zeros(({len(Xs)}, {first.part('nr')}, {table.shape(1)}), "
+                  f"{like(dt)})",
+                  f"F._gather_sums({first.part('indptr')}, {first.part('indices')}, {name}_d, "
+                  f"J.shape_vector({_int_tuple(op.powers)}), "
+                  f"{cast(table.name, table.dtype, dt, False)}, {name}_o)"]
+        lines += [f"{out.name} = {name}_o[{i}]" for i, out in enumerate(outs)]
+        return lines
+
+    @emit.register(FusedCSRScatterSums)
+    def _scatter_sums(op, node, ins, outs):
+        K = len(op.powers)
+        shape, table = as_shape(ins[0]), ins[1]
+        Xs, grads = ins[2:2 + K], ins[2 + K:]
+        (out,) = outs
+        dt = out.dtype
+        if table.ndim != 2 or shape.ndim != 2 or dt not in ("float32", "float64"):
+            return None
+        n, first = out.name, Xs[0]
+        lines = [f"if {table.shape(0)} != {shape.shape(0)} or "
+                 f"{table.shape(1)} != {shape.shape(1)}:",
+                 "    raise ValueError('table and shape differ')"]
+        lines += _products_lines(n, Xs, shape.shape(0), dt)
+        lines.append(f"{n}_g = J.zeros(({K}, {first.part('nr')}, {table.shape(1)}), {like(dt)})")
+        for i, g in enumerate(grads):
+            lines += [f"if {g.name}.shape[0] != {first.part('nr')} or not ("
+                      f"{g.name}.shape[1] == 1 or {g.name}.shape[1] == {table.shape(1)}):",
+                      "    raise ValueError('gradient and batch or table differ in shape')",
+                      f"J.put_grad({n}_g, {i}, {cast(g.name, g.dtype, dt, False)})"]
+        if all(m == 0 for m in op.powers):  # no term is as wide as the table by itself
+            narrow = " and ".join(f"{g.name}.shape[1] == 1" for g in grads)
+            lines += [f"if {table.shape(1)} != 1 and {narrow}:",
+                      "    raise ValueError('gradient rows narrower than the table')"]
+        coefs = "(" + ", ".join(repr(float(c)) for c in op.coefs) + ("," if K == 1 else "") + ")"
+        lines += [f"{n}_s = slot_{n}",  # provided by the linker
+                  f"{out.part('idx')}, {out.part('val')} = F._scatter_sums("
+                  f"{first.part('indptr')}, {first.part('indices')}, {n}_d, {n}_g, "
+                  f"J.values_vector({coefs}, {like(dt)}), "
+                  f"J.shape_vector({_int_tuple(op.powers)}), "
+                  f"{cast(table.name, table.dtype, dt, False)}, {n}_s)",
+                  f"{out.part('n')} = {shape.shape(0)}"]
+        return lines
+
+
 #: which RowSparse outputs are coalesced (sorted unique indices), per Op class name
-COALESCED = {"FusedCSRScatterGrad", "SlotTakeGrad", "AllRows", "PrepareRows"}
+COALESCED = {"FusedCSRScatterGrad", "FusedCSRScatterSums", "SlotTakeGrad", "AllRows",
+             "PrepareRows"}
 
 _register_elemwise()
 _register_reductions()
 _register_nn()
 _register_sparse()
+_register_fused_products()
 
 __all__ = ["COALESCED", "Val", "covered", "emit", "supported_type"]
