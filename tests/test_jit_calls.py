@@ -118,7 +118,8 @@ def test_binding_ignores_the_compiling_process_unique_id(step):
         jit_calls.helper_address("os", "system", (), "x")
 
 
-def test_helper_exception_propagates_through_the_address():
+def _unbound_broadcast_segment():
+    """A fresh one-helper segment, checked to refuse running before it is bound."""
     from numba import njit
 
     broadcast = jit_calls.helpers("kernels.cpu.jit_ops").broadcast_1d
@@ -127,14 +128,23 @@ def test_helper_exception_propagates_through_the_address():
     def segment(g, n):
         return broadcast(g, n)
 
-    g = np.arange(3.0)
     with pytest.raises(RuntimeError, match="not bound"):
-        segment(g, 3)
-    assert jit_calls.bind(segment) == 1
+        segment(np.arange(3.0), 3)
+    return segment
+
+
+def _check_broadcast_segment(segment):
+    g = np.arange(3.0)
     np.testing.assert_array_equal(segment(g, 3), g)
     np.testing.assert_array_equal(segment(g[:1], 4), np.zeros(4))
     with pytest.raises(ValueError, match="cannot broadcast"):
-        segment(g, 5)  # raised inside the helper, through the caller's status code
+        segment(g, 5)  # raised inside the helper's code, through the caller's status code
+
+
+def test_helper_exception_propagates_through_the_address():
+    segment = _unbound_broadcast_segment()
+    assert jit_calls.bind(segment) == 1
+    _check_broadcast_segment(segment)
 
 
 def test_segment_call_raises_other_runtime_errors_unchanged():
@@ -287,23 +297,10 @@ def test_bundle_key_names_the_helpers_and_their_order_does_not_matter(bundles):
 
 
 def test_helper_exception_propagates_from_a_bundle(bundles):
-    from numba import njit
-
-    broadcast = jit_calls.helpers("kernels.cpu.jit_ops").broadcast_1d
-
-    @njit
-    def segment(g, n):
-        return broadcast(g, n)
-
-    g = np.arange(3.0)
-    with pytest.raises(RuntimeError, match="not bound"):
-        segment(g, 3)
+    segment = _unbound_broadcast_segment()
     assert jit_calls.write_bundle(segment)  # one helper: MIN_HELPERS is 1 here
     assert jit_calls.bind(segment) == 1
     (slot, _), = jit_calls.helper_slots(segment)
     single = jit_calls.helper_address(*jit_calls.helper_slots(segment)[0][1])
     assert ctypes.c_void_p.from_address(slot).value not in (None, single)  # the bundle's
-    np.testing.assert_array_equal(segment(g, 3), g)
-    np.testing.assert_array_equal(segment(g[:1], 4), np.zeros(4))
-    with pytest.raises(ValueError, match="cannot broadcast"):
-        segment(g, 5)  # raised inside the bundle's code, through the caller's status code
+    _check_broadcast_segment(segment)

@@ -46,14 +46,18 @@ def _prefetch(idx, i, dist, P, M, V):
             _prefetch_for_write(V, a, j)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def lazy_adam(P, M, V, idx, G, t, lr, b1, b2, eps, wd, decoupled, dist, guard, SP, SM, SV,
-              status):
-    """Lazy Adam (``torch.optim.SparseAdam``'s formula) on rows ``idx`` of ``P``, ``M``,
-    ``V`` with gradient rows ``G``, prefetching ``dist`` rows ahead; with ``guard`` the
-    one-pass save-and-check."""
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def adam_plain(P, M, V, L, idx, G, t, lr, b1, b2, eps, wd, decoupled, lazy, dist, guard, SP,
+               SM, SV, SL, status):
+    """Adam on rows ``idx`` of ``P``, ``M``, ``V`` with gradient rows ``G``, prefetching
+    ``dist`` rows ahead: ``lazy``, ``torch.optim.SparseAdam``'s formula (``L``/``SL``
+    unused); otherwise ``torch.optim.Adam``'s on rows none of which lags, with ``last[r] =
+    t`` (saved to ``SL`` when guarded). With ``guard``, the one-pass save-and-check.
+
+    Inlined into its two callers with ``lazy`` a literal, so each compiles to its own
+    plain loop (the branches on ``lazy`` fold away)."""
     width = P.shape[1]
-    step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, float(t), True)
+    step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, float(t), lazy)
     q = 1.0 - lr * wd if decoupled else 1.0
     l2 = 0.0 if decoupled else wd
     n = idx.shape[0]
@@ -61,13 +65,16 @@ def lazy_adam(P, M, V, idx, G, t, lr, b1, b2, eps, wd, decoupled, dist, guard, S
         for i in range(n):
             _prefetch(idx, i, dist, P, M, V)
             r = idx[i]
+            if not lazy:
+                SL[i] = L[r]
+                L[r] = t
             bad = False
             for d in range(width):
                 p0, m0, v0 = P[r, d], M[r, d], V[r, d]
                 SP[i, d], SM[i, d], SV[i, d] = p0, m0, v0
                 P[r, d], M[r, d], V[r, d], _ = _adam_elem(
                     float(p0), float(m0), float(v0), 0.0, float(G[i, d]), b1, b2, eps, l2, q,
-                    step_size, sqrt_bc2, True, False)
+                    step_size, sqrt_bc2, lazy, False)
                 bad |= _not_finite(P[r, d]) | _not_finite(M[r, d]) | _not_finite(V[r, d])
             if bad:
                 status[0], status[1] = i + 1, i
@@ -77,11 +84,22 @@ def lazy_adam(P, M, V, idx, G, t, lr, b1, b2, eps, wd, decoupled, dist, guard, S
     for i in range(n):
         _prefetch(idx, i, dist, P, M, V)
         r = idx[i]
+        if not lazy:
+            L[r] = t
         for d in range(width):
             P[r, d], M[r, d], V[r, d], _ = _adam_elem(
                 float(P[r, d]), float(M[r, d]), float(V[r, d]), 0.0, float(G[i, d]), b1, b2,
-                eps, l2, q, step_size, sqrt_bc2, True, False)
+                eps, l2, q, step_size, sqrt_bc2, lazy, False)
     return -1
 
 
-__all__ = ["lazy_adam"]
+@njit(cache=True, nogil=True, error_model="numpy")
+def lazy_adam(P, M, V, idx, G, t, lr, b1, b2, eps, wd, decoupled, dist, guard, SP, SM, SV,
+              status):
+    """Lazy Adam (``torch.optim.SparseAdam``'s formula) on rows ``idx``: ``adam_plain``
+    with ``lazy`` (``idx`` stands in for the ``last`` arrays it does not touch)."""
+    return adam_plain(P, M, V, idx, idx, G, t, lr, b1, b2, eps, wd, decoupled, True, dist,
+                      guard, SP, SM, SV, idx, status)
+
+
+__all__ = ["adam_plain", "lazy_adam"]

@@ -33,8 +33,7 @@ checked path (``tests/test_update_driver.py``). No argument is checked here: the
 """
 from numba import njit
 
-from kernels.cpu.direct_rows import _not_finite, _prefetch, lazy_adam
-from kernels.rules import adam as adam_rule
+from kernels.cpu.direct_rows import _not_finite, _prefetch, adam_plain, lazy_adam
 from kernels.rules import momentum as momentum_rule
 
 ADAM, MOMENTUM = 0, 1
@@ -44,10 +43,6 @@ ADAM, MOMENTUM = 0, 1
 #: to dispatch than 4 would
 SIZES = (8,)
 
-_adam_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
-    adam_rule.update)
-_adam_scalars = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
-    adam_rule.scalars)
 _momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
     momentum_rule.update)
 
@@ -56,40 +51,9 @@ _momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="alway
 def dense_adam(P, M, V, L, idx, G, t, lr, b1, b2, eps, wd, decoupled, dist, guard, SP, SM,
                SV, SL, status):
     """Exact-mode Adam (``torch.optim.Adam``) on rows ``idx``, none of which lags: the
-    step, and ``last[r] = t``; guarded, ``last`` is saved too."""
-    width = P.shape[1]
-    step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, float(t), False)
-    q = 1.0 - lr * wd if decoupled else 1.0
-    l2 = 0.0 if decoupled else wd
-    n = idx.shape[0]
-    if guard:
-        for i in range(n):
-            _prefetch(idx, i, dist, P, M, V)
-            r = idx[i]
-            SL[i] = L[r]
-            L[r] = t
-            bad = False
-            for d in range(width):
-                p0, m0, v0 = P[r, d], M[r, d], V[r, d]
-                SP[i, d], SM[i, d], SV[i, d] = p0, m0, v0
-                P[r, d], M[r, d], V[r, d], _ = _adam_elem(
-                    float(p0), float(m0), float(v0), 0.0, float(G[i, d]), b1, b2, eps, l2, q,
-                    step_size, sqrt_bc2, False, False)
-                bad |= _not_finite(P[r, d]) | _not_finite(M[r, d]) | _not_finite(V[r, d])
-            if bad:
-                status[0], status[1] = i + 1, i
-                return i
-        status[0], status[1] = n, -1
-        return -1
-    for i in range(n):
-        _prefetch(idx, i, dist, P, M, V)
-        r = idx[i]
-        L[r] = t
-        for d in range(width):
-            P[r, d], M[r, d], V[r, d], _ = _adam_elem(
-                float(P[r, d]), float(M[r, d]), float(V[r, d]), 0.0, float(G[i, d]), b1, b2,
-                eps, l2, q, step_size, sqrt_bc2, False, False)
-    return -1
+    step, and ``last[r] = t``; guarded, ``last`` is saved too (``adam_plain``)."""
+    return adam_plain(P, M, V, L, idx, G, t, lr, b1, b2, eps, wd, decoupled, False, dist,
+                      guard, SP, SM, SV, SL, status)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

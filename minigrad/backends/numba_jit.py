@@ -246,21 +246,26 @@ def _register_elemwise():
         return [f"{out.name} = J.astype({x.name}, {like(op.dtype)})"]
 
 
+def _inner_args(inner, names):
+    """The argument expressions and dtypes of one inner node of a fused node: ``names`` maps
+    a variable to its ``(expression, dtype)``; a constant becomes a typed literal."""
+    from minigrad.backends.numba_fused import _literal
+
+    for var in inner.inputs:
+        if var not in names:
+            names[var] = (_literal(np.asarray(var.data)), np.asarray(var.data).dtype.name)
+    return [names[v][0] for v in inner.inputs], [names[v][1] for v in inner.inputs]
+
+
 def fused_elemwise_lines(op, ins, out):
     """The inner graph of a ``FusedElemwise``, one statement per inner node (Numba fuses
     the array expressions); scalar constants become typed literals."""
-    from minigrad.backends.numba_fused import _literal
     from minigrad.ops.elemwise import Binary, Cast, Unary
 
     names = {v: (a.name, a.dtype) for v, a in zip(op.inner_inputs, ins)}
     lines = []
     for k, inner in enumerate(op.inner_nodes):
-        args, dtypes = [], []
-        for var in inner.inputs:
-            if var not in names:
-                names[var] = (_literal(np.asarray(var.data)), np.asarray(var.data).dtype.name)
-            args.append(names[var][0])
-            dtypes.append(names[var][1])
+        args, dtypes = _inner_args(inner, names)
         res = inner.outputs[0]
         target = out.name if res is op.inner_outputs[0] else f"{out.name}_t{k}"
         res_dtype = np.dtype(res.dtype).name
@@ -301,7 +306,6 @@ SCALAR_BINARY = dict(_SCALAR_BINARY, pow="np.power({0}, {1})", maximum="np.maxim
 def fused_loop_lines(op, ins, out):
     """``if <inputs of one shape>:`` and one loop computing the inner graph per element
     (rank 1 or 2, float output, float/int values), or ``None`` (the helper statements)."""
-    from minigrad.backends.numba_fused import _literal
     from minigrad.ops.elemwise import Binary, Cast, Unary
 
     arrays = [a for a in ins if not a.is_scalar]
@@ -313,12 +317,7 @@ def fused_loop_lines(op, ins, out):
              for v, a in zip(op.inner_inputs, ins)}
     body = []
     for k, inner in enumerate(op.inner_nodes):
-        args, dtypes = [], []
-        for var in inner.inputs:
-            if var not in names:
-                names[var] = (_literal(np.asarray(var.data)), np.asarray(var.data).dtype.name)
-            args.append(names[var][0])
-            dtypes.append(names[var][1])
+        args, dtypes = _inner_args(inner, names)
         res_dtype = np.dtype(inner.outputs[0].dtype).name
         if np.dtype(res_dtype).kind not in "fiu" or any(np.dtype(d).kind not in "fiu"
                                                        for d in dtypes):
