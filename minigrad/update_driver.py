@@ -41,21 +41,18 @@ per-node path (``tests/test_update_driver.py``).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from minigrad.direct_updates import vouched
 
-#: tables above this size have their rows asked for ``PREFETCH_DISTANCE`` rows ahead: a
-#: step's rows of a table larger than a core's L2 (1 MiB here) are mostly not in cache
-#: when the update reaches them (the embedding step at V=30K, six 7.7 MB tables: the
-#: step took ~0.5 ms less with it, same run, loaded box)
+#: tables above this size have their rows asked for ahead (``kernels.cpu.optim``'s
+#: distance): a step's rows of a table larger than a core's L2 (1 MiB here, lower than the
+#: row kernels' own 8 MiB) are mostly not in cache when the update reaches them (the
+#: embedding step at V=30K, six 7.7 MB tables: the step took ~0.5 ms less with it, same
+#: run, loaded box)
 PREFETCH_MIN_BYTES = 1 << 20
-PREFETCH_DISTANCE = 8
-
-
-def prefetch_distance(table):
-    """How many rows ahead the row loops ask for (0: none) for ``table``."""
-    return PREFETCH_DISTANCE if table.nbytes > PREFETCH_MIN_BYTES else 0
 
 
 def _dense_gradient(node):
@@ -150,10 +147,13 @@ class UpdateDriver:
 
     def __init__(self, entries, kinds, dtype, live_in, constants):
         from kernels.cpu import update_driver as drv
+        from kernels.cpu.optim import _prefetch_distance
 
         self.entries = entries
         size = next(s for s in drv.SIZES if s >= len(entries))
-        self._step_rows, self._prefetch_distance = drv.step_rows, prefetch_distance
+        self._step_rows = drv.step_rows
+        self._prefetch_distance = functools.partial(_prefetch_distance,
+                                                    min_bytes=PREFETCH_MIN_BYTES)
         self._pos = {s: k for k, s in enumerate(live_in)}
         self._const = dict(constants or {})
         self._disabled = False

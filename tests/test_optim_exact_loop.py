@@ -81,6 +81,14 @@ def histories():
             [(False, 0.0), (True, 0.0), (True, 0.01)]}
 
 
+def _assert_same_tables(got, want, dtype):
+    """P, M, V to 1e-12 (float64; float32: 2e-6) of the general loop's, ``last`` equal."""
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    for g, w in zip(got[:3], want[:3]):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-300)
+    np.testing.assert_array_equal(got[3], want[3])
+
+
 @pytest.mark.parametrize("decoupled, wd", [(False, 0.0), (True, 0.0), (True, 0.01)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_plain_exact_loop_equals_the_general_loop(histories, decoupled, wd, dtype):
@@ -92,10 +100,7 @@ def test_plain_exact_loop_equals_the_general_loop(histories, decoupled, wd, dtyp
     h = histories[(decoupled, wd)]
     assert _run(_plain, got, idx, G, h, decoupled, wd) == -1
     assert _run(cpu_optim._adam_general, want, idx, G, h, decoupled, wd) == -1
-    rtol = 1e-12 if dtype == np.float64 else 2e-6
-    for g, w in zip(got[:3], want[:3]):
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-300)
-    np.testing.assert_array_equal(got[3], want[3])
+    _assert_same_tables(got, want, dtype)
     assert (got[3][idx] == T).all()
 
 
@@ -111,10 +116,7 @@ def test_plain_catch_up_equals_the_general_loop(histories, decoupled, wd, dtype)
     h = histories[(decoupled, wd)]
     assert _run(_plain_catch_up, got, idx, None, h, decoupled, wd) == -1
     assert _run(cpu_optim._adam_general, want, idx, None, h, decoupled, wd) == -1
-    rtol = 1e-12 if dtype == np.float64 else 2e-6
-    for g, w in zip(got[:3], want[:3]):
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-300)
-    np.testing.assert_array_equal(got[3], want[3])
+    _assert_same_tables(got, want, dtype)
     assert not np.array_equal(got[0], base[0])  # (the catch-up moved rows)
 
 

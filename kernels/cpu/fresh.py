@@ -10,16 +10,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.cpu.optim import _momentum_elem, _skipped_map
+from kernels.cpu.optim import _momentum_elem, _prefetch_distance, _skipped_map
 from kernels.cpu.rows import _prefetch_for_write
 from kernels.row_kernels import register_fresh_reads
 
 __all__ = ["gather_lagging", "fresh_linear"]
-
-#: prefetch this many indices ahead when the param table is larger than this
-_PREFETCH_MIN_BYTES = 8 << 20
-_PREFETCH_DISTANCE = 8
-
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _copy_row(X, r, Y, i):
@@ -75,7 +70,7 @@ def gather_lagging(tables, last, flat, t):
     subs = [rows[k + 1] if k < n_tables else empty for k in range(4)]
     index = np.empty((2, n), dtype=np.int64)  # sub_last, pos
     out, sub_last, pos = rows[0], index[0], index[1]
-    dist = _PREFETCH_DISTANCE if P.nbytes > _PREFETCH_MIN_BYTES else 0
+    dist = _prefetch_distance(P)
     got = _gather_lagging(P, *states[:3], last, flat, int(t), dist, out, *subs, sub_last, pos)
     if got < 0:
         return -1 - got, None, None, None, None
@@ -155,7 +150,7 @@ def fresh_linear(tables, last, flat, t, history, hyper):
         return -1, None
     B = tables[1] if mu != 0.0 else P[:0]
     out = np.empty((flat.shape[0], P.shape[1]), dtype=P.dtype)
-    dist = _PREFETCH_DISTANCE if P.nbytes > _PREFETCH_MIN_BYTES else 0
+    dist = _prefetch_distance(P)
     got = _fresh_linear(P, B, last, flat, int(t), dist, mu, float(hyper.get("dampening", 0.0)),
                         bool(hyper.get("nesterov", False)), history.lr, history.wd,
                         history.blocks, history.offsets, history.n_levels, history.base, out)

@@ -196,8 +196,10 @@ _PREFETCH_MIN_BYTES = 8 << 20
 _PREFETCH_DISTANCE = 8
 
 
-def _prefetch_distance(param2d):
-    return _PREFETCH_DISTANCE if param2d.nbytes > _PREFETCH_MIN_BYTES else 0
+def _prefetch_distance(param2d, min_bytes=_PREFETCH_MIN_BYTES):
+    """How many rows ahead a row loop asks for (0: none) in ``param2d``: tables over
+    ``min_bytes`` are mostly not in cache when the loop reaches a row."""
+    return _PREFETCH_DISTANCE if param2d.nbytes > min_bytes else 0
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
