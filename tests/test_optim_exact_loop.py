@@ -164,3 +164,105 @@ def test_guarded_plain_loop_stops_and_saves_like_the_general_loop(histories, bad
     np.testing.assert_array_equal(status_a, status_b)
     for a, b in zip(saved_a, saved_b):
         np.testing.assert_array_equal(a, b)
+
+
+# --- AMSGrad and L2 decay in the plain loops ------------------------------------------------
+
+#: (decoupled, wd, amsgrad): AMSGrad's closed form (Adam, AdamW), L2 decay's replay (Adam,
+#: with and without AMSGrad)
+EXTRA = [(False, 0.0, True), (True, 0.01, True), (False, 0.01, False), (False, 0.01, True)]
+EXTRA_IDS = ["adam-amsgrad", "adamw-amsgrad", "adam-l2", "adam-l2-amsgrad"]
+
+
+@pytest.fixture(scope="module")
+def extra_histories():
+    out = {}
+    for decoupled, wd, amsgrad in EXTRA:
+        h = StepHistory(adam_matrix if decoupled else None,
+                        series=series_blocks(B1, B2, decoupled, amsgrad))
+        h.restart(0)
+        for s in range(1, T + 1):
+            h.record(s, 1e-3 * (0.55 + 0.45 * np.cos(np.pi * (s % 500) / 500)), wd)
+        out[(decoupled, wd, amsgrad)] = h
+    return out
+
+
+def _extra_tables(rng, dtype, amsgrad):
+    P, M, Vv, last = _tables(rng, np.float64)
+    tables = [P, M, Vv]
+    if amsgrad:  # the max: at least v, as a dense run keeps it (row 5's stays tiny)
+        tables.append(Vv * (1.0 + rng.random(Vv.shape)))
+    return [a.astype(dtype) for a in tables] + [last]
+
+
+def _run_extra(loop, tables, idx, G, h, case, guard=None):
+    decoupled, wd, amsgrad = case
+    P, M, Vv, *rest = tables
+    VM = rest[0] if amsgrad else None
+    last = rest[-1]
+    args = cpu_optim.adam_loop_args(P, M, Vv, idx, G, T, last, float(h.lr[T]), B1, B2, EPS,
+                                    wd, decoupled, amsgrad, VM, history=h, guard=guard,
+                                    trusted=True)
+    return loop(*args)
+
+
+def _same_extra(got, want, dtype):
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    for g, w in zip(got[:-1], want[:-1]):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-300)
+    np.testing.assert_array_equal(got[-1], want[-1])
+
+
+@pytest.mark.parametrize("with_grad", [True, False], ids=["step", "catch-up"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", EXTRA, ids=EXTRA_IDS)
+def test_plain_loops_with_amsgrad_and_l2_equal_the_general_loop(extra_histories, case, dtype,
+                                                                 with_grad):
+    """``_adam`` sends AMSGrad and L2 decay to the plain loops now: bitwise what
+    ``adam_rows`` gives, and the general loop's rows to 1e-12 (float64)."""
+    rng = np.random.default_rng(8)
+    base = _extra_tables(rng, dtype, case[2])
+    if not with_grad:
+        base[-1] = np.maximum(base[-1] - 1, 0)  # the catch-up goes up to T itself
+    idx = np.arange(0, V, dtype=np.int64)
+    G = rng.normal(size=(V, D)).astype(dtype) if with_grad else None
+    h = extra_histories[case]
+    plain = _plain if with_grad else _plain_catch_up
+    got, want, via = ([a.copy() for a in base] for _ in range(3))
+    assert _run_extra(plain, got, idx, G, h, case) == -1
+    assert _run_extra(cpu_optim._adam_general, want, idx, G, h, case) == -1
+    _run_extra(cpu_optim._adam, via, idx, G, h, case)
+    _same_extra(got, want, dtype)
+    for a, b in zip(via, got):
+        np.testing.assert_array_equal(a, b)  # (the dispatch took the plain loop)
+    assert not np.array_equal(got[0], base[0])
+
+
+@pytest.mark.parametrize("bad_row", [0, 5, 17])
+@pytest.mark.parametrize("case", [EXTRA[1], EXTRA[3]], ids=[EXTRA_IDS[1], EXTRA_IDS[3]])
+def test_guarded_plain_loop_with_amsgrad_and_l2_stops_like_the_general_loop(
+        extra_histories, case, bad_row):
+    """A NaN gradient in ``bad_row``: the same stop and saved rows (the max too) as the
+    general loop, and restoring gives the tables back bitwise."""
+    rng = np.random.default_rng(9)
+    base = _extra_tables(rng, np.float64, case[2])
+    idx = np.arange(0, V, dtype=np.int64)
+    G = rng.normal(size=(V, D))
+    G[bad_row, 1] = np.nan
+    h = extra_histories[case]
+    results = []
+    for loop in (_plain, cpu_optim._adam_general):
+        tables, guard = [a.copy() for a in base], RowGuard()
+        stop = _run_extra(loop, tables, idx, G, h, case, guard)
+        written = int(guard.status[0])
+        saved = [s[:written].copy() for s in guard._views[:len(base) - 1]]
+        results.append((stop, guard.status.copy(), saved, guard._saved_last[:written].copy()))
+        guard.restore()
+        for a, b in zip(tables, base):
+            np.testing.assert_array_equal(a, b)
+    (stop_a, status_a, saved_a, last_a), (stop_b, status_b, saved_b, last_b) = results
+    assert stop_a == stop_b == bad_row
+    np.testing.assert_array_equal(status_a, status_b)
+    np.testing.assert_array_equal(last_a, last_b)
+    for a, b in zip(saved_a, saved_b):
+        np.testing.assert_array_equal(a, b)

@@ -102,6 +102,33 @@ def test_exact_long_gap_under_cosine_with_restarts(name, hp):
     assert rel_err(got, want) < 1e-12
 
 
+#: AMSGrad, closed form (AdamW's decay) and replay (L2 decay): the plain exact loop's
+#: AMSGrad cases, on shorter runs than RULES (every schedule still passes its phases)
+AMSGRAD_RULES = [
+    ("AdamW", dict(weight_decay=0.1, betas=(0.85, 0.995), amsgrad=True)),
+    ("Adam", dict(betas=(0.8, 0.99), weight_decay=0.05, eps=1e-2, amsgrad=True)),
+]
+
+
+@pytest.mark.parametrize("sched", NAMES)
+@pytest.mark.parametrize("name,hp", AMSGRAD_RULES, ids=["AdamW-amsgrad", "Adam-L2-amsgrad"])
+def test_amsgrad_exact_equals_dense_under_every_schedule(name, hp, sched):
+    n = 120 if REFERENCE else 240
+    got, want = run_exact_vs_dense(name, hp, schedules(n)[sched], n)
+    assert rel_err(got, want) < 1e-12
+
+
+def test_amsgrad_exact_long_gap_under_cosine_with_restarts():
+    """AMSGrad's max does not decay: row 2's drift over its 10,200 skipped steps divides
+    by the max, not by the decayed v."""
+    n = 1_204 if REFERENCE else 10_204
+    sched = S.LinearWarmup(S.CosineAnnealingWarmRestarts(0.05, T_0=700, T_mult=2,
+                                                         eta_min=1e-5), 300)
+    name, hp = AMSGRAD_RULES[0]
+    got, want = run_exact_vs_dense(name, hp, sched, n, V=4, seed=1)
+    assert rel_err(got, want) < 1e-12
+
+
 @pytest.mark.parametrize("name,hp", RULES, ids=RULE_IDS)
 def test_shared_lr_changed_mid_run_compiled(name, hp, backend):
     """A shared lr set between calls takes effect at the next step, for every row: the

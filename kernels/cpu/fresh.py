@@ -8,13 +8,47 @@ table much larger than the caches overlap instead of stalling one after another.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from kernels.cpu.optim import _momentum_elem, _prefetch_distance, _skipped_map
+from kernels.cpu.optim import (
+    _NO_BLOCKS,
+    SERIES_MAX_RATIO,
+    _adam_catch_up,
+    _momentum_elem,
+    _prefetch_distance,
+    _series_fits,
+    _series_sums,
+    _skipped_map,
+    series_logs,
+)
 from kernels.cpu.rows import _prefetch_for_write
+from kernels.reference.optim import adam_drift_ratio, adam_drift_tol
 from kernels.row_kernels import register_fresh_reads
 
-__all__ = ["gather_lagging", "fresh_linear"]
+__all__ = ["gather_lagging", "fresh_adam", "fresh_linear"]
+
+@intrinsic
+def _prefetch_read(typingctx, array, row, col):
+    """Ask for ``array[row, col]``'s cache line, to be read (``llvm.prefetch``, rw=0): a
+    read writes nothing, so it needs no line in exclusive state (``_prefetch_for_write``)."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        arr = context.make_array(array_type)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, array_type, arr, [args[1], args[2]],
+                                       wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+        flags = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+        builder.call(fn, [builder.bitcast(ptr, i8p)] + flags)
+        return context.get_dummy_value()
+
+    return types.void(array, row, col), codegen
+
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _copy_row(X, r, Y, i):
@@ -159,4 +193,148 @@ def fresh_linear(tables, last, flat, t, history, hyper):
     return -1, out
 
 
-register_fresh_reads("numba", {"sgd": fresh_linear, "momentum": fresh_linear})
+# --- fused reads: Adam / AdamW (closed-form catch-up of the parameter row) ----------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _read_scalars(sblocks, offsets, n_levels, rho_pow, L, t, base, eps, log_b2, iu_t, amsgrad):
+    """``kernels.cpu.optim._lag_scalars`` for a read (``k = t - L``): ``(Q, s0..s5,
+    v_floor)``, bitwise the same values, without the decays of m and v (a read does not
+    write them) and with ``iu_t = sqrt(1 - b2**t)``, the call's, computed once."""
+    Q, s0, s1, s2, s3, s4, s5 = _series_sums(sblocks, offsets, n_levels, rho_pow,
+                                             L + 1 - base, t - base)
+    iu = iu_t
+    if not amsgrad:
+        iu *= np.exp(-0.5 * float(t - L) * log_b2)
+    a_floor = eps * iu / (SERIES_MAX_RATIO * (1.0 - 1e-9))
+    return Q, s0, s1, s2, s3, s4, s5, a_floor * a_floor
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, decoupled,
+                ratio, tol, lr_max, lr_h, wd_h, blocks, offsets, n_levels, base, sblocks,
+                rho_pow, logs, lasts, cs, scratch, out):
+    """``out[i] = P[flat[i]]`` caught up to step ``t`` without writing the tables.
+
+    A read needs only the caught-up parameter row: its closed form (``_adam_exact_catch_up``
+    with every skipped step summed, ``Q p - drift(m, v)``) is computed from the row's
+    ``p, m, v`` (AMSGrad: the max) straight into ``out``; nothing is copied out, and m, v
+    are not decayed (nobody reads them). Three passes: the rows' ``last`` (a gather whose
+    misses overlap, ``lasts``), the per-row scalars (``cs``: compute only, shared by rows
+    last updated at the same step), then the rows themselves with their tables asked for
+    ``dist`` rows ahead. (One pass that did all three per row stalled on each row's
+    misses behind the scalars' arithmetic: 1.6x slower.) A row the series does not fit
+    is copied into the one-row ``scratch`` and caught up there by the general catch-up
+    (``_adam_catch_up``), as the general read would. Returns -1, or ``-2 - i`` for a bad
+    index at position ``i`` (nothing written)."""
+    n, n_rows, width = flat.shape[0], P.shape[0], P.shape[1]
+    last2 = last.reshape(last.shape[0], 1)
+    for i in range(n):
+        if flat[i] < 0 or flat[i] >= n_rows:
+            return -2 - i
+    for i in range(n):
+        if dist > 0 and i + 2 * dist < n:
+            _prefetch_read(last2, flat[i + 2 * dist], 0)
+        lasts[i] = last[flat[i]]
+    iu_t = np.sqrt(-np.expm1(float(t) * logs[0]))
+    c_last = np.int64(-1)
+    Q = s0 = s1 = s2 = s3 = s4 = s5 = v_floor = 0.0
+    for i in range(n):
+        L = lasts[i]
+        if L < t and L != c_last:
+            Q, s0, s1, s2, s3, s4, s5, v_floor = _read_scalars(
+                sblocks, offsets, n_levels, rho_pow, L, t, base, eps, logs[0], iu_t, amsgrad)
+            c_last = L
+        cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3] = Q, s0, s1, s2
+        cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7] = s3, s4, s5, v_floor
+    SP, SM, SV, SVM = scratch[0:1], scratch[1:2], scratch[2:3], scratch[3:4]
+    line = max(1, 64 // P.itemsize)
+    for i in range(n):
+        if dist > 0 and i + dist < n:
+            a = flat[i + dist]
+            for j in range(0, width, line):
+                _prefetch_read(P, a, j)
+                if lasts[i + dist] < t:
+                    _prefetch_read(M, a, j)
+                    _prefetch_read(V, a, j)
+                    if amsgrad:
+                        _prefetch_read(VM, a, j)
+        r = flat[i]
+        L = lasts[i]
+        if L >= t:
+            _copy_row(P, r, out, i)
+            continue
+        Q, s0, s1, s2 = cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3]
+        s3, s4, s5, v_floor = cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7]
+        if amsgrad and _series_fits(M, V, VM, r, v_floor, True):
+            for d in range(width):
+                m = float(M[r, d])
+                ia = 1.0 / np.sqrt(float(VM[r, d]))
+                z = eps * ia
+                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+                out[i, d] = Q * float(P[r, d]) - (drift if m != 0.0 else 0.0)
+        elif not amsgrad and _series_fits(M, V, VM, r, v_floor, False):
+            for d in range(width):
+                m = float(M[r, d])
+                ia = 1.0 / np.sqrt(float(V[r, d]))
+                z = eps * ia
+                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+                out[i, d] = Q * float(P[r, d]) - (drift if m != 0.0 else 0.0)
+        else:  # rare (a tiny v where m is not 0): the general catch-up, in the scratch
+            _copy_row(P, r, SP, 0)
+            _copy_row(M, r, SM, 0)
+            _copy_row(V, r, SV, 0)
+            if amsgrad:
+                _copy_row(VM, r, SVM, 0)
+            _adam_catch_up(SP, SM, SV, SVM, 0, L, t - L, lr, wd, b1, b2, eps, decoupled,
+                           amsgrad, ratio, tol, lr_max, True, lr_h, wd_h, blocks, offsets,
+                           n_levels, False, True, sblocks, rho_pow, logs, base)
+            _copy_row(SP, 0, out, i)
+    return -1
+
+
+def fresh_adam(tables, last, flat, t, history, hyper):
+    """``(bad, out)``: rows ``flat`` of an Adam / AdamW table (``tables``: 2-D param, m, v,
+    then AMSGrad's max) caught up to step ``t``, as ``fresh_linear``. ``(-1, None)`` (the
+    general path) where the history has no block sums for these hyperparameters, or with
+    L2 decay (``weight_decay`` on Adam: its catch-up is a replay, not a closed form)."""
+    b1, b2 = float(hyper["beta1"]), float(hyper["beta2"])
+    decoupled, amsgrad = bool(hyper["decoupled"]), bool(hyper.get("amsgrad", False))
+    series = getattr(history, "series", None)
+    if (series is None or getattr(history, "sblocks", None) is None or history.n < t
+            or series.key != (b1, b2, decoupled, amsgrad)
+            or series.rho_pow.shape[0] < history.n_levels
+            or len(tables) != 3 + amsgrad or (history.wd_max > 0 and not decoupled)):
+        return -1, None
+    P = tables[0]
+    lr, wd = history.at(t)
+    lrwd_max = max(lr * wd, history.lrwd_max)
+    _, ratio = adam_drift_ratio(1.0, b1, b2, lrwd_max if decoupled else 0.0, decoupled)
+    key = (b1, b2, amsgrad, P.dtype)
+    constants = _ADAM_READ_CONSTANTS.get(key)
+    if constants is None:
+        tol = adam_drift_tol(P.dtype)
+        constants = _ADAM_READ_CONSTANTS[key] = (tol, series_logs(b1, b2, amsgrad, tol))
+    tol, logs = constants
+    n = flat.shape[0]
+    rows = np.empty((n + 4, P.shape[1]), dtype=P.dtype)  # out, then the one-row scratch
+    blocks = history.blocks if history.blocks is not None else _NO_BLOCKS
+    got = _fresh_adam(P, tables[1], tables[2], tables[3] if amsgrad else P[:0], last, flat,
+                      int(t), _prefetch_distance(P), amsgrad, lr, wd, b1, b2,
+                      float(hyper["eps"]), decoupled, float(ratio), tol,
+                      max(lr, history.lr_max), history.lr, history.wd, blocks,
+                      history.offsets, history.n_levels, history.base, history.sblocks,
+                      series.rho_pow, logs, np.empty(n, dtype=np.int64), np.empty((n, 8)),
+                      rows[n:], rows[:n])
+    if got < -1:
+        return -2 - got, None
+    return -1, rows[:n]
+
+
+#: (b1, b2, amsgrad, dtype) -> (drift tolerance, ``series_logs``) of ``fresh_adam``: a
+#: read's constants, computed once (an evaluation call is a few tens of microseconds)
+_ADAM_READ_CONSTANTS = {}
+
+
+register_fresh_reads("numba", {"sgd": fresh_linear, "momentum": fresh_linear,
+                               "adam": fresh_adam})

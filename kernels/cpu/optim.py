@@ -9,7 +9,9 @@ division by zero gives inf/nan as in NumPy instead of a Python exception, and wi
 per-element check LLVM vectorises the loops (Adam's sqrt and division: 5x faster).
 """
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from kernels.cpu.rows import _prefetch_for_write
 from kernels.reference.optim import (
@@ -163,15 +165,9 @@ def _range_product(blocks, offsets, n_levels, a, e):
     """``A_e ... A_a`` from the history's aligned block products (O(log(e - a)))."""
     r11, r12, r21, r22 = 1.0, 0.0, 0.0, 1.0
     s = a
+    top = np.int64(n_levels - 1)
     while s <= e:
-        # the largest aligned block starting at s inside [s, e]: bit tests, no division
-        # (an integer modulo per level made this loop ~4x slower)
-        lv = 0
-        while lv + 1 < n_levels:
-            mask = (np.int64(1) << (lv + 1)) - 1
-            if (s & mask) != 0 or s + mask > e:
-                break
-            lv += 1
+        lv = _block_level(s, e, top)  # the largest aligned block starting at s inside [s, e]
         b = offsets[lv] + (s >> lv)
         m11, m12, m21, m22 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
         r11, r12, r21, r22 = (m11 * r11 + m12 * r21, m11 * r12 + m12 * r22,
@@ -602,19 +598,30 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     return j
 
 
+@intrinsic
+def _bit_count(typingctx, x, leading):
+    """``llvm.ctlz`` (``leading`` True: leading zero bits) or ``llvm.cttz`` (trailing) of
+    the int64 ``x``; 64 for 0. One instruction (``lzcnt`` / ``tzcnt``)."""
+    if not isinstance(leading, types.BooleanLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        name = "llvm.ctlz.i64" if leading.literal_value else "llvm.cttz.i64"
+        fn = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(
+            i64, [i64, ir.IntType(1)]))
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+
+    return types.int64(types.int64, leading), codegen
+
+
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _next_level(s, e, lv, n_levels):
-    """The level of the aligned block that starts the rest ``[s, e]`` of a range, from the
-    previous block's ``lv``: levels only grow, then only shrink, along a range, so this
-    is O(1) amortised (a search from level 0 at every block cost a few loop trips each)."""
-    while lv + 1 < n_levels:
-        mask = (np.int64(1) << (lv + 1)) - 1
-        if (s & mask) != 0 or s + mask > e:
-            break
-        lv += 1
-    while lv > 0 and ((s & ((np.int64(1) << lv) - 1)) != 0 or s + (np.int64(1) << lv) - 1 > e):
-        lv -= 1
-    return lv
+def _block_level(s, e, top):
+    """The level of the largest aligned block that starts at ``s`` and ends by ``e``: the
+    trailing zero bits of ``s`` (its alignment), capped by ``floor(log2(e - s + 1))`` (its
+    length) and the top level, without a loop or a branch (a walk over the levels costs
+    mispredicted branches at every block of a row's random gap)."""
+    return min(_bit_count(s, False), 63 - _bit_count(e - s + 1, True), top)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -625,9 +632,9 @@ def _series_sums(sblocks, offsets, n_levels, rho_pow, a, e):
     s0 = s1 = s2 = s3 = s4 = s5 = 0.0
     r0 = r1 = r2 = r3 = r4 = r5 = 1.0  # rho_n ** (steps combined so far)
     s = a
-    lv = 0
+    top = np.int64(n_levels - 1)
     while s <= e:
-        lv = _next_level(s, e, lv, n_levels)
+        lv = _block_level(s, e, top)
         b = offsets[lv] + (s >> lv)
         qb = sblocks[b, 0]
         s0, s1, s2 = qb * s0 + r0 * sblocks[b, 1], qb * s1 + r1 * sblocks[b, 2], \
@@ -809,22 +816,25 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
           base, replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
     """Every Adam row update: an exact-mode gradient step whose catch-up has the history's
-    block sums (the common exact case) runs the plain loop ``_adam_exact`` (without a
-    gradient, unguarded: ``_adam_exact_catch_up``), the rest the general loop
-    ``_adam_general``. (One entry point, so ``minigrad/direct_updates.py``
+    block sums, or is the replay of L2 decay, runs the plain loop ``_adam_exact`` (AMSGrad
+    too; without a gradient, unguarded: ``_adam_exact_catch_up``), the rest the general
+    loop ``_adam_general``. (One entry point, so ``minigrad/direct_updates.py``
     and ``adam_rows`` get the same loop; a separate function, because LLVM optimises the
     element loops of one large function less well: ~1.6x, see kernels/cpu/direct_rows.py.)"""
     n = idx.shape[0]
-    if exact and not has_grad and has_s and not amsgrad and not replay and not guard:
+    plain = exact and (has_s or replay)
+    if plain and not has_grad and not guard:
         return _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd,
-                                    decoupled, ratio, tol, lr_max, dist, has_h, lr_h, wd_h,
-                                    blocks, offsets, n_levels, base, sblocks, rho_pow, logs)
-    if exact and has_grad and has_s and not amsgrad and not replay and (not guard or (
-            SP.shape[0] >= n and SM.shape[0] >= n and SV.shape[0] >= n and SL.shape[0] >= n)):
+                                    decoupled, amsgrad, replay, ratio, tol, lr_max, dist, has_h,
+                                    lr_h, wd_h, blocks, offsets, n_levels, base, sblocks,
+                                    rho_pow, logs)
+    if plain and has_grad and (not guard or (
+            SP.shape[0] >= n and SM.shape[0] >= n and SV.shape[0] >= n and SL.shape[0] >= n
+            and (SVM.shape[0] >= n or not amsgrad))):
         return _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled,
-                           ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets,
-                           n_levels, base, sblocks, rho_pow, logs, guard, SP, SM, SV, SL,
-                           status)
+                           amsgrad, replay, ratio, tol, lr_max, dist, has_h, lr_h, wd_h,
+                           blocks, offsets, n_levels, base, sblocks, rho_pow, logs, guard, SP,
+                           SM, SV, SVM, SL, status)
     return _adam_general(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd,
                          decoupled, amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h,
                          blocks, offsets, n_levels, base, replay, has_s, sblocks, rho_pow,
@@ -832,40 +842,92 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, catch, Q, s0, s1,
-               s2, s3, s4, s5, f1, f2, save, check, SP, SM, SV):
+def _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, catch, amsgrad,
+               cs, save, check, SP, SM, SV, SVM):
     """One pass over row ``r``: with ``catch`` the closed-form catch-up of its skipped
-    steps from the per-row scalars (``Q``, the sums ``s0..s5``, ``f1 = b1**k``, ``f2 =
-    b2**k``: ``_adam_series_blocked``'s formula with every skipped step summed), then dense
-    Adam's step with gradient row ``i``, each element kept in registers between the two;
-    with ``save`` the old values go to row ``i`` of the scratch, with ``check`` it returns
-    whether a stored value is not finite. Called with literal flags: no branch in the loop
-    (the ``m != 0`` test is a select), so it vectorises."""
+    steps from the per-row scalars ``cs = (Q, s0..s5, f1, f2)`` (the sums ``s_n``, ``f1 =
+    b1**k``, ``f2 = b2**k``: ``_adam_series_blocked``'s formula with every skipped step
+    summed; AMSGrad: the drift divides by the max, which a zero gradient never raises),
+    then dense Adam's step with gradient row ``i``, each element kept in registers between
+    the two; with ``save`` the old values go to row ``i`` of the scratch, with ``check`` it returns
+    whether a stored value is not finite. Called with literal flags (``_pass``): no branch
+    in the loop (the ``m != 0`` test is a select), so it vectorises."""
+    Q, s0, s1, s2, s3, s4, s5, f1, f2 = cs
     bad = False
     for d in range(P.shape[1]):
         p0, m0, v0 = P[r, d], M[r, d], V[r, d]
         if save:
             SP[i, d], SM[i, d], SV[i, d] = p0, m0, v0
+            if amsgrad:
+                SVM[i, d] = VM[r, d]
         p, m, v = float(p0), float(m0), float(v0)
+        vm = float(VM[r, d]) if amsgrad else 0.0
         if catch:
-            ia = 1.0 / np.sqrt(v)
+            ia = 1.0 / np.sqrt(vm if amsgrad else v)
             z = eps * ia
             drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
             p = Q * p - (drift if m != 0.0 else 0.0)  # (v may be 0 where m is: no drift)
             m, v = m * f1, v * f2
-        P[r, d], M[r, d], V[r, d], _ = _adam_elem(p, m, v, 0.0, float(G[i, d]), b1, b2, eps,
-                                                  l2, q, step_size, sqrt_bc2, False, False)
+        P[r, d], M[r, d], V[r, d], vm = _adam_elem(p, m, v, vm, float(G[i, d]), b1, b2, eps,
+                                                   l2, q, step_size, sqrt_bc2, False, amsgrad)
+        if amsgrad:
+            VM[r, d] = vm
         if check:
             bad |= _not_finite(P[r, d]) | _not_finite(M[r, d]) | _not_finite(V[r, d])
+            if amsgrad:
+                bad |= _not_finite(VM[r, d])
     return bad
 
 
+#: the catch-up scalars of a row with nothing to catch up (``_step_pass``'s ``cs``)
+_NO_CATCH = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
+
+
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _series_fits(M, V, r, v_floor):
-    """Whether every element of row ``r`` with ``m != 0`` has ``v >= v_floor`` (the
-    series' ``z = eps / (a u) <= SERIES_MAX_RATIO`` at every summed step, squared: no
-    sqrt). An AND of comparisons (an integer reduction: it vectorises)."""
+def _pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, catch, amsgrad,
+          guard, cs, SP, SM, SV, SVM):
+    """``_step_pass`` with each combination of ``catch``, ``amsgrad`` and ``guard`` (save
+    and check) passed as literals, so every variant's element loop has no flag inside. A
+    function of its own, called once a row (the call costs nothing next to a row's pass;
+    inlined, Numba's inliner refuses ``_step_pass``'s calls of over 30 arguments)."""
+    if amsgrad:
+        if catch and guard:
+            return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                              True, True, cs, True, True, SP, SM, SV, SVM)
+        if catch:
+            return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                              True, True, cs, False, False, SP, SM, SV, SVM)
+        if guard:
+            return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                              False, True, cs, True, True, SP, SM, SV, SVM)
+        return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                          False, True, cs, False, False, SP, SM, SV, SVM)
+    if catch and guard:
+        return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, True,
+                          False, cs, True, True, SP, SM, SV, SVM)
+    if catch:
+        return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, True,
+                          False, cs, False, False, SP, SM, SV, SVM)
+    if guard:
+        return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
+                          False, False, cs, True, True, SP, SM, SV, SVM)
+    return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, False,
+                      False, cs, False, False, SP, SM, SV, SVM)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _series_fits(M, V, VM, r, v_floor, amsgrad):
+    """Whether every element of row ``r`` with ``m != 0`` has ``v >= v_floor`` (AMSGrad:
+    the max, which must also be at least ``v`` everywhere, as a dense run keeps it: a
+    loaded state that breaks this takes the replay) (the series' ``z = eps / (a u) <=
+    SERIES_MAX_RATIO`` at every summed step, squared: no sqrt). An AND of comparisons (an
+    integer reduction: it vectorises)."""
     fits = True
+    if amsgrad:
+        for d in range(M.shape[1]):
+            vm = float(VM[r, d])
+            fits &= ((float(M[r, d]) == 0.0) | (vm >= v_floor)) & (vm >= float(V[r, d]))
+        return fits
     for d in range(M.shape[1]):
         fits &= (float(M[r, d]) == 0.0) | (float(V[r, d]) >= v_floor)
     return fits
@@ -880,25 +942,29 @@ def _prefetch_last(idx, i, dist, last):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _lag_scalars(sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2):
+def _lag_scalars(sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2,
+                 amsgrad):
     """The per-row scalars of the closed-form catch-up of steps ``L+1 .. L+k``, all summed:
-    ``(Q, s0..s5, b1**k, b2**k, v_floor)``; ``v_floor``: the least ``v`` (where ``m != 0``)
-    for which the series applies at every summed step (``eps / (a u) <= SERIES_MAX_RATIO``,
-    ``u`` taken at the last step, where it is smallest), squared so no sqrt is needed."""
+    ``(Q, s0..s5, b1**k, b2**k, v_floor)``; ``v_floor``: the least ``v`` (where ``m != 0``;
+    AMSGrad: the max) for which the series applies at every summed step (``eps / (a u) <=
+    SERIES_MAX_RATIO``, ``u`` taken at the last step, where it is smallest), squared so no
+    sqrt is needed."""
     Q, s0, s1, s2, s3, s4, s5 = _series_sums(sblocks, offsets, n_levels, rho_pow,
                                              L + 1 - base, L + k - base)
-    iu = np.sqrt(-np.expm1(float(L + k) * log_b2)) * np.exp(-0.5 * float(k) * log_b2)
+    iu = np.sqrt(-np.expm1(float(L + k) * log_b2))
+    if not amsgrad:  # (AMSGrad's denominator does not decay: u_j = 1 / sqrt(1 - b2^s))
+        iu *= np.exp(-0.5 * float(k) * log_b2)
     a_floor = eps * iu / (SERIES_MAX_RATIO * (1.0 - 1e-9))
     return Q, s0, s1, s2, s3, s4, s5, b1 ** float(k), b2 ** float(k), a_floor * a_floor
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd, decoupled, ratio,
-                         tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-                         base, sblocks, rho_pow, logs):
+def _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd, decoupled, amsgrad,
+                         replay, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets,
+                         n_levels, base, sblocks, rho_pow, logs):
     """``_adam_exact`` without a gradient (a flush, the read of lagging rows): each row's
     catch-up to step ``t`` in one vectorisable pass, the general one where the series
-    does not fit."""
+    does not fit (and always with L2 decay, ``replay``)."""
     c_last = np.int64(-1)
     Q = s0 = s1 = s2 = s3 = s4 = s5 = f1 = f2 = v_floor = 0.0
     for i in range(idx.shape[0]):
@@ -910,44 +976,47 @@ def _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd, decoupl
         last[r] = t
         if k <= 0:
             continue
-        if L != c_last:
+        if not replay and L != c_last:
             Q, s0, s1, s2, s3, s4, s5, f1, f2, v_floor = _lag_scalars(
-                sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, logs[0])
+                sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, logs[0],
+                amsgrad)
             c_last = L
-        if _series_fits(M, V, r, v_floor):
+        if not replay and _series_fits(M, V, VM, r, v_floor, amsgrad):
             for d in range(P.shape[1]):
                 p, m, v = float(P[r, d]), float(M[r, d]), float(V[r, d])
-                ia = 1.0 / np.sqrt(v)
+                ia = 1.0 / np.sqrt(float(VM[r, d]) if amsgrad else v)
                 z = eps * ia
                 drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
                 P[r, d] = Q * p - (drift if m != 0.0 else 0.0)
                 M[r, d], V[r, d] = m * f1, v * f2
         else:
-            _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, False,
+            _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
                            ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-                           False, True, sblocks, rho_pow, logs, base)
+                           replay, not replay, sblocks, rho_pow, logs, base)
     return -1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, ratio, tol,
-                lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, base, sblocks,
-                rho_pow, logs, guard, SP, SM, SV, SL, status):
-    """Exact-mode Adam (no AMSGrad, no L2 decay: the catch-up has a closed form) with a
-    gradient, in a plain row loop.
+def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, amsgrad, replay,
+                ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, base,
+                sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
+    """Exact-mode Adam with a gradient, in a plain row loop (AMSGrad too; with L2 decay,
+    ``replay``, the catch-up is the step-by-step replay).
 
-    A row last updated at step ``L`` skipped ``k = t - 1 - L`` steps. Its catch-up is the
-    closed form of ``_adam_series_blocked`` with all ``k`` steps summed (summing past the
-    step where the drift becomes negligible is exact too): the sums depend only on ``L``
-    (``t`` is the call's), so they are computed once per distinct ``L`` from the history's
-    block sums in O(log k), and rows touched together (same ``L``) share them. What is
-    left per element is one vectorisable pass: catch-up and step together (``_step_pass``),
-    with no scan for the drift bound (``_row_scale``'s division and max chain). The series
-    needs ``v >= v_floor`` where ``m != 0``: a row that fails that test (a tiny ``v``, or a
-    gap so long that the summed ``u_k`` is large) takes the general catch-up
-    (``_adam_catch_up``: bound-truncated series, else the replay) and then the step.
-    Guarded: the one-pass save-and-check of ``_adam_general`` (scratch row ``i``, and
-    ``last[r]`` into ``SL[i]``)."""
+    A row last updated at step ``L`` skipped ``k = t - 1 - L`` steps. Without L2 decay its
+    catch-up is the closed form of ``_adam_series_blocked`` with all ``k`` steps summed
+    (summing past the step where the drift becomes negligible is exact too): the sums
+    depend only on ``L`` (``t`` is the call's), so they are computed once per distinct
+    ``L`` from the history's block sums in O(log k), and rows touched together (same
+    ``L``) share them. What is left per element is one vectorisable pass: catch-up and
+    step together (``_step_pass``), with no scan for the drift bound (``_row_scale``'s
+    division and max chain). The series needs ``v >= v_floor`` where ``m != 0``: a row
+    that fails that test (a tiny ``v``, or a gap so long that the summed ``u_k`` is large)
+    takes the general catch-up (``_adam_catch_up``: bound-truncated series, else the
+    replay) and then the step. With L2 decay a zero gradient still moves the row
+    non-linearly: every lagging row is replayed (``_adam_replay``), then stepped in one
+    pass. Guarded: the one-pass save-and-check of ``_adam_general`` (scratch row ``i``,
+    and ``last[r]`` into ``SL[i]``)."""
     n = idx.shape[0]
     step_size, sqrt_bc2 = _adam_scalars(lr, b1, b2, t, False)
     q = 1.0 - lr * wd if decoupled else 1.0
@@ -964,37 +1033,28 @@ def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, ra
         if guard:
             SL[i] = L
         last[r] = t
-        if k <= 0 and guard:  # (the flags of _step_pass literal in each call)
-            bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
-                             False, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, True, True,
-                             SP, SM, SV)
-        elif k <= 0:
-            bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
-                             False, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, False, False,
-                             SP, SM, SV)
-        else:
+        fits = False
+        if k > 0 and not replay:
             if L != c_last:
                 Q, s0, s1, s2, s3, s4, s5, f1, f2, v_floor = _lag_scalars(
-                    sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2)
+                    sblocks, offsets, n_levels, rho_pow, L, k, base, b1, b2, eps, log_b2,
+                    amsgrad)
                 c_last = L
-            fits = _series_fits(M, V, r, v_floor)
-            if fits and guard:
-                bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
-                                 True, Q, s0, s1, s2, s3, s4, s5, f1, f2, True, True, SP,
-                                 SM, SV)
-            elif fits:
-                bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
-                                 True, Q, s0, s1, s2, s3, s4, s5, f1, f2, False, False, SP,
-                                 SM, SV)
-            else:
-                if guard:
-                    _save_rows(i, r, last, False, P, M, V, VM, SP, SM, SV, VM, SL)
-                _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, False,
-                               ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets,
-                               n_levels, False, True, sblocks, rho_pow, logs, base)
-                bad = _step_pass(P, M, V, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
-                                 False, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, False,
-                                 True, SP, SM, SV)  # (rare: the check's cost does not matter)
+            fits = _series_fits(M, V, VM, r, v_floor, amsgrad)
+        if k > 0 and not fits:
+            if guard:
+                _save_rows(i, r, last, False, P, M, V, VM, SP, SM, SV, SVM, SL)
+            _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
+                           ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels,
+                           replay, not replay, sblocks, rho_pow, logs, base)
+            # (saved above: the pass only checks; rare without L2, so its cost is moot)
+            bad = _pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, False,
+                        amsgrad, False, _NO_CATCH, SP, SM, SV, SVM)
+            if guard and not bad:
+                bad = _rows_bad(r, P, M, V, VM)
+        else:
+            bad = _pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, fits,
+                        amsgrad, guard, (Q, s0, s1, s2, s3, s4, s5, f1, f2), SP, SM, SV, SVM)
         if guard and bad:
             return _stop(guard, status, i + 1, i)
     return _stop(guard, status, n, -1)
