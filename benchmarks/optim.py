@@ -267,6 +267,48 @@ def adam_catch_up(gaps=(10, 60, 600, 5000), rows=5000, V=300_000, width=64, repe
     return out
 
 
+def adamax_step(V=300_000, rows=TOUCHED, width=WIDTH, repeats=15, max_lag=8):
+    """A registered rule's step (``mg.optim.Adamax``, built by ``register_rule`` from one
+    ``update``): the NumPy driver against the compiled loop (``CompiledRule``) on the same
+    calls, interleaved: median seconds per step of ``rows`` sorted rows of a float32
+    ``V x width`` table, lazy and exact (rows lagging 0..``max_lag`` steps, replayed with
+    each step's lr from the history). Returns ``{mode: (numpy_s, compiled_s)}``."""
+    import minigrad.optim.adamax  # noqa: F401  (registers the rule)
+    from kernels import row_kernels
+    from kernels.reference.history import StepHistory
+
+    compiled = row_kernels._TABLE[("adamax", "numba")]
+    driver = compiled.fallback
+    hyper = dict(beta1=0.9, beta2=0.999, eps=1e-8)
+    rng = np.random.default_rng(0)
+    P = rng.standard_normal((V, width)).astype(np.float32)
+    m = (rng.standard_normal((V, width)) * 0.01).astype(np.float32)
+    u = (rng.random((V, width)) + 0.1).astype(np.float32)
+    t = 1000
+    h = StepHistory()
+    h.restart(0)
+    for s in range(1, t + 1):
+        h.record(s, 1e-3 * (0.5 + 0.5 * np.cos(np.pi * s / t)), 0.0)
+    out = {}
+    for mode in ("lazy", "exact"):
+        times = {"numpy": [], "compiled": []}
+        for rep in range(repeats + 1):
+            for name, fn in (("numpy", driver), ("compiled", compiled)):
+                idx = np.sort(rng.choice(V, rows, replace=False)).astype(np.int64)
+                G = rng.standard_normal((rows, width)).astype(np.float32)
+                last = None
+                if mode == "exact":
+                    last = np.full(V, t - 1, dtype=np.int64)
+                    last[idx] -= rng.integers(0, max_lag + 1, rows)
+                t0 = time.perf_counter()
+                fn(P, m, u, idx, G, t, last, lr=1e-3, weight_decay=0.0,
+                   history=h if last is not None else None, trusted=True, **hyper)
+                if rep:  # the first round includes the JIT (or the cache load)
+                    times[name].append(time.perf_counter() - t0)
+        out[mode] = (float(np.median(times["numpy"])), float(np.median(times["compiled"])))
+    return out
+
+
 def interleaved(sizes=SIZES, rounds=10, steps=3):
     """minigrad lazy, exact and exact under the cosine schedule at each size, stepped in
     turn (a round of ``steps`` steps each, ``rounds`` rounds after 3 warm-up steps), so a
@@ -304,6 +346,8 @@ def main():
     parser.add_argument("--out", default=None, help="directory for optim.json")
     parser.add_argument("--catch-up", action="store_true",
                         help="only exact Adam's catch-up: closed form vs replay, per gap")
+    parser.add_argument("--adamax", action="store_true",
+                        help="only a registered rule's step (Adamax): NumPy driver vs compiled")
     parser.add_argument("--interleaved", action="store_true",
                         help="only minigrad lazy / exact / exact+cosine, stepped in turn")
     args = parser.parse_args()
@@ -313,6 +357,12 @@ def main():
                   f"ms, exact+cos {t['exact cos'] * 1e3:.2f} ms; exact+cos / exact "
                   f"{t['exact cos'] / t['exact']:.2f}x (target <= 1.3), exact+cos / lazy "
                   f"{t['exact cos'] / t['lazy']:.2f}x (target <= 2)")
+        return
+    if args.adamax:
+        for mode, (numpy_s, compiled_s) in adamax_step().items():
+            print(f"Adamax step ({mode}), {TOUCHED} x {WIDTH} float32 rows of 300,000: NumPy "
+                  f"driver {numpy_s * 1e3:.2f} ms, compiled {compiled_s * 1e3:.2f} ms, "
+                  f"{numpy_s / compiled_s:.1f}x")
         return
     if args.catch_up:
         for gap, (series, replay) in adam_catch_up().items():
