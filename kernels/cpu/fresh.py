@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.cpu.deferred_cache import njit
 from kernels.cpu.optim import (
     _NO_BLOCKS,
     SERIES_MAX_RATIO,

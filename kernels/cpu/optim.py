@@ -10,9 +10,10 @@ per-element check LLVM vectorises the loops (Adam's sqrt and division: 5x faster
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
+from kernels.cpu.deferred_cache import njit
 from kernels.cpu.rows import _prefetch_for_write
 from kernels.reference.optim import (
     adam_drift_ratio,
