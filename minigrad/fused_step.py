@@ -12,9 +12,10 @@ the segment's own arithmetic.
 each parameter's row update (the driver's own loops, called through the addressed
 helpers of ``kernels/cpu/jit_ops.py`` with the arguments ``step_rows`` gives them, so the
 results are bitwise those of the two-call path), returning the outputs and the new step
-counters. Python computes the ``StepHyper`` values first (a schedule or a shared lr is a
-Python value: it is read at every call, so a change between calls takes effect), then
-makes that one call, then writes the step counters.
+counters. A fused scatter kernel whose gradient only these updates read leaves its rows
+unsorted (``_rows_in_any_order``). Python computes the ``StepHyper`` values first (a
+schedule or a shared lr is a Python value: it is read at every call, so a change between
+calls takes effect), then makes that one call, then writes the step counters.
 
 **Atomic.** Every check of the segment (shapes, labels, index ranges) runs before the
 first row is written. Guarded (``nan_guard`` default), each update saves the rows it
@@ -130,6 +131,42 @@ def build(fn):
         return None
 
 
+#: the fused scatter kernels and their variants that leave the rows unsorted
+_ANY_ORDER = {"FusedCSRScatterGrad": ("_v = F._scatter_grad(", "_v = J.scatter_grad_any_order("),
+              "FusedCSRScatterSums": ("_val = F._scatter_sums(",
+                                      "_val = J.scatter_sums_any_order(")}
+
+
+def _rows_in_any_order(src, fn, nodes, name_of):
+    """``src`` with the fused scatter kernels whose gradient only this step's row updates
+    read (through ``PrepareRows``) writing their rows unsorted: the update of a row does
+    not depend on the order of the rows (the same values, bitwise), and sorting the
+    distinct columns of a batch costs more than finding them."""
+    from minigrad.optim.ops import PrepareRows, RowUpdate
+
+    readers = {}
+    for node in fn.nodes:
+        for v in node.inputs:
+            readers.setdefault(v, []).append(node)
+    returned = set(fn.graph_outputs) | set(fn.graph_updates)
+    for node in nodes:
+        swap = _ANY_ORDER.get(type(node.op).__name__)
+        out = node.outputs[0]
+        if swap is None or out in returned:
+            continue
+        prep = readers.get(out, [])
+        if not prep or not all(
+                isinstance(p.op, PrepareRows) and p.inputs[0] is out
+                and p.outputs[0] not in returned
+                and all(isinstance(r.op, RowUpdate) for r in readers.get(p.outputs[0], []))
+                for p in prep):
+            continue
+        old, new = (f"{name_of(out)}_idx, {name_of(out)}{part}" for part in swap)
+        if src.count(old) == 1:
+            src = src.replace(old, new)
+    return src
+
+
 class _NotCovered(Exception):
     pass
 
@@ -196,6 +233,7 @@ class FusedStep:
             return self._tail_lines(vals, driver, var_of, drv)
 
         src, slot_args, vals = seg.source(name_of, extra_params=extra, tail=tail)
+        src = _rows_in_any_order(src, fn, seg.nodes, name_of)
         self._scalar = [vals[v].is_scalar for v in self.out_vars]
         self._dtypes = [np.dtype(v.type.dtype) for v in self.out_vars]
         from minigrad.linker_jit import _PRELUDE

@@ -198,3 +198,33 @@ def test_lazy_adam_and_momentum_match_the_reference():
         fn(np.array([1, 2]), np.array([1e200, 0.0]))
     for a, b in zip(_tables(opts), before):
         assert a.tobytes() == b.tobytes()
+
+
+def test_unsorted_scatter_rows_are_the_sorted_rows_permuted(fm):
+    """The fused FM step's scatter kernels leave their rows in order of first appearance:
+    the same rows and values as the sorted kernels, and the slot map reset."""
+    from kernels.cpu import fused, jit_ops
+
+    assert "J.scatter_grad_any_order(" in fm[0]._fused_step.source
+    assert "J.scatter_sums_any_order(" in fm[0]._fused_step.source
+    X, _ = _batches(1)[0]
+    rng = np.random.default_rng(8)
+    grad, table = rng.normal(size=(8, 1)), rng.normal(size=(N_FEATURES, K))
+    slot = np.full(N_FEATURES, -1, dtype=np.int32)
+    factor = np.zeros((1, 1))
+    pairs = [(fused._scatter_grad, jit_ops.scatter_grad_any_order,
+              (X.indptr, X.indices, X.data, grad, factor, False, 1, slot))]
+    datas = np.stack([X.data, X.data ** 2])
+    grads = rng.normal(size=(2, 8, K))
+    pairs.append((fused._scatter_sums, jit_ops.scatter_sums_any_order,
+                  (X.indptr, X.indices, datas, grads, np.array([2.0, 1.0]),
+                   np.array([1, 0]), table, slot)))
+    for sorted_kernel, any_order, args in pairs:
+        rows, values = sorted_kernel(*args)
+        got_rows, got_values = any_order(*args)
+        assert (slot == -1).all()
+        order = np.argsort(got_rows)
+        assert np.array_equal(got_rows[order], rows)
+        assert got_values[order].tobytes() == values.tobytes()
+        first_seen = list(dict.fromkeys(X.indices.tolist()))
+        assert got_rows.tolist() == first_seen
