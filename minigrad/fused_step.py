@@ -290,7 +290,10 @@ class FusedStep:
         # array outputs are copied first: one could be a view of a table written below
         lines = [f"{vals[v].name}_out = {vals[v].name}.copy()" for v in self.out_vars
                  if not vals[v].is_scalar]
+        # every view, cast and scratch of every update first: nothing below may fail (an
+        # allocation) once a row is written
         lines.append("# the row updates (update_driver.step_rows' loops, in its order)")
+        writes = []
         done = []  # (P, A, B, idx, SP, SA, SB, status) names of the entries before
         for k, e in enumerate(driver.entries):
             kind, consts = int(driver.kinds[k]), [float(c) for c in driver.fl[k, 2:]]
@@ -321,7 +324,7 @@ class FusedStep:
             h = f"h{e.hyper}"
             if kind == drv.ADAM:
                 b1, b2, eps, decoupled = consts
-                lines.append(
+                writes.append(
                     f"{u}_bad = J.step_adam_rows({u}_P, {u}_S0, {u}_S1, {u}_I, {u}_G, {t}, {h}, "
                     f"{b1!r}, {b2!r}, {eps!r}, {decoupled != 0.0}, guard, {u}_SP, {u}_SS0, "
                     f"{u}_SS1, {u}_st)")
@@ -329,19 +332,19 @@ class FusedStep:
             else:
                 mu, damp, nesterov, _ = consts
                 buf, sbuf = ((f"{u}_S0", f"{u}_SS0") if e.n_states else (f"{u}_P", f"{u}_none"))
-                lines.append(
+                writes.append(
                     f"{u}_bad = J.step_momentum_rows({u}_P, {buf}, {u}_I, {u}_G, {t}, {h}, "
                     f"{mu!r}, {damp!r}, {nesterov != 0.0}, guard, {u}_SP, {sbuf}, {u}_st)")
                 names = (buf, f"{u}_P", sbuf, f"{u}_none")
             rec = (f"{u}_P", names[0], names[1], f"{u}_I", f"{u}_SP", names[2], names[3],
                    f"{u}_st")
-            lines.append(f"if {u}_bad >= 0:")
+            writes.append(f"if {u}_bad >= 0:")
             for r in [rec, *reversed(done)]:  # this entry's written rows, then those before
-                lines.append(f"    J.restore_rows({', '.join(r)})")
-            lines.append(f"    return ({k}, {u}_I[{u}_bad]{self._returned(vals, var_of)})")
+                writes.append(f"    J.restore_rows({', '.join(r)})")
+            writes.append(f"    return ({k}, {u}_I[{u}_bad]{self._returned(vals, var_of)})")
             done.append(rec)
-        lines.append(f"return (-1, -1{self._returned(vals, var_of)})")
-        return lines, None
+        writes.append(f"return (-1, -1{self._returned(vals, var_of)})")
+        return lines + writes, None
 
     def _returned(self, vals, var_of):
         parts = [vals[v].name + ("" if vals[v].is_scalar else "_out") for v in self.out_vars]
