@@ -18,8 +18,7 @@ guard's scratch as the row is read, the new ones are checked as they are written
 No argument is checked here: the caller (a compiled step) has checked the call
 (``PrepareRows``, the prologue, ``check_destinations``). Users call ``kernels.cpu.adam_rows``.
 """
-from numba import njit
-
+from kernels.cpu.deferred_cache import njit
 from kernels.cpu.rows import _prefetch_for_write
 from kernels.rules import adam as adam_rule
 

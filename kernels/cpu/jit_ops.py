@@ -15,7 +15,8 @@ equal to ``backend="numpy"``; ``np.exp``/``np.log`` of Numba and of NumPy may di
 the last unit.
 """
 import numpy as np
-from numba import njit
+
+from kernels.cpu.deferred_cache import njit
 
 from kernels.cpu.fused import _distinct_in_order, _scatter_grad_rows, _scatter_sums_rows
 from kernels.cpu.fused import _reset as _reset_slots
