@@ -17,7 +17,6 @@ the last unit.
 import numpy as np
 
 from kernels.cpu.deferred_cache import njit
-
 from kernels.cpu.fused import _distinct_in_order, _scatter_grad_rows, _scatter_sums_rows
 from kernels.cpu.fused import _reset as _reset_slots
 from kernels.cpu.optim import _PREFETCH_DISTANCE as _DRIVER_PREFETCH_ROWS
