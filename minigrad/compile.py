@@ -220,6 +220,8 @@ class Function:
         self.n_slots = len(slot)
         self._make_phases()
 
+    _fused_step = None  # (jit linker: fused_step.FusedStep where it covers the step)
+
     def _make_phases(self):
         """One callable per phase, by the mode's linker (see ``linker.py``).
 
@@ -270,6 +272,9 @@ class Function:
 
             self._safe_run = jit_phase(self.nodes[: self.n_safe], safe, self.safe_in,
                                        self.safe_out, "safe_phase", const)
+            from minigrad.fused_step import build as fused_step  # segment + row updates
+
+            self._fused_step = fused_step(self)  # in one compiled call (fused_step.py)
             return
         plain = generated_phase(safe, self.safe_in, self.safe_out, "safe_phase", const)
         if linker == "tiered":
@@ -338,6 +343,16 @@ class Function:
             storage[s] = data
         call_checks.check_destinations(self.in_place_targets, storage, self._label(),
                                        self._destinations_checked)
+        fused = self._fused_step
+        if fused is not None and fused.enabled:  # the whole step, one compiled call
+            result = fused.execute(self, storage)
+            if result is not fused.TWO_PHASES:
+                return result
+        return self._run_phases(storage)
+
+    def _run_phases(self, storage):
+        """The safe phase, the checks between, the destructive phase (``storage``: the
+        call's inputs, shared values and constants, loaded)."""
         self._undo_log.clear()
         try:
             results = self._safe_run(*[storage[s] for s in self.safe_in])

@@ -173,8 +173,12 @@ class _Segment:
         self.outputs = [o for n in self.nodes for o in n.outputs if o in needed_after]
         self.consts = consts
 
-    def source(self, name_of):
-        """``segment<k>``'s source (a comment per node) and its extra Python arguments."""
+    def source(self, name_of, extra_params=(), tail=None):
+        """``segment<k>``'s source (a comment per node) and its extra Python arguments.
+
+        ``extra_params`` are appended to the signature; ``tail(vals)``, when given, returns
+        ``(lines, results)``: lines run after the nodes and the names returned instead of
+        the segment's outputs (``minigrad/fused_step.py``: the row updates of the step)."""
         from minigrad.ops.shape import shape_source
 
         vals = {v: Val(name_of(v), v) for v in self.inputs}
@@ -207,11 +211,18 @@ class _Segment:
         # zero-length arrays standing for dtypes (numba_jit.like), passed from Python
         self.likes = sorted(set(re.findall(r"\bL_([a-z]+[0-9]*)\b", "\n".join(body))))
         params += [f"L_{dtype}" for dtype in self.likes]
-        results = [p for o in self.outputs for p in vals[o].parts()]
-        ret = ", ".join(results) + ("," if len(results) == 1 else "")
+        params += list(extra_params)
+        if tail is None:
+            results = [p for o in self.outputs for p in vals[o].parts()]
+        else:
+            tail_lines, results = tail(vals)
+            body.extend("    " + line for line in tail_lines)
         head = ["@njit(cache=CACHE, nogil=True, error_model=\"numpy\")",
                 f"def segment{self.k}({', '.join(params)}):"]
-        return "\n".join(head + body + [f"    return ({ret})", ""]), slot_args, vals
+        if results is not None:  # (a tail returns itself)
+            ret = ", ".join(results) + ("," if len(results) == 1 else "")
+            body.append(f"    return ({ret})")
+        return "\n".join(head + body + [""]), slot_args, vals
 
 
 def _label(node):

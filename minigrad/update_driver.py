@@ -47,13 +47,6 @@ import numpy as np
 
 from minigrad.direct_updates import vouched
 
-#: tables above this size have their rows asked for ahead (``kernels.cpu.optim``'s
-#: distance): a step's rows of a table larger than a core's L2 (1 MiB here, lower than the
-#: row kernels' own 8 MiB) are mostly not in cache when the update reaches them (the
-#: embedding step at V=30K, six 7.7 MB tables: the step took ~0.5 ms less with it, same
-#: run, loaded box)
-PREFETCH_MIN_BYTES = 1 << 20
-
 
 def _dense_gradient(node):
     """Whether the gradient of row update ``node`` touches every row (``AllRows``)."""
@@ -153,7 +146,7 @@ class UpdateDriver:
         size = next(s for s in drv.SIZES if s >= len(entries))
         self._step_rows = drv.step_rows
         self._prefetch_distance = functools.partial(_prefetch_distance,
-                                                    min_bytes=PREFETCH_MIN_BYTES)
+                                                    min_bytes=drv.PREFETCH_MIN_BYTES)
         self._pos = {s: k for k, s in enumerate(live_in)}
         self._const = dict(constants or {})
         self._disabled = False

@@ -74,6 +74,22 @@ def _distinct_sorted(indices, slot):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _distinct_in_order(indices, slot):
+    """Distinct values of ``indices`` in order of first appearance, ``slot[c]`` set to
+    each one's position: ``_distinct_sorted`` without the sort, for a caller that does
+    not need sorted rows (a step's own row updates: ``minigrad/fused_step.py``)."""
+    uniq = np.empty(indices.shape[0], dtype=np.int64)
+    n = 0
+    for k in range(indices.shape[0]):
+        c = indices[k]
+        if slot[c] < 0:
+            slot[c] = n
+            uniq[n] = c
+            n += 1
+    return uniq[:n]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _reset(uniq, slot):
     for i in range(uniq.shape[0]):
         slot[uniq[i]] = -1
@@ -82,9 +98,19 @@ def _reset(uniq, slot):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scatter_grad(indptr, indices, data, grad, factor, use_factor, out_width, slot):
     uniq = _distinct_sorted(indices, slot)
+    values = _scatter_grad_rows(indptr, indices, data, grad, factor, use_factor, out_width,
+                                slot, uniq.shape[0])
+    _reset(uniq, slot)
+    return uniq, values
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scatter_grad_rows(indptr, indices, data, grad, factor, use_factor, out_width, slot,
+                       n_rows):
+    """The rows of ``_scatter_grad``, each entry into row ``slot[column]`` (set)."""
     width = grad.shape[1]
     fw = factor.shape[1]
-    values = np.zeros((uniq.shape[0], out_width), dtype=grad.dtype)
+    values = np.zeros((n_rows, out_width), dtype=grad.dtype)
     for r in range(indptr.shape[0] - 1):
         for k in range(indptr[r], indptr[r + 1]):
             c = indices[k]
@@ -105,8 +131,7 @@ def _scatter_grad(indptr, indices, data, grad, factor, use_factor, out_width, sl
             else:
                 for d in range(width):
                     values[s, d] += x * grad[r, d] * factor[c, d]
-    _reset(uniq, slot)
-    return uniq, values
+    return values
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -237,8 +262,17 @@ def _scatter_sums(indptr, indices, datas, grads, coefs, powers, table, slot):
     """Rows ``x_i[k] * coef_i * G_i[r_k] * T[c_k] ** m_i`` summed into one row per distinct
     column (sorted); ``grads`` is ``(K, n_rows, width)``."""
     uniq = _distinct_sorted(indices, slot)
+    values = _scatter_sums_rows(indptr, indices, datas, grads, coefs, powers, table, slot,
+                                uniq.shape[0])
+    _reset(uniq, slot)
+    return uniq, values
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scatter_sums_rows(indptr, indices, datas, grads, coefs, powers, table, slot, n_rows):
+    """The rows of ``_scatter_sums``, each entry into row ``slot[column]`` (set)."""
     width = table.shape[1]
-    values = np.zeros((uniq.shape[0], width), dtype=table.dtype)
+    values = np.zeros((n_rows, width), dtype=table.dtype)
     for r in range(indptr.shape[0] - 1):
         for k in range(indptr[r], indptr[r + 1]):
             c = indices[k]
@@ -256,8 +290,7 @@ def _scatter_sums(indptr, indices, datas, grads, coefs, powers, table, slot):
                     for d in range(width):
                         t = table[c, d]
                         values[s, d] += x * grads[i, r, d] * (t * t)
-    _reset(uniq, slot)
-    return uniq, values
+    return values
 
 
 def stack_data(datas, dtype):

@@ -17,6 +17,13 @@ the last unit.
 import numpy as np
 
 from kernels.cpu.deferred_cache import njit
+from kernels.cpu.fused import _distinct_in_order, _scatter_grad_rows, _scatter_sums_rows
+from kernels.cpu.fused import _reset as _reset_slots
+from kernels.cpu.optim import _PREFETCH_DISTANCE as _DRIVER_PREFETCH_ROWS
+from kernels.cpu.update_driver import PREFETCH_MIN_BYTES as _DRIVER_PREFETCH_BYTES
+from kernels.cpu.update_driver import _restore as _driver_restore
+from kernels.cpu.update_driver import lazy_adam as _lazy_adam
+from kernels.cpu.update_driver import momentum_plain as _momentum_plain
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -586,3 +593,78 @@ def same_pattern(indptr_a, indices_a, indptr_b, indices_b):
         if indices_a[k] != indices_b[k]:
             return False
     return True
+
+
+# --- the row updates of a training step inside its compiled call (minigrad/fused_step.py) --
+# Wrappers of the update driver's loops (kernels/cpu/update_driver.py), so that a generated
+# step calls them through addresses like every helper here: the same loops with the same
+# arguments as ``step_rows`` gives them, hence bitwise its results.
+
+
+@njit(**_OPTS)
+def rows_of_vector(a):
+    """A C-contiguous vector as a table of one-element rows (a view)."""
+    return a.reshape((a.shape[0], 1))
+
+
+@njit(**_OPTS)
+def guard_rows(table, n, guard):
+    """Scratch for the old values of ``n`` rows of ``table`` (no rows when unguarded)."""
+    return np.empty((n if guard else 0, table.shape[1]), dtype=table.dtype)
+
+
+@njit(**_OPTS)
+def update_status():
+    """``(rows written, bad position)`` of one row update (``update_driver.step_rows``)."""
+    status = np.zeros(2, dtype=np.int64)
+    status[1] = -1
+    return status
+
+
+@njit(**_OPTS)
+def _update_prefetch(table):
+    return _DRIVER_PREFETCH_ROWS if table.size * table.itemsize > _DRIVER_PREFETCH_BYTES else 0
+
+
+@njit(**_OPTS)
+def step_momentum_rows(P, B, idx, G, t, hyper, mu, damp, nesterov, guard, SP, SB, status):
+    """SGD / momentum on rows ``idx`` (lazy mode; ``mu == 0``: ``B`` is not read)."""
+    return _momentum_plain(P, B, idx, idx, G, t, False, hyper[0], mu, damp, nesterov,
+                           hyper[1], _update_prefetch(P), guard, SP, SB, idx, status)
+
+
+@njit(**_OPTS)
+def step_adam_rows(P, M, V, idx, G, t, hyper, b1, b2, eps, decoupled, guard, SP, SM, SV,
+                   status):
+    """Lazy Adam (``torch.optim.SparseAdam``'s formula) on rows ``idx``."""
+    return _lazy_adam(P, M, V, idx, G, t, hyper[0], b1, b2, eps, hyper[1], decoupled,
+                      _update_prefetch(P), guard, SP, SM, SV, status)
+
+
+@njit(**_OPTS)
+def restore_rows(P, A, B, idx, SP, SA, SB, status):
+    """The rows one guarded update wrote (``status[0]`` of them) back from its scratch (an
+    empty scratch: a table the update does not have)."""
+    _driver_restore(P, A, B, idx, idx, SP, SA, SB, idx, status[0], False)
+
+
+@njit(**_OPTS)
+def scatter_grad_any_order(indptr, indices, data, grad, factor, use_factor, out_width, slot):
+    """``fused._scatter_grad`` with its rows in order of first appearance, not sorted:
+    for a gradient only a step's own row update reads (the sort of the distinct columns
+    was ~a tenth of the FM step)."""
+    uniq = _distinct_in_order(indices, slot)
+    values = _scatter_grad_rows(indptr, indices, data, grad, factor, use_factor, out_width,
+                                slot, uniq.shape[0])
+    _reset_slots(uniq, slot)
+    return uniq, values
+
+
+@njit(**_OPTS)
+def scatter_sums_any_order(indptr, indices, datas, grads, coefs, powers, table, slot):
+    """``fused._scatter_sums`` with its rows in order of first appearance (as above)."""
+    uniq = _distinct_in_order(indices, slot)
+    values = _scatter_sums_rows(indptr, indices, datas, grads, coefs, powers, table, slot,
+                                uniq.shape[0])
+    _reset_slots(uniq, slot)
+    return uniq, values

@@ -1,0 +1,403 @@
+"""A whole training step as one compiled call: the jit segment and the row updates (issue 12).
+
+On the jit linker a step is, at best, a safe phase that is one compiled segment
+(``linker_jit.py``) plus a destructive phase that is one compiled call of the update
+driver (``update_driver.py``). Between and around them the Python side still boxes the
+segment's gradients into ``RowSparse`` values, runs a ``StepHyper`` thunk per parameter,
+builds the driver's padded tuples (48 arrays that Numba unboxes at every call) and its
+guards' scratch. On the FM step (k=16, batch 256, SGD) that glue cost about as much as
+the segment's own arithmetic.
+
+:class:`FusedStep` generates one ``@njit`` function instead: the segment's nodes, then
+each parameter's row update (the driver's own loops, called through the addressed
+helpers of ``kernels/cpu/jit_ops.py`` with the arguments ``step_rows`` gives them, so the
+results are bitwise those of the two-call path), returning the outputs and the new step
+counters. A fused scatter kernel whose gradient only these updates read leaves its rows
+unsorted (``_rows_in_any_order``). Python computes the ``StepHyper`` values first (a
+schedule or a shared lr is a Python value: it is read at every call, so a change between
+calls takes effect), then makes that one call, then writes the step counters.
+
+**Atomic.** Every check of the segment (shapes, labels, index ranges) runs before the
+first row is written. Guarded (``nan_guard`` default), each update saves the rows it
+overwrites into scratch allocated in the call and checks the new values; on a non-finite
+one the compiled code puts back, in reverse order, every row written in the call and
+returns the entry, and the step raises ``FloatingPointError`` naming the parameter and
+the row, as the driver does. Any exception of the compiled call (nothing written) makes
+this call run the two-phase path with the segment's Python thunks, which raise the
+reference's clear error (or, for a value the compiled code does not handle, compute the
+result, with a warning); a Numba typing error turns the fused step off for good.
+
+``mg.Mode(linker="jit", exclude=("fused_step",))`` keeps the two-phase path.
+
+**Covered** (else the function keeps the two-phase path): the jit linker on the numba
+backend, ``nan_guard`` not ``True`` (its check of outputs and gradients sits between the
+phases), an update driver covering every row update, all of them lazy (no exact-mode
+entry: its lagging-row check and history restart stay in the driver), parameters of
+rank 1 or 2, a safe phase whose nodes all compile except the ``StepHyper`` nodes, each
+fed by a compiled node of leaves only (the step counter plus one), no catch-up or flush
+before the step, dense outputs only, and only integer values assigned (step counters).
+"""
+from __future__ import annotations
+
+import itertools
+import linecache
+import warnings
+
+import numpy as np
+
+from minigrad.graph import Constant
+from minigrad.types import CSRType, RowSparseType
+from minigrad.variables import SharedVariable
+
+_serial = itertools.count()
+
+#: the value :meth:`FusedStep.execute` returns when the two-phase path is to run instead
+TWO_PHASES = object()
+
+
+def _var_slots(fn):
+    """``{variable: slot}`` of every node input and output of ``fn``."""
+    slot = {}
+    for node, (_, ins, outs) in zip(fn.nodes, fn.program):
+        slot.update(zip(node.inputs, ins))
+        slot.update(zip(node.outputs, outs))
+    return slot
+
+
+def _is_leaf(var):
+    return isinstance(var, (SharedVariable, Constant))
+
+
+def _hyper_feeds(fn, safe_nodes):
+    """``[(StepHyper index, its input's producer index)]`` when every uncovered safe node
+    is a ``StepHyper`` fed by a covered node of leaves, read by destructive nodes only;
+    else None."""
+    from minigrad.backends.numba_jit import covered
+    from minigrad.optim.hyper import StepHyper
+
+    producer = {o: i for i, n in enumerate(safe_nodes) for o in n.outputs}
+    safe_readers = {v for n in safe_nodes for v in n.inputs}
+    returned = set(fn.graph_outputs) | set(fn.graph_updates)
+    feeds = []
+    for i, node in enumerate(safe_nodes):
+        if not isinstance(node.op, StepHyper):
+            if not covered(node):
+                return None
+            continue
+        (t,) = node.inputs
+        p = producer.get(t)
+        if p is None or isinstance(safe_nodes[p].op, StepHyper) or not all(
+                _is_leaf(v) for v in safe_nodes[p].inputs):
+            return None
+        if node.outputs[0] in safe_readers or node.outputs[0] in returned:
+            return None
+        feeds.append((i, p))
+    return feeds
+
+
+def build(fn):
+    """The fused step of compiled function ``fn`` (``compile.Function``), or None when
+    it is not covered (see the module note)."""
+    driver = getattr(fn, "update_driver", None)
+    if (driver is None or fn.mode.linker != "jit" or fn.backend.name != "numba"
+            or fn.nan_guard or fn.flush_first or fn._pending_states
+            or "fused_step" in fn.mode.exclude):
+        return None
+    from minigrad.undo import writes_early
+
+    safe_nodes = fn.nodes[: fn.n_safe]
+    if not safe_nodes or any(writes_early(n) for n in safe_nodes):
+        return None
+    if any(e.exact for e in driver.entries):
+        return None
+    if any(v is not None for v in fn.output_shared) or any(
+            isinstance(v.type, (CSRType, RowSparseType)) or v.ndim > 2
+            for v in fn.graph_outputs):
+        return None
+    for target, _, in_place in fn.update_slots:
+        if not in_place and np.dtype(target.type.dtype).kind == "f":
+            return None  # a dense float update: its finiteness check sits between the phases
+    feeds = _hyper_feeds(fn, safe_nodes)
+    if feeds is None:
+        return None
+    slot = _var_slots(fn)
+    var_of = {s: v for v, s in slot.items()}
+    for e in driver.entries:
+        if any(var_of[s].ndim not in (1, 2) for s in e.tables):
+            return None
+    try:
+        return FusedStep(fn, safe_nodes, feeds, slot, var_of, driver)
+    except _NotCovered:
+        return None
+
+
+#: the fused scatter kernels and their variants that leave the rows unsorted
+_ANY_ORDER = {"FusedCSRScatterGrad": ("_v = F._scatter_grad(", "_v = J.scatter_grad_any_order("),
+              "FusedCSRScatterSums": ("_val = F._scatter_sums(",
+                                      "_val = J.scatter_sums_any_order(")}
+
+
+def _rows_in_any_order(src, fn, nodes, name_of):
+    """``src`` with the fused scatter kernels whose gradient only this step's row updates
+    read (through ``PrepareRows``) writing their rows unsorted: the update of a row does
+    not depend on the order of the rows (the same values, bitwise), and sorting the
+    distinct columns of a batch costs more than finding them."""
+    from minigrad.optim.ops import PrepareRows, RowUpdate
+
+    readers = {}
+    for node in fn.nodes:
+        for v in node.inputs:
+            readers.setdefault(v, []).append(node)
+    returned = set(fn.graph_outputs) | set(fn.graph_updates)
+    for node in nodes:
+        swap = _ANY_ORDER.get(type(node.op).__name__)
+        out = node.outputs[0]
+        if swap is None or out in returned:
+            continue
+        prep = readers.get(out, [])
+        if not prep or not all(
+                isinstance(p.op, PrepareRows) and p.inputs[0] is out
+                and p.outputs[0] not in returned
+                and all(isinstance(r.op, RowUpdate) for r in readers.get(p.outputs[0], []))
+                for p in prep):
+            continue
+        old, new = (f"{name_of(out)}_idx, {name_of(out)}{part}" for part in swap)
+        if src.count(old) == 1:
+            src = src.replace(old, new)
+    return src
+
+
+class _NotCovered(Exception):
+    pass
+
+
+class _HyperValues:
+    """A ``StepHyper`` node's ``[lr, weight_decay]`` for this call: while every slot holds
+    a plain float (no schedule, no shared value), the same array as long as each slot
+    holds the same float object (``HyperSlot.set`` makes a new one, so a change between
+    calls is seen); otherwise the node's thunk on the step number (its producer, the
+    step counter plus one, run here too)."""
+
+    __slots__ = ("slots", "producer", "thunk", "key", "value")
+
+    def __init__(self, slots, producer, thunk):
+        self.slots, self.producer, self.thunk = slots, producer, thunk
+        self.key, self.value = (), None
+
+    def __call__(self, inputs):
+        key = tuple(slot.source for slot in self.slots)
+        cached = self.key
+        if len(cached) == len(key) and all(a is b for a, b in zip(cached, key)):
+            return self.value
+        if all(type(k) is float for k in key):  # (checked finite and >= 0 when set)
+            self.key, self.value = key, np.array(key, dtype=np.float64)
+            return self.value
+        self.key = ()
+        (t,) = self.producer(inputs)
+        return self.thunk((t,))[0]
+
+
+class FusedStep:
+    """One function's step as one compiled call (see the module note); built once."""
+
+    TWO_PHASES = TWO_PHASES
+
+    def __init__(self, fn, safe_nodes, feeds, slot, var_of, driver):
+        from kernels.cpu import update_driver as drv
+        from minigrad.linker_jit import _entry_parts, _Segment, _slot_pool, load_segments
+
+        def name_of(var):
+            return f"v{slot[var]}"
+
+        self.var_labels = [e.var for e in driver.entries]
+        hyper_nodes = {i for i, _ in feeds}
+        covered_idx = [i for i in range(len(safe_nodes)) if i not in hyper_nodes]
+        consts = dict(fn.constants)
+        # what the tail reads or returns: the updates' gradients and step numbers, the
+        # outputs and the assigned values (step counters)
+        self.out_vars = list(fn.graph_outputs)
+        self.assigned = [(target, s) for target, s, in_place in fn.update_slots
+                         if not in_place]
+        needed = set(self.out_vars) | {var_of[s] for _, s in self.assigned}
+        for e in driver.entries:
+            needed |= {var_of[e.grad], var_of[e.t]}
+        seg = _Segment(0, covered_idx, safe_nodes, needed, consts)
+        hyper_names = [f"h{e.hyper}" for e in driver.entries]
+        for e in driver.entries:
+            for s in e.tables:
+                if var_of[s] not in seg.inputs:
+                    raise _NotCovered  # a table the segment does not take (never seen)
+        extra = list(dict.fromkeys(hyper_names)) + ["guard"]
+
+        def tail(vals):
+            return self._tail_lines(vals, driver, var_of, drv)
+
+        src, slot_args, vals = seg.source(name_of, extra_params=extra, tail=tail)
+        src = _rows_in_any_order(src, fn, seg.nodes, name_of)
+        self._scalar = [vals[v].is_scalar for v in self.out_vars]
+        self._dtypes = [np.dtype(v.type.dtype) for v in self.out_vars]
+        from minigrad.linker_jit import _PRELUDE
+
+        module_source = _PRELUDE + "\n\n" + src
+        module, path = load_segments(module_source)
+        from minigrad.backends.jit_calls import BoundSegment
+
+        namespace = {f"v{s}": v for s, v in consts.items()}
+        namespace["s0"] = BoundSegment(module.segment0)
+        lines = []
+        # StepHyper first, in Python: a schedule or a shared value is read every call
+        for i, p in feeds:
+            (_, ins, _), (_, _, outs) = fn.safe_program[p], fn.safe_program[i]
+            namespace[f"H{i}"] = _HyperValues(safe_nodes[i].op.slots, fn.safe_program[p][0],
+                                              fn.safe_program[i][0])
+            args = ", ".join(f"v{s}" for s in ins) + ("," if len(ins) == 1 else "")
+            lines.append(f"    v{outs[0]} = H{i}(({args}))")
+        args = [p for v in seg.inputs for p in _entry_parts(vals[v])]
+        for j, (sname, rows) in enumerate(slot_args):
+            namespace[f"P{j}"] = _slot_pool()
+            lines.append(f"    {sname} = P{j}.take(int({rows}))")
+            args.append(sname)
+        for dtype in seg.likes:
+            namespace[f"_L_{dtype}"] = np.empty(0, dtype=dtype)
+            args.append(f"_L_{dtype}")
+        args += [f"v{name[1:]}" for name in dict.fromkeys(hyper_names)] + ["guard"]
+        call = f"s0({', '.join(args)})"
+        if slot_args:
+            lines.append("    try:")
+            lines.append(f"        return {call}")
+            lines.append("    finally:")
+            for j, (sname, rows) in enumerate(slot_args):
+                lines.append(f"        P{j}.give(int({rows}), {sname})")
+        else:
+            lines.append(f"    return {call}")
+        self.live_in = list(fn.safe_in)
+        head = f"def fused_step({', '.join(f'v{s}' for s in self.live_in)}, guard):"
+        py_source = "\n".join([head, *lines]) + "\n"
+        filename = f"<minigrad fused step #{next(_serial)}>"
+        code = compile(py_source, filename, "exec")
+        linecache.cache[filename] = (len(py_source), None, py_source.splitlines(True),
+                                     filename)
+        exec(code, namespace)  # noqa: S102 - our own generated source
+        self._run = namespace["fused_step"]
+        self.dispatcher = module.segment0
+        self.source = py_source + f"\n# ---- compiled step ({path or 'in memory'}) ----\n" \
+            + module_source.replace("cache=CACHE", f"cache={path is not None}")
+        self.enabled = True
+        self.fallbacks = []
+
+    # --- the generated tail: each parameter's row update ---------------------------------
+    def _tail_lines(self, vals, driver, var_of, drv):
+        # array outputs are copied first: one could be a view of a table written below
+        lines = [f"{vals[v].name}_out = {vals[v].name}.copy()" for v in self.out_vars
+                 if not vals[v].is_scalar]
+        # every view, cast and scratch of every update first: nothing below may fail (an
+        # allocation) once a row is written
+        lines.append("# the row updates (update_driver.step_rows' loops, in its order)")
+        writes = []
+        done = []  # (P, A, B, idx, SP, SA, SB, status) names of the entries before
+        for k, e in enumerate(driver.entries):
+            kind, consts = int(driver.kinds[k]), [float(c) for c in driver.fl[k, 2:]]
+            u = f"u{k}"
+            table_names = []
+            for s in e.tables:
+                v = vals[var_of[s]]
+                table_names.append(v.name if var_of[s].ndim == 2
+                                   else f"J.rows_of_vector({v.name})")
+            grad = vals[var_of[e.grad]]
+            lines.append(f"# update of {e.var} ({'Adam' if kind == drv.ADAM else 'SGD'})")
+            lines.append(f"{u}_P = {table_names[0]}")
+            states = table_names[1:1 + e.n_states]
+            for j, name in enumerate(states):
+                lines.append(f"{u}_S{j} = {name}")
+            lines.append(f"{u}_I = {grad.name}_idx")
+            values = f"{grad.name}_val"
+            if var_of[e.tables[0]].ndim == 1:
+                values = f"J.rows_of_vector(J.contiguous({values}))"
+            lines.append(f"{u}_G = {values}")
+            lines.append(f"{u}_n = {u}_I.shape[0]")
+            lines.append(f"{u}_SP = J.guard_rows({u}_P, {u}_n, guard)")
+            for j in range(e.n_states):
+                lines.append(f"{u}_SS{j} = J.guard_rows({u}_S{j}, {u}_n, guard)")
+            lines.append(f"{u}_none = J.guard_rows({u}_P, 0, guard)")
+            lines.append(f"{u}_st = J.update_status()")
+            t = vals[var_of[e.t]].name
+            h = f"h{e.hyper}"
+            if kind == drv.ADAM:
+                b1, b2, eps, decoupled = consts
+                writes.append(
+                    f"{u}_bad = J.step_adam_rows({u}_P, {u}_S0, {u}_S1, {u}_I, {u}_G, {t}, {h}, "
+                    f"{b1!r}, {b2!r}, {eps!r}, {decoupled != 0.0}, guard, {u}_SP, {u}_SS0, "
+                    f"{u}_SS1, {u}_st)")
+                names = (f"{u}_S0", f"{u}_S1", f"{u}_SS0", f"{u}_SS1")
+            else:
+                mu, damp, nesterov, _ = consts
+                buf, sbuf = ((f"{u}_S0", f"{u}_SS0") if e.n_states else (f"{u}_P", f"{u}_none"))
+                writes.append(
+                    f"{u}_bad = J.step_momentum_rows({u}_P, {buf}, {u}_I, {u}_G, {t}, {h}, "
+                    f"{mu!r}, {damp!r}, {nesterov != 0.0}, guard, {u}_SP, {sbuf}, {u}_st)")
+                names = (buf, f"{u}_P", sbuf, f"{u}_none")
+            rec = (f"{u}_P", names[0], names[1], f"{u}_I", f"{u}_SP", names[2], names[3],
+                   f"{u}_st")
+            writes.append(f"if {u}_bad >= 0:")
+            for r in [rec, *reversed(done)]:  # this entry's written rows, then those before
+                writes.append(f"    J.restore_rows({', '.join(r)})")
+            writes.append(f"    return ({k}, {u}_I[{u}_bad]{self._returned(vals, var_of)})")
+            done.append(rec)
+        writes.append(f"return (-1, -1{self._returned(vals, var_of)})")
+        return lines + writes, None
+
+    def _returned(self, vals, var_of):
+        parts = [vals[v].name + ("" if vals[v].is_scalar else "_out") for v in self.out_vars]
+        parts += [vals[var_of[s]].name for _, s in self.assigned]
+        return "".join(f", {p}" for p in parts)
+
+    # --- a call --------------------------------------------------------------------------
+    def execute(self, fn, storage):
+        """Run the step on the loaded ``storage``; returns the call's result, or
+        :data:`TWO_PHASES` when the compiled call could not run (nothing was written)."""
+        try:
+            result = self._run(*[storage[s] for s in self.live_in], fn.update_guard)
+        except Exception as err:  # raised before any write: the two-phase path, thunks
+            return self._thunks_instead(fn, storage, err)
+        code = result[0]
+        if code >= 0:
+            from minigrad.call_checks import _not_finite
+
+            err = _not_finite(fn._label(), self.var_labels[code], f" (row {int(result[1])})")
+            if fn.on_nan == "raise":
+                raise err
+            warnings.warn(f"{err} (step skipped)", RuntimeWarning, stacklevel=4)
+            return None
+        n_out = len(self.out_vars)
+        outputs = []
+        for value, scalar, dtype in zip(result[2:2 + n_out], self._scalar, self._dtypes):
+            outputs.append(np.asarray(value, dtype=dtype) if scalar else value)
+        for (target, _), value in zip(self.assigned, result[2 + n_out:]):
+            target._value = np.asarray(value, dtype=target.type.dtype)
+        from minigrad import call_checks
+
+        handed_out = set()
+        outputs = [fn._export(v, -1, handed_out) for v in outputs]
+        return call_checks.pack_outputs(fn.output_structure, outputs)
+
+    def _thunks_instead(self, fn, storage, err):
+        from numba.core.errors import NumbaError
+
+        if isinstance(err, NumbaError):
+            self.enabled = False  # cannot type or compile: the two-phase path from now on
+            return TWO_PHASES
+        ns = getattr(fn._safe_run, "namespace", {})
+        flags = {k: v for k, v in ns.items() if k.startswith("jit") and k[3:].isdigit()}
+        ns.update(dict.fromkeys(flags, False))  # the thunks raise the reference's error
+        try:
+            result = fn._run_phases(storage)
+        finally:
+            ns.update(flags)
+        self.fallbacks.append(repr(err))
+        warnings.warn(f"jit linker: the compiled step failed ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); its Python thunks "
+                      "computed the result", RuntimeWarning, stacklevel=4)
+        return result
+
+
+__all__ = ["FusedStep", "TWO_PHASES", "build"]
