@@ -11,6 +11,10 @@ Each measurement runs in a fresh child process (first calls are per process), so
   jit segments' helper bundle written by the process after it): the seconds, how much of
   it is Numba loading compiled code (events ``numba:compile``) and binding the segments'
   helper addresses;
+* ``--compile-only --repeat N``: only the compile, in N fresh processes per case and
+  linker (interleaved), with medians and minimums of its wall and CPU time and of
+  ``import minigrad``, and the ``@njit`` dispatchers the first compile made (each costs
+  Numba ~0.1-0.3 ms to make; their modules are imported at the first use of a kernel);
 * **first call with a cold cache** (``--cold``): a fresh ``NUMBA_CACHE_DIR`` and
   ``MINIGRAD_CACHE_DIR``, so every kernel, helper and segment compiles. Split per compiled
   function (time inside its ``numba:compile`` event, its callees' compiles excluded),
@@ -19,6 +23,7 @@ Each measurement runs in a fresh child process (first calls are per process), so
 
     python -m benchmarks.compile_time [--cases embedding,fm] [--linkers generated,jit]
                                       [--cold] [--top 12] [--json]
+                                      [--compile-only [--repeat 5]]
 
 A cold run compiles for a minute or more on a 2-core box; it never touches the caches of
 the calling process (its directories are temporary and removed afterwards).
@@ -74,6 +79,38 @@ print(json.dumps(dict(case=case, linker=linker, import_s=t_import, import_numba_
                       nodes=len(f.nodes), first_call_s=first, first_call_cpu_s=first_cpu,
                       second_call_s=second, numba=listener.summary(), segments=segments,
                       cache_loads=loads)))
+"""
+
+_COMPILE_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import minigrad as mg
+t_import = time.perf_counter() - t0
+t0 = time.perf_counter()
+import numba  # timed apart, as in the full child
+t_numba = time.perf_counter() - t0
+from numba.core import dispatcher
+from benchmarks.compile_time import build_case
+
+made = []
+init = dispatcher.Dispatcher.__init__
+def counted(self, py_func, *args, **kwargs):
+    init(self, py_func, *args, **kwargs)
+    made.append(py_func.__module__)
+dispatcher.Dispatcher.__init__ = counted
+case, linker = sys.argv[1], sys.argv[2]
+inputs, cost, updates, _ = build_case(case)
+made.clear()
+t, c = time.perf_counter(), time.process_time()
+f = mg.function(inputs, cost, updates=updates, mode=mg.Mode(linker=linker))
+first, first_cpu = time.perf_counter() - t, time.process_time() - c
+inputs, cost, updates, _ = build_case(case)
+t = time.perf_counter()
+mg.function(inputs, cost, updates=updates, mode=mg.Mode(linker=linker))
+again = time.perf_counter() - t
+print(json.dumps(dict(case=case, linker=linker, import_s=t_import, import_numba_s=t_numba,
+                      first_s=first, first_cpu_s=first_cpu, again_s=again,
+                      phases=f.compile_phases, dispatchers=len(made))))
 """
 
 
@@ -177,11 +214,11 @@ def watch_binds():
     return totals
 
 
-def run_child(case, linker, env_extra=None):
+def run_child(case, linker, env_extra=None, code=_CHILD):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.update(env_extra or {})
-    out = subprocess.run([sys.executable, "-c", _CHILD, case, linker], env=env, cwd=root,
+    out = subprocess.run([sys.executable, "-c", code, case, linker], env=env, cwd=root,
                          capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"{case}/{linker}: {out.stderr[-3000:]}")
@@ -216,6 +253,32 @@ def report(res, label, top):
               f"cache hits {seg['cache_hits']}")
 
 
+def compile_only(cases, linkers, repeat):
+    """The first ``mg.function`` of a process, ``repeat`` fresh processes per case and
+    linker, interleaved (one of each in turn, so load on the machine hits all alike)."""
+    import statistics
+
+    configs = [(c, k) for c in cases for k in linkers]
+    for case, linker in configs:  # warm every cache first (segments, kernels)
+        run_child(case, linker)
+    runs = {cfg: [] for cfg in configs}
+    for _ in range(repeat):
+        for cfg in configs:
+            runs[cfg].append(run_child(*cfg, code=_COMPILE_CHILD))
+    print(f"first mg.function of a process, {repeat} processes each (ms; median / min)")
+    for (case, linker), rs in runs.items():
+        def col(key, rs=rs):
+            values = [r[key] * 1e3 for r in rs]
+            return f"{statistics.median(values):6.1f} / {min(values):6.1f}"
+        phases = {k: round(statistics.median(r["phases"][k] * 1e3 for r in rs), 1)
+                  for k in rs[0]["phases"]}
+        print(f"  {case:9s} {linker:9s} compile {col('first_s')}, CPU {col('first_cpu_s')}, "
+              f"a second one {col('again_s')}; import minigrad {col('import_s')}, "
+              f"numba {col('import_numba_s')}; phases {phases}; "
+              f"{rs[0]['dispatchers']} dispatchers made")
+    return runs
+
+
 def main(argv=None):
     import argparse
 
@@ -226,7 +289,15 @@ def main(argv=None):
                    help="also the first call with empty Numba and minigrad caches")
     p.add_argument("--top", type=int, default=12, help="compiled functions listed")
     p.add_argument("--json", action="store_true", help="print the raw results too")
+    p.add_argument("--compile-only", action="store_true",
+                   help="only the first compile of a process, --repeat processes each")
+    p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
+    if args.compile_only:
+        runs = compile_only(args.cases.split(","), args.linkers.split(","), args.repeat)
+        if args.json:
+            print(json.dumps([r for rs in runs.values() for r in rs]))
+        return
     results = []
     for case in args.cases.split(","):
         for linker in args.linkers.split(","):

@@ -69,6 +69,7 @@ class FunctionGraph:
         #: callables ``listener(event, node)``, ``event`` in {"import", "prune"}: a rewrite
         #: walker uses them to learn which nodes are new (to visit) or gone (to skip)
         self.listeners = []
+        self._order = None  # the last toposort, until the next edit (see toposort)
         for var in self.inputs:
             self._add_variable(var)
         for k, out in enumerate(outputs):
@@ -104,6 +105,7 @@ class FunctionGraph:
         for out in node.outputs:
             self._add_variable(out)
         self.apply_nodes.add(node)
+        self._order = None
         for listener in self.listeners:
             listener("import", node)
 
@@ -115,6 +117,8 @@ class FunctionGraph:
     def replace_all(self, pairs, reason=None):
         """``replace`` for several pairs at once (e.g. all outputs of one node)."""
         pairs = [(old, new) for old, new in pairs if old is not new]
+        if pairs:
+            self._order = None  # readers change their inputs: the order may change
         for old, new in pairs:
             self._check_replacement(old, new, reason)
         for old, new in pairs:
@@ -173,6 +177,7 @@ class FunctionGraph:
             if any(self.clients.get(o) for o in node.outputs):
                 continue
             self.apply_nodes.discard(node)
+            self._order = None
             for out in node.outputs:
                 self.variables.discard(out)
                 self.clients.pop(out, None)
@@ -187,8 +192,14 @@ class FunctionGraph:
 
     # ---------------------------------------------------------------- reading
     def toposort(self):
-        """The nodes in an order where each comes after the nodes computing its inputs."""
-        return toposort(self.outputs)
+        """The nodes in an order where each comes after the nodes computing its inputs.
+
+        Kept until the next edit (an import, a replacement, a pruned node): the rewrite
+        walker and ``merge`` ask for it after every pass, most of which change nothing.
+        A new list each time, so a caller may edit what it gets."""
+        if self._order is None:
+            self._order = toposort(self.outputs)
+        return list(self._order)
 
     def n_clients(self, var):
         return len(self.clients.get(var, ()))

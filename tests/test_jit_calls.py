@@ -181,7 +181,9 @@ _CHILD = textwrap.dedent("""
     w = mg.shared(np.linspace(-1, 1, 12).reshape(4, 3), name="w")
     y = mg.sigmoid(mg.dot(x, w)).sum() + (x * x).mean()
     f = mg.function([x], [y, mg.grad(y, w)], mode=mg.Mode(backend="numba", linker="jit"))
+    helpers_at_compile = "kernels.cpu.jit_ops" in sys.modules
     out = f(np.linspace(0, 1, 20).reshape(5, 4))
+    helpers_at_call = "kernels.cpu.jit_ops" in sys.modules
     again = f(np.linspace(0, 1, 20).reshape(5, 4))  # a bundle is started at a 2nd call
     assert float(again[0]) == float(out[0])
     d = f._safe_run.compiled[0]
@@ -190,7 +192,9 @@ _CHILD = textwrap.dedent("""
                       "g": np.asarray(out[1]).tolist(),
                       "hits": sum(d.stats.cache_hits.values()),
                       "fallbacks": len(f._safe_run.jit_fallbacks),
-                      "from_bundle": any(used), "bundles": sorted(
+                      "from_bundle": any(used), "helpers_at_compile": helpers_at_compile,
+                      "helpers_at_call": helpers_at_call,
+                      "prepared": not jit_calls._UNPREPARED, "bundles": sorted(
                           os.listdir(helper_bundle.bundle_dir())
                           if os.path.isdir(helper_bundle.bundle_dir()) else [])}))
 """).replace("import json, sys", "import json, os, sys")
@@ -200,7 +204,10 @@ def test_fresh_process_loads_binds_and_runs_the_cached_segment(tmp_path):
     """Three processes on one cache: the first compiles the segment and binds its helpers
     one by one; the second loads the segment, binds one by one (its helpers' mangled names
     are not the first process's) and writes the helpers' bundle in a thread; the third
-    binds from the bundle. Same bits in all three."""
+    binds from the bundle. Same bits in all three.
+
+    No compile imports the helpers' module; only the first process, which compiles the
+    segment, makes the helpers' intrinsics, and the third never imports the helpers."""
     import json
 
     env = dict(os.environ, MINIGRAD_CACHE_DIR=str(tmp_path),
@@ -219,6 +226,9 @@ def test_fresh_process_loads_binds_and_runs_the_cached_segment(tmp_path):
     assert not first["from_bundle"] and first["bundles"] == []  # a compile writes none
     assert not second["from_bundle"] and len(second["bundles"]) == 1
     assert third["from_bundle"]
+    assert not any(run["helpers_at_compile"] for run in runs)
+    assert first["prepared"] and not second["prepared"] and not third["prepared"]
+    assert not third["helpers_at_call"]
     assert second["y"] == first["y"] and second["g"] == first["g"]
     assert third["y"] == first["y"] and third["g"] == first["g"]
 

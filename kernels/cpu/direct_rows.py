@@ -20,8 +20,7 @@ value-by-value test of the rare row whose sum is not.
 No argument is checked here: the caller (a compiled step) has checked the call
 (``PrepareRows``, the prologue, ``check_destinations``). Users call ``kernels.cpu.adam_rows``.
 """
-from numba import njit
-
+from kernels.cpu.deferred_cache import njit
 from kernels.cpu.optim import _not_finite, _prefetch_ahead, _row_not_finite
 from kernels.rules import adam as adam_rule
 

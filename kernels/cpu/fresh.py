@@ -8,8 +8,8 @@ table much larger than the caches overlap instead of stalling one after another.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from kernels.cpu.deferred_cache import njit
 from kernels.cpu.optim import _momentum_elem, _prefetch_distance, _skipped_map
 from kernels.cpu.rows import _prefetch_for_write
 from kernels.row_kernels import register_fresh_reads

@@ -10,9 +10,9 @@ allocated, which costs O(V) and is only meant for direct, one-off calls.
 """
 
 import numpy as np
-from numba import njit
 
 from kernels import _validate as V
+from kernels.cpu.deferred_cache import njit
 from kernels.reference.fused import (
     _table,
     check_scatter_shapes,

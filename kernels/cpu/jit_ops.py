@@ -15,7 +15,8 @@ equal to ``backend="numpy"``; ``np.exp``/``np.log`` of Numba and of NumPy may di
 the last unit.
 """
 import numpy as np
-from numba import njit
+
+from kernels.cpu.deferred_cache import njit
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 

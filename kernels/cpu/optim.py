@@ -9,8 +9,8 @@ division by zero gives inf/nan as in NumPy instead of a Python exception, and wi
 per-element check LLVM vectorises the loops (Adam's sqrt and division: 5x faster).
 """
 import numpy as np
-from numba import njit
 
+from kernels.cpu.deferred_cache import njit
 from kernels.cpu.rows import _prefetch_for_write
 from kernels.reference.optim import (
     adam_drift_ratio,

@@ -16,11 +16,12 @@ import threading
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels import _validate as V
+from kernels.cpu.deferred_cache import njit
 
 __all__ = [
     "gather_rows",

@@ -31,8 +31,7 @@ arguments ``kernels.cpu.optim``'s loops pass, so the results are bitwise those o
 checked path (``tests/test_update_driver.py``). No argument is checked here: the caller
 (a compiled step, ``minigrad/update_driver.py``) has checked the call.
 """
-from numba import njit
-
+from kernels.cpu.deferred_cache import njit
 from kernels.cpu.direct_rows import _not_finite, _prefetch, adam_plain, lazy_adam
 from kernels.rules import momentum as momentum_rule
 

@@ -118,18 +118,24 @@ def _addressable(obj):
 
 class _Mirror(pytypes.ModuleType):
     """The attributes of another module, its helpers addressed, each made at its first
-    use: making all of them costs ~30 ms, a segment uses a dozen. Numba must find them
-    made before it types a segment (an intrinsic made while typing is not in the typing
-    context yet), hence :func:`prepare` when the generated module is imported."""
+    use: making all of them costs ~30 ms, a segment uses a dozen. The module itself is
+    imported at the first use too (``kernels.cpu.jit_ops`` has ~70 ``@njit`` helpers: a
+    segment loaded from the cache and bound from its bundle never needs it). Numba must
+    find the helpers made before it types a segment (an intrinsic made while typing is not
+    in the typing context yet), hence :func:`prepare`."""
 
     def __init__(self, module_name):
         super().__init__(f"minigrad.backends.jit_calls[{module_name}]")
-        self._source = importlib.import_module(module_name)
+        self._source_name = module_name
+
+    def source(self):
+        """The mirrored module (imported now if it was not)."""
+        return importlib.import_module(self._source_name)
 
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        obj = getattr(self._source, name)
+        obj = getattr(self.source(), name)
         value = addressed(obj) if _addressable(obj) else obj
         setattr(self, name, value)
         return value
@@ -142,8 +148,23 @@ def mirror(module_name):
 
 
 def prepare(namespace):
+    """Called by a generated segment module (its globals, ``namespace``) as it is imported:
+    every ``J.<name>`` and ``F.<name>`` it uses is made before Numba first *compiles* one
+    of its segments (:func:`prepare_now`, from a ``numba:compile`` event), not now. A
+    segment loaded from Numba's cache is never typed, so a process that only loads its
+    segments never makes the intrinsics nor imports the helper modules."""
+    _UNPREPARED[id(namespace)] = namespace
+    if not _LISTENING:
+        from numba.core import event
+
+        event.register("numba:compile", _before_compile_listener())
+        _LISTENING.append(True)
+
+
+def prepare_now(namespace):
     """Make every ``J.<name>`` and ``F.<name>`` the generated module (its globals,
-    ``namespace``) uses; called by the module itself as it is imported."""
+    ``namespace``) uses."""
+    _UNPREPARED.pop(id(namespace), None)
     path = namespace.get("__file__")
     text = None
     if path:
@@ -155,9 +176,37 @@ def prepare(namespace):
     for alias, module_name in (("J", "kernels.cpu.jit_ops"), ("F", "kernels.cpu.fused")):
         mod = helpers(module_name)
         names = (re.findall(rf"\b{alias}\.([A-Za-z_][A-Za-z0-9_]*)", text) if text is not None
-                 else [n for n in vars(mod._source) if not n.startswith("__")])
+                 else [n for n in vars(mod.source()) if not n.startswith("__")])
         for name in set(names):
             getattr(mod, name)
+
+
+#: the globals of generated modules imported but not prepared yet, by id (their modules
+#: are kept alive by the linker's module table and ``sys.modules``)
+_UNPREPARED = {}
+_LISTENING = []
+
+
+def _before_compile_listener():
+    from numba.core import event
+
+    class BeforeCompile(event.Listener):
+        """Prepares a generated module as Numba starts compiling one of its segments:
+        after its cache lookup missed, before the compiler refreshes its typing context
+        (which is what makes the new intrinsics visible to the typing)."""
+
+        def on_start(self, ev):
+            if not _UNPREPARED:
+                return
+            py_func = getattr(ev.data.get("dispatcher"), "py_func", None)
+            namespace = getattr(py_func, "__globals__", None)
+            if namespace is not None and id(namespace) in _UNPREPARED:
+                prepare_now(namespace)
+
+        def on_end(self, ev):
+            pass
+
+    return BeforeCompile()
 
 
 _MIRRORS = {}
@@ -349,4 +398,4 @@ class BoundSegment:
 
 
 __all__ = ["BoundSegment", "UNBOUND", "addressed", "bind", "bind_steps", "helpers", "mirror",
-           "prepare", "write_bundle"]
+           "prepare", "prepare_now", "write_bundle"]
