@@ -8,10 +8,6 @@ table much larger than the caches overlap instead of stalling one after another.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from kernels.cpu.deferred_cache import njit
 from kernels.cpu.optim import (
@@ -25,30 +21,11 @@ from kernels.cpu.optim import (
     _skipped_map,
     series_logs,
 )
-from kernels.cpu.rows import _prefetch_for_write
+from kernels.cpu.rows import _prefetch_for_read, _prefetch_for_write
 from kernels.reference.optim import adam_drift_ratio, adam_drift_tol
 from kernels.row_kernels import register_fresh_reads
 
 __all__ = ["gather_lagging", "fresh_adam", "fresh_linear"]
-
-@intrinsic
-def _prefetch_read(typingctx, array, row, col):
-    """Ask for ``array[row, col]``'s cache line, to be read (``llvm.prefetch``, rw=0): a
-    read writes nothing, so it needs no line in exclusive state (``_prefetch_for_write``)."""
-
-    def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        arr = context.make_array(array_type)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, array_type, arr, [args[1], args[2]],
-                                       wraparound=False)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
-        flags = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
-        builder.call(fn, [builder.bitcast(ptr, i8p)] + flags)
-        return context.get_dummy_value()
-
-    return types.void(array, row, col), codegen
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -235,7 +212,7 @@ def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, 
             return -2 - i
     for i in range(n):
         if dist > 0 and i + 2 * dist < n:
-            _prefetch_read(last2, flat[i + 2 * dist], 0)
+            _prefetch_for_read(last2, flat[i + 2 * dist], 0)
         lasts[i] = last[flat[i]]
     iu_t = np.sqrt(-np.expm1(float(t) * logs[0]))
     c_last = np.int64(-1)
@@ -254,12 +231,12 @@ def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, 
         if dist > 0 and i + dist < n:
             a = flat[i + dist]
             for j in range(0, width, line):
-                _prefetch_read(P, a, j)
+                _prefetch_for_read(P, a, j)
                 if lasts[i + dist] < t:
-                    _prefetch_read(M, a, j)
-                    _prefetch_read(V, a, j)
+                    _prefetch_for_read(M, a, j)
+                    _prefetch_for_read(V, a, j)
                     if amsgrad:
-                        _prefetch_read(VM, a, j)
+                        _prefetch_for_read(VM, a, j)
         r = flat[i]
         L = lasts[i]
         if L >= t:

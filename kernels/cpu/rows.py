@@ -105,14 +105,10 @@ def _group(keys):
 # --- software prefetch ---------------------------------------------------------------------
 
 
-@intrinsic
-def _prefetch_for_write(typingctx, array, row, col):
-    """Hint the CPU to pull ``array[row, col]``'s cache line in for writing (``llvm.prefetch``).
-
-    A scatter-add into a table much larger than the caches stalls on every random row; asking
-    for rows a few updates ahead overlaps those misses. Prefetches never fault, and the rows
-    are validated indices anyway.
-    """
+def _prefetch_codegen(rw):
+    """The ``llvm.prefetch`` of ``array[row, col]``'s cache line: ``rw=1`` asks for it in a
+    state ready for writing, ``rw=0`` for reading (no exclusive ownership needed); locality 3
+    keeps it in every cache level, cache type 1 is data. One codegen serves both intrinsics."""
 
     def codegen(context, builder, signature, args):
         array_type = signature.args[0]
@@ -123,12 +119,29 @@ def _prefetch_for_write(typingctx, array, row, col):
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fn_type = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fn_type, "llvm.prefetch.p0i8")
-        # rw=1 (write), locality=3 (keep in all cache levels), cache type=1 (data)
-        flags = [ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+        flags = [ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)]
         builder.call(fn, [builder.bitcast(ptr, i8p)] + flags)
         return context.get_dummy_value()
 
-    return types.void(array, row, col), codegen
+    return codegen
+
+
+@intrinsic
+def _prefetch_for_write(typingctx, array, row, col):
+    """Hint the CPU to pull ``array[row, col]``'s cache line in for writing (``llvm.prefetch``).
+
+    A scatter-add into a table much larger than the caches stalls on every random row; asking
+    for rows a few updates ahead overlaps those misses. Prefetches never fault, and the rows
+    are validated indices anyway.
+    """
+    return types.void(array, row, col), _prefetch_codegen(1)
+
+
+@intrinsic
+def _prefetch_for_read(typingctx, array, row, col):
+    """Ask for ``array[row, col]``'s cache line, to be read: a read writes nothing, so it
+    needs no line in exclusive state (``_prefetch_for_write``)."""
+    return types.void(array, row, col), _prefetch_codegen(0)
 
 
 # Prefetch only when ``out`` is bigger than this (smaller tables stay in cache, where the
