@@ -11,13 +11,83 @@ This ``njit`` takes the same arguments. With ``cache=True`` it decorates without
 and makes the dispatcher a :class:`DeferredCacheDispatcher`, whose every compile (a call
 with new types, a caller's typing, an explicit ``compile``) first builds the cache object,
 once: a cached version is then loaded exactly as from ``numba.njit(cache=True)`` (same
-cache files, same index, same source stamp), and a new one is written the same way.
+cache files, same index), and a new one is written the same way.
+
+One thing differs on purpose: the source stamp. Numba stamps a cache with its own source
+file's modification time and size only, but a kernel's compiled code also holds every
+kernel it calls or inlines from other files (``update_driver.step_rows`` inlines
+``direct_rows.adam_plain``, which inlines ``kernels.rules.adam``). Editing one of those
+left the caller's cached machine code in use, silently. Here the stamp also holds the
+stamps of every ``kernels`` module the function's module imports, transitively (found by
+scanning their import lines, so a constant imported by name counts too): an edit anywhere
+in that closure makes the cache stale and the function compiles again.
 """
 from __future__ import annotations
+
+import functools
+import os
+import re
 
 import numba
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
+
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(kernels[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)"
+                     r"|import[ \t]+(kernels[\w.]*))", re.M)
+_KERNELS_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_closures: dict[str, tuple] = {}  # module name -> its dependency stamp, once per process
+
+
+def _module_file(name):
+    """The source file of the ``kernels`` module ``name``, found on disk without importing
+    anything (``importlib.util.find_spec`` would import the parent packages), or None."""
+    parts = name.split(".")
+    if parts[0] != "kernels":
+        return None
+    base = os.path.join(_KERNELS_ROOT, *parts[1:])
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_imports(path):
+    """The ``kernels`` modules a source file imports (``from kernels.rules import adam``
+    names the submodule ``kernels.rules.adam`` as well as the package)."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    names = set()
+    for package, imported, plain in _IMPORT.findall(source):
+        if plain:
+            names.add(plain)
+            continue
+        names.add(package)
+        for name in re.findall(r"\w+", imported.split("#")[0]):
+            if _module_file(f"{package}.{name}") is not None:
+                names.add(f"{package}.{name}")
+    return frozenset(names)
+
+
+def dependency_stamp(module_name):
+    """``(module, mtime_ns, size)`` of ``module_name``'s file and of every ``kernels``
+    module it reaches through its imports, sorted: what a kernel's cached code depends on."""
+    if module_name in _closures:
+        return _closures[module_name]
+    seen, todo, stamp = set(), [module_name], []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is None:
+            continue
+        st = os.stat(path)
+        stamp.append((name, st.st_mtime_ns, st.st_size))
+        todo.extend(_kernel_imports(path) - seen)
+    _closures[module_name] = result = tuple(sorted(stamp))
+    return result
 
 
 class DeferredCacheDispatcher(CPUDispatcher):
@@ -30,6 +100,9 @@ class DeferredCacheDispatcher(CPUDispatcher):
             with global_compiler_lock:  # the lock compile takes (reentrant): one cache
                 if self._cache_pending:
                     self.enable_caching()
+                    cache_file = self._cache._cache_file
+                    cache_file._source_stamp = (cache_file._source_stamp,
+                                                dependency_stamp(self.py_func.__module__))
                     self._cache_pending = False
         return super().compile(sig)
 
@@ -53,4 +126,4 @@ def njit(*args, **options):
     return decorate(args[0]) if args else decorate
 
 
-__all__ = ["DeferredCacheDispatcher", "njit"]
+__all__ = ["DeferredCacheDispatcher", "dependency_stamp", "njit"]
