@@ -21,46 +21,13 @@ No argument is checked here: the caller (a compiled step) has checked the call
 (``PrepareRows``, the prologue, ``check_destinations``). Users call ``kernels.cpu.adam_rows``.
 """
 from kernels.cpu.deferred_cache import njit
-from kernels.cpu.rows import _prefetch_for_write
+from kernels.cpu.rows import _not_finite, _prefetch_ahead, _row_not_finite
 from kernels.rules import adam as adam_rule
-
-# (not kernels.cpu.optim's _prefetch_ahead / _not_finite / _row_not_finite: importing
-# optim here would load it in every compile, as minigrad/update_driver.build imports this
-# module's caller before it looks at the nodes; tests/test_lazy_kernels.py)
 
 _adam_elem = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
     adam_rule.update)
 _adam_scalars = njit(cache=True, nogil=True, error_model="numpy", inline="always")(
     adam_rule.scalars)
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _not_finite(x):
-    return (x - x) != 0.0  # 0 exactly for a finite x, NaN otherwise (no branch)
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _prefetch(idx, i, dist, P, M, V):
-    """Ask for row ``idx[i + dist]`` of the three tables (``dist`` 0: tables that fit the
-    caches, nothing to ask for; as ``kernels.cpu.optim._prefetch_ahead``). Empty
-    stand-ins (no rows) are skipped."""
-    if dist > 0 and i + dist < idx.shape[0]:
-        a = idx[i + dist]
-        for j in range(0, P.shape[1], max(1, 64 // P.itemsize)):
-            _prefetch_for_write(P, a, j)
-            if M.shape[0] > a:
-                _prefetch_for_write(M, a, j)
-            if V.shape[0] > a:
-                _prefetch_for_write(V, a, j)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _row_not_finite(X, r):
-    """Whether row ``r`` of ``X`` holds a NaN or inf (the value-by-value test)."""
-    bad = False
-    for d in range(X.shape[1]):
-        bad |= _not_finite(X[r, d])
-    return bad
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
@@ -96,7 +63,7 @@ def adam_plain(P, M, V, L, idx, G, t, lr, b1, b2, eps, wd, decoupled, lazy, dist
     if guard:
         zero = P.dtype.type(0.0)  # (the row sum in the tables' dtype: no conversions)
         for i in range(n):
-            _prefetch(idx, i, dist, P, M, V)
+            _prefetch_ahead(idx, i, dist, P, M, V)
             r = idx[i]
             if not lazy:
                 SL[i] = L[r]
@@ -116,7 +83,7 @@ def adam_plain(P, M, V, L, idx, G, t, lr, b1, b2, eps, wd, decoupled, lazy, dist
         status[0], status[1] = n, -1
         return -1
     for i in range(n):
-        _prefetch(idx, i, dist, P, M, V)
+        _prefetch_ahead(idx, i, dist, P, M, V)
         r = idx[i]
         if not lazy:
             L[r] = t

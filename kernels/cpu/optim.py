@@ -14,7 +14,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from kernels.cpu.deferred_cache import njit
-from kernels.cpu.rows import _prefetch_for_write
+from kernels.cpu.rows import _not_finite, _prefetch_ahead, _prefetch_for_write, _row_not_finite
 from kernels.reference.optim import (
     adam_drift_ratio,
     adam_drift_tol,
@@ -88,12 +88,6 @@ def _save_rows(i, r, last, exact, P, A, B, C, SP, SA, SB, SC, SL):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _not_finite(x):
-    """``x - x`` is 0 exactly for a finite ``x`` and NaN otherwise (no branch: vectorises)."""
-    return (x - x) != 0.0
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _advance_last(i, r, last, exact, t, SL):
     """Exact mode, a row with nothing to catch up: save ``last[r]`` into the guard's
     scratch (when it has one), then mark the row as updated at step ``t``."""
@@ -101,19 +95,6 @@ def _advance_last(i, r, last, exact, t, SL):
         if SL.shape[0] > i:
             SL[i] = last[r]
         last[r] = t
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _row_not_finite(X, r):
-    """Whether row ``r`` holds a NaN or inf: ``x - x`` is 0 exactly for finite ``x`` and
-    NaN otherwise. The flags are OR-ed (an integer reduction, so the scan vectorises
-    without fast-math). Empty stand-ins: False."""
-    if X.shape[0] <= r:
-        return False
-    bad = False
-    for d in range(X.shape[1]):
-        bad |= _not_finite(X[r, d])
-    return bad
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -197,19 +178,6 @@ def _prefetch_distance(param2d, min_bytes=_PREFETCH_MIN_BYTES):
     """How many rows ahead a row loop asks for (0: none) in ``param2d``: tables over
     ``min_bytes`` are mostly not in cache when the loop reaches a row."""
     return _PREFETCH_DISTANCE if param2d.nbytes > min_bytes else 0
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _prefetch_ahead(idx, i, dist, X, Y, Z):
-    """Ask for row ``idx[i + dist]`` of the tables (``Y``/``Z`` may be empty stand-ins)."""
-    if dist > 0 and i + dist < idx.shape[0]:
-        a = idx[i + dist]
-        for j in range(0, X.shape[1], max(1, 64 // X.itemsize)):
-            _prefetch_for_write(X, a, j)
-            if Y.shape[0] > a:
-                _prefetch_for_write(Y, a, j)
-            if Z.shape[0] > a:
-                _prefetch_for_write(Z, a, j)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -144,6 +144,42 @@ def _prefetch_for_read(typingctx, array, row, col):
     return types.void(array, row, col), _prefetch_codegen(0)
 
 
+# --- per-row helpers the optimizer loops share (kernels.cpu.optim, direct_rows, the
+# update driver): inlined, so one definition costs nothing at run time -------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _not_finite(x):
+    """``x - x`` is 0 exactly for a finite ``x`` and NaN otherwise (no branch: vectorises)."""
+    return (x - x) != 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_ahead(idx, i, dist, X, Y, Z):
+    """Ask for row ``idx[i + dist]`` of the tables (``Y``/``Z`` may be empty stand-ins)."""
+    if dist > 0 and i + dist < idx.shape[0]:
+        a = idx[i + dist]
+        for j in range(0, X.shape[1], max(1, 64 // X.itemsize)):
+            _prefetch_for_write(X, a, j)
+            if Y.shape[0] > a:
+                _prefetch_for_write(Y, a, j)
+            if Z.shape[0] > a:
+                _prefetch_for_write(Z, a, j)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_not_finite(X, r):
+    """Whether row ``r`` holds a NaN or inf: ``x - x`` is 0 exactly for finite ``x`` and
+    NaN otherwise. The flags are OR-ed (an integer reduction, so the scan vectorises
+    without fast-math). Empty stand-ins: False."""
+    if X.shape[0] <= r:
+        return False
+    bad = False
+    for d in range(X.shape[1]):
+        bad |= _not_finite(X[r, d])
+    return bad
+
+
 # Prefetch only when ``out`` is bigger than this (smaller tables stay in cache, where the
 # extra instructions cost ~20%), and this many updates ahead (measured best of 4..32).
 _PREFETCH_MIN_BYTES = 8 << 20

@@ -32,7 +32,8 @@ checked path (``tests/test_update_driver.py``). No argument is checked here: the
 (a compiled step, ``minigrad/update_driver.py``) has checked the call.
 """
 from kernels.cpu.deferred_cache import njit
-from kernels.cpu.direct_rows import _not_finite, _prefetch, adam_plain, lazy_adam
+from kernels.cpu.direct_rows import adam_plain, lazy_adam
+from kernels.cpu.rows import _not_finite, _prefetch_ahead
 from kernels.rules import momentum as momentum_rule
 
 ADAM, MOMENTUM = 0, 1
@@ -71,7 +72,7 @@ def momentum_plain(P, B, L, idx, G, t, exact, lr, mu, damp, nesterov, wd, dist, 
     first = t == 1
     n = idx.shape[0]
     for i in range(n):
-        _prefetch(idx, i, dist, P, P, P)
+        _prefetch_ahead(idx, i, dist, P, P, P)
         r = idx[i]
         if exact:
             if guard:
