@@ -54,6 +54,11 @@ _serial = itertools.count()
 #: the value :meth:`FusedStep.execute` returns when the two-phase path is to run instead
 TWO_PHASES = object()
 
+#: the compiled call's codes besides an entry's index (not finite there) and -1 (done):
+#: ``nan_guard=True`` found a non-finite output or gradient; an exact-mode row lags (the
+#: two-phase path catches it up). Nothing was written.
+NOT_FINITE, CATCH_UP = -2, -3
+
 
 def _var_slots(fn):
     """``{variable: slot}`` of every node input and output of ``fn``."""
@@ -68,10 +73,38 @@ def _is_leaf(var):
     return isinstance(var, (SharedVariable, Constant))
 
 
-def _hyper_feeds(fn, safe_nodes):
+def _catch_ups(safe_nodes, driver, fn):
+    """Indices of the safe phase's early writers when each is the ``CatchUpAll`` of a
+    table that an exact-mode driver entry updates on every row (a dense gradient: a head
+    ``W``, a bias ``c``), else None. Such a table is up to date whenever only dense steps
+    touch it: the compiled call then checks that nothing lags (``CatchUpAll``'s own test,
+    ``last.min() < t``) before anything is written, and when a row does lag the call is
+    given to the two-phase path, which catches the table up under its undo log. No other
+    early writer is fused."""
+    from minigrad.undo import writes_early
+
+    exact_tables = {fn_var for fn_var in _exact_params(fn, driver)}
+    found = []
+    for i, node in enumerate(safe_nodes):
+        if writes_early(node):
+            if node.inputs[0] not in exact_tables:
+                return None
+            found.append(i)
+    return found
+
+
+def _exact_params(fn, driver):
+    """The parameters of the driver's exact-mode entries (every one has a dense gradient:
+    ``update_driver`` fuses no other exact entry)."""
+    slot = _var_slots(fn)
+    var_of = {s: v for v, s in slot.items()}
+    return [var_of[e.tables[0]] for e in driver.entries if e.exact]
+
+
+def _hyper_feeds(fn, safe_nodes, skipped=()):
     """``[(StepHyper index, its input's producer index)]`` when every uncovered safe node
-    is a ``StepHyper`` fed by a covered node of leaves, read by destructive nodes only;
-    else None."""
+    (but those ``skipped``: the fused catch-ups) is a ``StepHyper`` fed by a covered node
+    of leaves, read by destructive nodes only; else None."""
     from minigrad.backends.numba_jit import covered
     from minigrad.optim.hyper import StepHyper
 
@@ -80,6 +113,8 @@ def _hyper_feeds(fn, safe_nodes):
     returned = set(fn.graph_outputs) | set(fn.graph_updates)
     feeds = []
     for i, node in enumerate(safe_nodes):
+        if i in skipped:
+            continue
         if not isinstance(node.op, StepHyper):
             if not covered(node):
                 return None
@@ -100,15 +135,13 @@ def build(fn):
     it is not covered (see the module note)."""
     driver = getattr(fn, "update_driver", None)
     if (driver is None or fn.mode.linker != "jit" or fn.backend.name != "numba"
-            or fn.nan_guard or fn.flush_first or fn._pending_states
-            or "fused_step" in fn.mode.exclude):
+            or fn.flush_first or "fused_step" in fn.mode.exclude):
         return None
-    from minigrad.undo import writes_early
-
     safe_nodes = fn.nodes[: fn.n_safe]
-    if not safe_nodes or any(writes_early(n) for n in safe_nodes):
+    if not safe_nodes:
         return None
-    if any(e.exact for e in driver.entries):
+    catch_ups = _catch_ups(safe_nodes, driver, fn)
+    if catch_ups is None:
         return None
     if any(v is not None for v in fn.output_shared) or any(
             isinstance(v.type, (CSRType, RowSparseType)) or v.ndim > 2
@@ -117,16 +150,16 @@ def build(fn):
     for target, _, in_place in fn.update_slots:
         if not in_place and np.dtype(target.type.dtype).kind == "f":
             return None  # a dense float update: its finiteness check sits between the phases
-    feeds = _hyper_feeds(fn, safe_nodes)
+    feeds = _hyper_feeds(fn, safe_nodes, catch_ups)
     if feeds is None:
         return None
     slot = _var_slots(fn)
     var_of = {s: v for v, s in slot.items()}
     for e in driver.entries:
-        if any(var_of[s].ndim not in (1, 2) for s in e.tables):
+        if var_of[e.tables[0]].ndim not in (1, 2):
             return None
     try:
-        return FusedStep(fn, safe_nodes, feeds, slot, var_of, driver)
+        return FusedStep(fn, safe_nodes, feeds, catch_ups, slot, var_of, driver)
     except _NotCovered:
         return None
 
@@ -202,7 +235,7 @@ class FusedStep:
 
     TWO_PHASES = TWO_PHASES
 
-    def __init__(self, fn, safe_nodes, feeds, slot, var_of, driver):
+    def __init__(self, fn, safe_nodes, feeds, catch_ups, slot, var_of, driver):
         from kernels.cpu import update_driver as drv
         from minigrad.linker_jit import _entry_parts, _Segment, _slot_pool, load_segments
 
@@ -210,8 +243,17 @@ class FusedStep:
             return f"v{slot[var]}"
 
         self.var_labels = [e.var for e in driver.entries]
-        hyper_nodes = {i for i, _ in feeds}
-        covered_idx = [i for i in range(len(safe_nodes)) if i not in hyper_nodes]
+        self.nan_guard = fn.nan_guard
+        #: per exact-mode entry, its state: after a call, every row is at step ``t``
+        self.exact_states = [e.state for e in driver.entries if e.exact]
+        self.pending_states = list(fn._pending_states)
+        self._guard_vars = [var_of[s] for s in fn.guard_slots] if fn.nan_guard else []
+        #: the fused ``CatchUpAll`` nodes: (param, last, step) variables and output
+        self._catch_ups = [(safe_nodes[i].inputs[0], safe_nodes[i].inputs[-2],
+                            safe_nodes[i].inputs[-1], safe_nodes[i].outputs[0])
+                           for i in catch_ups]
+        skipped = {i for i, _ in feeds} | set(catch_ups)
+        covered_idx = [i for i in range(len(safe_nodes)) if i not in skipped]
         consts = dict(fn.constants)
         # what the tail reads or returns: the updates' gradients and step numbers, the
         # outputs and the assigned values (step counters)
@@ -223,10 +265,15 @@ class FusedStep:
             needed |= {var_of[e.grad], var_of[e.t]}
         seg = _Segment(0, covered_idx, safe_nodes, needed, consts)
         hyper_names = [f"h{e.hyper}" for e in driver.entries]
-        for e in driver.entries:
-            for s in e.tables:
-                if var_of[s] not in seg.inputs:
-                    raise _NotCovered  # a table the segment does not take (never seen)
+        # the tables the updates write and what the catch-up checks read: inputs too (a
+        # table read through its CatchUpAll only is not an input of the segment's nodes)
+        extra_inputs = [var_of[s] for e in driver.entries for s in e.tables]
+        extra_inputs += [v for param, last, t, _ in self._catch_ups for v in (last, t)]
+        for v in extra_inputs:
+            if v not in seg.inputs:
+                if not _is_leaf(v):
+                    raise _NotCovered  # (never seen: tables are shared variables)
+                seg.inputs.append(v)
         extra = list(dict.fromkeys(hyper_names)) + ["guard"]
 
         def tail(vals):
@@ -245,6 +292,9 @@ class FusedStep:
         namespace = {f"v{s}": v for s, v in consts.items()}
         namespace["s0"] = BoundSegment(module.segment0)
         lines = []
+        # a fused CatchUpAll passes its table on (the compiled call checks that no row lags)
+        for param, _, _, out in self._catch_ups:
+            lines.append(f"    v{slot[out]} = v{slot[param]}")
         # StepHyper first, in Python: a schedule or a shared value is read every call
         for i, p in feeds:
             (_, ins, _), (_, _, outs) = fn.safe_program[p], fn.safe_program[i]
@@ -290,23 +340,36 @@ class FusedStep:
         # array outputs are copied first: one could be a view of a table written below
         lines = [f"{vals[v].name}_out = {vals[v].name}.copy()" for v in self.out_vars
                  if not vals[v].is_scalar]
+        returned = self._returned(vals, var_of, driver)
+        # nothing is written unless every check passes: nan_guard's, then no exact-mode row
+        # lags (CatchUpAll's test on its table, the driver's on the rows updated)
+        lines += self._finite_check(vals, driver, var_of, returned)
+        lags = [f"J.table_lags({vals[last].name}, {vals[t].name})"
+                for _, last, t, _ in self._catch_ups]
+        lags += [f"J.rows_lag({vals[var_of[e.tables[-1]]].name}, {vals[var_of[e.grad]].name}_idx, "
+                 f"{vals[var_of[e.t]].name})" for e in driver.entries if e.exact]
+        if lags:
+            lines.append(f"if {' or '.join(lags)}:")
+            lines.append(f"    return ({CATCH_UP}, -1{returned})")
         # every view, cast and scratch of every update first: nothing below may fail (an
         # allocation) once a row is written
         lines.append("# the row updates (update_driver.step_rows' loops, in its order)")
         writes = []
-        done = []  # (P, A, B, idx, SP, SA, SB, status) names of the entries before
+        done = []  # the restore_rows arguments of the entries before
         for k, e in enumerate(driver.entries):
             kind, consts = int(driver.kinds[k]), [float(c) for c in driver.fl[k, 2:]]
             u = f"u{k}"
+            n_tables = 1 + e.n_states
             table_names = []
-            for s in e.tables:
+            for s in e.tables[:n_tables]:
                 v = vals[var_of[s]]
                 table_names.append(v.name if var_of[s].ndim == 2
                                    else f"J.rows_of_vector({v.name})")
             grad = vals[var_of[e.grad]]
-            lines.append(f"# update of {e.var} ({'Adam' if kind == drv.ADAM else 'SGD'})")
+            lines.append(f"# update of {e.var} ({'Adam' if kind == drv.ADAM else 'SGD'}, "
+                         f"{'exact' if e.exact else 'lazy'})")
             lines.append(f"{u}_P = {table_names[0]}")
-            states = table_names[1:1 + e.n_states]
+            states = table_names[1:]
             for j, name in enumerate(states):
                 lines.append(f"{u}_S{j} = {name}")
             lines.append(f"{u}_I = {grad.name}_idx")
@@ -319,36 +382,79 @@ class FusedStep:
             for j in range(e.n_states):
                 lines.append(f"{u}_SS{j} = J.guard_rows({u}_S{j}, {u}_n, guard)")
             lines.append(f"{u}_none = J.guard_rows({u}_P, 0, guard)")
+            if e.exact:
+                lines.append(f"{u}_L = {vals[var_of[e.tables[-1]]].name}")
+                lines.append(f"{u}_SL = J.guard_last({u}_n, guard)")
             lines.append(f"{u}_st = J.update_status()")
             t = vals[var_of[e.t]].name
             h = f"h{e.hyper}"
+            last = (f"{u}_L, " if e.exact else "")
+            saved_last = (f", {u}_SL" if e.exact else "")
+            exact = "exact_" if e.exact else ""
             if kind == drv.ADAM:
                 b1, b2, eps, decoupled = consts
                 writes.append(
-                    f"{u}_bad = J.step_adam_rows({u}_P, {u}_S0, {u}_S1, {u}_I, {u}_G, {t}, {h}, "
-                    f"{b1!r}, {b2!r}, {eps!r}, {decoupled != 0.0}, guard, {u}_SP, {u}_SS0, "
-                    f"{u}_SS1, {u}_st)")
+                    f"{u}_bad = J.step_{exact}adam_rows({u}_P, {u}_S0, {u}_S1, {last}{u}_I, "
+                    f"{u}_G, {t}, {h}, {b1!r}, {b2!r}, {eps!r}, {decoupled != 0.0}, guard, "
+                    f"{u}_SP, {u}_SS0, {u}_SS1{saved_last}, {u}_st)")
                 names = (f"{u}_S0", f"{u}_S1", f"{u}_SS0", f"{u}_SS1")
             else:
                 mu, damp, nesterov, _ = consts
                 buf, sbuf = ((f"{u}_S0", f"{u}_SS0") if e.n_states else (f"{u}_P", f"{u}_none"))
                 writes.append(
-                    f"{u}_bad = J.step_momentum_rows({u}_P, {buf}, {u}_I, {u}_G, {t}, {h}, "
-                    f"{mu!r}, {damp!r}, {nesterov != 0.0}, guard, {u}_SP, {sbuf}, {u}_st)")
+                    f"{u}_bad = J.step_{exact}momentum_rows({u}_P, {buf}, {last}{u}_I, {u}_G, "
+                    f"{t}, {h}, {mu!r}, {damp!r}, {nesterov != 0.0}, guard, {u}_SP, "
+                    f"{sbuf}{saved_last}, {u}_st)")
                 names = (buf, f"{u}_P", sbuf, f"{u}_none")
-            rec = (f"{u}_P", names[0], names[1], f"{u}_I", f"{u}_SP", names[2], names[3],
-                   f"{u}_st")
+            if e.exact:
+                rec = ("J.restore_exact_rows", f"{u}_P", names[0], names[1], f"{u}_L",
+                       f"{u}_I", f"{u}_SP", names[2], names[3], f"{u}_SL", f"{u}_st")
+            else:
+                rec = ("J.restore_rows", f"{u}_P", names[0], names[1], f"{u}_I", f"{u}_SP",
+                       names[2], names[3], f"{u}_st")
             writes.append(f"if {u}_bad >= 0:")
             for r in [rec, *reversed(done)]:  # this entry's written rows, then those before
-                writes.append(f"    J.restore_rows({', '.join(r)})")
-            writes.append(f"    return ({k}, {u}_I[{u}_bad]{self._returned(vals, var_of)})")
+                writes.append(f"    {r[0]}({', '.join(r[1:])})")
+            writes.append(f"    return ({k}, {u}_I[{u}_bad]{returned})")
             done.append(rec)
-        writes.append(f"return (-1, -1{self._returned(vals, var_of)})")
+        writes.append(f"return (-1, -1{returned})")
         return lines + writes, None
 
-    def _returned(self, vals, var_of):
+    def _finite_check(self, vals, driver, var_of, returned):
+        """``nan_guard=True``: the lines returning :data:`NOT_FINITE` (nothing written)
+        when an output, a gradient or a step's hyperparameters hold a non-finite value
+        (what the two-phase path checks between its phases, ``Function._all_finite``)."""
+        if not self.nan_guard:
+            return []
+        hyper = {e.hyper for e in driver.entries}
+        tests = []
+        for var in self._guard_vars:
+            if np.dtype(var.type.dtype).kind != "f":
+                continue
+            val = vals.get(var)
+            if val is None and var.owner is not None and var.owner.op.destroy_map:
+                continue  # an in-place update's result: written below, checked there
+            if val is None:
+                slot = next((h for h in hyper if var_of[h] is var), None)
+                if slot is None:
+                    raise _NotCovered  # a guarded value the call does not see (never seen)
+                tests.append(f"J.all_finite(h{slot})")
+            elif val.is_rowsparse:
+                tests.append(f"J.all_finite({val.name}_val)")
+            elif val.is_scalar:
+                tests.append(f"np.isfinite({val.name})")
+            else:
+                tests.append(f"J.all_finite({val.name})")
+        if not tests:
+            return []
+        return [f"if not ({' and '.join(tests)}):", f"    return ({NOT_FINITE}, -1{returned})"]
+
+    def _returned(self, vals, var_of, driver):
         parts = [vals[v].name + ("" if vals[v].is_scalar else "_out") for v in self.out_vars]
         parts += [vals[var_of[s]].name for _, s in self.assigned]
+        # each exact-mode entry's step and [lr, wd]: its history restarts there (Python)
+        parts += [p for e in driver.entries if e.exact
+                  for p in (vals[var_of[e.t]].name, f"h{e.hyper}")]
         return "".join(f", {p}" for p in parts)
 
     # --- a call --------------------------------------------------------------------------
@@ -360,25 +466,42 @@ class FusedStep:
         except Exception as err:  # raised before any write: the two-phase path, thunks
             return self._thunks_instead(fn, storage, err)
         code = result[0]
-        if code >= 0:
-            from minigrad.call_checks import _not_finite
-
-            err = _not_finite(fn._label(), self.var_labels[code], f" (row {int(result[1])})")
-            if fn.on_nan == "raise":
-                raise err
-            warnings.warn(f"{err} (step skipped)", RuntimeWarning, stacklevel=4)
-            return None
-        n_out = len(self.out_vars)
+        if code != -1:
+            return self._not_done(fn, code, result)
+        n_out, n_assigned = len(self.out_vars), len(self.assigned)
         outputs = []
         for value, scalar, dtype in zip(result[2:2 + n_out], self._scalar, self._dtypes):
             outputs.append(np.asarray(value, dtype=dtype) if scalar else value)
         for (target, _), value in zip(self.assigned, result[2 + n_out:]):
             target._value = np.asarray(value, dtype=target.type.dtype)
+        steps = result[2 + n_out + n_assigned:]
+        for k, state in enumerate(self.exact_states):  # every row is now at step t: the
+            t, hyper = steps[2 * k], steps[2 * k + 1]  # history restarts there (O(1))
+            state.history.restart_at(int(t), float(hyper[0]), float(hyper[1]))
+            state.pending = False
+        for state in self.pending_states:
+            state.flush_module = fn._kernels  # (as the two-phase path records)
         from minigrad import call_checks
 
         handed_out = set()
         outputs = [fn._export(v, -1, handed_out) for v in outputs]
         return call_checks.pack_outputs(fn.output_structure, outputs)
+
+    def _not_done(self, fn, code, result):
+        """The call wrote nothing (or put back what it wrote): a non-finite update of
+        entry ``code`` (the row in ``result[1]``), nan_guard's finding, or a lagging
+        exact-mode row (then the two-phase path runs the step, catching the row up)."""
+        if code == CATCH_UP:
+            return TWO_PHASES
+        if code == NOT_FINITE:
+            return fn._on_nan()
+        from minigrad.call_checks import _not_finite
+
+        err = _not_finite(fn._label(), self.var_labels[code], f" (row {int(result[1])})")
+        if fn.on_nan == "raise":
+            raise err
+        warnings.warn(f"{err} (step skipped)", RuntimeWarning, stacklevel=5)
+        return None
 
     def _thunks_instead(self, fn, storage, err):
         from numba.core.errors import NumbaError

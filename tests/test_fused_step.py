@@ -71,7 +71,7 @@ def _same_as_reference(make_pair, steps, change=None):
     return fn
 
 
-@pytest.mark.parametrize("nan_guard", [None, False])
+@pytest.mark.parametrize("nan_guard", [None, False, True])
 def test_fm_step_matches_the_reference(fm, nan_guard):
     fn = _same_as_reference(lambda: (_fm(JIT, nan_guard=nan_guard), _fm(REF)), _batches())
     assert fn._fused_step is not None and fn._fused_step.fallbacks == []
@@ -127,6 +127,22 @@ def test_non_finite_update_is_undone_and_named(fm):
         assert a.tobytes() == b.tobytes()
 
 
+def test_nan_guard_true_refuses_a_non_finite_output_in_the_call():
+    """nan_guard=True checks the outputs and gradients inside the one call, before any
+    write: a NaN label (it reaches the loss, not every update) changes nothing."""
+    fn, model, opt = _fm(JIT, nan_guard=True)
+    X, y = _batches(1)[0]
+    fn(X, y)
+    before = _state(model, opt)
+    y = y.copy()
+    y[0] = np.nan
+    with pytest.raises(FloatingPointError, match="in an output or update"):
+        fn(X, y)
+    assert fn._fused_step.fallbacks == []
+    for a, b in zip(_state(model, opt), before):
+        assert a.tobytes() == b.tobytes()
+
+
 def test_non_finite_update_skipped_with_a_warning():
     fn, model, opt = _fm(JIT, on_nan="skip")
     assert fn._fused_step is not None
@@ -144,7 +160,6 @@ def test_non_finite_update_skipped_with_a_warning():
 
 
 def test_not_built_where_not_covered():
-    assert _fm(JIT, nan_guard=True)[0]._fused_step is None  # outputs checked between phases
     assert _fm(JIT.excluding("fused_step"))[0]._fused_step is None
     assert _fm(mg.Mode(backend="numba"))[0]._fused_step is None  # generated linker
     model = mg.models.FactorizationMachine(N_FEATURES, K, seed=3)

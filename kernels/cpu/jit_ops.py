@@ -22,6 +22,7 @@ from kernels.cpu.fused import _reset as _reset_slots
 from kernels.cpu.optim import _PREFETCH_DISTANCE as _DRIVER_PREFETCH_ROWS
 from kernels.cpu.update_driver import PREFETCH_MIN_BYTES as _DRIVER_PREFETCH_BYTES
 from kernels.cpu.update_driver import _restore as _driver_restore
+from kernels.cpu.update_driver import dense_adam as _dense_adam
 from kernels.cpu.update_driver import lazy_adam as _lazy_adam
 from kernels.cpu.update_driver import momentum_plain as _momentum_plain
 
@@ -646,6 +647,65 @@ def restore_rows(P, A, B, idx, SP, SA, SB, status):
     """The rows one guarded update wrote (``status[0]`` of them) back from its scratch (an
     empty scratch: a table the update does not have)."""
     _driver_restore(P, A, B, idx, idx, SP, SA, SB, idx, status[0], False)
+
+
+@njit(**_OPTS)
+def guard_last(n, guard):
+    """Scratch for the old ``last`` of ``n`` rows (no rows when unguarded)."""
+    return np.empty(n if guard else 0, dtype=np.int64)
+
+
+@njit(**_OPTS)
+def all_finite(a):
+    """Whether every value of float array ``a`` is finite (``nan_guard=True``'s check)."""
+    for x in a.flat:
+        if not np.isfinite(x):
+            return False
+    return True
+
+
+@njit(**_OPTS)
+def table_lags(last, t):
+    """``CatchUpAll``'s test: whether a row of an exact-mode table at step ``t`` lags."""
+    if t < 1:
+        return False
+    for r in range(last.shape[0]):
+        if last[r] < t:
+            return True
+    return False
+
+
+@njit(**_OPTS)
+def rows_lag(last, idx, t):
+    """Whether a row ``idx`` of an exact-mode update at step ``t`` has a step to catch
+    up (``last[r] < t - 1``: ``update_driver.step_rows``' check)."""
+    for i in range(idx.shape[0]):
+        if last[idx[i]] < t - 1:
+            return True
+    return False
+
+
+@njit(**_OPTS)
+def step_exact_adam_rows(P, M, V, L, idx, G, t, hyper, b1, b2, eps, decoupled, guard, SP, SM,
+                         SV, SL, status):
+    """Exact-mode Adam (``torch.optim.Adam``'s formula) on rows ``idx``, none of which
+    lags (:func:`rows_lag`), and ``last[r] = t``."""
+    return _dense_adam(P, M, V, L, idx, G, t, hyper[0], b1, b2, eps, hyper[1], decoupled,
+                       _update_prefetch(P), guard, SP, SM, SV, SL, status)
+
+
+@njit(**_OPTS)
+def step_exact_momentum_rows(P, B, L, idx, G, t, hyper, mu, damp, nesterov, guard, SP, SB, SL,
+                             status):
+    """Exact-mode SGD / momentum on rows ``idx``, none of which lags, and ``last[r] = t``."""
+    return _momentum_plain(P, B, L, idx, G, t, True, hyper[0], mu, damp, nesterov, hyper[1],
+                           _update_prefetch(P), guard, SP, SB, SL, status)
+
+
+@njit(**_OPTS)
+def restore_exact_rows(P, A, B, L, idx, SP, SA, SB, SL, status):
+    """:func:`restore_rows` of an exact-mode update: ``last`` too."""
+    _driver_restore(P, A, B, L, idx, SP, SA, SB, SL, status[0], True)
 
 
 @njit(**_OPTS)
