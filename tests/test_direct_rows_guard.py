@@ -103,3 +103,53 @@ def test_a_non_finite_value_in_any_table_stops_at_its_row(dtype, lazy, where):
     if not lazy:
         assert SL[:3].tolist() == old[3][written].tolist()
         assert L[written].tolist() == [HYPER["t"]] * 3
+
+
+# --- the momentum / SGD loop of the driver (update_driver.momentum_plain) ----------------
+
+MOMENTUM_CASES = [(np.float32, 0.0, False), (np.float32, 0.9, True), (np.float64, 0.9, False),
+                  (np.float64, 0.0, True)]
+
+
+def _momentum(tables, idx, G, mu, exact, guard):
+    """One ``momentum_plain`` call (``B`` is ``P`` itself for plain SGD, as the fused step
+    passes it); ``(returned, status, saved)``."""
+    P, B, _, L = tables
+    n, width = idx.shape[0], P.shape[1]
+    SP, SB = (np.full((n, width), -7, dtype=P.dtype) for _ in range(2))
+    SL, status = np.full(n, -7, dtype=np.int64), np.array([0, -1], dtype=np.int64)
+    code = update_driver.momentum_plain(P, B if mu else P, L, idx, G, HYPER["t"], exact,
+                                        0.05, mu, 0.1, True, 0.01, 2, guard, SP,
+                                        SB if mu else SP[:0], SL, status)
+    return code, status, (SP, SB, SL)
+
+
+@pytest.mark.parametrize("dtype, mu, exact", MOMENTUM_CASES)
+def test_momentum_guarded_loop_is_bitwise_the_plain_one_and_stops_at_a_bad_row(dtype, mu,
+                                                                               exact):
+    """The guarded and the plain loop are written apart: finite, they give the same bits;
+    a NaN in the third row written (in ``P``, or in the buffer) stops the guarded loop
+    there, with the old values of exactly the rows written in the scratch."""
+    idx = np.array([0, 2, 7, 9, 11], dtype=np.int64)
+    G = np.random.default_rng(2).normal(size=(5, 20)).astype(dtype)
+    guarded, plain = _tables(dtype), _tables(dtype)
+    code, status, _ = _momentum(guarded, idx, G, mu, exact, True)
+    assert code == -1 and status.tolist() == [5, -1]
+    assert _momentum(plain, idx, G, mu, exact, False)[0] == -1
+    for g, p in zip(guarded, plain):
+        np.testing.assert_array_equal(g.view(np.uint8), p.view(np.uint8))
+    for bad_table in ([0, 1] if mu else [0]):
+        tables = _tables(dtype)
+        tables[bad_table][7, 4] = np.nan
+        old = [t.copy() for t in tables]
+        code, status, (SP, SB, SL) = _momentum(tables, idx, G, mu, exact, True)
+        assert code == 2 and status.tolist() == [3, 2]
+        written = idx[:3]
+        np.testing.assert_array_equal(SP[:3].view(np.uint8), old[0][written].view(np.uint8))
+        if mu:
+            np.testing.assert_array_equal(SB[:3].view(np.uint8),
+                                          old[1][written].view(np.uint8))
+        if exact:
+            assert SL[:3].tolist() == old[3][written].tolist()
+        for table, before in zip(tables[:2], old[:2]):  # rows after the bad one: untouched
+            np.testing.assert_array_equal(table[idx[3:]], before[idx[3:]])

@@ -33,7 +33,7 @@ checked path (``tests/test_update_driver.py``). No argument is checked here: the
 """
 from kernels.cpu.deferred_cache import njit
 from kernels.cpu.direct_rows import adam_plain, lazy_adam
-from kernels.cpu.rows import _not_finite, _prefetch_ahead
+from kernels.cpu.rows import _not_finite, _prefetch_ahead, _row_not_finite
 from kernels.rules import momentum as momentum_rule
 
 ADAM, MOMENTUM = 0, 1
@@ -67,39 +67,58 @@ def dense_adam(P, M, V, L, idx, G, t, lr, b1, b2, eps, wd, decoupled, dist, guar
 def momentum_plain(P, B, L, idx, G, t, exact, lr, mu, damp, nesterov, wd, dist, guard, SP, SB,
                    SL, status):
     """SGD / momentum (``torch.optim.SGD``) on rows ``idx`` (exact mode: none lags, and
-    ``last[r] = t``); ``mu == 0``: plain SGD, ``B`` is not read."""
+    ``last[r] = t``); ``mu == 0``: plain SGD, ``B`` is not read (it may be ``P`` itself or
+    a stand-in without rows).
+
+    The guarded and the plain loop are written apart: with the saves and the finiteness
+    test inside one element loop, LLVM vectorised neither, and the plain momentum loop
+    took ~10x longer (2,400 rows x 64 float32: 1.8 ms against 0.18 ms). Guarded, each row's
+    old values are saved as it is read and the row is tested once written (in cache)."""
     width = P.shape[1]
     first = t == 1
     n = idx.shape[0]
+    none = P[:0]  # (no rows: a table the prefetch skips)
+    if guard:
+        for i in range(n):
+            _prefetch_ahead(idx, i, dist, P, B, none)
+            r = idx[i]
+            if exact:
+                SL[i] = L[r]
+                L[r] = t
+            bad = False
+            if mu == 0.0:  # (one table: the test inside the loop vectorises)
+                for d in range(width):
+                    p0 = P[r, d]
+                    SP[i, d] = p0
+                    P[r, d] = _momentum_elem(float(p0), 0.0, float(G[i, d]), first, lr, 0.0,
+                                             damp, nesterov, wd)[0]
+                    bad |= _not_finite(P[r, d])
+            else:
+                for d in range(width):
+                    p0, b0 = P[r, d], B[r, d]
+                    SP[i, d], SB[i, d] = p0, b0
+                    P[r, d], B[r, d] = _momentum_elem(float(p0), float(b0), float(G[i, d]),
+                                                      first, lr, mu, damp, nesterov, wd)
+                bad = _row_not_finite(P, r) or _row_not_finite(B, r)
+            if bad:
+                status[0], status[1] = i + 1, i
+                return i
+        status[0], status[1] = n, -1
+        return -1
     for i in range(n):
-        _prefetch_ahead(idx, i, dist, P, P, P)
+        _prefetch_ahead(idx, i, dist, P, B, none)
         r = idx[i]
         if exact:
-            if guard:
-                SL[i] = L[r]
             L[r] = t
-        bad = False
         if mu == 0.0:
             for d in range(width):
-                p0 = P[r, d]
-                if guard:
-                    SP[i, d] = p0
-                P[r, d] = _momentum_elem(float(p0), 0.0, float(G[i, d]), first, lr, 0.0, damp,
-                                         nesterov, wd)[0]
-                bad |= _not_finite(P[r, d])
+                P[r, d] = _momentum_elem(float(P[r, d]), 0.0, float(G[i, d]), first, lr, 0.0,
+                                         damp, nesterov, wd)[0]
         else:
             for d in range(width):
-                p0, b0 = P[r, d], B[r, d]
-                if guard:
-                    SP[i, d], SB[i, d] = p0, b0
-                P[r, d], B[r, d] = _momentum_elem(float(p0), float(b0), float(G[i, d]), first,
-                                                  lr, mu, damp, nesterov, wd)
-                bad |= _not_finite(P[r, d]) | _not_finite(B[r, d])
-        if guard and bad:
-            status[0], status[1] = i + 1, i
-            return i
-    if guard:
-        status[0], status[1] = n, -1
+                P[r, d], B[r, d] = _momentum_elem(float(P[r, d]), float(B[r, d]),
+                                                  float(G[i, d]), first, lr, mu, damp,
+                                                  nesterov, wd)
     return -1
 
 
