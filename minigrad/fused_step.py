@@ -18,8 +18,11 @@ schedule or a shared lr is a Python value: it is read at every call, so a change
 calls takes effect), then makes that one call, then writes the step counters.
 
 **Atomic.** Every check of the segment (shapes, labels, index ranges) runs before the
-first row is written. Guarded (``nan_guard`` default), each update saves the rows it
-overwrites into scratch allocated in the call and checks the new values; on a non-finite
+first row is written, and so do the step's own checks: with ``nan_guard=True`` every
+output, gradient and ``[lr, weight_decay]`` value is tested finite (what the two-phase
+path tests between its phases); then no exact-mode row may lag (below). Guarded
+(``nan_guard`` default or ``True``), each update saves the rows it overwrites (``last``
+included) into scratch allocated in the call and checks the new values; on a non-finite
 one the compiled code puts back, in reverse order, every row written in the call and
 returns the entry, and the step raises ``FloatingPointError`` naming the parameter and
 the row, as the driver does. Any exception of the compiled call (nothing written) makes
@@ -27,15 +30,27 @@ this call run the two-phase path with the segment's Python thunks, which raise t
 reference's clear error (or, for a value the compiled code does not handle, compute the
 result, with a warning); a Numba typing error turns the fused step off for good.
 
+**Exact mode, dense gradients.** A table that an exact-mode optimizer updates on every
+row (a head ``W``, a bias ``c``: the driver's dense exact entries) is read by the
+segment through ``CatchUpAll``, which writes (catches the table up) only when a row lags.
+Such a row exists only when something else stepped the table row-sparsely (another
+function, a loaded checkpoint). So here ``CatchUpAll`` passes the table on, and the
+compiled call tests, before any write, ``CatchUpAll``'s own condition and the driver's
+(``last[r] >= t - 1`` for every row updated); when one fails it writes nothing and
+returns :data:`CATCH_UP`, and the call runs on the two-phase path, which catches the
+rows up under its undo log. After a call every row of such a table is at step ``t``:
+its history restarts there (``StepHistory.restart_at``, O(1)), as after the driver.
+
 ``mg.Mode(linker="jit", exclude=("fused_step",))`` keeps the two-phase path.
 
 **Covered** (else the function keeps the two-phase path): the jit linker on the numba
-backend, ``nan_guard`` not ``True`` (its check of outputs and gradients sits between the
-phases), an update driver covering every row update, all of them lazy (no exact-mode
-entry: its lagging-row check and history restart stay in the driver), parameters of
-rank 1 or 2, a safe phase whose nodes all compile except the ``StepHyper`` nodes, each
-fed by a compiled node of leaves only (the step counter plus one), no catch-up or flush
-before the step, dense outputs only, and only integer values assigned (step counters).
+backend, an update driver covering every row update (lazy entries, and exact-mode ones
+with a dense gradient), parameters of rank 1 or 2, a safe phase whose nodes all compile
+except the ``StepHyper`` nodes, each fed by a compiled node of leaves only (the step
+counter plus one), and the ``CatchUpAll`` nodes of dense exact tables, no flush before
+the step, dense outputs only, and only integer values assigned (step counters). A
+row-sparse exact-mode update (its catch-up of lagging rows reads the step history) keeps
+the two-phase path, and so does the driver then.
 """
 from __future__ import annotations
 
@@ -83,7 +98,7 @@ def _catch_ups(safe_nodes, driver, fn):
     early writer is fused."""
     from minigrad.undo import writes_early
 
-    exact_tables = {fn_var for fn_var in _exact_params(fn, driver)}
+    exact_tables = set(_exact_params(fn, driver))
     found = []
     for i, node in enumerate(safe_nodes):
         if writes_early(node):
