@@ -13,6 +13,10 @@ both alike) and the median seconds per step of each is reported with their ratio
 
     python -m benchmarks.nan_guard_cost [--cases fm,embedding] [--vocab 30000,300000]
         [--linkers generated,jit] [--blocks 15] [--steps 20] [--clock wall|cpu]
+        [--policy default|true]
+
+``--policy true`` compares ``nan_guard=True`` (outputs and gradients checked as well)
+with ``nan_guard=False`` instead.
 
 Not part of the default suite: it measures one policy, printed, never asserted.
 """
@@ -71,20 +75,22 @@ def interleaved(steps, blocks, per_block, clock="wall"):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _report(label, med):
-    on, off = med[None], med[False]
+def _report(label, med, policy=None):
+    on, off = med[policy], med[False]
     print(f"{label:34s}: guarded {on * 1e6:9.1f} us/step, unguarded {off * 1e6:9.1f} "
           f"us/step, ratio {on / off:.3f}", flush=True)
     return on / off
 
 
 def run(cases=("fm", "embedding"), vocabs=(30_000, 300_000), linkers=("generated", "jit"),
-        sparse_modes=("lazy", "exact"), blocks=15, per_block=20, clock="wall"):
-    """``{label: guarded/unguarded}`` for every case asked for (printed as it goes)."""
+        sparse_modes=("lazy", "exact"), blocks=15, per_block=20, clock="wall", policy=None):
+    """``{label: guarded/unguarded}`` for every case asked for (printed as it goes);
+    ``policy``: the guarded function's ``nan_guard`` (None, the default, or True: outputs
+    and gradients checked too)."""
     import minigrad as mg
 
     print(f"backend {mg.config.backend}, {blocks} interleaved blocks of {per_block} steps, "
-          f"{clock} clock")
+          f"{clock} clock, guarded = nan_guard={policy}")
     ratios = {}
     if "fm" in cases:
         from benchmarks.floor import FM
@@ -94,9 +100,9 @@ def run(cases=("fm", "embedding"), vocabs=(30_000, 300_000), linkers=("generated
         n = FM["batch"]
         batches = [(X[i * n:(i + 1) * n], y[i * n:(i + 1) * n]) for i in range(32)]
         for linker in linkers:
-            steps = {g: _fm_step(g, linker, batches, X.shape[1]) for g in (None, False)}
+            steps = {g: _fm_step(g, linker, batches, X.shape[1]) for g in (policy, False)}
             label = f"FM SGD, {linker} linker"
-            ratios[label] = _report(label, interleaved(steps, blocks, per_block, clock))
+            ratios[label] = _report(label, interleaved(steps, blocks, per_block, clock), policy)
     if "embedding" in cases:
         from benchmarks.embedding import make_batches
 
@@ -105,9 +111,10 @@ def run(cases=("fm", "embedding"), vocabs=(30_000, 300_000), linkers=("generated
             for sparse in sparse_modes:
                 for linker in linkers:
                     steps = {g: _embedding_step(vocab, sparse, g, linker, batches)
-                             for g in (None, False)}
+                             for g in (policy, False)}
                     label = f"emb V={vocab} Adam {sparse}, {linker}"
-                    ratios[label] = _report(label, interleaved(steps, blocks, per_block, clock))
+                    ratios[label] = _report(label, interleaved(steps, blocks, per_block, clock),
+                                            policy)
     return ratios
 
 
@@ -120,9 +127,12 @@ def main(argv=None):
     p.add_argument("--blocks", type=int, default=15)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    p.add_argument("--policy", choices=("default", "true"), default="default",
+                   help="the guarded function's nan_guard: None (default) or True")
     args = p.parse_args(argv)
     run(args.cases.split(","), [int(v) for v in args.vocab.split(",")],
-        args.linkers.split(","), args.sparse.split(","), args.blocks, args.steps, args.clock)
+        args.linkers.split(","), args.sparse.split(","), args.blocks, args.steps, args.clock,
+        policy=None if args.policy == "default" else True)
     return np.nan
 
 
