@@ -133,9 +133,11 @@ def build(fn):
 
 
 #: the fused scatter kernels and their variants that leave the rows unsorted
-_ANY_ORDER = {"FusedCSRScatterGrad": ("_v = F._scatter_grad(", "_v = J.scatter_grad_any_order("),
-              "FusedCSRScatterSums": ("_val = F._scatter_sums(",
-                                      "_val = J.scatter_sums_any_order(")}
+_ANY_ORDER = {"FusedCSRScatterGrad": [("_v = F._scatter_grad(", "_v = J.scatter_grad_any_order(")],
+              "FusedCSRScatterSums": [("_val = F._scatter_sums(",
+                                       "_val = J.scatter_sums_any_order("),
+                                      ("_val = F._scatter_sums2(",
+                                       "_val = F._scatter_sums2_any_order(")]}
 
 
 def _rows_in_any_order(src, fn, nodes, name_of):
@@ -162,9 +164,10 @@ def _rows_in_any_order(src, fn, nodes, name_of):
                 and all(isinstance(r.op, RowUpdate) for r in readers.get(p.outputs[0], []))
                 for p in prep):
             continue
-        old, new = (f"{name_of(out)}_idx, {name_of(out)}{part}" for part in swap)
-        if src.count(old) == 1:
-            src = src.replace(old, new)
+        for parts in swap:
+            old, new = (f"{name_of(out)}_idx, {name_of(out)}{part}" for part in parts)
+            if src.count(old) == 1:
+                src = src.replace(old, new)
     return src
 
 
