@@ -772,6 +772,16 @@ def _register_sparse():
                 f"{out.part('val')} = J.contiguous({g.name})",
                 f"{out.part('n')} = {g.name}.shape[0]"]
 
+    def _rows_in_range(producer):
+        """Whether the producer's rows lie in ``[0, n)`` by construction, ``n`` its row
+        count (checked equal to the parameter's below): ``AllRows`` (``arange(n)``), and
+        the distinct columns of a CSR batch the input boundary checked whole, or the
+        indices of a gather the prologue checked (``node.index_checked``,
+        ``prologue.py``), whose kernels compare the batch's width with ``n`` first."""
+        name = type(producer.op).__name__
+        return name == "AllRows" or (name in _VOUCHED_ROWS
+                                     and bool(getattr(producer, "index_checked", False)))
+
     @emit.register(PrepareRows)
     def _prepare_rows(op, node, ins, outs):
         """``PrepareRows`` on a gradient whose producer coalesces it (``COALESCED``): the
@@ -796,9 +806,10 @@ def _register_sparse():
                 same = ["True"]
             lines += [f"if {' or '.join(same)}:",
                       "    raise ValueError('optimizer state and parameter differ in shape')"]
-        lines += [f"if not J.index_in_range({grad.part('idx')}, {param.shape(0)}):",
-                  "    raise IndexError('row index out of range')",
-                  f"{out.part('idx')} = {grad.part('idx')}",
+        if not _rows_in_range(producer):
+            lines += [f"if not J.index_in_range({grad.part('idx')}, {param.shape(0)}):",
+                      "    raise IndexError('row index out of range')"]
+        lines += [f"{out.part('idx')} = {grad.part('idx')}",
                   f"{out.part('val')} = J.contiguous("
                   f"{cast(grad.part('val'), grad.dtype, out.dtype, False)})",
                   f"{out.part('n')} = {grad.part('n')}"]
@@ -919,6 +930,9 @@ def _register_fused_products():
                   f"{out.part('n')} = {shape.shape(0)}"]
         return lines
 
+
+#: row-sparse producers whose rows are in range once their batch or gather was checked
+_VOUCHED_ROWS = {"FusedCSRScatterGrad", "FusedCSRScatterSums", "SlotTakeGrad"}
 
 #: which RowSparse outputs are coalesced (sorted unique indices), per Op class name
 COALESCED = {"FusedCSRScatterGrad", "FusedCSRScatterSums", "SlotTakeGrad", "AllRows",
