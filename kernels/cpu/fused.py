@@ -300,6 +300,17 @@ def _scatter_sums_rows(indptr, indices, datas, grads, coefs, powers, table, slot
 # theirs; the generated jit code calls these when a fused node has two products.
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _times_power(a, t, power):
+    """``a * t ** power`` for a power of 0, 1 or 2, in the general loops' order of
+    operations (``a * t``, ``a * (t * t)``)."""
+    if power == 1:
+        return a * t
+    if power == 2:
+        return a * (t * t)
+    return a
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gather_sums2(indptr, indices, data0, data1, power0, power1, table, out0, out1):
     """``_gather_sums`` for two products: ``out_i[r] += data_i[k] * table[c_k] ** p_i``."""
@@ -311,8 +322,8 @@ def _gather_sums2(indptr, indices, data0, data1, power0, power1, table, out0, ou
             x1 = data1[k]
             for d in range(width):
                 t = table[c, d]
-                out0[r, d] += x0 * (t if power0 == 1 else t * t)
-                out1[r, d] += x1 * (t if power1 == 1 else t * t)
+                out0[r, d] += _times_power(x0, t, power0)
+                out1[r, d] += _times_power(x1, t, power1)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -332,18 +343,8 @@ def _scatter_sums2_rows(indptr, indices, data0, data1, grad0, grad1, coef0, coef
             x1 = coef1 * data1[k]
             for d in range(width):
                 t = table[c, d]
-                a = x0 * grad0[r, d if wide0 else 0]
-                if power0 == 1:
-                    a = a * t
-                elif power0 == 2:
-                    a = a * (t * t)
-                values[s, d] += a
-                b = x1 * grad1[r, d if wide1 else 0]
-                if power1 == 1:
-                    b = b * t
-                elif power1 == 2:
-                    b = b * (t * t)
-                values[s, d] += b
+                values[s, d] += _times_power(x0 * grad0[r, d if wide0 else 0], t, power0)
+                values[s, d] += _times_power(x1 * grad1[r, d if wide1 else 0], t, power1)
     return values
 
 
