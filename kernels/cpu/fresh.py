@@ -188,6 +188,71 @@ def _read_scalars(sblocks, offsets, n_levels, rho_pow, L, t, base, eps, log_b2, 
     return Q, s0, s1, s2, s3, s4, s5, a_floor * a_floor
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _closed_form_rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback, amsgrad):
+    """The rows pass of ``_fresh_adam``: ``out[i]`` from row ``flat[i]``'s ``p, m, v``
+    (AMSGrad: the max) and its scalars ``cs[i]`` by the closed form, the tables asked for
+    ``dist`` rows ahead. Returns how many rows the series does not fit; their positions are
+    put in ``fallback`` (the caller catches them up the general way).
+
+    ``amsgrad`` is a constant in each of the two kernels that inline this (one loop per
+    variant: the plain read ran 1.3x slower in a kernel that also held AMSGrad's loop).
+    A row never stepped (``lasts[i] == 0``) whose m is all zero has no drift, and the
+    series fits it whatever v holds (plain Adam): it is ``Q p`` without reading v, and v
+    is not prefetched for rows with ``last == 0``, which is a hint only (the row's m is
+    checked). A V row is 2 of the 7 cache lines a lagging row costs."""
+    n, width = flat.shape[0], P.shape[1]
+    line = max(1, 64 // P.itemsize)
+    n_fallback = 0
+    for i in range(n):
+        if dist > 0 and i + dist < n:
+            a, L_ahead = flat[i + dist], lasts[i + dist]
+            for j in range(0, width, line):
+                _prefetch_for_read(P, a, j)
+                if L_ahead < t:
+                    _prefetch_for_read(M, a, j)
+                    if amsgrad:
+                        _prefetch_for_read(V, a, j)
+                        _prefetch_for_read(VM, a, j)
+                    elif L_ahead > 0:
+                        _prefetch_for_read(V, a, j)
+        r, L = flat[i], lasts[i]
+        if L >= t:
+            _copy_row(P, r, out, i)
+            continue
+        Q, s0, s1, s2 = cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3]
+        s3, s4, s5, v_floor = cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7]
+        if not amsgrad and L == 0:
+            any_m = False
+            for d in range(width):
+                any_m |= float(M[r, d]) != 0.0
+            if not any_m:  # (the closed form below with every drift 0: bitwise the same)
+                for d in range(width):
+                    out[i, d] = Q * float(P[r, d])
+                continue
+        if _series_fits(M, V, VM, r, v_floor, amsgrad):
+            for d in range(width):
+                m = float(M[r, d])
+                ia = 1.0 / np.sqrt(float(VM[r, d]) if amsgrad else float(V[r, d]))
+                z = eps * ia
+                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+                out[i, d] = Q * float(P[r, d]) - (drift if m != 0.0 else 0.0)
+        else:  # rare (a tiny v where m is not 0)
+            fallback[n_fallback] = i
+            n_fallback += 1
+    return n_fallback
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _closed_form_rows_adam(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback):
+    return _closed_form_rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback, False)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _closed_form_rows_amsgrad(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback):
+    return _closed_form_rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback, True)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, decoupled,
                 ratio, tol, lr_max, lr_h, wd_h, blocks, offsets, n_levels, base, sblocks,
@@ -199,13 +264,13 @@ def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, 
     ``p, m, v`` (AMSGrad: the max) straight into ``out``; nothing is copied out, and m, v
     are not decayed (nobody reads them). Three passes: the rows' ``last`` (a gather whose
     misses overlap, ``lasts``), the per-row scalars (``cs``: compute only, shared by rows
-    last updated at the same step), then the rows themselves with their tables asked for
-    ``dist`` rows ahead. (One pass that did all three per row stalled on each row's
-    misses behind the scalars' arithmetic: 1.6x slower.) A row the series does not fit
-    is copied into the one-row ``scratch`` and caught up there by the general catch-up
-    (``_adam_catch_up``), as the general read would. Returns -1, or ``-2 - i`` for a bad
-    index at position ``i`` (nothing written)."""
-    n, n_rows, width = flat.shape[0], P.shape[0], P.shape[1]
+    last updated at the same step), then the rows themselves (``_closed_form_rows``).
+    (One pass that did all three per row stalled on each row's misses behind the scalars'
+    arithmetic: 1.6x slower; asking for every row's lines in the first pass was slower
+    too.) A row the series does not fit is copied into the one-row ``scratch`` and caught
+    up there by the general catch-up (``_adam_catch_up``), as the general read would.
+    Returns -1, or ``-2 - i`` for a bad index at position ``i`` (nothing written)."""
+    n, n_rows = flat.shape[0], P.shape[0]
     last2 = last.reshape(last.shape[0], 1)
     for i in range(n):
         if flat[i] < 0 or flat[i] >= n_rows:
@@ -225,49 +290,26 @@ def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, 
             c_last = L
         cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3] = Q, s0, s1, s2
         cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7] = s3, s4, s5, v_floor
+    fallback = np.empty(n, dtype=np.int64)
+    if amsgrad:
+        n_fallback = _closed_form_rows_amsgrad(P, M, V, VM, flat, lasts, cs, t, dist, eps,
+                                               out, fallback)
+    else:
+        n_fallback = _closed_form_rows_adam(P, M, V, VM, flat, lasts, cs, t, dist, eps, out,
+                                            fallback)
     SP, SM, SV, SVM = scratch[0:1], scratch[1:2], scratch[2:3], scratch[3:4]
-    line = max(1, 64 // P.itemsize)
-    for i in range(n):
-        if dist > 0 and i + dist < n:
-            a = flat[i + dist]
-            for j in range(0, width, line):
-                _prefetch_for_read(P, a, j)
-                if lasts[i + dist] < t:
-                    _prefetch_for_read(M, a, j)
-                    _prefetch_for_read(V, a, j)
-                    if amsgrad:
-                        _prefetch_for_read(VM, a, j)
-        r = flat[i]
-        L = lasts[i]
-        if L >= t:
-            _copy_row(P, r, out, i)
-            continue
-        Q, s0, s1, s2 = cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3]
-        s3, s4, s5, v_floor = cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7]
-        if amsgrad and _series_fits(M, V, VM, r, v_floor, True):
-            for d in range(width):
-                m = float(M[r, d])
-                ia = 1.0 / np.sqrt(float(VM[r, d]))
-                z = eps * ia
-                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
-                out[i, d] = Q * float(P[r, d]) - (drift if m != 0.0 else 0.0)
-        elif not amsgrad and _series_fits(M, V, VM, r, v_floor, False):
-            for d in range(width):
-                m = float(M[r, d])
-                ia = 1.0 / np.sqrt(float(V[r, d]))
-                z = eps * ia
-                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
-                out[i, d] = Q * float(P[r, d]) - (drift if m != 0.0 else 0.0)
-        else:  # rare (a tiny v where m is not 0): the general catch-up, in the scratch
-            _copy_row(P, r, SP, 0)
-            _copy_row(M, r, SM, 0)
-            _copy_row(V, r, SV, 0)
-            if amsgrad:
-                _copy_row(VM, r, SVM, 0)
-            _adam_catch_up(SP, SM, SV, SVM, 0, L, t - L, lr, wd, b1, b2, eps, decoupled,
-                           amsgrad, ratio, tol, lr_max, True, lr_h, wd_h, blocks, offsets,
-                           n_levels, False, True, sblocks, rho_pow, logs, base)
-            _copy_row(SP, 0, out, i)
+    for k in range(n_fallback):
+        i = fallback[k]
+        r, L = flat[i], lasts[i]
+        _copy_row(P, r, SP, 0)
+        _copy_row(M, r, SM, 0)
+        _copy_row(V, r, SV, 0)
+        if amsgrad:
+            _copy_row(VM, r, SVM, 0)
+        _adam_catch_up(SP, SM, SV, SVM, 0, L, t - L, lr, wd, b1, b2, eps, decoupled,
+                       amsgrad, ratio, tol, lr_max, True, lr_h, wd_h, blocks, offsets,
+                       n_levels, False, True, sblocks, rho_pow, logs, base)
+        _copy_row(SP, 0, out, i)
     return -1
 
 
