@@ -46,7 +46,7 @@ from kernels.row_kernels import BACKENDS, register_row_kernels
 __all__ = ["CompiledRule", "register_rule"]
 
 #: bump when the generated loop's template changes (it is part of the file's hash)
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 
 
 def _check_call(name, states, hyper_names, args, hyper):
@@ -153,7 +153,8 @@ import importlib
 
 from numba import njit
 
-from kernels.cpu.optim import _not_finite, _prefetch_ahead, _save_row, _stop
+from kernels.cpu.optim import _save_row, _stop
+from kernels.cpu.rows import _not_finite, _prefetch_ahead
 
 _update = njit(cache=CACHE, nogil=True, error_model="numpy"{inline})(
     importlib.import_module({module!r}).{qualname})
