@@ -254,22 +254,12 @@ def _closed_form_rows_amsgrad(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, f
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, decoupled,
-                ratio, tol, lr_max, lr_h, wd_h, blocks, offsets, n_levels, base, sblocks,
-                rho_pow, logs, lasts, cs, scratch, out):
-    """``out[i] = P[flat[i]]`` caught up to step ``t`` without writing the tables.
-
-    A read needs only the caught-up parameter row: its closed form (``_adam_exact_catch_up``
-    with every skipped step summed, ``Q p - drift(m, v)``) is computed from the row's
-    ``p, m, v`` (AMSGrad: the max) straight into ``out``; nothing is copied out, and m, v
-    are not decayed (nobody reads them). Three passes: the rows' ``last`` (a gather whose
-    misses overlap, ``lasts``), the per-row scalars (``cs``: compute only, shared by rows
-    last updated at the same step), then the rows themselves (``_closed_form_rows``).
-    (One pass that did all three per row stalled on each row's misses behind the scalars'
-    arithmetic: 1.6x slower; asking for every row's lines in the first pass was slower
-    too.) A row the series does not fit is copied into the one-row ``scratch`` and caught
-    up there by the general catch-up (``_adam_catch_up``), as the general read would.
-    Returns -1, or ``-2 - i`` for a bad index at position ``i`` (nothing written)."""
+def _fresh_adam_scalars(P, last, flat, t, dist, amsgrad, eps, base, sblocks, offsets,
+                        n_levels, rho_pow, logs, lasts, cs):
+    """The first two passes of the fused Adam read: the rows' ``last`` (a gather whose
+    misses overlap, into ``lasts``), then the per-row scalars (``cs``: compute only, shared
+    by rows last updated at the same step). Returns -1, or ``-2 - i`` for a bad index at
+    position ``i`` (nothing written)."""
     n, n_rows = flat.shape[0], P.shape[0]
     last2 = last.reshape(last.shape[0], 1)
     for i in range(n):
@@ -290,16 +280,19 @@ def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, 
             c_last = L
         cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3] = Q, s0, s1, s2
         cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7] = s3, s4, s5, v_floor
-    fallback = np.empty(n, dtype=np.int64)
-    if amsgrad:
-        n_fallback = _closed_form_rows_amsgrad(P, M, V, VM, flat, lasts, cs, t, dist, eps,
-                                               out, fallback)
-    else:
-        n_fallback = _closed_form_rows_adam(P, M, V, VM, flat, lasts, cs, t, dist, eps, out,
-                                            fallback)
+    return -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fresh_adam_fallback(P, M, V, VM, flat, lasts, fallback, t, amsgrad, lr, wd, b1, b2, eps,
+                         decoupled, ratio, tol, lr_max, lr_h, wd_h, blocks, offsets, n_levels,
+                         base, sblocks, rho_pow, logs, scratch, out):
+    """``out[i]`` for the positions ``fallback`` the series does not fit: each row copied
+    into the one-row ``scratch`` and caught up there by the general catch-up
+    (``_adam_catch_up``), as the general read would (so the read is bitwise the general
+    read's). Rare (a tiny v where m is not 0): compiled only when a read first needs it."""
     SP, SM, SV, SVM = scratch[0:1], scratch[1:2], scratch[2:3], scratch[3:4]
-    for k in range(n_fallback):
-        i = fallback[k]
+    for i in fallback:
         r, L = flat[i], lasts[i]
         _copy_row(P, r, SP, 0)
         _copy_row(M, r, SM, 0)
@@ -310,14 +303,24 @@ def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, 
                        amsgrad, ratio, tol, lr_max, True, lr_h, wd_h, blocks, offsets,
                        n_levels, False, True, sblocks, rho_pow, logs, base)
         _copy_row(SP, 0, out, i)
-    return -1
 
 
 def fresh_adam(tables, last, flat, t, history, hyper):
     """``(bad, out)``: rows ``flat`` of an Adam / AdamW table (``tables``: 2-D param, m, v,
     then AMSGrad's max) caught up to step ``t``, as ``fresh_linear``. ``(-1, None)`` (the
     general path) where the history has no block sums for these hyperparameters, or with
-    L2 decay (``weight_decay`` on Adam: its catch-up is a replay, not a closed form)."""
+    L2 decay (``weight_decay`` on Adam: its catch-up is a replay, not a closed form).
+
+    ``out[i] = P[flat[i]]`` caught up without writing the tables: a read needs only the
+    caught-up parameter row, whose closed form (``_adam_exact_catch_up`` with every skipped
+    step summed, ``Q p - drift(m, v)``) is computed from the row's ``p, m, v`` (AMSGrad:
+    the max) straight into ``out``; nothing is copied out, and m, v are not decayed
+    (nobody reads them). Three passes (``_fresh_adam_scalars``, then the rows: one compiled
+    loop per variant, ``_closed_form_rows_adam`` / ``_amsgrad``), then the rows the series
+    does not fit (``_fresh_adam_fallback``). One pass doing all three stalled on each
+    row's misses behind the scalars' arithmetic: 1.6x slower; asking for every row's
+    lines in the first or second pass was 1.3-1.4x slower too. Separate kernels, not one,
+    so a call compiles only the variant it runs."""
     b1, b2 = float(hyper["beta1"]), float(hyper["beta2"])
     decoupled, amsgrad = bool(hyper["decoupled"]), bool(hyper.get("amsgrad", False))
     series = getattr(history, "series", None)
@@ -326,29 +329,36 @@ def fresh_adam(tables, last, flat, t, history, hyper):
             or series.rho_pow.shape[0] < history.n_levels
             or len(tables) != 3 + amsgrad or (history.wd_max > 0 and not decoupled)):
         return -1, None
-    P = tables[0]
-    lr, wd = history.at(t)
-    lrwd_max = max(lr * wd, history.lrwd_max)
-    _, ratio = adam_drift_ratio(1.0, b1, b2, lrwd_max if decoupled else 0.0, decoupled)
+    P, M, V = tables[0], tables[1], tables[2]
+    VM = tables[3] if amsgrad else P[:0]
     key = (b1, b2, amsgrad, P.dtype)
     constants = _ADAM_READ_CONSTANTS.get(key)
     if constants is None:
         tol = adam_drift_tol(P.dtype)
         constants = _ADAM_READ_CONSTANTS[key] = (tol, series_logs(b1, b2, amsgrad, tol))
     tol, logs = constants
-    n = flat.shape[0]
-    rows = np.empty((n + 4, P.shape[1]), dtype=P.dtype)  # out, then the one-row scratch
-    blocks = history.blocks if history.blocks is not None else _NO_BLOCKS
-    got = _fresh_adam(P, tables[1], tables[2], tables[3] if amsgrad else P[:0], last, flat,
-                      int(t), _prefetch_distance(P), amsgrad, lr, wd, b1, b2,
-                      float(hyper["eps"]), decoupled, float(ratio), tol,
-                      max(lr, history.lr_max), history.lr, history.wd, blocks,
-                      history.offsets, history.n_levels, history.base, history.sblocks,
-                      series.rho_pow, logs, np.empty(n, dtype=np.int64), np.empty((n, 8)),
-                      rows[n:], rows[:n])
+    n, t, eps, dist = flat.shape[0], int(t), float(hyper["eps"]), _prefetch_distance(P)
+    lasts, cs = np.empty(n, dtype=np.int64), np.empty((n, 8))
+    got = _fresh_adam_scalars(P, last, flat, t, dist, amsgrad, eps, history.base,
+                              history.sblocks, history.offsets, history.n_levels,
+                              series.rho_pow, logs, lasts, cs)
     if got < -1:
         return -2 - got, None
-    return -1, rows[:n]
+    out, fallback = np.empty((n, P.shape[1]), dtype=P.dtype), np.empty(n, dtype=np.int64)
+    rows = _closed_form_rows_amsgrad if amsgrad else _closed_form_rows_adam
+    n_fallback = rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback)
+    if n_fallback:
+        lr, wd = history.at(t)
+        _, ratio = adam_drift_ratio(1.0, b1, b2, max(lr * wd, history.lrwd_max)
+                                    if decoupled else 0.0, decoupled)
+        blocks = history.blocks if history.blocks is not None else _NO_BLOCKS
+        _fresh_adam_fallback(P, M, V, VM, flat, lasts, fallback[:n_fallback], t, amsgrad,
+                             lr, wd, b1, b2, eps, decoupled, float(ratio), tol,
+                             max(lr, history.lr_max), history.lr, history.wd, blocks,
+                             history.offsets, history.n_levels, history.base,
+                             history.sblocks, series.rho_pow, logs,
+                             np.empty((4, P.shape[1]), dtype=P.dtype), out)
+    return -1, out
 
 
 #: (b1, b2, amsgrad, dtype) -> (drift tolerance, ``series_logs``) of ``fresh_adam``: a
