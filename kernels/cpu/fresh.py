@@ -190,10 +190,10 @@ def _read_scalars(sblocks, offsets, n_levels, rho_pow, L, t, base, eps, log_b2, 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _closed_form_rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback, amsgrad):
-    """The rows pass of ``_fresh_adam``: ``out[i]`` from row ``flat[i]``'s ``p, m, v``
+    """The rows pass of ``fresh_adam``: ``out[i]`` from row ``flat[i]``'s ``p, m, v``
     (AMSGrad: the max) and its scalars ``cs[i]`` by the closed form, the tables asked for
     ``dist`` rows ahead. Returns how many rows the series does not fit; their positions are
-    put in ``fallback`` (the caller catches them up the general way).
+    put in ``fallback`` (``_fresh_adam_fallback`` catches them up the general way).
 
     ``amsgrad`` is a constant in each of the two kernels that inline this (one loop per
     variant: the plain read ran 1.3x slower in a kernel that also held AMSGrad's loop).
