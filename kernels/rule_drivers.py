@@ -114,6 +114,7 @@ def _mark_used(stem, directory):
     it, so touching the file would make every process recompile.)"""
     marker = os.path.join(directory, f"{stem}.used")
     try:
+        os.makedirs(directory, exist_ok=True)
         with open(marker, "a"):
             pass
         os.utime(marker)
@@ -332,8 +333,7 @@ def rows({sig}):
         wd_h = history.wd if has_h else _NO_STEPS
         values = [hyper[k] if isinstance(hyper[k], (bool, np.bool_)) else float(hyper[k])
                   for k in self.hyper_order]
-        args = (p2, *s2, idx, empty if grad is None else grad, grad is not None, int(t),
-                last if exact else _NO_LAST, exact, float(lr), float(weight_decay), has_h,
-                lr_h, wd_h, history.base if has_h else 0, *values, _prefetch_distance(p2),
-                *checks)
-        return loop(*args)
+        return loop(p2, *s2, idx, empty if grad is None else grad, grad is not None, int(t),
+                    last if exact else _NO_LAST, exact, float(lr), float(weight_decay), has_h,
+                    lr_h, wd_h, history.base if has_h else 0, *values,
+                    _prefetch_distance(p2), *checks)
