@@ -37,6 +37,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import re
+import time
 
 import numpy as np
 
@@ -46,7 +48,11 @@ from kernels.row_kernels import BACKENDS, register_row_kernels
 __all__ = ["CompiledRule", "register_rule"]
 
 #: bump when the generated loop's template changes (it is part of the file's hash)
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
+
+#: a generated file of a rule that no process has loaded for this long, and that is not
+#: the rule's current one, is removed (with its compiled caches) when the current one loads
+STALE_AFTER_S = 24 * 3600
 
 
 def _check_call(name, states, hyper_names, args, hyper):
@@ -102,6 +108,80 @@ def cache_dir():
     return os.path.join(root, "rule_drivers")
 
 
+def _mark_used(stem, directory):
+    """Record that this process loads ``stem``'s file (``<stem>.used``'s mtime): the age that
+    ``remove_stale_files`` goes by. (Not the file's own mtime: Numba stamps its cache with
+    it, so touching the file would make every process recompile.)"""
+    marker = os.path.join(directory, f"{stem}.used")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(marker, "a"):
+            pass
+        os.utime(marker)
+    except OSError:  # a read-only cache: nothing is removed there either
+        pass
+
+
+def remove_stale_files(name, current, directory=None, max_age_s=None, now=None):
+    """Remove the generated files of rule ``name`` other than ``current`` (a file stem) that
+    no process has loaded for ``max_age_s`` seconds (``STALE_AFTER_S``): the ``.py``, its
+    ``.used`` marker and its ``__pycache__`` entries (bytecode, Numba's index and machine
+    code). Returns the stems removed.
+
+    Why it is safe with other processes: an older rule source is still live in a process
+    started before the edit (or in another checkout), so only files unused for a day go.
+    A process that imports a file touches its marker first, so a remover that reads the
+    marker after that keeps the file; one that read it just before may still remove it.
+    That costs the loading process nothing: once imported, Numba needs the file no more
+    (its cache stamp is read at import; a new signature compiles, in memory, all the same:
+    tests/test_rule_stale_files.py), and a reader that opened the file keeps reading it
+    (POSIX unlink); a process that finds it gone before writing writes it again, and one
+    that finds it gone between writing and importing it compiles in memory, with a warning
+    (``import_generated``). Every removal tolerates a file another remover took first.
+    Only names ``rule_<name>_<16 hex digits>`` match: another rule whose name starts with
+    this one's is never touched."""
+    directory = cache_dir() if directory is None else directory
+    max_age_s = STALE_AFTER_S if max_age_s is None else max_age_s
+    now = time.time() if now is None else now
+    pattern = re.compile(rf"rule_{re.escape(name)}_[0-9a-f]{{16}}")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        stem, ext = os.path.splitext(entry)
+        if ext != ".py" or stem == current or not pattern.fullmatch(stem):
+            continue
+        ages = []
+        for path in (os.path.join(directory, entry), os.path.join(directory, f"{stem}.used")):
+            try:
+                ages.append(now - os.stat(path).st_mtime)
+            except FileNotFoundError:
+                pass
+        if not ages or min(ages) < max_age_s:
+            continue
+        cached = os.path.join(directory, "__pycache__")
+        try:
+            compiled = [c for c in os.listdir(cached) if c.startswith(f"{stem}.")]
+        except OSError:
+            compiled = []
+        # the caches first, the source last: a remover that stops halfway leaves a source
+        # that the next one still finds
+        paths = [os.path.join(cached, c) for c in compiled]
+        paths += [os.path.join(directory, f"{stem}.used"), os.path.join(directory, entry)]
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:  # another remover took it
+                pass
+            except OSError:
+                break
+        else:
+            removed.append(stem)
+    return removed
+
+
 class CompiledRule:
     """The Numba row kernel of a registered rule: the NumPy driver's arguments and
     semantics (lazy and exact mode, the replayed catch-up with each skipped step's lr and
@@ -153,7 +233,8 @@ import importlib
 
 from numba import njit
 
-from kernels.cpu.optim import _not_finite, _prefetch_ahead, _save_row, _stop
+from kernels.cpu.optim import _save_row, _stop
+from kernels.cpu.rows import _not_finite, _prefetch_ahead
 
 _update = njit(cache=CACHE, nogil=True, error_model="numpy"{inline})(
     importlib.import_module({module!r}).{qualname})
@@ -206,10 +287,13 @@ def rows({sig}):
             from minigrad.backends.generated_module import import_generated
 
             digest = hashlib.sha1((rule_source + text).encode()).hexdigest()[:16]
-            stem = f"rule_{self.name}_{digest}"
-            module, _ = import_generated(cache_dir(), f"{stem}.py", f"minigrad_{stem}", text,
-                                         f"the compiled loop of rule {self.name!r}")
+            stem, directory = f"rule_{self.name}_{digest}", cache_dir()
+            _mark_used(stem, directory)
+            module, path = import_generated(directory, f"{stem}.py", f"minigrad_{stem}",
+                                            text, f"the compiled loop of rule {self.name!r}")
             self._loop = module.rows
+            if path is not None:
+                remove_stale_files(self.name, stem, directory)
         return self._loop
 
     def __call__(self, param, *args, lr, weight_decay, history=None, guard=None,

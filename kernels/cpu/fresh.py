@@ -188,24 +188,79 @@ def _read_scalars(sblocks, offsets, n_levels, rho_pow, L, t, base, eps, log_b2, 
     return Q, s0, s1, s2, s3, s4, s5, a_floor * a_floor
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, decoupled,
-                ratio, tol, lr_max, lr_h, wd_h, blocks, offsets, n_levels, base, sblocks,
-                rho_pow, logs, lasts, cs, scratch, out):
-    """``out[i] = P[flat[i]]`` caught up to step ``t`` without writing the tables.
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _closed_form_rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback, amsgrad):
+    """The rows pass of ``fresh_adam``: ``out[i]`` from row ``flat[i]``'s ``p, m, v``
+    (AMSGrad: the max) and its scalars ``cs[i]`` by the closed form, the tables asked for
+    ``dist`` rows ahead. Returns how many rows the series does not fit; their positions are
+    put in ``fallback`` (``_fresh_adam_fallback`` catches them up the general way).
 
-    A read needs only the caught-up parameter row: its closed form (``_adam_exact_catch_up``
-    with every skipped step summed, ``Q p - drift(m, v)``) is computed from the row's
-    ``p, m, v`` (AMSGrad: the max) straight into ``out``; nothing is copied out, and m, v
-    are not decayed (nobody reads them). Three passes: the rows' ``last`` (a gather whose
-    misses overlap, ``lasts``), the per-row scalars (``cs``: compute only, shared by rows
-    last updated at the same step), then the rows themselves with their tables asked for
-    ``dist`` rows ahead. (One pass that did all three per row stalled on each row's
-    misses behind the scalars' arithmetic: 1.6x slower.) A row the series does not fit
-    is copied into the one-row ``scratch`` and caught up there by the general catch-up
-    (``_adam_catch_up``), as the general read would. Returns -1, or ``-2 - i`` for a bad
-    index at position ``i`` (nothing written)."""
-    n, n_rows, width = flat.shape[0], P.shape[0], P.shape[1]
+    ``amsgrad`` is a constant in each of the two kernels that inline this (one loop per
+    variant: the plain read ran 1.3x slower in a kernel that also held AMSGrad's loop).
+    A row never stepped (``lasts[i] == 0``) whose m is all zero has no drift, and the
+    series fits it whatever v holds (plain Adam): it is ``Q p`` without reading v, and v
+    is not prefetched for rows with ``last == 0``, which is a hint only (the row's m is
+    checked). A V row is 2 of the 7 cache lines a lagging row costs."""
+    n, width = flat.shape[0], P.shape[1]
+    line = max(1, 64 // P.itemsize)
+    n_fallback = 0
+    for i in range(n):
+        if dist > 0 and i + dist < n:
+            a, L_ahead = flat[i + dist], lasts[i + dist]
+            for j in range(0, width, line):
+                _prefetch_for_read(P, a, j)
+                if L_ahead < t:
+                    _prefetch_for_read(M, a, j)
+                    if amsgrad:
+                        _prefetch_for_read(V, a, j)
+                        _prefetch_for_read(VM, a, j)
+                    elif L_ahead > 0:
+                        _prefetch_for_read(V, a, j)
+        r, L = flat[i], lasts[i]
+        if L >= t:
+            _copy_row(P, r, out, i)
+            continue
+        Q, s0, s1, s2 = cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3]
+        s3, s4, s5, v_floor = cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7]
+        if not amsgrad and L == 0:
+            any_m = False
+            for d in range(width):
+                any_m |= float(M[r, d]) != 0.0
+            if not any_m:  # (the closed form below with every drift 0: bitwise the same)
+                for d in range(width):
+                    out[i, d] = Q * float(P[r, d])
+                continue
+        if _series_fits(M, V, VM, r, v_floor, amsgrad):
+            for d in range(width):
+                m = float(M[r, d])
+                ia = 1.0 / np.sqrt(float(VM[r, d]) if amsgrad else float(V[r, d]))
+                z = eps * ia
+                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
+                out[i, d] = Q * float(P[r, d]) - (drift if m != 0.0 else 0.0)
+        else:  # rare (a tiny v where m is not 0)
+            fallback[n_fallback] = i
+            n_fallback += 1
+    return n_fallback
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _closed_form_rows_adam(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback):
+    return _closed_form_rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback, False)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _closed_form_rows_amsgrad(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback):
+    return _closed_form_rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback, True)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fresh_adam_scalars(P, last, flat, t, dist, amsgrad, eps, base, sblocks, offsets,
+                        n_levels, rho_pow, logs, lasts, cs):
+    """The first two passes of the fused Adam read: the rows' ``last`` (a gather whose
+    misses overlap, into ``lasts``), then the per-row scalars (``cs``: compute only, shared
+    by rows last updated at the same step). Returns -1, or ``-2 - i`` for a bad index at
+    position ``i`` (nothing written)."""
+    n, n_rows = flat.shape[0], P.shape[0]
     last2 = last.reshape(last.shape[0], 1)
     for i in range(n):
         if flat[i] < 0 or flat[i] >= n_rows:
@@ -225,57 +280,47 @@ def _fresh_adam(P, M, V, VM, last, flat, t, dist, amsgrad, lr, wd, b1, b2, eps, 
             c_last = L
         cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3] = Q, s0, s1, s2
         cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7] = s3, s4, s5, v_floor
-    SP, SM, SV, SVM = scratch[0:1], scratch[1:2], scratch[2:3], scratch[3:4]
-    line = max(1, 64 // P.itemsize)
-    for i in range(n):
-        if dist > 0 and i + dist < n:
-            a = flat[i + dist]
-            for j in range(0, width, line):
-                _prefetch_for_read(P, a, j)
-                if lasts[i + dist] < t:
-                    _prefetch_for_read(M, a, j)
-                    _prefetch_for_read(V, a, j)
-                    if amsgrad:
-                        _prefetch_for_read(VM, a, j)
-        r = flat[i]
-        L = lasts[i]
-        if L >= t:
-            _copy_row(P, r, out, i)
-            continue
-        Q, s0, s1, s2 = cs[i, 0], cs[i, 1], cs[i, 2], cs[i, 3]
-        s3, s4, s5, v_floor = cs[i, 4], cs[i, 5], cs[i, 6], cs[i, 7]
-        if amsgrad and _series_fits(M, V, VM, r, v_floor, True):
-            for d in range(width):
-                m = float(M[r, d])
-                ia = 1.0 / np.sqrt(float(VM[r, d]))
-                z = eps * ia
-                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
-                out[i, d] = Q * float(P[r, d]) - (drift if m != 0.0 else 0.0)
-        elif not amsgrad and _series_fits(M, V, VM, r, v_floor, False):
-            for d in range(width):
-                m = float(M[r, d])
-                ia = 1.0 / np.sqrt(float(V[r, d]))
-                z = eps * ia
-                drift = m * ia * (s0 - z * (s1 - z * (s2 - z * (s3 - z * (s4 - z * s5)))))
-                out[i, d] = Q * float(P[r, d]) - (drift if m != 0.0 else 0.0)
-        else:  # rare (a tiny v where m is not 0): the general catch-up, in the scratch
-            _copy_row(P, r, SP, 0)
-            _copy_row(M, r, SM, 0)
-            _copy_row(V, r, SV, 0)
-            if amsgrad:
-                _copy_row(VM, r, SVM, 0)
-            _adam_catch_up(SP, SM, SV, SVM, 0, L, t - L, lr, wd, b1, b2, eps, decoupled,
-                           amsgrad, ratio, tol, lr_max, True, lr_h, wd_h, blocks, offsets,
-                           n_levels, False, True, sblocks, rho_pow, logs, base)
-            _copy_row(SP, 0, out, i)
     return -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fresh_adam_fallback(P, M, V, VM, flat, lasts, fallback, t, amsgrad, lr, wd, b1, b2, eps,
+                         decoupled, ratio, tol, lr_max, lr_h, wd_h, blocks, offsets, n_levels,
+                         base, sblocks, rho_pow, logs, scratch, out):
+    """``out[i]`` for the positions ``fallback`` the series does not fit: each row copied
+    into the one-row ``scratch`` and caught up there by the general catch-up
+    (``_adam_catch_up``), as the general read would (so the read is bitwise the general
+    read's). Rare (a tiny v where m is not 0): compiled only when a read first needs it."""
+    SP, SM, SV, SVM = scratch[0:1], scratch[1:2], scratch[2:3], scratch[3:4]
+    for i in fallback:
+        r, L = flat[i], lasts[i]
+        _copy_row(P, r, SP, 0)
+        _copy_row(M, r, SM, 0)
+        _copy_row(V, r, SV, 0)
+        if amsgrad:
+            _copy_row(VM, r, SVM, 0)
+        _adam_catch_up(SP, SM, SV, SVM, 0, L, t - L, lr, wd, b1, b2, eps, decoupled,
+                       amsgrad, ratio, tol, lr_max, True, lr_h, wd_h, blocks, offsets,
+                       n_levels, False, True, sblocks, rho_pow, logs, base)
+        _copy_row(SP, 0, out, i)
 
 
 def fresh_adam(tables, last, flat, t, history, hyper):
     """``(bad, out)``: rows ``flat`` of an Adam / AdamW table (``tables``: 2-D param, m, v,
     then AMSGrad's max) caught up to step ``t``, as ``fresh_linear``. ``(-1, None)`` (the
     general path) where the history has no block sums for these hyperparameters, or with
-    L2 decay (``weight_decay`` on Adam: its catch-up is a replay, not a closed form)."""
+    L2 decay (``weight_decay`` on Adam: its catch-up is a replay, not a closed form).
+
+    ``out[i] = P[flat[i]]`` caught up without writing the tables: a read needs only the
+    caught-up parameter row, whose closed form (``_adam_exact_catch_up`` with every skipped
+    step summed, ``Q p - drift(m, v)``) is computed from the row's ``p, m, v`` (AMSGrad:
+    the max) straight into ``out``; nothing is copied out, and m, v are not decayed
+    (nobody reads them). Three passes (``_fresh_adam_scalars``, then the rows: one compiled
+    loop per variant, ``_closed_form_rows_adam`` / ``_amsgrad``), then the rows the series
+    does not fit (``_fresh_adam_fallback``). One pass doing all three stalled on each
+    row's misses behind the scalars' arithmetic: 1.6x slower; asking for every row's
+    lines in the first or second pass was 1.3-1.4x slower too. Separate kernels, not one,
+    so a call compiles only the variant it runs."""
     b1, b2 = float(hyper["beta1"]), float(hyper["beta2"])
     decoupled, amsgrad = bool(hyper["decoupled"]), bool(hyper.get("amsgrad", False))
     series = getattr(history, "series", None)
@@ -284,29 +329,36 @@ def fresh_adam(tables, last, flat, t, history, hyper):
             or series.rho_pow.shape[0] < history.n_levels
             or len(tables) != 3 + amsgrad or (history.wd_max > 0 and not decoupled)):
         return -1, None
-    P = tables[0]
-    lr, wd = history.at(t)
-    lrwd_max = max(lr * wd, history.lrwd_max)
-    _, ratio = adam_drift_ratio(1.0, b1, b2, lrwd_max if decoupled else 0.0, decoupled)
+    P, M, V = tables[0], tables[1], tables[2]
+    VM = tables[3] if amsgrad else P[:0]
     key = (b1, b2, amsgrad, P.dtype)
     constants = _ADAM_READ_CONSTANTS.get(key)
     if constants is None:
         tol = adam_drift_tol(P.dtype)
         constants = _ADAM_READ_CONSTANTS[key] = (tol, series_logs(b1, b2, amsgrad, tol))
     tol, logs = constants
-    n = flat.shape[0]
-    rows = np.empty((n + 4, P.shape[1]), dtype=P.dtype)  # out, then the one-row scratch
-    blocks = history.blocks if history.blocks is not None else _NO_BLOCKS
-    got = _fresh_adam(P, tables[1], tables[2], tables[3] if amsgrad else P[:0], last, flat,
-                      int(t), _prefetch_distance(P), amsgrad, lr, wd, b1, b2,
-                      float(hyper["eps"]), decoupled, float(ratio), tol,
-                      max(lr, history.lr_max), history.lr, history.wd, blocks,
-                      history.offsets, history.n_levels, history.base, history.sblocks,
-                      series.rho_pow, logs, np.empty(n, dtype=np.int64), np.empty((n, 8)),
-                      rows[n:], rows[:n])
+    n, t, eps, dist = flat.shape[0], int(t), float(hyper["eps"]), _prefetch_distance(P)
+    lasts, cs = np.empty(n, dtype=np.int64), np.empty((n, 8))
+    got = _fresh_adam_scalars(P, last, flat, t, dist, amsgrad, eps, history.base,
+                              history.sblocks, history.offsets, history.n_levels,
+                              series.rho_pow, logs, lasts, cs)
     if got < -1:
         return -2 - got, None
-    return -1, rows[:n]
+    out, fallback = np.empty((n, P.shape[1]), dtype=P.dtype), np.empty(n, dtype=np.int64)
+    rows = _closed_form_rows_amsgrad if amsgrad else _closed_form_rows_adam
+    n_fallback = rows(P, M, V, VM, flat, lasts, cs, t, dist, eps, out, fallback)
+    if n_fallback:
+        lr, wd = history.at(t)
+        _, ratio = adam_drift_ratio(1.0, b1, b2, max(lr * wd, history.lrwd_max)
+                                    if decoupled else 0.0, decoupled)
+        blocks = history.blocks if history.blocks is not None else _NO_BLOCKS
+        _fresh_adam_fallback(P, M, V, VM, flat, lasts, fallback[:n_fallback], t, amsgrad,
+                             lr, wd, b1, b2, eps, decoupled, float(ratio), tol,
+                             max(lr, history.lr_max), history.lr, history.wd, blocks,
+                             history.offsets, history.n_levels, history.base,
+                             history.sblocks, series.rho_pow, logs,
+                             np.empty((4, P.shape[1]), dtype=P.dtype), out)
+    return -1, out
 
 
 #: (b1, b2, amsgrad, dtype) -> (drift tolerance, ``series_logs``) of ``fresh_adam``: a
