@@ -107,7 +107,8 @@ def test_a_lagging_row_hands_the_step_to_the_two_phase_path():
         return fn, opt, mg.function([i], sparse_cost, updates=opt.updates(sparse_cost),
                                     mode=mode)
 
-    (fn, opt, sparse), (ref, ref_opt, ref_sparse) = build(JIT), build(mg.Mode(linker="vm"))
+    (fn, opt, sparse), (ref, ref_opt, ref_sparse) = build(JIT), build(
+        mg.Mode(backend="numba", linker="vm"))
     phases = []
     real = fn._run_phases
     fn._run_phases = lambda storage: phases.append(1) or real(storage)
