@@ -19,6 +19,7 @@ import numpy as np
 from kernels.cpu.deferred_cache import njit
 from kernels.cpu.fused import _distinct_in_order, _scatter_grad_rows, _scatter_sums_rows
 from kernels.cpu.fused import _reset as _reset_slots
+from kernels.cpu.nd_elementwise import broadcast_copy, elementwise
 from kernels.cpu.optim import _PREFETCH_DISTANCE as _DRIVER_PREFETCH_ROWS
 from kernels.cpu.update_driver import PREFETCH_MIN_BYTES as _DRIVER_PREFETCH_BYTES
 from kernels.cpu.update_driver import _restore as _driver_restore
@@ -224,67 +225,67 @@ def csr_gathered_dot_1d(indptr, data, rows):
 
 @njit(**_OPTS)
 def add(a, b):
-    return np.add(a, b)
+    return elementwise(np.add, a, b)
 
 
 @njit(**_OPTS)
 def subtract(a, b):
-    return np.subtract(a, b)
+    return elementwise(np.subtract, a, b)
 
 
 @njit(**_OPTS)
 def multiply(a, b):
-    return np.multiply(a, b)
+    return elementwise(np.multiply, a, b)
 
 
 @njit(**_OPTS)
 def true_divide(a, b):
-    return np.true_divide(a, b)
+    return elementwise(np.true_divide, a, b)
 
 
 @njit(**_OPTS)
 def power(a, b):
-    return np.power(a, b)
+    return elementwise(np.power, a, b)
 
 
 @njit(**_OPTS)
 def maximum(a, b):
-    return np.maximum(a, b)
+    return elementwise(np.maximum, a, b)
 
 
 @njit(**_OPTS)
 def minimum(a, b):
-    return np.minimum(a, b)
+    return elementwise(np.minimum, a, b)
 
 
 @njit(**_OPTS)
 def less(a, b):
-    return np.less(a, b)
+    return elementwise(np.less, a, b)
 
 
 @njit(**_OPTS)
 def less_equal(a, b):
-    return np.less_equal(a, b)
+    return elementwise(np.less_equal, a, b)
 
 
 @njit(**_OPTS)
 def greater(a, b):
-    return np.greater(a, b)
+    return elementwise(np.greater, a, b)
 
 
 @njit(**_OPTS)
 def greater_equal(a, b):
-    return np.greater_equal(a, b)
+    return elementwise(np.greater_equal, a, b)
 
 
 @njit(**_OPTS)
 def equal(a, b):
-    return np.equal(a, b)
+    return elementwise(np.equal, a, b)
 
 
 @njit(**_OPTS)
 def not_equal(a, b):
-    return np.not_equal(a, b)
+    return elementwise(np.not_equal, a, b)
 
 
 @njit(**_OPTS)
@@ -334,7 +335,7 @@ def tanh(a):
 
 @njit(**_OPTS)
 def logaddexp(a, b):
-    return np.logaddexp(a, b)
+    return elementwise(np.logaddexp, a, b)
 
 
 @njit(**_OPTS)
@@ -396,10 +397,9 @@ def transpose(a, axes):
 
 @njit(**_OPTS)
 def broadcast_to(g, shape):
-    """A fresh contiguous copy of ``g`` broadcast to ``shape`` (``np.array(broadcast_to)``)."""
-    out = np.empty(shape, dtype=g.dtype)
-    out[...] = g
-    return out
+    """A fresh contiguous copy of ``g`` broadcast to ``shape`` (``np.array(broadcast_to)``),
+    by rows (``nd_elementwise``: ``out[...] = g`` compiled a formatted error message)."""
+    return broadcast_copy(g, shape)
 
 
 @njit(**_OPTS)
