@@ -385,10 +385,12 @@ def _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd):
     return bad
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop_row(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd):
     """``_rmsprop_row_of`` for the four variants, each with its options as constants
-    (branches inside the element loop keep LLVM from vectorising it: 2-4x slower)."""
+    (branches inside the element loop keep LLVM from vectorising it: 2-4x slower). Not
+    ``inline="always"``: Numba's inliner would copy the four variants' IR into
+    ``_rmsprop`` again (twice), cold-compile time for a call once a row."""
     if centered:
         if mom != 0.0:
             return _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, mom, True, wd)
