@@ -74,3 +74,18 @@ def test_scalars_and_low_ranks_keep_the_ufunc():
     np.testing.assert_array_equal(jit_ops.multiply(a, b), a * b)
     x = _f64(2, 3, 4)
     np.testing.assert_array_equal(jit_ops.multiply(x, 2.5), x * 2.5)
+
+
+def test_transpose_is_numpys_view_and_errors():
+    """``jit_ops.transpose`` checks the axes itself and permutes shape and strides (a
+    view, as ``np.transpose``), on contiguous and strided arrays, negative axes too."""
+    x = _f64(2, 3, 4)
+    for a in (x, x[:, ::2, 1:]):
+        for axes in [(1, 2, 0), (2, 0, 1), (0, 1, 2), (-1, 0, -2)]:
+            got, want = jit_ops.transpose(a, axes), np.transpose(a, axes)
+            assert got.shape == want.shape and got.strides == want.strides, axes
+            assert np.shares_memory(got, a)
+            np.testing.assert_array_equal(got, want)
+    for bad in [(0, 0, 1), (0, 1, 3), (0, 1, -4)]:
+        with pytest.raises(ValueError):
+            jit_ops.transpose(x, bad)
