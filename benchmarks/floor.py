@@ -375,12 +375,20 @@ def fm_systems(torch, n_batches, quick, smoke=False):
     return systems
 
 
-def measure(systems, torch, repeats, per_block):
+#: the clocks a run can time with: wall time, or the process's CPU time (on a shared box
+#: the CPU time of a single-threaded step is what the step costs, whatever else runs; a
+#: torch row at 2 threads then counts both threads' CPU)
+CLOCKS = {"wall": "perf_counter", "cpu": "process_time"}
+
+
+def measure(systems, torch, repeats, per_block, clock="wall"):
     """Interleaved blocks: every repeat times each system once; medians per step.
 
     torch systems are timed with 1 and with 2 intra-op threads in the same rounds.
     """
     import time
+
+    now = getattr(time, CLOCKS[clock])
 
     variants = []
     for label, (step, nodes) in systems.items():
@@ -398,11 +406,11 @@ def measure(systems, torch, repeats, per_block):
         for label, step, n, _ in variants:
             if n is not None:
                 torch.set_num_threads(n)
-            start = time.perf_counter()
+            start = now()
             for _ in range(per_block):
                 step(counter)
                 counter += 1
-            times[label].append((time.perf_counter() - start) / per_block)
+            times[label].append((now() - start) / per_block)
     return {label: dict(median_s=float(np.median(times[label])), nodes=nodes)
             for label, _, _, nodes in variants}
 
@@ -427,10 +435,13 @@ def _print(name, rows):
         print(f"{label:28s} {t * 1e3:9.3f} {t / base:8.2f} {mine / t:11.2f} {nodes:>6s}")
 
 
-def run(quick=False, compare=(), out_dir=None, smoke=False, verbose=False):
+def run(quick=False, compare=(), out_dir=None, smoke=False, verbose=False, only=None,
+        clock="wall"):
     """Time both steps in one run; ``{"rows": [...], "notes": [...], "ratios": [...]}``.
 
     ``out_dir`` is accepted for the suite's calling convention (this module plots nothing).
+    ``only``: ``"embedding"`` or ``"fm"`` to time that step alone; ``clock``: a key of
+    :data:`CLOCKS`.
     """
     from benchmarks import common
 
@@ -442,8 +453,10 @@ def run(quick=False, compare=(), out_dir=None, smoke=False, verbose=False):
     builders = {"embedding": lambda n: embedding_systems(torch, n, vocab, variants),
                 "fm": lambda n: fm_systems(torch, n, quick, smoke)}
     for k, (case, build) in enumerate(builders.items()):
+        if only is not None and case != only:
+            continue
         timed = measure(build(settings["n_batches"][k]), torch, settings["repeats"],
-                        settings["blocks"][k])
+                        settings["blocks"][k], clock)
         if verbose:
             _print(case, timed)
         base, mine = timed["floor"]["median_s"], timed["minigrad"]["median_s"]
@@ -455,10 +468,10 @@ def run(quick=False, compare=(), out_dir=None, smoke=False, verbose=False):
                                "value": mine / row["median_s"]})
     notes = (["smoke run: V=2000 and a small FM task; figures check the plumbing only"]
              if smoke else [])
-    notes += ["one process, systems timed in interleaved blocks (medians); warm-up steps "
-             "(JIT, caches) excluded; 'minigrad unfused' = mg.Mode(exclude=('fuse',)); "
-             "'minigrad jit' = mg.Mode(linker='jit') (compiled Numba segments); "
-             "torch rows at 1 and 2 intra-op threads",
+    notes += [f"one process, systems timed in interleaved blocks (medians, {clock} clock); "
+              "warm-up steps (JIT, caches) excluded; 'minigrad unfused' = "
+              "mg.Mode(exclude=('fuse',)); 'minigrad jit' = mg.Mode(linker='jit') (compiled "
+              "Numba segments); torch rows at 1 and 2 intra-op threads",
              "targets (issue 12): embedding <= 1.5x floor; FM <= 2x floor and >= 3x faster "
              "than torch eager"]
     notes += [f"{r['ratio']} = {r['value']:.2f}" for r in ratios]
@@ -483,9 +496,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--compare", default="", help="'torch' to add torch eager rows")
+    parser.add_argument("--only", choices=sorted(CASES), help="time this step alone")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="'cpu': the process's CPU time (a shared box)")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}")
-    run(args.quick, args.compare.split(","), verbose=True)
+    run(args.quick, args.compare.split(","), verbose=True, only=args.only, clock=args.clock)
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -103,6 +103,9 @@ class Function:
         self.nan_guard = bool(nan_guard)
         self.update_guard = nan_guard is None or bool(nan_guard)
         self.allow_input_downcast = bool(allow_input_downcast)
+        #: the inputs' names in error messages (made once: each call filters every input)
+        self._input_labels = [f"input {i}" + (f" ({var.name!r})" if var.name else "")
+                              for i, var in enumerate(self.inputs)]
         if on_nan not in ("raise", "skip"):
             raise ValueError("on_nan must be 'raise' or 'skip'")
         self.on_nan = on_nan
@@ -308,8 +311,7 @@ class Function:
                 f"{self._label()} expects {len(self.inputs)} inputs ({names}), got {len(args)}"
             )
         values = []
-        for i, (var, value) in enumerate(zip(self.inputs, args)):
-            label = f"input {i}" + (f" ({var.name!r})" if var.name else "")
+        for var, value, label in zip(self.inputs, args, self._input_labels):
             values.append(var.type.filter(value, name=label,
                                           allow_downcast=self.allow_input_downcast))
         if self.updates:

@@ -45,6 +45,7 @@ import warnings
 
 import numpy as np
 
+from minigrad.call_checks import pack_outputs
 from minigrad.graph import Constant
 from minigrad.types import CSRType, RowSparseType
 from minigrad.variables import SharedVariable
@@ -132,9 +133,11 @@ def build(fn):
 
 
 #: the fused scatter kernels and their variants that leave the rows unsorted
-_ANY_ORDER = {"FusedCSRScatterGrad": ("_v = F._scatter_grad(", "_v = J.scatter_grad_any_order("),
-              "FusedCSRScatterSums": ("_val = F._scatter_sums(",
-                                      "_val = J.scatter_sums_any_order(")}
+_ANY_ORDER = {"FusedCSRScatterGrad": [("_v = F._scatter_grad(", "_v = J.scatter_grad_any_order(")],
+              "FusedCSRScatterSums": [("_val = F._scatter_sums(",
+                                       "_val = J.scatter_sums_any_order("),
+                                      ("_val = F._scatter_sums2(",
+                                       "_val = F._scatter_sums2_any_order(")]}
 
 
 def _rows_in_any_order(src, fn, nodes, name_of):
@@ -161,9 +164,10 @@ def _rows_in_any_order(src, fn, nodes, name_of):
                 and all(isinstance(r.op, RowUpdate) for r in readers.get(p.outputs[0], []))
                 for p in prep):
             continue
-        old, new = (f"{name_of(out)}_idx, {name_of(out)}{part}" for part in swap)
-        if src.count(old) == 1:
-            src = src.replace(old, new)
+        for parts in swap:
+            old, new = (f"{name_of(out)}_idx, {name_of(out)}{part}" for part in parts)
+            if src.count(old) == 1:
+                src = src.replace(old, new)
     return src
 
 
@@ -172,29 +176,64 @@ class _NotCovered(Exception):
 
 
 class _HyperValues:
-    """A ``StepHyper`` node's ``[lr, weight_decay]`` for this call: while every slot holds
-    a plain float (no schedule, no shared value), the same array as long as each slot
-    holds the same float object (``HyperSlot.set`` makes a new one, so a change between
-    calls is seen); otherwise the node's thunk on the step number (its producer, the
+    """The ``[lr, weight_decay]`` of the ``StepHyper`` nodes that share one tuple of
+    slots (an optimizer's parameters usually do), for this call.
+
+    While every slot holds a plain float (no schedule, no shared value), that is one
+    array, the same for every member and between calls as long as each slot holds the
+    same float object (``HyperSlot.set`` makes a new one, so a change between calls is
+    seen): :meth:`cached` returns it after one identity check per slot. Otherwise
+    (:meth:`compute`) each member's thunk runs on its own step number (its producer, the
     step counter plus one, run here too)."""
 
-    __slots__ = ("slots", "producer", "thunk", "key", "value")
+    __slots__ = ("slots", "members", "key", "value")
 
-    def __init__(self, slots, producer, thunk):
-        self.slots, self.producer, self.thunk = slots, producer, thunk
+    def __init__(self, slots, members):
+        self.slots, self.members = slots, members  # members: [(producer, thunk)]
         self.key, self.value = (), None
 
-    def __call__(self, inputs):
+    def cached(self):
+        """The members' shared value while the slots hold the floats it was made of,
+        else None."""
+        key = self.key
+        if not key:
+            return None
+        for slot, k in zip(self.slots, key):
+            if slot.source is not k:
+                return None
+        return self.value
+
+    def compute(self, inputs):
+        """Each member's value, ``inputs`` holding each member's producer inputs."""
         key = tuple(slot.source for slot in self.slots)
-        cached = self.key
-        if len(cached) == len(key) and all(a is b for a, b in zip(cached, key)):
-            return self.value
         if all(type(k) is float for k in key):  # (checked finite and >= 0 when set)
             self.key, self.value = key, np.array(key, dtype=np.float64)
-            return self.value
+            return (self.value,) * len(self.members)
         self.key = ()
-        (t,) = self.producer(inputs)
-        return self.thunk((t,))[0]
+        out = []
+        for (producer, thunk), ins in zip(self.members, inputs):
+            (t,) = producer(ins)
+            out.append(thunk((t,))[0])
+        return tuple(out)
+
+
+class _SlotMap:
+    """The slot map of one fused scatter of this step, kept between calls: every call
+    holds ``call_checks.CALL_LOCK``, so no two calls of the step use it at once, and the
+    kernels reset every slot they set (V-long int32, all -1 between calls)."""
+
+    __slots__ = ("map",)
+
+    def __init__(self):
+        self.map = np.empty(0, dtype=np.int32)
+
+    def sized(self, n_rows):
+        """The map for a table of ``n_rows`` rows (a new one when the table changed)."""
+        if self.map.shape[0] != n_rows:
+            from kernels.cpu.fused import new_slot_map
+
+            self.map = new_slot_map(n_rows)
+        return self.map
 
 
 class FusedStep:
@@ -204,7 +243,7 @@ class FusedStep:
 
     def __init__(self, fn, safe_nodes, feeds, slot, var_of, driver):
         from kernels.cpu import update_driver as drv
-        from minigrad.linker_jit import _entry_parts, _Segment, _slot_pool, load_segments
+        from minigrad.linker_jit import _entry_parts, _Segment, load_segments
 
         def name_of(var):
             return f"v{slot[var]}"
@@ -235,6 +274,8 @@ class FusedStep:
         src, slot_args, vals = seg.source(name_of, extra_params=extra, tail=tail)
         src = _rows_in_any_order(src, fn, seg.nodes, name_of)
         self._scalar = [vals[v].is_scalar for v in self.out_vars]
+        self._assigned_targets = [(target, np.dtype(target.type.dtype))
+                                  for target, _ in self.assigned]
         self._dtypes = [np.dtype(v.type.dtype) for v in self.out_vars]
         from minigrad.linker_jit import _PRELUDE
 
@@ -245,31 +286,35 @@ class FusedStep:
         namespace = {f"v{s}": v for s, v in consts.items()}
         namespace["s0"] = BoundSegment(module.segment0)
         lines = []
-        # StepHyper first, in Python: a schedule or a shared value is read every call
+        # StepHyper first, in Python: a schedule or a shared value is read every call;
+        # the nodes sharing one tuple of slots share one _HyperValues
+        groups = {}
         for i, p in feeds:
             (_, ins, _), (_, _, outs) = fn.safe_program[p], fn.safe_program[i]
-            namespace[f"H{i}"] = _HyperValues(safe_nodes[i].op.slots, fn.safe_program[p][0],
-                                              fn.safe_program[i][0])
             args = ", ".join(f"v{s}" for s in ins) + ("," if len(ins) == 1 else "")
-            lines.append(f"    v{outs[0]} = H{i}(({args}))")
+            key = tuple(map(id, safe_nodes[i].op.slots))
+            groups.setdefault(key, (safe_nodes[i].op.slots, []))[1].append(
+                ((fn.safe_program[p][0], fn.safe_program[i][0]), f"v{outs[0]}", f"({args})"))
+        for g, (slots, members) in enumerate(groups.values()):
+            namespace[f"H{g}"] = _HyperValues(slots, [m[0] for m in members])
+            names = ", ".join(m[1] for m in members)
+            lines += [f"    h = H{g}.cached()",
+                      "    if h is None:",
+                      f"        {names}, = H{g}.compute(({', '.join(m[2] for m in members)},))",
+                      "    else:",
+                      f"        {' = '.join(m[1] for m in members)} = h"]
         args = [p for v in seg.inputs for p in _entry_parts(vals[v])]
         for j, (sname, rows) in enumerate(slot_args):
-            namespace[f"P{j}"] = _slot_pool()
-            lines.append(f"    {sname} = P{j}.take(int({rows}))")
+            namespace[f"S{j}"] = _SlotMap()
+            lines.append(f"    {sname} = S{j}.map")
+            lines.append(f"    if {sname}.shape[0] != {rows}:")
+            lines.append(f"        {sname} = S{j}.sized(int({rows}))")
             args.append(sname)
         for dtype in seg.likes:
             namespace[f"_L_{dtype}"] = np.empty(0, dtype=dtype)
             args.append(f"_L_{dtype}")
         args += [f"v{name[1:]}" for name in dict.fromkeys(hyper_names)] + ["guard"]
-        call = f"s0({', '.join(args)})"
-        if slot_args:
-            lines.append("    try:")
-            lines.append(f"        return {call}")
-            lines.append("    finally:")
-            for j, (sname, rows) in enumerate(slot_args):
-                lines.append(f"        P{j}.give(int({rows}), {sname})")
-        else:
-            lines.append(f"    return {call}")
+        lines.append(f"    return s0({', '.join(args)})")
         self.live_in = list(fn.safe_in)
         head = f"def fused_step({', '.join(f'v{s}' for s in self.live_in)}, guard):"
         py_source = "\n".join([head, *lines]) + "\n"
@@ -370,15 +415,15 @@ class FusedStep:
             return None
         n_out = len(self.out_vars)
         outputs = []
-        for value, scalar, dtype in zip(result[2:2 + n_out], self._scalar, self._dtypes):
-            outputs.append(np.asarray(value, dtype=dtype) if scalar else value)
-        for (target, _), value in zip(self.assigned, result[2 + n_out:]):
-            target._value = np.asarray(value, dtype=target.type.dtype)
-        from minigrad import call_checks
-
         handed_out = set()
-        outputs = [fn._export(v, -1, handed_out) for v in outputs]
-        return call_checks.pack_outputs(fn.output_structure, outputs)
+        for value, scalar, dtype in zip(result[2:2 + n_out], self._scalar, self._dtypes):
+            if scalar:  # a new 0-d array: it aliases nothing
+                outputs.append(np.asarray(value, dtype=dtype))
+            else:
+                outputs.append(fn._export(value, -1, handed_out))
+        for (target, dtype), value in zip(self._assigned_targets, result[2 + n_out:]):
+            target._value = np.asarray(value, dtype=dtype)
+        return pack_outputs(fn.output_structure, outputs)
 
     def _thunks_instead(self, fn, storage, err):
         from numba.core.errors import NumbaError

@@ -309,3 +309,38 @@ def test_gpu_kernels_equal_the_reference():
     u_ref, r_ref = ref.csr_scatter_sums(indptr, indices, datas, grads, T, [2.0, 1.0], [1, 0])
     assert np.array_equal(u.get(), u_ref)
     np.testing.assert_allclose(r.get(), r_ref, rtol=1e-12, atol=1e-12)
+
+
+# --- two products: the kernels without stacked copies (kernels.cpu.fused._*2) -------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_two_product_kernels_are_the_general_loops_bitwise(dtype):
+    """``_gather_sums2`` / ``_scatter_sums2`` (and its unsorted twin) give the general
+    loops' results bit for bit: every power, a width-1 gradient on either side."""
+    cpu = pytest.importorskip("kernels.cpu.fused", reason="Numba kernels unavailable")
+    indptr, indices, data = _batch(11, 9, 16, dtype)
+    rng = np.random.default_rng(12)
+    T = rng.standard_normal((16, 5)).astype(dtype)
+    d0, d1 = data, (data * data + 0.5).astype(dtype)
+    stacked = np.stack([d0, d1])
+    for powers in [(1, 2), (2, 1), (1, 1)]:
+        want = np.zeros((2, 9, 5), dtype)
+        cpu._gather_sums(indptr, indices, stacked, np.array(powers), T, want)
+        got0, got1 = np.zeros((9, 5), dtype), np.zeros((9, 5), dtype)
+        cpu._gather_sums2(indptr, indices, d0, d1, *powers, T, got0, got1)
+        assert got0.tobytes() == want[0].tobytes() and got1.tobytes() == want[1].tobytes()
+    slot = np.full(16, -1, np.int32)
+    coefs = np.array([2.0, -0.5], dtype)
+    for powers, widths in [((1, 0), (5, 5)), ((0, 2), (1, 5)), ((2, 1), (5, 1)),
+                           ((0, 1), (1, 1))]:
+        g0, g1 = (rng.standard_normal((9, w)).astype(dtype) for w in widths)
+        u, want = cpu._scatter_sums(indptr, indices, stacked, cpu.stack_grads([g0, g1], 5, dtype),
+                                    coefs, np.array(powers), T, slot)
+        args = (indptr, indices, d0, d1, g0, g1, coefs[0], coefs[1], *powers, T, slot)
+        u2, got = cpu._scatter_sums2(*args)
+        assert np.array_equal(u2, u) and got.tobytes() == want.tobytes()
+        u3, got3 = cpu._scatter_sums2_any_order(*args)
+        order = np.argsort(u3)
+        assert np.array_equal(u3[order], u) and got3[order].tobytes() == want.tobytes()
+        assert got.dtype == dtype and (slot == -1).all()

@@ -293,6 +293,84 @@ def _scatter_sums_rows(indptr, indices, datas, grads, coefs, powers, table, slot
     return values
 
 
+# Two products (the FM's ``X @ V`` and ``X**2 @ V**2``, or any pair sharing a gather): each
+# product's values and gradient as its own array, no (K, ...) stacking copies, and the two
+# terms in one pass over each table row. The arithmetic of each output element is the
+# general loops' (the same products, added in the same order), so results are bitwise
+# theirs; the generated jit code calls these when a fused node has two products.
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _times_power(a, t, power):
+    """``a * t ** power`` for a power of 0, 1 or 2, in the general loops' order of
+    operations (``a * t``, ``a * (t * t)``)."""
+    if power == 1:
+        return a * t
+    if power == 2:
+        return a * (t * t)
+    return a
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gather_sums2(indptr, indices, data0, data1, power0, power1, table, out0, out1):
+    """``_gather_sums`` for two products: ``out_i[r] += data_i[k] * table[c_k] ** p_i``."""
+    width = table.shape[1]
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            c = indices[k]
+            x0 = data0[k]
+            x1 = data1[k]
+            for d in range(width):
+                t = table[c, d]
+                out0[r, d] += _times_power(x0, t, power0)
+                out1[r, d] += _times_power(x1, t, power1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scatter_sums2_rows(indptr, indices, data0, data1, grad0, grad1, coef0, coef1, power0,
+                        power1, table, slot, n_rows):
+    """``_scatter_sums_rows`` for two products; a gradient may have width 1 (broadcast
+    over the table's width, as ``stack_grads`` does)."""
+    width = table.shape[1]
+    values = np.zeros((n_rows, width), dtype=table.dtype)
+    wide0 = grad0.shape[1] != 1
+    wide1 = grad1.shape[1] != 1
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            c = indices[k]
+            s = slot[c]
+            x0 = coef0 * data0[k]
+            x1 = coef1 * data1[k]
+            for d in range(width):
+                t = table[c, d]
+                values[s, d] += _times_power(x0 * grad0[r, d if wide0 else 0], t, power0)
+                values[s, d] += _times_power(x1 * grad1[r, d if wide1 else 0], t, power1)
+    return values
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scatter_sums2(indptr, indices, data0, data1, grad0, grad1, coef0, coef1, power0, power1,
+                   table, slot):
+    """``_scatter_sums`` for two products: rows sorted by column."""
+    uniq = _distinct_sorted(indices, slot)
+    values = _scatter_sums2_rows(indptr, indices, data0, data1, grad0, grad1, coef0, coef1,
+                                 power0, power1, table, slot, uniq.shape[0])
+    _reset(uniq, slot)
+    return uniq, values
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scatter_sums2_any_order(indptr, indices, data0, data1, grad0, grad1, coef0, coef1,
+                             power0, power1, table, slot):
+    """``_scatter_sums2`` with its rows in order of first appearance, not sorted: for a
+    gradient only a step's own row updates read (``minigrad/fused_step.py``)."""
+    uniq = _distinct_in_order(indices, slot)
+    values = _scatter_sums2_rows(indptr, indices, data0, data1, grad0, grad1, coef0, coef1,
+                                 power0, power1, table, slot, uniq.shape[0])
+    _reset(uniq, slot)
+    return uniq, values
+
+
 def stack_data(datas, dtype):
     """The per-product values as one ``(K, nnz)`` array of ``dtype`` (what the loops take)."""
     out = np.empty((len(datas), datas[0].shape[0]), dtype=dtype)

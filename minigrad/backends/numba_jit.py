@@ -772,6 +772,16 @@ def _register_sparse():
                 f"{out.part('val')} = J.contiguous({g.name})",
                 f"{out.part('n')} = {g.name}.shape[0]"]
 
+    def _rows_in_range(producer):
+        """Whether the producer's rows lie in ``[0, n)`` by construction, ``n`` its row
+        count (checked equal to the parameter's below): ``AllRows`` (``arange(n)``), and
+        the distinct columns of a CSR batch the input boundary checked whole, or the
+        indices of a gather the prologue checked (``node.index_checked``,
+        ``prologue.py``), whose kernels compare the batch's width with ``n`` first."""
+        name = type(producer.op).__name__
+        return name == "AllRows" or (name in _VOUCHED_ROWS
+                                     and bool(getattr(producer, "index_checked", False)))
+
     @emit.register(PrepareRows)
     def _prepare_rows(op, node, ins, outs):
         """``PrepareRows`` on a gradient whose producer coalesces it (``COALESCED``): the
@@ -796,9 +806,10 @@ def _register_sparse():
                 same = ["True"]
             lines += [f"if {' or '.join(same)}:",
                       "    raise ValueError('optimizer state and parameter differ in shape')"]
-        lines += [f"if not J.index_in_range({grad.part('idx')}, {param.shape(0)}):",
-                  "    raise IndexError('row index out of range')",
-                  f"{out.part('idx')} = {grad.part('idx')}",
+        if not _rows_in_range(producer):
+            lines += [f"if not J.index_in_range({grad.part('idx')}, {param.shape(0)}):",
+                      "    raise IndexError('row index out of range')"]
+        lines += [f"{out.part('idx')} = {grad.part('idx')}",
                   f"{out.part('val')} = J.contiguous("
                   f"{cast(grad.part('val'), grad.dtype, out.dtype, False)})",
                   f"{out.part('n')} = {grad.part('n')}"]
@@ -820,8 +831,10 @@ def _register_sparse():
 
 
 def _products_lines(name, Xs, n_table_rows, dt):
-    """Checks of the CSR batches of a fused multi-product node, and ``<name>_d``, their
-    values stacked ``(K, nnz)`` in ``dt`` (what the kernels of ``kernels/cpu/fused`` take)."""
+    """Checks of the CSR batches of a fused multi-product node, and their values in
+    ``dt``: ``(lines, names)``. Two products: ``names`` are the two value vectors (what the
+    two-product kernels of ``kernels/cpu/fused`` take); otherwise one name, ``<name>_d``,
+    the values stacked ``(K, nnz)`` (what the general kernels take)."""
     first = Xs[0]
     lines = []
     for X in Xs:
@@ -831,10 +844,14 @@ def _products_lines(name, Xs, n_table_rows, dt):
             lines += [f"if not J.same_pattern({first.part('indptr')}, {first.part('indices')}, "
                       f"{X.part('indptr')}, {X.part('indices')}):",
                       "    raise ValueError('fused CSR products need one sparsity pattern')"]
+    values = [cast(X.part('data'), X.dtype, dt, False) for X in Xs]
+    if len(Xs) == 2:
+        for i, v in enumerate(values):
+            lines.append(f"{name}_d{i} = {v}")
+        return lines, [f"{name}_d0", f"{name}_d1"]
     lines.append(f"{name}_d = J.zeros(({len(Xs)}, {first.part('data')}.shape[0]), {like(dt)})")
-    lines += [f"J.put_row({name}_d, {i}, {cast(X.part('data'), X.dtype, dt, False)})"
-              for i, X in enumerate(Xs)]
-    return lines
+    lines += [f"J.put_row({name}_d, {i}, {v})" for i, v in enumerate(values)]
+    return lines, [f"{name}_d"]
 
 
 def _int_tuple(values):
@@ -852,12 +869,19 @@ def _register_fused_products():
             return None
         name = outs[0].name + "_all"
         first = Xs[0]
-        lines = _products_lines(name, Xs, table.shape(0), dt)
+        lines, datas = _products_lines(name, Xs, table.shape(0), dt)
+        rows = f"({first.part('nr')}, {table.shape(1)})"
+        tab = cast(table.name, table.dtype, dt, False)
+        if len(Xs) == 2:  # one pass, no stacked copies (kernels/cpu/fused._gather_sums2)
+            lines += [f"{out.name} = J.zeros({rows}, {like(dt)})" for out in outs]
+            lines.append(f"F._gather_sums2({first.part('indptr')}, {first.part('indices')}, "
+                         f"{', '.join(datas)}, {int(op.powers[0])}, {int(op.powers[1])}, "
+                         f"{tab}, {outs[0].name}, {outs[1].name})")
+            return lines
         lines += [f"{name}_o = J.zeros(({len(Xs)}, {first.part('nr')}, {table.shape(1)}), "
                   f"{like(dt)})",
-                  f"F._gather_sums({first.part('indptr')}, {first.part('indices')}, {name}_d, "
-                  f"J.shape_vector({_int_tuple(op.powers)}), "
-                  f"{cast(table.name, table.dtype, dt, False)}, {name}_o)"]
+                  f"F._gather_sums({first.part('indptr')}, {first.part('indices')}, {datas[0]}, "
+                  f"J.shape_vector({_int_tuple(op.powers)}), {tab}, {name}_o)"]
         lines += [f"{out.name} = {name}_o[{i}]" for i, out in enumerate(outs)]
         return lines
 
@@ -874,27 +898,41 @@ def _register_fused_products():
         lines = [f"if {table.shape(0)} != {shape.shape(0)} or "
                  f"{table.shape(1)} != {shape.shape(1)}:",
                  "    raise ValueError('table and shape differ')"]
-        lines += _products_lines(n, Xs, shape.shape(0), dt)
-        lines.append(f"{n}_g = J.zeros(({K}, {first.part('nr')}, {table.shape(1)}), {like(dt)})")
-        for i, g in enumerate(grads):
+        more, datas = _products_lines(n, Xs, shape.shape(0), dt)
+        lines += more
+        for g in grads:
             lines += [f"if {g.name}.shape[0] != {first.part('nr')} or not ("
                       f"{g.name}.shape[1] == 1 or {g.name}.shape[1] == {table.shape(1)}):",
-                      "    raise ValueError('gradient and batch or table differ in shape')",
-                      f"J.put_grad({n}_g, {i}, {cast(g.name, g.dtype, dt, False)})"]
+                      "    raise ValueError('gradient and batch or table differ in shape')"]
         if all(m == 0 for m in op.powers):  # no term is as wide as the table by itself
             narrow = " and ".join(f"{g.name}.shape[1] == 1" for g in grads)
             lines += [f"if {table.shape(1)} != 1 and {narrow}:",
                       "    raise ValueError('gradient rows narrower than the table')"]
+        tab = cast(table.name, table.dtype, dt, False)
+        lines.append(f"{n}_s = slot_{n}")  # provided by the linker
+        if K == 2:  # each gradient as it is, width 1 or the table's (fused._scatter_sums2)
+            g0, g1 = (f"J.contiguous({cast(g.name, g.dtype, dt, False)})" for g in grads)
+            lines += [f"{out.part('idx')}, {out.part('val')} = F._scatter_sums2("
+                      f"{first.part('indptr')}, {first.part('indices')}, {', '.join(datas)}, "
+                      f"{g0}, {g1}, {np_dtype(dt)}({float(op.coefs[0])!r}), "
+                      f"{np_dtype(dt)}({float(op.coefs[1])!r}), "
+                      f"{int(op.powers[0])}, {int(op.powers[1])}, {tab}, {n}_s)",
+                      f"{out.part('n')} = {shape.shape(0)}"]
+            return lines
+        lines.append(f"{n}_g = J.zeros(({K}, {first.part('nr')}, {table.shape(1)}), {like(dt)})")
+        lines += [f"J.put_grad({n}_g, {i}, {cast(g.name, g.dtype, dt, False)})"
+                  for i, g in enumerate(grads)]
         coefs = "(" + ", ".join(repr(float(c)) for c in op.coefs) + ("," if K == 1 else "") + ")"
-        lines += [f"{n}_s = slot_{n}",  # provided by the linker
-                  f"{out.part('idx')}, {out.part('val')} = F._scatter_sums("
-                  f"{first.part('indptr')}, {first.part('indices')}, {n}_d, {n}_g, "
+        lines += [f"{out.part('idx')}, {out.part('val')} = F._scatter_sums("
+                  f"{first.part('indptr')}, {first.part('indices')}, {datas[0]}, {n}_g, "
                   f"J.values_vector({coefs}, {like(dt)}), "
-                  f"J.shape_vector({_int_tuple(op.powers)}), "
-                  f"{cast(table.name, table.dtype, dt, False)}, {n}_s)",
+                  f"J.shape_vector({_int_tuple(op.powers)}), {tab}, {n}_s)",
                   f"{out.part('n')} = {shape.shape(0)}"]
         return lines
 
+
+#: row-sparse producers whose rows are in range once their batch or gather was checked
+_VOUCHED_ROWS = {"FusedCSRScatterGrad", "FusedCSRScatterSums", "SlotTakeGrad"}
 
 #: which RowSparse outputs are coalesced (sorted unique indices), per Op class name
 COALESCED = {"FusedCSRScatterGrad", "FusedCSRScatterSums", "SlotTakeGrad", "AllRows",
