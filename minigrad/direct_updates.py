@@ -63,7 +63,8 @@ _NO_STATUS = np.zeros(2, dtype=np.int64)
 
 def _loop_matches(module, name):
     fn = getattr(module, name, None)
-    py = getattr(fn, "py_func", None)
+    # a Numba dispatcher's Python function, or a plain function (``_adam`` picks its loop)
+    py = getattr(fn, "py_func", fn if inspect.isfunction(fn) else None)
     if py is None:
         return False
     try:

@@ -25,7 +25,7 @@ from kernels.cpu import optim as cpu_optim  # noqa: E402
 from kernels.row_guard import RowGuard  # noqa: E402
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
-_ADAM_PARAMS = tuple(inspect.signature(cpu_optim._adam.py_func).parameters)
+_ADAM_PARAMS = tuple(inspect.signature(cpu_optim._adam).parameters)
 
 
 def _by_name(loop):

@@ -15,10 +15,16 @@ equal to ``backend="numpy"``; ``np.exp``/``np.log`` of Numba and of NumPy may di
 the last unit.
 """
 import numpy as np
+from numba.core import cgutils, types
+from numba.core.imputils import impl_ret_borrowed
+from numba.cpython.unsafe.tuple import tuple_setitem
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
 
 from kernels.cpu.deferred_cache import njit
 from kernels.cpu.fused import _distinct_in_order, _scatter_grad_rows, _scatter_sums_rows
 from kernels.cpu.fused import _reset as _reset_slots
+from kernels.cpu.nd_elementwise import broadcast_copy, elementwise
 from kernels.cpu.optim import _PREFETCH_DISTANCE as _DRIVER_PREFETCH_ROWS
 from kernels.cpu.update_driver import PREFETCH_MIN_BYTES as _DRIVER_PREFETCH_BYTES
 from kernels.cpu.update_driver import _restore as _driver_restore
@@ -225,67 +231,67 @@ def csr_gathered_dot_1d(indptr, data, rows):
 
 @njit(**_OPTS)
 def add(a, b):
-    return np.add(a, b)
+    return elementwise(np.add, a, b)
 
 
 @njit(**_OPTS)
 def subtract(a, b):
-    return np.subtract(a, b)
+    return elementwise(np.subtract, a, b)
 
 
 @njit(**_OPTS)
 def multiply(a, b):
-    return np.multiply(a, b)
+    return elementwise(np.multiply, a, b)
 
 
 @njit(**_OPTS)
 def true_divide(a, b):
-    return np.true_divide(a, b)
+    return elementwise(np.true_divide, a, b)
 
 
 @njit(**_OPTS)
 def power(a, b):
-    return np.power(a, b)
+    return elementwise(np.power, a, b)
 
 
 @njit(**_OPTS)
 def maximum(a, b):
-    return np.maximum(a, b)
+    return elementwise(np.maximum, a, b)
 
 
 @njit(**_OPTS)
 def minimum(a, b):
-    return np.minimum(a, b)
+    return elementwise(np.minimum, a, b)
 
 
 @njit(**_OPTS)
 def less(a, b):
-    return np.less(a, b)
+    return elementwise(np.less, a, b)
 
 
 @njit(**_OPTS)
 def less_equal(a, b):
-    return np.less_equal(a, b)
+    return elementwise(np.less_equal, a, b)
 
 
 @njit(**_OPTS)
 def greater(a, b):
-    return np.greater(a, b)
+    return elementwise(np.greater, a, b)
 
 
 @njit(**_OPTS)
 def greater_equal(a, b):
-    return np.greater_equal(a, b)
+    return elementwise(np.greater_equal, a, b)
 
 
 @njit(**_OPTS)
 def equal(a, b):
-    return np.equal(a, b)
+    return elementwise(np.equal, a, b)
 
 
 @njit(**_OPTS)
 def not_equal(a, b):
-    return np.not_equal(a, b)
+    return elementwise(np.not_equal, a, b)
 
 
 @njit(**_OPTS)
@@ -335,7 +341,7 @@ def tanh(a):
 
 @njit(**_OPTS)
 def logaddexp(a, b):
-    return np.logaddexp(a, b)
+    return elementwise(np.logaddexp, a, b)
 
 
 @njit(**_OPTS)
@@ -392,15 +398,59 @@ def reshape(a, shape):
 
 @njit(**_OPTS)
 def transpose(a, axes):
-    return np.transpose(a, axes)
+    """``np.transpose(a, axes)`` (a view), ``axes`` a permutation of ``range(a.ndim)``
+    (negative axes count from the end). Checked here with constant messages, then the
+    view made by ``_permuted_view``: Numba's ``np.transpose`` validates through a set and
+    fancy indexing, ~3 s of compile on a cold process for a call once a step."""
+    n = a.ndim
+    for i in range(n):
+        x = axes[i] + n if axes[i] < 0 else axes[i]
+        if x < 0 or x >= n:
+            raise ValueError("axis is out of bounds for array of given dimension")
+        for j in range(i):
+            if (axes[j] + n if axes[j] < 0 else axes[j]) == x:
+                raise ValueError("repeated axis in transpose")
+        axes = tuple_setitem(axes, i, x)
+    return _permuted_view(a, axes)
+
+
+@intrinsic
+def _permuted_view(typingctx, a, axes):
+    """The view of ``a`` with shape and strides permuted by ``axes`` (checked by the
+    caller: a permutation of ``range(a.ndim)``); the type ``array.transpose`` gives."""
+    if not (isinstance(a, types.Array) and isinstance(axes, types.UniTuple)
+            and isinstance(axes.dtype, types.Integer) and axes.count == a.ndim):
+        return None
+    result = a if a.ndim <= 1 else a.copy(layout="A")
+
+    def codegen(context, builder, sig, args):
+        ary = make_array(sig.args[0])(context, builder, args[0])
+        n = sig.args[0].ndim
+        perm = cgutils.unpack_tuple(builder, args[1], n)
+        # shape and strides in stack arrays, read back at the run-time axes
+        shape_mem = cgutils.alloca_once_value(builder, ary.shape)
+        strides_mem = cgutils.alloca_once_value(builder, ary.strides)
+        zero = context.get_constant(types.intp, 0)
+
+        def pick(mem, k):
+            return builder.load(builder.gep(mem, [zero, perm[k]]))
+
+        out = make_array(sig.return_type)(context, builder)
+        populate_array(out, data=ary.data,
+                       shape=cgutils.pack_array(builder, [pick(shape_mem, k) for k in range(n)]),
+                       strides=cgutils.pack_array(builder,
+                                                  [pick(strides_mem, k) for k in range(n)]),
+                       itemsize=ary.itemsize, meminfo=ary.meminfo, parent=ary.parent)
+        return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
+
+    return result(a, axes), codegen
 
 
 @njit(**_OPTS)
 def broadcast_to(g, shape):
-    """A fresh contiguous copy of ``g`` broadcast to ``shape`` (``np.array(broadcast_to)``)."""
-    out = np.empty(shape, dtype=g.dtype)
-    out[...] = g
-    return out
+    """A fresh contiguous copy of ``g`` broadcast to ``shape`` (``np.array(broadcast_to)``),
+    by rows (``nd_elementwise``: ``out[...] = g`` compiled a formatted error message)."""
+    return broadcast_copy(g, shape)
 
 
 @njit(**_OPTS)

@@ -385,10 +385,12 @@ def _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd):
     return bad
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop_row(P, S, GA, B, G, i, r, lr, alpha, eps, mom, centered, wd):
     """``_rmsprop_row_of`` for the four variants, each with its options as constants
-    (branches inside the element loop keep LLVM from vectorising it: 2-4x slower)."""
+    (branches inside the element loop keep LLVM from vectorising it: 2-4x slower). Not
+    ``inline="always"``: Numba's inliner would copy the four variants' IR into
+    ``_rmsprop`` again (twice), cold-compile time for a call once a row."""
     if centered:
         if mom != 0.0:
             return _rmsprop_row_of(P, S, GA, B, G, i, r, lr, alpha, eps, mom, True, wd)
@@ -780,7 +782,6 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
             P[r, d] = P[r, d] * fq
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
 def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
           base, replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
@@ -788,8 +789,12 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
     block sums, or is the replay of L2 decay, runs the plain loop ``_adam_exact`` (AMSGrad
     too; without a gradient, unguarded: ``_adam_exact_catch_up``), the rest the general
     loop ``_adam_general``. (One entry point, so ``minigrad/direct_updates.py``
-    and ``adam_rows`` get the same loop; a separate function, because LLVM optimises the
-    element loops of one large function less well: ~1.6x, see kernels/cpu/direct_rows.py.)"""
+    and ``adam_rows`` get the same loop; each loop a separate function, because LLVM
+    optimises the element loops of one large function less well: ~1.6x, see
+    kernels/cpu/direct_rows.py.) A Python function, not a compiled one: a compiled entry
+    point compiled all three loops at its first call and re-optimised them together in its
+    own module (Numba links its callees' code into the caller's); here each loop compiles
+    at its first use, on its own, and costs the same per call (one dispatcher call)."""
     n = idx.shape[0]
     plain = exact and (has_s or replay)
     if plain and not has_grad and not guard:
@@ -848,17 +853,17 @@ def _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, ca
     return bad
 
 
-#: the catch-up scalars of a row with nothing to catch up (``_step_pass``'s ``cs``)
-_NO_CATCH = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, catch, amsgrad,
           guard, cs, SP, SM, SV, SVM):
     """``_step_pass`` with each combination of ``catch``, ``amsgrad`` and ``guard`` (save
     and check) passed as literals, so every variant's element loop has no flag inside. A
-    function of its own, called once a row (the call costs nothing next to a row's pass;
-    inlined, Numba's inliner refuses ``_step_pass``'s calls of over 30 arguments)."""
+    function of its own (not ``inline="always"``), called once a row from one call site:
+    Numba's inliner copies a callee's IR at every call site, and the 16 copies of
+    ``_step_pass`` that inlining this function twice made were 2/3 of ``_adam_exact``'s
+    cold compile (the call costs nothing next to a row's pass; LLVM may inline it anyway).
+    ``_step_pass`` itself stays inlined here: compiled on its own, the flags typed as
+    literals, its float32 results differed from the inlined loop's in the last bit."""
     if amsgrad:
         if catch and guard:
             return _step_pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2,
@@ -1010,20 +1015,21 @@ def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, am
                     amsgrad)
                 c_last = L
             fits = _series_fits(M, V, VM, r, v_floor, amsgrad)
-        if k > 0 and not fits:
+        caught_up = k > 0 and not fits
+        if caught_up:
             if guard:
                 _save_rows(i, r, last, False, P, M, V, VM, SP, SM, SV, SVM, SL)
             _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
                            ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels,
                            replay, not replay, sblocks, rho_pow, logs, base)
-            # (saved above: the pass only checks; rare without L2, so its cost is moot)
-            bad = _pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, False,
-                        amsgrad, False, _NO_CATCH, SP, SM, SV, SVM)
-            if guard and not bad:
-                bad = _rows_bad(r, P, M, V, VM)
-        else:
-            bad = _pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, fits,
-                        amsgrad, guard, (Q, s0, s1, s2, s3, s4, s5, f1, f2), SP, SM, SV, SVM)
+        # one call site, so ``_pass`` compiles once (a row caught up above was saved before
+        # its catch-up: its pass neither saves nor checks, the scan below checks it; rare
+        # without L2, so its cost is moot)
+        in_pass = guard and not caught_up
+        bad = _pass(P, M, V, VM, G, i, r, b1, b2, eps, l2, q, step_size, sqrt_bc2, fits,
+                    amsgrad, in_pass, (Q, s0, s1, s2, s3, s4, s5, f1, f2), SP, SM, SV, SVM)
+        if guard and caught_up:
+            bad = _rows_bad(r, P, M, V, VM)
         if guard and bad:
             return _stop(guard, status, i + 1, i)
     return _stop(guard, status, n, -1)
