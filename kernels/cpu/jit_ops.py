@@ -31,6 +31,7 @@ from kernels.cpu.update_driver import _restore as _driver_restore
 from kernels.cpu.update_driver import dense_adam as _dense_adam
 from kernels.cpu.update_driver import lazy_adam as _lazy_adam
 from kernels.cpu.update_driver import momentum_plain as _momentum_plain
+from kernels.cpu.update_driver import rows_lag as _driver_rows_lag
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -728,11 +729,8 @@ def table_lags(last, t):
 @njit(**_OPTS)
 def rows_lag(last, idx, t):
     """Whether a row ``idx`` of an exact-mode update at step ``t`` has a step to catch
-    up (``last[r] < t - 1``: ``update_driver.step_rows``' check)."""
-    for i in range(idx.shape[0]):
-        if last[idx[i]] < t - 1:
-            return True
-    return False
+    up (``update_driver.rows_lag``, ``step_rows``' check)."""
+    return _driver_rows_lag(last, idx, t)
 
 
 @njit(**_OPTS)

@@ -55,6 +55,17 @@ _momentum_elem = njit(cache=True, nogil=True, error_model="numpy", inline="alway
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def rows_lag(last, idx, t):
+    """Whether a row ``idx`` of an exact-mode update at step ``t`` has a step to catch up
+    (``last[r] < t - 1``): then the update writes nothing and the per-node path, which
+    catches rows up, runs instead."""
+    for i in range(idx.shape[0]):
+        if last[idx[i]] < t - 1:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def dense_adam(P, M, V, L, idx, G, t, lr, b1, b2, eps, wd, decoupled, dist, guard, SP, SM,
                SV, SL, status):
     """Exact-mode Adam (``torch.optim.Adam``) on rows ``idx``, none of which lags: the
@@ -148,11 +159,8 @@ def step_rows(kinds, P, A, B, L, idx, G, ints, fl, guard, SP, SA, SB, SL, status
     lagging row: nothing written)."""
     n = kinds.shape[0]
     for e in range(n):  # exact entries: nothing may lag, checked before any write
-        if ints[e, 1] != 0:
-            t, last, rows = ints[e, 0], L[e], idx[e]
-            for i in range(rows.shape[0]):
-                if last[rows[i]] < t - 1:
-                    return -2 - e
+        if ints[e, 1] != 0 and rows_lag(L[e], idx[e], ints[e, 0]):
+            return -2 - e
     for e in range(n):
         t, exact, dist = ints[e, 0], ints[e, 1] != 0, ints[e, 2]
         if kinds[e] == ADAM:
@@ -176,4 +184,4 @@ def step_rows(kinds, P, A, B, L, idx, G, ints, fl, guard, SP, SA, SB, SL, status
     return -1
 
 
-__all__ = ["ADAM", "MOMENTUM", "SIZES", "dense_adam", "momentum_plain", "step_rows"]
+__all__ = ["ADAM", "MOMENTUM", "SIZES", "dense_adam", "momentum_plain", "rows_lag", "step_rows"]
