@@ -539,10 +539,9 @@ class FusedStep:
         for (target, dtype), value in zip(self._assigned_targets, result[2 + n_out:]):
             target._value = np.asarray(value, dtype=dtype)
         steps = result[2 + n_out + n_assigned:]
-        for k, state in enumerate(self.exact_states):  # every row is now at step t: the
-            t, hyper = steps[2 * k], steps[2 * k + 1]  # history restarts there (O(1))
-            state.history.restart_at(int(t), float(hyper[0]), float(hyper[1]))
-            state.pending = False
+        for k, state in enumerate(self.exact_states):  # every row is now at step t
+            t, hyper = steps[2 * k], steps[2 * k + 1]
+            state.stepped_every_row(t, hyper[0], hyper[1])
         for state in self.pending_states:
             state.flush_module = fn._kernels  # (as the two-phase path records)
         return pack_outputs(fn.output_structure, outputs)

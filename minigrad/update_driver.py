@@ -234,8 +234,7 @@ class UpdateDriver:
         """After a successful call: every row of a dense exact table is at step ``t``."""
         for e in self._exact:  # (see the module note)
             h = value(e.hyper)
-            e.state.history.restart_at(int(value(e.t)), float(h[0]), float(h[1]))
-            e.state.pending = False
+            e.state.stepped_every_row(value(e.t), h[0], h[1])
 
     def guarded(self, storage, label):
         """The guarded destructive phase (``GuardedPhase``'s contract). The compiled call

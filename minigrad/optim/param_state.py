@@ -181,6 +181,13 @@ class ParamState:
         self.history.restart(t)
         self.pending = False
 
+    def stepped_every_row(self, step, lr, wd):
+        """After a compiled step that updated every row at ``step`` with ``lr`` / ``wd``
+        (a dense gradient in exact mode: ``minigrad/update_driver.py``,
+        ``minigrad/fused_step.py``): no row lags, so the history restarts there (O(1))."""
+        self.history.restart_at(int(step), float(lr), float(wd))
+        self.pending = False
+
     def restart(self, step):
         """After a load: every row is up to date at ``step``; no skipped step remains."""
         self.step._value = np.asarray(step, dtype=np.int64)
