@@ -89,7 +89,7 @@ def _is_leaf(var):
     return isinstance(var, (SharedVariable, Constant))
 
 
-def _catch_ups(safe_nodes, driver, fn):
+def _catch_ups(safe_nodes, driver, var_of):
     """Indices of the safe phase's early writers when each is the ``CatchUpAll`` of a
     table that an exact-mode driver entry updates on every row (a dense gradient: a head
     ``W``, a bias ``c``), else None. Such a table is up to date whenever only dense steps
@@ -99,7 +99,8 @@ def _catch_ups(safe_nodes, driver, fn):
     early writer is fused."""
     from minigrad.undo import writes_early
 
-    exact_tables = set(_exact_params(fn, driver))
+    # (every exact entry of the driver has a dense gradient: it fuses no other)
+    exact_tables = {var_of[e.tables[0]] for e in driver.entries if e.exact}
     found = []
     for i, node in enumerate(safe_nodes):
         if writes_early(node):
@@ -107,14 +108,6 @@ def _catch_ups(safe_nodes, driver, fn):
                 return None
             found.append(i)
     return found
-
-
-def _exact_params(fn, driver):
-    """The parameters of the driver's exact-mode entries (every one has a dense gradient:
-    ``update_driver`` fuses no other exact entry)."""
-    slot = _var_slots(fn)
-    var_of = {s: v for v, s in slot.items()}
-    return [var_of[e.tables[0]] for e in driver.entries if e.exact]
 
 
 def _hyper_feeds(fn, safe_nodes, skipped=()):
@@ -156,7 +149,9 @@ def build(fn):
     safe_nodes = fn.nodes[: fn.n_safe]
     if not safe_nodes:
         return None
-    catch_ups = _catch_ups(safe_nodes, driver, fn)
+    slot = _var_slots(fn)
+    var_of = {s: v for v, s in slot.items()}
+    catch_ups = _catch_ups(safe_nodes, driver, var_of)
     if catch_ups is None:
         return None
     if any(v is not None for v in fn.output_shared) or any(
@@ -169,8 +164,6 @@ def build(fn):
     feeds = _hyper_feeds(fn, safe_nodes, catch_ups)
     if feeds is None:
         return None
-    slot = _var_slots(fn)
-    var_of = {s: v for v, s in slot.items()}
     for e in driver.entries:
         if var_of[e.tables[0]].ndim not in (1, 2):
             return None
