@@ -149,6 +149,7 @@ class Prologue:
                 if labels in position and columns is not None:
                     checks.setdefault(position[labels], []).append(
                         (columns, _label_message(labels)))
+                    mark_checked(node)
         for node in nodes:  # gradients of checked gathers: their indices are the same
             if not isinstance(node.op, (TakeGrad, SlotTakeGrad)):
                 continue
