@@ -294,7 +294,7 @@ def embedding_systems(torch, n_batches, vocab=EMB["vocab"], variants=VARIANTS, s
         opt = mg.optim.Adam(model.params, lr=EMB["lr"], sparse=sparse)
         fn = _compile([tokens, mask, labels], cost, opt.updates(cost), fuse, linker)
         systems[label] = ((lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
-        if label == "minigrad":
+        if len(systems) == 1:  # (every variant starts from the same seed)
             init = [p.get_value() for p in model.params]
     fl = EmbeddingFloor(*init, lr=EMB["lr"])
     systems["floor"] = (lambda i: fl.step(*batches[i % n_batches]), 1)
@@ -356,7 +356,7 @@ def fm_systems(torch, n_batches, quick, smoke=False):
         fn = _compile([Xs, ys], cost, mg.optim.SGD(model.params, FM["lr"]).updates(cost), fuse,
                       linker)
         systems[label] = ((lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
-        if label == "minigrad":
+        if len(systems) == 1:
             init = [p.get_value() for p in model.params]
     fl = FMFloor(*init, lr=FM["lr"])
     systems["floor"] = (lambda i: fl.step(*batches[i % n_batches]), 1)
@@ -485,6 +485,40 @@ def run(quick=False, compare=(), out_dir=None, smoke=False, verbose=False, only=
     return common.result("floor", rows, notes, ratios=ratios)
 
 
+#: ``--vocab``'s rows: the jit step (the fast one) and the floor, at each vocabulary
+FLAT_VARIANTS = {"minigrad jit": (True, "jit")}
+
+
+def flat(vocabs, clock="cpu", sparse="lazy", quick=False):
+    """The embedding step's growth with the vocabulary (issue 12: within 1.2x from 3*10^4
+    to 3*10^6 rows): the jit step and the floor timed at each size in turn (one size's
+    tables at a time: 4.6 GB of tables and Adam state each at 3*10^6), printed with their
+    ratio and each one's time over its time at the first size. Both touch the same rows
+    (same batches); what grows is the cost of reaching them in memory, and the number of
+    distinct rows a Zipf batch has (more at a larger vocabulary)."""
+    import gc
+
+    settings = SETTINGS["quick" if quick else "full"]
+    out = {}
+    for vocab in vocabs:
+        systems = embedding_systems(None, settings["n_batches"][0], vocab, FLAT_VARIANTS,
+                                    sparse)
+        out[vocab] = measure(systems, None, settings["repeats"], settings["blocks"][0], clock)
+        del systems
+        gc.collect()
+    first = out[vocabs[0]]
+    print(f"\nembedding step by vocabulary ({clock} clock, median ms/step, interleaved "
+          f"blocks; /first = over the time at V={vocabs[0]})")
+    print(f"{'V':>9s} {'jit':>8s} {'floor':>8s} {'jit/floor':>10s} {'jit/first':>10s} "
+          f"{'floor/first':>12s}")
+    for vocab, rows in out.items():
+        j, f = rows["minigrad jit"]["median_s"], rows["floor"]["median_s"]
+        print(f"{vocab:9d} {j * 1e3:8.3f} {f * 1e3:8.3f} {j / f:10.3f} "
+              f"{j / first['minigrad jit']['median_s']:10.3f} "
+              f"{f / first['floor']['median_s']:12.3f}")
+    return out
+
+
 def table_rows(res):
     """One row per (step, system): ms per step, and its ratio to the floor in the unit."""
     return [{"bench": "floor", "case": f"{r['case']} step", "system": r["system"],
@@ -506,8 +540,16 @@ def main(argv=None):
                         help="'cpu': the process's CPU time (a shared box)")
     parser.add_argument("--sparse", choices=("lazy", "exact"), default="lazy",
                         help="the embedding step's Adam mode (the floor stays lazy)")
+    parser.add_argument("--vocab", help="comma-separated vocabularies (e.g. "
+                        "30000,300000,3000000): the embedding step's growth with V, jit and "
+                        "floor rows only")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}")
+    if args.vocab:
+        flat([int(float(v)) for v in args.vocab.split(",")], args.clock, args.sparse,
+             args.quick)
+        print(f"load average after: {os.getloadavg()}")
+        return
     run(args.quick, args.compare.split(","), verbose=True, only=args.only, clock=args.clock,
         sparse=args.sparse)
     print(f"load average after: {os.getloadavg()}")

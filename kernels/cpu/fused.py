@@ -13,6 +13,7 @@ import numpy as np
 
 from kernels import _validate as V
 from kernels.cpu.deferred_cache import njit
+from kernels.cpu.rows import _csr_prefetch_distance, _prefetch_entry
 from kernels.reference.fused import (
     _table,
     check_scatter_shapes,
@@ -38,10 +39,15 @@ def _check_slot(slot, n_table_rows):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gather_mul_sum(indptr, indices, data, table, factor, use_factor, out):
+    """``out[r] += data * table[c] * factor[c]`` over CSR entries ``(r, c)``; the rows of
+    an entry a few ahead are asked for (``rows.CSR_PREFETCH_MIN_BYTES``)."""
     width = table.shape[1]
     fw = factor.shape[1]
+    dist = _csr_prefetch_distance(table)
+    end = indptr[indptr.shape[0] - 1]
     for r in range(indptr.shape[0] - 1):
         for k in range(indptr[r], indptr[r + 1]):
+            _prefetch_entry(indices, k, end, dist, table, factor, use_factor)
             c = indices[k]
             x = data[k]
             if not use_factor:
@@ -107,12 +113,16 @@ def _scatter_grad(indptr, indices, data, grad, factor, use_factor, out_width, sl
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scatter_grad_rows(indptr, indices, data, grad, factor, use_factor, out_width, slot,
                        n_rows):
-    """The rows of ``_scatter_grad``, each entry into row ``slot[column]`` (set)."""
+    """The rows of ``_scatter_grad``, each entry into row ``slot[column]`` (set); the
+    factor's row of an entry a few ahead is asked for (``rows.CSR_PREFETCH_MIN_BYTES``)."""
     width = grad.shape[1]
     fw = factor.shape[1]
     values = np.zeros((n_rows, out_width), dtype=grad.dtype)
+    dist = _csr_prefetch_distance(factor) if use_factor else 0
+    end = indptr[indptr.shape[0] - 1]
     for r in range(indptr.shape[0] - 1):
         for k in range(indptr[r], indptr[r + 1]):
+            _prefetch_entry(indices, k, end, dist, factor, factor, False)
             c = indices[k]
             s = slot[c]
             x = data[k]
