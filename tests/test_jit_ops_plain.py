@@ -58,3 +58,26 @@ def test_bad_broadcasts_raise():
         J.broadcast_2d(np.ones((2, 4)), 3, 4)
     with pytest.raises(ValueError):
         J.broadcast_row(np.ones(3), 2, 4)
+
+
+#: (dtype, layout) pairs: each is a compile, so each layout once
+_FINITE_CASES = [("float32", "C"), ("float64", "F"), ("float32", "strided"), ("float64", "vector")]
+
+
+@pytest.mark.parametrize("dtype,layout", _FINITE_CASES)
+def test_all_finite_is_numpys_isfinite_all(dtype, layout):
+    """``nan_guard=True``'s check (an OR of flags over the whole array, no early exit):
+    every position of a NaN or an inf is found, in C, Fortran and strided arrays; values
+    at the dtype's maximum are finite."""
+    big = np.finfo(dtype).max
+    base = np.full((5, 13), big, dtype=dtype)
+    base[::2] = -big
+    view = {"C": lambda a: a, "F": np.asfortranarray, "strided": lambda a: a[:, ::3],
+            "vector": lambda a: a[2]}[layout]
+    assert J.all_finite(view(base.copy()))
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in [(0, 0), (2, 6), (4, 12), (2, 9)]:
+            a = base.copy()
+            a[pos] = bad
+            v = view(a)
+            assert J.all_finite(v) == bool(np.isfinite(v).all()), (bad, pos)

