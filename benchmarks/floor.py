@@ -22,12 +22,27 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from kernels.cpu.rows import _prefetch_row
+
 # --- the masked-embedding classifier ----------------------------------------------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_token(tokens, mask, flat, E, M):
+    """Ask for the ``E`` and ``M`` rows of token ``flat`` (row-major position) if it is a
+    real token (``EmbeddingFloor(prefetch=True)``)."""
+    B, L = tokens.shape
+    if flat < B * L:
+        b, j = flat // L, flat % L
+        tok = tokens[b, j]
+        if mask[b, j] != 0 and 0 <= tok < E.shape[0]:
+            _prefetch_row(E, tok)
+            _prefetch_row(M, tok)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _embedding_step(tokens, mask, labels, E, M, W, c, mE, vE, mM, vM, mW, vW, mc, vc, t,
-                    slot, lr, b1, b2, eps):
+                    slot, lr, b1, b2, eps, ahead):
     B, L = tokens.shape
     V, D = E.shape
     C = W.shape[1]
@@ -43,6 +58,8 @@ def _embedding_step(tokens, mask, labels, E, M, W, c, mE, vE, mM, vM, mW, vW, mc
     n = 0
     for b in range(B):
         for j in range(L):
+            if ahead > 0:
+                _prefetch_token(tokens, mask, b * L + j + ahead, E, M)
             w = mask[b, j]
             if w == 0:
                 continue
@@ -88,6 +105,8 @@ def _embedding_step(tokens, mask, labels, E, M, W, c, mE, vE, mM, vM, mW, vW, mc
     gM = np.zeros((n, D), dtype=E.dtype)
     for b in range(B):
         for j in range(L):
+            if ahead > 0:
+                _prefetch_token(tokens, mask, b * L + j + ahead, E, M)
             w = mask[b, j]
             if w == 0:
                 continue
@@ -104,6 +123,9 @@ def _embedding_step(tokens, mask, labels, E, M, W, c, mE, vE, mM, vM, mW, vW, mc
     lazy_step, sqrt_bc2 = lr * np.sqrt(bc2) / bc1, np.sqrt(bc2)
     for P, Mo, Vo, G in ((E, mE, vE, gE), (M, mM, vM, gM)):
         for i in range(n):
+            if ahead > 0 and i + ahead < n:
+                _prefetch_row(Mo, uniq[i + ahead])
+                _prefetch_row(Vo, uniq[i + ahead])
             row = uniq[i]
             for d in range(D):
                 g = float(G[i, d])
@@ -134,9 +156,13 @@ class EmbeddingFloor:
 
     ``step(tokens, mask, labels)`` is one ``mg.optim.Adam(lr, sparse="lazy")`` step of
     ``mg.models.MaskedEmbeddingClassifier`` with ``M`` (V, D); returns the loss.
+    ``prefetch``: the loops over tokens ask for the ``E``, ``M`` rows of the token 16 ahead,
+    and the Adam loop for the ``m``, ``v`` rows 16 ahead (the software prefetch minigrad's
+    kernels use on big tables; the same trick, fair for a hand-written step).
     """
 
-    def __init__(self, E, M, W, c, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, E, M, W, c, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, prefetch=False):
+        self.ahead = 16 if prefetch else 0
         self.E, self.M, self.W, self.c = (np.array(a) for a in (E, M, W, c))
         self.state = [np.zeros_like(a) for a in (self.E, self.E, self.M, self.M, self.W,
                                                  self.W, self.c, self.c)]
@@ -149,7 +175,7 @@ class EmbeddingFloor:
         self.t += 1
         return _embedding_step(tokens, mask, labels, self.E, self.M, self.W, self.c,
                                *self.state, self.t, self.slot, self.lr, self.b1, self.b2,
-                               self.eps)
+                               self.eps, self.ahead)
 
     @property
     def params(self):
@@ -275,7 +301,8 @@ def classifier(vocab, dim, n_classes, **kw):
     return cls(vocab, dim, n_classes, **kw)
 
 
-def embedding_systems(torch, n_batches, vocab=EMB["vocab"], variants=VARIANTS, sparse="lazy"):
+def embedding_systems(torch, n_batches, vocab=EMB["vocab"], variants=VARIANTS, sparse="lazy",
+                      floors=("floor",)):
     """``{label: (step(i), n_nodes)}`` for the masked-embedding step, same batches.
 
     ``sparse="exact"``: minigrad's optimizer in exact mode (the dense optimizer's result:
@@ -294,10 +321,11 @@ def embedding_systems(torch, n_batches, vocab=EMB["vocab"], variants=VARIANTS, s
         opt = mg.optim.Adam(model.params, lr=EMB["lr"], sparse=sparse)
         fn = _compile([tokens, mask, labels], cost, opt.updates(cost), fuse, linker)
         systems[label] = ((lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
-        if label == "minigrad":
+        if len(systems) == 1:  # (every variant starts from the same seed)
             init = [p.get_value() for p in model.params]
-    fl = EmbeddingFloor(*init, lr=EMB["lr"])
-    systems["floor"] = (lambda i: fl.step(*batches[i % n_batches]), 1)
+    for label in floors:  # "floor", "floor prefetch"
+        fl = EmbeddingFloor(*init, lr=EMB["lr"], prefetch=label == "floor prefetch")
+        systems[label] = (lambda i, fl=fl: fl.step(*batches[i % n_batches]), 1)
     if torch is not None:
         for sparse in (False, True):
             twin = TorchVectorMaskEmbedding(torch, init, sparse, EMB["lr"])
@@ -356,7 +384,7 @@ def fm_systems(torch, n_batches, quick, smoke=False):
         fn = _compile([Xs, ys], cost, mg.optim.SGD(model.params, FM["lr"]).updates(cost), fuse,
                       linker)
         systems[label] = ((lambda i, fn=fn: fn(*batches[i % n_batches])), len(fn.nodes))
-        if label == "minigrad":
+        if len(systems) == 1:
             init = [p.get_value() for p in model.params]
     fl = FMFloor(*init, lr=FM["lr"])
     systems["floor"] = (lambda i: fl.step(*batches[i % n_batches]), 1)
@@ -485,6 +513,42 @@ def run(quick=False, compare=(), out_dir=None, smoke=False, verbose=False, only=
     return common.result("floor", rows, notes, ratios=ratios)
 
 
+#: ``--vocab``'s rows: the jit step (the fast one) and the floor, at each vocabulary
+FLAT_VARIANTS = {"minigrad jit": (True, "jit")}
+
+
+def flat(vocabs, clock="cpu", sparse="lazy", quick=False):
+    """The embedding step's growth with the vocabulary (issue 12: within 1.2x from 3*10^4
+    to 3*10^6 rows): the jit step and the floor (plain, and with the prefetch minigrad's
+    kernels use: ``EmbeddingFloor(prefetch=True)``) timed at each size in turn (one size's
+    tables at a time: 4.6 GB of tables and Adam state each at 3*10^6), printed with their
+    ratio and each one's time over its time at the first size. Both touch the same rows
+    (same batches); what grows is the cost of reaching them in memory, and the number of
+    distinct rows a Zipf batch has (more at a larger vocabulary)."""
+    import gc
+
+    settings = SETTINGS["quick" if quick else "full"]
+    out = {}
+    for vocab in vocabs:
+        systems = embedding_systems(None, settings["n_batches"][0], vocab, FLAT_VARIANTS,
+                                    sparse, floors=("floor", "floor prefetch"))
+        out[vocab] = measure(systems, None, settings["repeats"], settings["blocks"][0], clock)
+        del systems
+        gc.collect()
+    first = out[vocabs[0]]
+    print(f"\nembedding step by vocabulary ({clock} clock, median ms/step, interleaved "
+          f"blocks; /first = over the time at V={vocabs[0]})")
+    labels = ("minigrad jit", "floor", "floor prefetch")
+    print(f"{'V':>9s}" + "".join(f" {k:>15s}" for k in labels) + f" {'jit/floor':>10s} "
+          f"{'jit/floor pf':>13s}" + "".join(f" {k + '/first':>21s}" for k in labels))
+    for vocab, rows in out.items():
+        t = [rows[k]["median_s"] for k in labels]
+        print(f"{vocab:9d}" + "".join(f" {x * 1e3:15.3f}" for x in t) + f" {t[0] / t[1]:10.3f}"
+              f" {t[0] / t[2]:13.3f}"
+              + "".join(f" {x / first[k]['median_s']:21.3f}" for x, k in zip(t, labels)))
+    return out
+
+
 def table_rows(res):
     """One row per (step, system): ms per step, and its ratio to the floor in the unit."""
     return [{"bench": "floor", "case": f"{r['case']} step", "system": r["system"],
@@ -506,8 +570,16 @@ def main(argv=None):
                         help="'cpu': the process's CPU time (a shared box)")
     parser.add_argument("--sparse", choices=("lazy", "exact"), default="lazy",
                         help="the embedding step's Adam mode (the floor stays lazy)")
+    parser.add_argument("--vocab", help="comma-separated vocabularies (e.g. "
+                        "30000,300000,3000000): the embedding step's growth with V, jit and "
+                        "floor rows only")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}")
+    if args.vocab:
+        flat([int(float(v)) for v in args.vocab.split(",")], args.clock, args.sparse,
+             args.quick)
+        print(f"load average after: {os.getloadavg()}")
+        return
     run(args.quick, args.compare.split(","), verbose=True, only=args.only, clock=args.clock,
         sparse=args.sparse)
     print(f"load average after: {os.getloadavg()}")

@@ -66,8 +66,14 @@ def index_array(name, a, ndim=1):
     return a
 
 
-def check_index_range(name, indices, upper=None):
+def check_index_range(name, indices, upper=None, message=None):
     """Raise ``IndexError`` unless ``0 <= indices < upper`` (``upper=None``: no upper bound).
+
+    This is *the* range check of minigrad: the kernels' entry points, the compiled call's
+    prologue (``minigrad/prologue.py``), ``RowSparse``, the graph's gathers and the
+    optimizers' eager ``apply`` all call it, so "checked once per call" can be counted
+    (``tests/test_checks_once.py``). ``message(bad, upper)`` words the error for callers
+    that name a graph input or a table (default: ``name`` and the valid range).
 
     The common, valid case costs one reduction and (on a GPU) one device sync: viewed as
     unsigned, negative indices wrap to huge values, so ``max(unsigned) < upper`` checks both
@@ -76,13 +82,22 @@ def check_index_range(name, indices, upper=None):
     if indices.size == 0:
         return
     if upper is not None:
-        unsigned = indices.view(np.dtype(f"u{np.dtype(indices.dtype).itemsize}"))
-        if int(unsigned.max()) < upper:
-            return
+        kind = np.dtype(indices.dtype).kind
+        if kind == "u":
+            if int(indices.max()) < upper:
+                return
+        elif kind == "i":
+            unsigned = indices.view(np.dtype(f"u{np.dtype(indices.dtype).itemsize}"))
+            if int(unsigned.max()) < upper:
+                return
     elif int(indices.min()) >= 0:
         return
     lo, hi = int(indices.min()), int(indices.max())
+    if lo >= 0 and (upper is None or hi < upper):
+        return  # (not an integer array: the comparisons above were not conclusive)
     bad = lo if lo < 0 else hi
+    if message is not None:
+        raise IndexError(message(bad, upper))
     valid = f"[0, {upper})" if upper is not None else "[0, inf)"
     raise IndexError(f"{name} contains index {bad}, outside the valid range {valid}")
 

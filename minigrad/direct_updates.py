@@ -9,9 +9,10 @@ every row id) and the gradient. A user calling ``kernels.cpu.adam_rows`` needs a
 by the time its destructive phase runs,
 
 * ``PrepareRows`` (the node producing the update's gradient) has coalesced the gradient
-  (sorted unique int64 row ids), built it with the validating ``RowSparse`` constructor
-  (every id in ``[0, rows)``, values of shape ``(n, *row shape)``), cast it to the
+  (sorted unique int64 row ids) of a ``RowSparse`` value (every id in ``[0, rows)``,
+  checked when it was built; values of shape ``(n, *row shape)``), cast it to the
   parameter's dtype, and compared the shape of every state table with the parameter's;
+  its value carries the checked mark (``minigrad/prologue.py``: the one mechanism);
 * ``call_checks.check_destinations`` has checked every table the node writes (parameter,
   states, ``last``): an ndarray of the variable's dtype, C-contiguous, writeable;
 * the step counter node produced ``t >= 1``.

@@ -4,20 +4,50 @@ The graph knows which input indexes which table: a ``Take(table, idx)`` node who
 is a declared input and whose ``table`` is a shared variable (possibly read through an
 exact-mode ``CatchUpAll``) needs ``0 <= idx < rows(table)``; a ``PickColumns(logits, labels)``
 (cross-entropy) needs ``0 <= labels < columns(logits)``, and the number of columns of the
-logits is usually known from a shared weight matrix (``r @ W + c``). The prologue computes
-``min`` and ``max`` of each such input once per call, compares them with every bound, and
-raises the same ``IndexError`` the node would have raised, but *before* any node ran.
+logits is usually known from a shared weight matrix (``r @ W + c``). The prologue checks
+each such input once per call against its tightest bound (``kernels._validate.
+check_index_range``, the one range check of minigrad and its kernels) and raises the same
+``IndexError`` the node would have raised, but *before* any node ran. A CSR batch is
+checked whole (structure and column range) by ``CSRType.filter`` at the input boundary.
 
-Nodes whose index the prologue checked get ``node.index_checked = True`` (the compiled
-graph's nodes are the compiler's own copies), and backends skip their own range check for
-them; kernels called by users still validate everything. A CSR batch is checked whole
-(structure and column range) by ``CSRType.filter`` at the input boundary, once; the fused
-sparse kernels reading it (``FusedCSRGatherSum``/``FusedCSRScatterGrad``) are marked too,
-and so are the gradients of checked gathers (``TakeGrad``, ``SlotTakeGrad``).
+**The one "already checked" mechanism.** What the prologue established travels as one
+mark, in the three places code can look for it; nothing else may skip a check:
+
+* on a **node**: :func:`mark_checked` (the compiled graph's nodes are the compiler's own
+  copies), read with :func:`is_checked` by every backend: a marked ``Take`` skips its
+  range check, the fused CSR kernels (``FusedCSRGatherSum``, ``FusedCSRScatterGrad``,
+  ``...Sums``) run their ``*_trusted`` / ``trusted=True`` variants, and the gradients of
+  checked gathers (``TakeGrad``, ``SlotTakeGrad``) build their rows without a scan;
+* on a **value**: a ``RowSparse`` made by compiled code from such parts
+  (``RowSparse.trusted``) has ``checked`` set; ``RowSparse(...)`` checks its indices
+  itself and leaves it unset (so anything a user builds, or mutates and rebuilds, is
+  checked again where it enters a kernel);
+* on a **kernel call**: ``trusted=True`` (``ParamState.run`` / ``catch_up``, the row and
+  fused kernels), passed only for a value that carries the mark (``RowUpdate``:
+  ``grad.checked and grad.coalesced``) or rows compiled code made itself (``arange``,
+  ``nonzero``); a row update whose gradient is ``PrepareRows``' value (which carries the
+  mark) is what ``direct_updates.vouched`` lets skip the kernel wrapper's checks
+  (``direct_updates.py``, ``update_driver.py``, ``fused_step.py``).
+
+Kernels called by users take the default (``trusted=False``) and validate everything:
+a bad index is a clear error, never an out-of-bounds write (``tests/test_checks_once.py``
+checks every public entry point, and counts that a compiled call checks each index once).
 """
 from __future__ import annotations
 
+from kernels import _validate as V
 from minigrad.variables import SharedVariable
+
+
+def mark_checked(node):
+    """Record that the prologue vouches for ``node``'s index input (see the module note)."""
+    node.index_checked = True
+
+
+def is_checked(node):
+    """Whether ``node``'s index input was checked by its call's prologue, so its thunk and
+    the kernels it calls skip their own scan (the one test every backend asks)."""
+    return bool(getattr(node, "index_checked", False))
 
 
 def _param_of(var):
@@ -85,14 +115,16 @@ class Prologue:
         from minigrad.ops.fused_products import FusedCSRGatherSums, FusedCSRScatterSums
         from minigrad.ops.indexing import Take, TakeGrad
         from minigrad.ops.nn import PickColumns
+        from minigrad.optim.ops import FreshTake
 
         position = {var: k for k, var in enumerate(inputs)}
         checks = {}  # input position -> [(bound, message_fn)]
         self.csr_inputs = []  # positions of CSR inputs whose column indices are checked
         checked = set()  # (index variable, shared table) pairs known to be in range
         for node in nodes:
-            if isinstance(node.op, Take):
-                table, idx = node.inputs
+            if isinstance(node.op, (Take, FreshTake)):
+                # FreshTake(param, states..., last, step, idx): an exact-mode table's gather
+                table, idx = node.inputs[0], node.inputs[-1]
                 param = _param_of(table)
                 if param is None:
                     continue
@@ -102,7 +134,7 @@ class Prologue:
                 elif not (self._csr_columns_in_range(idx, param, position)
                           or _row_sparse_indices_of(idx, param)):
                     continue
-                node.index_checked = True
+                mark_checked(node)
                 checked.add((idx, param))
             elif isinstance(node.op, (FusedCSRGatherSum, FusedCSRScatterGrad,
                                       FusedCSRGatherSums, FusedCSRScatterSums)):
@@ -110,13 +142,14 @@ class Prologue:
                 # O(1) check_columns): the kernels need not scan the batch again
                 if self._csr_batch_vouched(node.inputs[getattr(node.op, "first_csr", 0)],
                                            position):
-                    node.index_checked = True
+                    mark_checked(node)
             elif isinstance(node.op, PickColumns):
                 logits, labels = node.inputs
                 columns = _dim(logits, 1)
                 if labels in position and columns is not None:
                     checks.setdefault(position[labels], []).append(
                         (columns, _label_message(labels)))
+                    mark_checked(node)
         for node in nodes:  # gradients of checked gathers: their indices are the same
             if not isinstance(node.op, (TakeGrad, SlotTakeGrad)):
                 continue
@@ -125,7 +158,7 @@ class Prologue:
             # columns of a checked CSR batch are valid rows all the same
             if (idx, param) in checked or (
                     param is not None and self._csr_columns_in_range(idx, param, position)):
-                node.index_checked = True
+                mark_checked(node)
         self.checks = sorted(checks.items())
 
     def _csr_columns_in_range(self, idx, param, position):
@@ -171,14 +204,11 @@ class Prologue:
         # CSR inputs (``csr_inputs``) need nothing here: ``CSRType.filter`` checked their
         # structure and column range when the call validated its inputs
         for k, bounds in self.checks:
-            idx = values[k]
-            if idx.size == 0:
-                continue
-            lo, hi = int(idx.min()), int(idx.max())  # once per input and call
-            for bound, message in bounds:
-                n = int(bound())
-                if lo < 0 or hi >= n:
-                    raise IndexError(message(lo if lo < 0 else hi, n))
+            sizes = [int(bound()) for bound, _ in bounds]
+            # one check per input and call, against its tightest bound; the error is the
+            # one of the first node the bad value would have failed in
+            V.check_index_range(f"input {k}", values[k], min(sizes),
+                                message=_first_failing(bounds, sizes))
 
 
 #: row-sparse Ops whose value has the row count of their first input
@@ -202,6 +232,18 @@ def _row_sparse_indices_of(idx, param):
     if node is None or type(node.op).__name__ not in _SHAPE_INPUT:
         return False
     return _param_of_shape(node.inputs[_SHAPE_INPUT[type(node.op).__name__]]) is param
+
+
+def _first_failing(bounds, sizes):
+    """``message(bad, _)`` of the first bound ``bad`` is outside (a negative value fails
+    them all: the first one's)."""
+    def message(bad, _):
+        for (_, node_message), n in zip(bounds, sizes):
+            if bad < 0 or bad >= n:
+                return node_message(bad, n)
+        raise AssertionError("check_index_range reported a value inside every bound")
+
+    return message
 
 
 def _rows_of(param):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from kernels import _validate as V
+
 FLOAT_KINDS = "f"
 INT_KINDS = "iu"
 
@@ -116,9 +118,8 @@ def check_csr_structure(m, name="input"):
     if n_rows > 1 and bool((indptr[1:] < indptr[:-1]).any()):
         row = int(np.flatnonzero(indptr[1:] < indptr[:-1])[0])
         raise ValueError(f"{name}: CSR indptr decreases at row {row} (malformed matrix)")
-    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
-        bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
-        raise IndexError(f"{name}: CSR column index {bad} is out of range [0, {n_cols})")
+    V.check_index_range(name, indices, n_cols, message=lambda bad, n: (
+        f"{name}: CSR column index {bad} is out of range [0, {n})"))
 
 
 def _csr_status(m):
@@ -329,6 +330,10 @@ class RowSparseType(Type):
     __repr__ = __str__
 
 
+def _row_message(bad, n):
+    return f"RowSparse: row index {bad} out of range [0, {n})"
+
+
 class RowSparse:
     """Run-time value of a row-sparse gradient: ``dense[indices[i]] += values[i]``.
 
@@ -337,7 +342,7 @@ class RowSparse:
     merges them. Nothing here ever allocates the dense shape except :meth:`to_dense`.
     """
 
-    __slots__ = ("indices", "values", "shape", "_coalesced")
+    __slots__ = ("indices", "values", "shape", "_coalesced", "_checked")
     __array_priority__ = 100  # make ``ndarray + RowSparse`` call our __radd__
 
     def __init__(self, indices, values, shape, coalesced=False):
@@ -350,21 +355,31 @@ class RowSparse:
                 f"RowSparse: values must have shape {(len(self.indices),) + self.shape[1:]}, "
                 f"got {self.values.shape}"
             )
-        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= self.shape[0]):
-            bad = self.indices[(self.indices < 0) | (self.indices >= self.shape[0])][0]
-            raise IndexError(f"RowSparse: row index {bad} out of range [0, {self.shape[0]})")
+        V.check_index_range("RowSparse", self.indices, self.shape[0] if self.shape else 0,
+                            message=_row_message)
         self._coalesced = bool(coalesced)
+        self._checked = False
 
     @classmethod
     def trusted(cls, indices, values, shape, coalesced=False):
         """A RowSparse from parts the caller has validated: int64 1-D ``indices`` in range,
         ``values`` of shape ``(n, *shape[1:])``. For compiled code after its prologue (the
         checks of ``__init__`` would repeat work already done); users call the constructor.
+        The value carries the mark (:attr:`checked`, see ``minigrad/prologue.py``).
         """
         rs = cls.__new__(cls)
         rs.indices, rs.values, rs.shape = indices, values, tuple(shape)
         rs._coalesced = bool(coalesced)
+        rs._checked = True
         return rs
+
+    @property
+    def checked(self) -> bool:
+        """Whether compiled code vouches for the indices (made by :meth:`trusted`): with
+        :attr:`coalesced`, the one case a kernel may skip its index scan."""
+        return self._checked
+
+    coalesced = property(lambda self: self._coalesced)
 
     dtype = property(lambda self: self.values.dtype)
     ndim = property(lambda self: len(self.shape))

@@ -1,4 +1,4 @@
-"""A compiled step's destructive phase in one compiled call (issue 12).
+"""A compiled step's destructive phase in one driver call (issue 12).
 
 The destructive phase of a training step is one optimizer row update per parameter. Run
 node by node (``call_checks.GuardedPhase``, or the generated phase of
@@ -6,7 +6,8 @@ node by node (``call_checks.GuardedPhase``, or the generated phase of
 dispatch: ~20 us each for a lazy update, ~100 us for the dense-semantics (exact-mode)
 update of a small head or bias, most of it recording the step in the history that a
 table updated on every row never reads. :class:`UpdateDriver` hands all of them to one
-compiled call, ``kernels.cpu.update_driver.step_rows``, guarded or not.
+call, ``kernels.cpu.update_driver.step_rows`` (each entry's compiled loop in turn),
+guarded or not.
 
 **Covered** (every destructive node of the function must be, else nothing changes):
 an optimizer ``RowUpdate`` whose gradient comes from ``PrepareRows`` (so the call already
@@ -20,7 +21,7 @@ table written), on the CPU kernels, all parameters of one float dtype, at most
 
 An exact-mode update with a *sparse* gradient has rows to catch up at nearly every step
 and keeps the per-node path (``direct_updates``), the one that catches up. A dense one
-has none as long as only dense steps touch the table; the compiled call checks that
+has none as long as only dense steps touch the table; the driver call checks that
 (``last[r] >= t - 1`` for every row) before it writes anything, and when a row lags (a
 row-sparse exact step of another function on the same table, a checkpoint loaded) this
 call runs the per-node path instead, which catches the row up. So the two paths do not
@@ -31,7 +32,7 @@ overlap: this one is the common case of every step, the per-node one the catch-u
 (``StepHistory.restart_at``, O(1) when nothing was recorded since its last restart)
 instead of recording the step, and nothing is left pending.
 
-**Failures.** Guarded (the default), the compiled call saves every row it overwrites
+**Failures.** Guarded (the default), the driver call saves every row it overwrites
 (``last`` included) into the entry's ``RowGuard`` scratch and checks the new values as it
 writes them; on a non-finite value it restores, itself, every row written in the call and
 returns the entry; :meth:`UpdateDriver.guarded` raises ``FloatingPointError`` naming the
@@ -133,7 +134,7 @@ def build(nodes, program, kernels, live_in, constants=None):
 
 
 class UpdateDriver:
-    """Every row update of a step in one compiled call (see the module note), built once
+    """Every row update of a step in one driver call (see the module note), built once
     per function. ``guarded(storage, label)`` and ``plain(*live_in values)`` replace the
     destructive phase; ``fallback_guarded`` / ``fallback_plain`` (the per-node paths) run
     when a dense exact table has a row to catch up."""
@@ -159,10 +160,10 @@ class UpdateDriver:
                                                              [no_rows] * size,
                                                              [empty] * size]
         self._scratch = [[empty] * size for _ in range(3)] + [[no_rows] * size]
-        self.kinds = np.zeros(size, dtype=np.int64)
+        self.kinds = np.full(size, drv.PAD, dtype=np.int64)
         self.ints = np.zeros((size, 3), dtype=np.int64)
         self.fl = np.zeros((size, 6), dtype=np.float64)
-        #: per entry, where the compiled call records (rows written, bad position): the
+        #: per entry, where the driver call records (rows written, bad position): the
         #: entry's ``RowGuard.status`` when guarded, unused stand-ins otherwise
         self._status = [np.zeros(2, dtype=np.int64) for _ in range(size)]
         for k, (kind, consts) in enumerate(kinds):
@@ -179,7 +180,7 @@ class UpdateDriver:
         return e
 
     def _run(self, value, guard):
-        """One compiled call on the entries' inputs (``value(slot)``); returns its code."""
+        """One driver call on the entries' inputs (``value(slot)``); returns its code."""
         _prefetch_distance = self._prefetch_distance
         if self._disabled:
             return -2
@@ -237,7 +238,7 @@ class UpdateDriver:
             e.state.stepped_every_row(value(e.t), h[0], h[1])
 
     def guarded(self, storage, label):
-        """The guarded destructive phase (``GuardedPhase``'s contract). The compiled call
+        """The guarded destructive phase (``GuardedPhase``'s contract). The driver call
         undoes its own writes on a non-finite value; any exception that lands after it
         returned (an interrupt) is undone here from the guards, which the compiled code
         told how many rows it wrote (restoring rows it already put back writes the same

@@ -37,6 +37,21 @@ def test_embedding_floor_equals_the_minigrad_lazy_adam_step(dtype):
     assert (fl.slot == -1).all()
 
 
+def test_embedding_floor_with_prefetch_is_bitwise_the_plain_floor():
+    """``EmbeddingFloor(prefetch=True)`` only asks for rows ahead: the same arithmetic in
+    the same order, so the same bits (padding positions and the batch's last 16 tokens,
+    which have nothing ahead, included)."""
+    model = floor.classifier(500, 16, 5, seed=0, dtype="float32")
+    init = [p.get_value() for p in model.params]
+    plain, ahead = (floor.EmbeddingFloor(*init, lr=0.01, prefetch=f) for f in (False, True))
+    for k in range(4):
+        batch = _documents(k, 8, 500, 20, "float32")
+        assert plain.step(*batch) == ahead.step(*batch)
+    for p, q in zip(plain.params + plain.state, ahead.params + ahead.state):
+        assert np.array_equal(p, q)
+    assert np.abs(ahead.E - init[0]).max() > 1e-3
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fm_floor_equals_the_minigrad_sgd_step(dtype):
     ratings = mg.data.synthetic_ratings(200, 300, n_ratings=2000, seed=0, k=4, n_extra=2)

@@ -119,6 +119,38 @@ def test_scatter_grad_rows_match_dense_gradient(kern, dtype, factor, n_rows):
     assert rows.dtype == dtype and (slot == -1).all()
 
 
+@pytest.mark.parametrize("factor", ["column", "full"])
+def test_gather_and_scatter_over_a_table_above_the_prefetch_size(kern, factor):
+    """A table (and factor) bigger than ``CSR_PREFETCH_MIN_BYTES``: the Numba loops ask for
+    the rows of an entry 16 ahead, up to the last entry (a batch shorter than the distance
+    too); the results are the dense oracle's, and bitwise those of the same rows in a table
+    small enough not to prefetch (the same arithmetic in the same order)."""
+    from kernels.cpu.rows import CSR_PREFETCH_ENTRIES, CSR_PREFETCH_MIN_BYTES
+
+    dtype, D = np.float32, 64
+    V = CSR_PREFETCH_MIN_BYTES // (D * 4) + 100
+    rng = np.random.default_rng(5)
+    T = rng.standard_normal((V, D)).astype(dtype)
+    F = rng.standard_normal((V, 1 if factor == "column" else D)).astype(dtype)
+    assert T.nbytes > CSR_PREFETCH_MIN_BYTES and (factor == "column" or F.nbytes > T.nbytes - 1)
+    for n_rows, per_row in ((5, 40), (1, CSR_PREFETCH_ENTRIES // 2)):
+        indptr, indices, data = _batch(n_rows, n_rows, V, dtype, per_row, np.int32)
+        indices[:3] = V - 1  # the last row too
+        G = rng.standard_normal((n_rows, D)).astype(dtype)
+        X = _dense(indptr, indices, data, V)
+        out = kern.csr_gather_mul_sum(indptr, indices, data, T, F)
+        np.testing.assert_allclose(out, X @ (T * F), **_tol(dtype))
+        unique, rows = kern.csr_scatter_grad_rows(indptr, indices, data, G, V, F, D)
+        np.testing.assert_allclose(rows, ((X.T @ G) * F)[unique], **_tol(dtype))
+        # the touched rows alone, renumbered: a table under the prefetch size
+        small = np.searchsorted(unique, indices).astype(np.int32)
+        out_small = kern.csr_gather_mul_sum(indptr, small, data, T[unique], F[unique])
+        u_small, rows_small = kern.csr_scatter_grad_rows(indptr, small, data, G, len(unique),
+                                                         F[unique], D)
+        assert np.array_equal(out, out_small) and np.array_equal(rows, rows_small)
+        assert np.array_equal(u_small, np.arange(len(unique)))
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("n", [0, 1, 40])
 def test_slot_coalesce_matches_coalesce_rows(kern, dtype, n):

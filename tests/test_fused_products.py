@@ -348,16 +348,17 @@ def test_two_product_kernels_are_the_general_loops_bitwise(dtype):
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_two_product_gather_of_a_large_table_is_the_general_loop_bitwise(dtype):
-    """A table above ``_GATHER_PREFETCH_BYTES``: ``_gather_sums2`` asks for its rows
+    """A table above ``rows.CSR_PREFETCH_MIN_BYTES``: ``_gather_sums2`` asks for its rows
     ahead (entries near the end of the batch included), and still gives the general
     loop's sums bit for bit."""
     cpu = pytest.importorskip("kernels.cpu.fused", reason="Numba kernels unavailable")
     rng = np.random.default_rng(13)
-    n_rows = cpu._GATHER_PREFETCH_BYTES // (8 * np.dtype(dtype).itemsize) + 1000
+    rows = pytest.importorskip("kernels.cpu.rows")
+    n_rows = rows.CSR_PREFETCH_MIN_BYTES // (8 * np.dtype(dtype).itemsize) + 1000
     T = rng.standard_normal((n_rows, 8)).astype(dtype)
-    assert T.nbytes > cpu._GATHER_PREFETCH_BYTES
+    assert T.nbytes > rows.CSR_PREFETCH_MIN_BYTES
     indptr, indices, data = _batch(14, 40, 2 * n_rows, dtype)
-    assert indices.shape[0] > cpu._GATHER_PREFETCH and indices.max() > n_rows // 2
+    assert indices.shape[0] > rows.CSR_PREFETCH_ENTRIES and indices.max() > n_rows // 2
     d1 = (data * data).astype(dtype)
     want = np.zeros((2, 40, 8), dtype)
     cpu._gather_sums(indptr, indices, np.stack([data, d1]), np.array([1, 2]), T, want)

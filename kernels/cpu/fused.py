@@ -13,7 +13,7 @@ import numpy as np
 
 from kernels import _validate as V
 from kernels.cpu.deferred_cache import njit
-from kernels.cpu.rows import _prefetch_for_read
+from kernels.cpu.rows import _csr_prefetch_distance, _prefetch_entry
 from kernels.reference.fused import (
     _table,
     check_scatter_shapes,
@@ -39,10 +39,15 @@ def _check_slot(slot, n_table_rows):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gather_mul_sum(indptr, indices, data, table, factor, use_factor, out):
+    """``out[r] += data * table[c] * factor[c]`` over CSR entries ``(r, c)``; the rows of
+    an entry a few ahead are asked for (``rows.CSR_PREFETCH_MIN_BYTES``)."""
     width = table.shape[1]
     fw = factor.shape[1]
+    dist = _csr_prefetch_distance(table)
+    end = indptr[indptr.shape[0] - 1]
     for r in range(indptr.shape[0] - 1):
         for k in range(indptr[r], indptr[r + 1]):
+            _prefetch_entry(indices, k, end, dist, table, factor, use_factor)
             c = indices[k]
             x = data[k]
             if not use_factor:
@@ -108,12 +113,16 @@ def _scatter_grad(indptr, indices, data, grad, factor, use_factor, out_width, sl
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scatter_grad_rows(indptr, indices, data, grad, factor, use_factor, out_width, slot,
                        n_rows):
-    """The rows of ``_scatter_grad``, each entry into row ``slot[column]`` (set)."""
+    """The rows of ``_scatter_grad``, each entry into row ``slot[column]`` (set); the
+    factor's row of an entry a few ahead is asked for (``rows.CSR_PREFETCH_MIN_BYTES``)."""
     width = grad.shape[1]
     fw = factor.shape[1]
     values = np.zeros((n_rows, out_width), dtype=grad.dtype)
+    dist = _csr_prefetch_distance(factor) if use_factor else 0
+    end = indptr[indptr.shape[0] - 1]
     for r in range(indptr.shape[0] - 1):
         for k in range(indptr[r], indptr[r + 1]):
+            _prefetch_entry(indices, k, end, dist, factor, factor, False)
             c = indices[k]
             s = slot[c]
             x = data[k]
@@ -312,30 +321,18 @@ def _times_power(a, t, power):
     return a
 
 
-#: how many entries ahead ``_gather_sums2`` asks for its table rows, when the table is
-#: larger than ``_GATHER_PREFETCH_BYTES`` (a core's L2 here). The FM step's forward read
-#: of ``V`` (70,016 x 16 float64, 1,024 entries in random rows) waits on a miss per row;
-#: asked for 16 entries ahead it took ~17 us instead of 20-41 us (same run, load 3)
-_GATHER_PREFETCH = 16
-_GATHER_PREFETCH_BYTES = 1 << 20
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gather_sums2(indptr, indices, data0, data1, power0, power1, table, out0, out1):
-    """``_gather_sums`` for two products: ``out_i[r] += data_i[k] * table[c_k] ** p_i``.
-    The rows of a large table are asked for ahead (a prefetch never faults; the columns
-    were checked in range by the caller, and one ahead is read only if it is in range)."""
+    """``_gather_sums`` for two products: ``out_i[r] += data_i[k] * table[c_k] ** p_i``;
+    the rows of an entry a few ahead are asked for (``rows.CSR_PREFETCH_MIN_BYTES``: the
+    FM step's forward read of ``V``, 70,016 x 16 float64, waited on a miss per random row;
+    ~17 us against 20-41 us, kernel alone, load 3)."""
     width = table.shape[1]
-    nnz = indices.shape[0]
-    dist = _GATHER_PREFETCH if table.size * table.itemsize > _GATHER_PREFETCH_BYTES else 0
-    line = max(1, 64 // table.itemsize)
+    dist = _csr_prefetch_distance(table)
+    end = indptr[indptr.shape[0] - 1]
     for r in range(indptr.shape[0] - 1):
         for k in range(indptr[r], indptr[r + 1]):
-            if dist and k + dist < nnz:
-                ahead = np.int64(indices[k + dist])
-                if 0 <= ahead < table.shape[0]:
-                    for j in range(0, width, line):
-                        _prefetch_for_read(table, ahead, j)
+            _prefetch_entry(indices, k, end, dist, table, table, False)
             c = indices[k]
             x0 = data0[k]
             x1 = data1[k]

@@ -569,6 +569,127 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
     return j
 
 
+#: the most terms of the shifted series (``_adam_series_shifted``): it converges as
+#: ``rho**n`` with ``rho`` the relative spread of ``u_j`` over the summed steps
+SHIFTED_TERMS = 16
+#: where the midpoint of the shifted series is taken: over the steps until ``b1**j`` falls
+#: below this (the drift's weight decays as ``b1**j``)
+SHIFTED_SPAN = 1e-3
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam_series_shifted(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
+                         ratio, tol, lr_max, has_h, lr_h, wd_h, base=0):
+    """Closed-form catch-up of Adam's zero-gradient steps where ``_adam_series`` does not
+    apply (a tiny ``v``: ``z = eps / (a u)`` not small), in O(steps) scalar work per row
+    and O(terms) per element, instead of the replay's sqrt and division per element and
+    step.
+
+    Step ``j`` moves an element by ``T_j = c_j m / (a u_j + eps)`` (``_adam_series``'
+    notation). Writing ``a u_j + eps = D (1 + (a / D) d_j)`` with ``D = a y + eps`` and
+    ``d_j = u_j - y`` for a constant ``y``, ``T_j = (c_j m / D) sum_n (-(a / D) d_j)**n``;
+    since ``a / D <= 1 / y`` the ratio is at most ``|d_j| / y`` for *every* ``a >= 0``
+    (``v = 0`` included: ``D = eps``). ``u_j`` falls with ``j``, and ``y`` is the midpoint
+    of its range over the first steps (those that carry the drift, :data:`SHIFTED_SPAN`),
+    so the series converges fast where the weights ``c_j`` are large. The sums ``R_n =
+    sum_j Q_(j+1..) c_j d_j**n`` are the row's scalars; each element then costs a sqrt, a
+    division and a Horner pass. The steps summed, ``J``, end where the bound on the rest
+    of the drift (``_adam_series_blocked``'s, and ``lr_max |m| b1**(j+1) / ((1 - b1)**2
+    eps)``, which holds whatever ``v`` is) falls below ``tol * |p|``; the truncation error
+    of the ``n`` terms used, ``max |m| / (D |p|) sum_j Q c_j (|d_j| / y)**n / (1 - |d_j| /
+    y)``, is summed over the same steps and must be below ``tol`` too. Returns ``J`` (m, v
+    decayed by ``J`` steps), or -1 without writing anything where it is not (early steps,
+    whose bias correction spreads ``u_j`` widely, with long gaps).
+    """
+    width = P.shape[1]
+    if not eps > 0.0:
+        return -1  # (the expansion divides by a y + eps)
+    D = VM if amsgrad else V
+    w2 = 0.0  # max m**2 / (d p**2): the bound through a
+    e2 = 0.0  # max m**2 / p**2: the bound through eps
+    for d in range(width):
+        m = float(M[r, d])
+        if amsgrad and float(VM[r, d]) < float(V[r, d]):
+            return -1  # a max below v (a loaded state?): the replay applies the max itself
+        if m != 0.0:
+            p = float(P[r, d])
+            x = m * m / (p * p)
+            e2 = max(e2, x)
+            w2 = max(w2, x / float(D[r, d]))
+    if e2 == 0.0:
+        return 0  # no drift (m == 0 everywhere): the caller decays the row
+    w, we = np.sqrt(w2), np.sqrt(e2) / eps
+    J = k
+    log_b1 = np.log(b1)
+    x1 = (np.log(tol * (1.0 - b1)) - np.log(w * lr_max * ratio)) / (np.log(b1) - (
+        0.0 if amsgrad else 0.5 * np.log(b2)))
+    x2 = (np.log(tol * (1.0 - b1) * (1.0 - b1)) - np.log(we * lr_max * b1)) / log_b1
+    for x in (x1, x2):
+        if x == x and x < J:  # NaN / inf (a zero |p|): every step is summed
+            J = max(np.int64(1), np.int64(np.ceil(x)))
+    # u_j falls with j. The midpoint y is taken over the first steps only (to where
+    # b1**j falls below SHIFTED_SPAN), which carry the drift; the later ones' wider
+    # spread is paid for by their small weights, in the error bound summed below
+    half = 0.0 if amsgrad else 0.5
+    log_b2 = np.log(b2)
+    span = J
+    if 0.0 < b1 < 1.0:
+        span = min(J, max(np.int64(1), np.int64(np.ceil(np.log(SHIFTED_SPAN) / log_b1))))
+    u_1 = b2 ** half / np.sqrt(-np.expm1(float(lag_from + 1) * log_b2))
+    u_s = b2 ** (half * float(span)) / np.sqrt(-np.expm1(float(lag_from + span) * log_b2))
+    y = 0.5 * (u_1 + u_s)
+    rho = (u_1 - u_s) / (u_1 + u_s)
+    # the terms: the fewest for which the first steps' truncation error is below tol |p|
+    # (R_0 <= lr_max sum_j b1**j / (1 - b1**(L + j))), two more for the later steps
+    scale = min(w / y, we)
+    err = scale * lr_max * b1 / ((1.0 - b1) * -np.expm1(float(lag_from + 1) * log_b1)) / (
+        1.0 - rho)
+    n_terms = 0
+    while n_terms < SHIFTED_TERMS and not err <= tol:
+        n_terms += 1
+        err *= rho
+    n_terms = min(n_terms + 2, SHIFTED_TERMS)
+    R = np.zeros(SHIFTED_TERMS)
+    Q = 1.0
+    bound = 0.0  # sum_j Q_(j+1..) c_j |d_j|**n / (1 - |d_j| / y): the truncation error
+    pw1, pw2 = b1 ** float(lag_from), b2 ** float(lag_from)
+    bj, hj = 1.0, 1.0  # b1^j, b2^(j/2) (AMSGrad: 1)
+    h_step = 1.0 if amsgrad else np.sqrt(b2)
+    for j in range(1, J + 1):
+        s = lag_from + j
+        lr_s = lr_h[s - base] if has_h else lr
+        q = 1.0 - lr_s * (wd_h[s - base] if has_h else wd) if decoupled else 1.0
+        pw1, pw2 = pw1 * b1, pw2 * b2
+        bj, hj = bj * b1, hj * h_step
+        c = lr_s / (1.0 - pw1) * bj
+        delta = hj / np.sqrt(1.0 - pw2) - y
+        Q *= q
+        dp = c
+        for n in range(n_terms):
+            R[n] = q * R[n] + dp
+            dp *= delta
+        bound = q * bound + abs(dp) / (1.0 - abs(delta) / y)
+    # |m| / (D |p|) <= scale and (a / D) |d_j| <= |d_j| / y < 1 (u_1 < 2 y): the error of
+    # every element is below tol |p|, else nothing is written
+    if not scale * bound / y ** float(n_terms) <= tol:
+        return -1
+    f1, f2 = b1 ** float(J), b2 ** float(J)
+    # every term in the loop (those past n_terms are 0): a fixed trip count, no branch, so
+    # the element loop vectorises; m == 0 gives no drift (den >= eps > 0: all finite)
+    for d in range(width):
+        m = float(M[r, d])
+        a = np.sqrt(float(D[r, d]))
+        den = a * y + eps
+        g = a / den
+        acc = 0.0
+        for n in range(SHIFTED_TERMS - 1, -1, -1):
+            acc = R[n] - g * acc
+        P[r, d] = Q * float(P[r, d]) - m / den * acc
+        M[r, d] = m * f1
+        V[r, d] = float(V[r, d]) * f2
+    return J
+
+
 @intrinsic
 def _bit_count(typingctx, x, leading):
     """``llvm.ctlz`` (``leading`` True: leading zero bits) or ``llvm.cttz`` (trailing) of
@@ -763,6 +884,9 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
     if not replay and has_s:
         j = _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, ratio,
                                  lr_max, sblocks, offsets, n_levels, rho_pow, logs, base)
+    if not replay and j < 0:
+        j = _adam_series_shifted(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
+                                 amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, base)
     if not replay and j < 0:
         j = _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
                          amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, base)

@@ -144,6 +144,42 @@ def _prefetch_for_read(typingctx, array, row, col):
     return types.void(array, row, col), _prefetch_codegen(0)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_row(X, r):
+    """Ask for every cache line of row ``r`` of ``X``, to be read (``r`` of any integer
+    type: the intrinsic wants both indices int64)."""
+    r = np.int64(r)
+    for j in range(0, X.shape[1], max(1, 64 // X.itemsize)):
+        _prefetch_for_read(X, r, j)
+
+
+#: a CSR gather or scatter over a table (and factor) above this size asks for the rows of
+#: the entry this many entries ahead: a table larger than a core's L2 has a batch's rows
+#: mostly out of cache (the masked-embedding step at V = 3*10^4, 7.7 MB tables: the gather
+#: took 0.65x the time with it, and 0.68x at V = 3*10^6; the E and M gradients' scatter
+#: 0.72x at 3*10^6, where the gather's rows no longer stay in cache until the scatter reads
+#: them; ``benchmarks.floor --vocab``)
+CSR_PREFETCH_MIN_BYTES = 1 << 20
+CSR_PREFETCH_ENTRIES = 16
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _csr_prefetch_distance(table):
+    """How many CSR entries ahead a loop over ``table``'s rows asks for them (0: none)."""
+    return CSR_PREFETCH_ENTRIES if table.size * table.itemsize > CSR_PREFETCH_MIN_BYTES else 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _prefetch_entry(indices, k, end, dist, X, Y, use_y):
+    """Ask for row ``indices[k + dist]`` of ``X`` (and of ``Y`` with ``use_y``) when that
+    entry exists: the CSR loops' prefetch."""
+    if dist > 0 and k + dist < end:
+        a = indices[k + dist]
+        _prefetch_row(X, a)
+        if use_y:
+            _prefetch_row(Y, a)
+
+
 # --- per-row helpers the optimizer loops share (kernels.cpu.optim, direct_rows, the
 # update driver): inlined, so one definition costs nothing at run time -------------
 

@@ -1,14 +1,16 @@
-"""The destructive phase of a compiled step as one compiled call (issue 12).
+"""The destructive phase of a compiled step as one driver call (issue 12).
 
 A training step's destructive phase applies one row update per parameter (the embedding
 step: lazy Adam on ``E`` and ``M``, dense-semantics Adam on the head ``W`` and the bias
-``c``). Called one by one from Python, each costs a Python call, its bookkeeping and a
-Numba dispatch (~20 us of Python each, ~100 us for an exact-mode dense update with its
-history); :func:`step_rows` applies them all in one call, with their ``last`` counters.
+``c``). Called one by one through the optimizer's Python layers, each costs a Python call,
+its bookkeeping and a Numba dispatch (~20 us of Python each, ~100 us for an exact-mode
+dense update with its history); :func:`step_rows` applies them all in one call, with their
+``last`` counters: a short Python loop calling each entry's compiled loop directly.
 
-Entries are passed as tuples of same-typed tables, padded to a fixed length
-(``SIZES``): the driver is compiled once per (length, dtype), not per step signature,
-and padding entries have no rows (their loops run zero times).
+Entries are passed as tuples of same-typed tables, padded to a fixed length (``SIZES``);
+padding entries have no rows and the kind :data:`PAD` (no loop runs for them). Each loop
+(:func:`dense_adam`, ``direct_rows.lazy_adam``, :func:`momentum_plain`; :func:`_restore`
+after a non-finite row) is compiled alone, once per dtype, the first time a step needs it.
 
 * ``kinds[e]``: :data:`ADAM` (lazy: ``torch.optim.SparseAdam``'s formula; exact:
   ``torch.optim.Adam``'s) or :data:`MOMENTUM` (SGD with momentum / Nesterov, plain SGD
@@ -31,12 +33,16 @@ arguments ``kernels.cpu.optim``'s loops pass, so the results are bitwise those o
 checked path (``tests/test_update_driver.py``). No argument is checked here: the caller
 (a compiled step, ``minigrad/update_driver.py``) has checked the call.
 """
+import numpy as np
+
 from kernels.cpu.deferred_cache import njit
 from kernels.cpu.direct_rows import adam_plain, lazy_adam
 from kernels.cpu.rows import _not_finite, _prefetch_ahead, _row_not_finite
 from kernels.rules import momentum as momentum_rule
 
 ADAM, MOMENTUM = 0, 1
+#: the kind of a padding entry (no rows, no loop)
+PAD = -1
 
 #: tables above this size have their rows asked for ahead (``kernels.cpu.optim``'s
 #: distance): a step's rows of a table larger than a core's L2 (1 MiB here, lower than the
@@ -152,36 +158,63 @@ def _restore(P, A, B, L, idx, SP, SA, SB, SL, written, exact):
                 B[r, d] = SB[i, d]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
 def step_rows(kinds, P, A, B, L, idx, G, ints, fl, guard, SP, SA, SB, SL, status):
     """Every entry's row update in order (see the module note). Returns -1 (done), ``e``
     (entry ``e`` not finite: everything restored) or ``-2 - e`` (exact entry ``e`` has a
-    lagging row: nothing written)."""
-    n = kinds.shape[0]
-    for e in range(n):  # exact entries: nothing may lag, checked before any write
+    lagging row: nothing written).
+
+    A Python loop over compiled loops, not one compiled call: compiled, this driver
+    linked every loop (``dense_adam``, ``lazy_adam``, ``momentum_plain``) into itself, and
+    LLVM optimised them all again inside it at its first compile (float32, cold: 7.1 s CPU,
+    of which 3.5 s the driver's own; 10.5 s at load 2.5), even for a step that calls one
+    of them. Here each loop compiles alone, once per dtype, when a step first needs it.
+    Each call dispatches a handful of arrays instead of fifteen tuples of eight: the
+    per-step cost is about the same (``python -m benchmarks.floor --only embedding``, the
+    ``minigrad`` row)."""
+    n = len(kinds)
+    real = [e for e in range(n) if kinds[e] != PAD]
+    _refuse_mixed_types(real, P, A, B, L, idx, G, SP, SA, SB, SL)
+    for e in real:  # exact entries: nothing may lag, checked before any write
         if ints[e, 1] != 0 and rows_lag(L[e], idx[e], ints[e, 0]):
             return -2 - e
-    for e in range(n):
-        t, exact, dist = ints[e, 0], ints[e, 1] != 0, ints[e, 2]
-        if kinds[e] == ADAM:
+    for e in real:
+        kind = kinds[e]
+        t, exact, dist = int(ints[e, 0]), ints[e, 1] != 0, int(ints[e, 2])
+        lr, wd, h2, h3, h4, h5 = fl[e].tolist()
+        if kind == ADAM:
             if exact:
-                bad = dense_adam(P[e], A[e], B[e], L[e], idx[e], G[e], t, fl[e, 0], fl[e, 2],
-                                 fl[e, 3], fl[e, 4], fl[e, 1], fl[e, 5] != 0.0, dist, guard,
-                                 SP[e], SA[e], SB[e], SL[e], status[e])
+                bad = dense_adam(P[e], A[e], B[e], L[e], idx[e], G[e], t, lr, h2, h3, h4, wd,
+                                 h5 != 0.0, dist, guard, SP[e], SA[e], SB[e], SL[e], status[e])
             else:
-                bad = lazy_adam(P[e], A[e], B[e], idx[e], G[e], t, fl[e, 0], fl[e, 2],
-                                fl[e, 3], fl[e, 4], fl[e, 1], fl[e, 5] != 0.0, dist, guard,
-                                SP[e], SA[e], SB[e], status[e])
+                bad = lazy_adam(P[e], A[e], B[e], idx[e], G[e], t, lr, h2, h3, h4, wd,
+                                h5 != 0.0, dist, guard, SP[e], SA[e], SB[e], status[e])
         else:
-            bad = momentum_plain(P[e], A[e], L[e], idx[e], G[e], t, exact, fl[e, 0], fl[e, 2],
-                                 fl[e, 3], fl[e, 4] != 0.0, fl[e, 1], dist, guard, SP[e],
-                                 SA[e], SL[e], status[e])
+            bad = momentum_plain(P[e], A[e], L[e], idx[e], G[e], t, exact, lr, h2, h3,
+                                 h4 != 0.0, wd, dist, guard, SP[e], SA[e], SL[e], status[e])
         if guard and bad >= 0:
-            for f in range(e, -1, -1):  # this entry's written rows, then those before
+            for f in reversed(real[:real.index(e) + 1]):  # this entry's rows, then before
                 _restore(P[f], A[f], B[f], L[f], idx[f], SP[f], SA[f], SB[f], SL[f],
                          status[f][0], ints[f, 1] != 0)
             return e
     return -1
 
 
-__all__ = ["ADAM", "MOMENTUM", "SIZES", "dense_adam", "momentum_plain", "rows_lag", "step_rows"]
+def _refuse_mixed_types(real, P, A, B, L, idx, G, SP, SA, SB, SL):
+    """``TypeError`` (nothing written: the caller runs its per-node path) unless every
+    table is a 2-D host array of the first entry's dtype and every index array int64: a
+    loop refusing its arguments half-way through a step would leave it half-applied."""
+    if not real:
+        return
+    dtype = P[real[0]].dtype
+    for e in real:
+        for x in (P[e], A[e], B[e], G[e], SP[e], SA[e], SB[e]):
+            if type(x) is not np.ndarray or x.dtype != dtype or x.ndim != 2:
+                raise TypeError(f"step_rows: entry {e} has a table that is not a 2-D "
+                                f"{dtype} array")
+        for x in (L[e], idx[e], SL[e]):
+            if type(x) is not np.ndarray or x.dtype != np.int64 or x.ndim != 1:
+                raise TypeError(f"step_rows: entry {e} has an index that is not int64 1-D")
+
+
+__all__ = ["ADAM", "MOMENTUM", "PAD", "SIZES", "dense_adam", "momentum_plain", "rows_lag",
+           "step_rows"]

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from kernels import _validate as V
 from kernels.row_kernels import register_row_kernels, row_kernel
 from kernels.rules import adagrad as adagrad_rule
 from kernels.rules import adam as adam_rule
@@ -169,9 +170,8 @@ def check_rows_args(param, states, idx, grad, t, last, required=None, names=None
     if n:
         # sorted first: then the ends are the extremes (no min/max passes on the fast path)
         ordered = n == 1 or bool((idx[1:] > idx[:-1]).all())
-        lo, hi = (int(idx[0]), int(idx[-1])) if ordered else (int(idx.min()), int(idx.max()))
-        if lo < 0 or hi >= shape[0]:
-            raise IndexError(f"idx outside [0, {shape[0]})")
+        V.check_index_range("idx", idx[::max(n - 1, 1)] if ordered else idx, shape[0],
+                            message=lambda bad, rows: f"idx outside [0, {rows}): {bad}")
         if not ordered:
             raise ValueError("idx must be sorted and unique (coalesce the gradient first)")
     t = int(t)

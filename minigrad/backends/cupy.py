@@ -17,6 +17,7 @@ import numpy as np
 from minigrad.backends import numpy as reference
 from minigrad.ops import elemwise, indexing, linalg, nn, reduce, rowsparse, shape, sparse
 from minigrad.ops.index_key import thaw_key
+from minigrad.prologue import is_checked
 from minigrad.types import RowSparse
 
 name = "cupy"
@@ -319,7 +320,7 @@ def _pick_grad(op: nn.PickColumnsGrad, node):
 def _take(op: indexing.Take, node):
     # the call prologue checked this index on the host, before the upload: no device-to-
     # host synchronisation for it here (compile.py, prologue.py)
-    checked = bool(getattr(node, "index_checked", False))
+    checked = is_checked(node)
 
     def thunk(inputs):
         table, idx = inputs

@@ -16,6 +16,7 @@ import numpy as np
 from minigrad.backends import numpy as reference
 from minigrad.ops import rowsparse, sparse
 from minigrad.ops.indexing import Take, TakeGrad, check_index_range
+from minigrad.prologue import is_checked
 from minigrad.types import RowSparse
 
 name = "numba"
@@ -68,7 +69,7 @@ SMALL_GATHER = 2048
 def _take(op: Take, node):
     gather_rows = kernels().gather_rows
     # the call prologue already range-checked this index against this table (compile.py)
-    checked = bool(getattr(node, "index_checked", False))
+    checked = is_checked(node)
 
     from kernels.cpu.rows import gather_rows_unchecked as unchecked_gather
 
@@ -93,7 +94,7 @@ def _take(op: Take, node):
 @impl.register
 def _take_grad(op: TakeGrad, node):
     dtype = node.outputs[0].dtype
-    if not getattr(node, "index_checked", False):
+    if not is_checked(node):
         return reference.impl(op, node)  # perform: RowSparse checks the indices
 
     def thunk(inputs):

@@ -19,6 +19,7 @@ from minigrad.ops.fused import (
     SlotTakeGrad,
 )
 from minigrad.ops.fused_products import FusedCSRGatherSums, FusedCSRScatterSums
+from minigrad.prologue import is_checked
 from minigrad.types import RowSparse
 
 
@@ -45,17 +46,10 @@ class SlotMaps:
         self.free.setdefault(n_rows, []).append(slot)
 
 
-def _trusted(node):
-    """Whether the prologue vouches for this fused node's CSR batch (``prologue.py``): its
-    structure and column range were checked once at the input boundary, so the kernels'
-    O(nnz) argument scans are skipped (users' direct kernel calls still run them)."""
-    return bool(getattr(node, "index_checked", False))
-
-
 @impl.register
 def _gather_sum(op: FusedCSRGatherSum, node):
     cpu = _cpu()
-    kernel = cpu.csr_gather_mul_sum_trusted if _trusted(node) else cpu.csr_gather_mul_sum
+    kernel = cpu.csr_gather_mul_sum_trusted if is_checked(node) else cpu.csr_gather_mul_sum
 
     def thunk(inputs):
         X, table, factor = op.arrays(node, inputs)
@@ -67,7 +61,7 @@ def _gather_sum(op: FusedCSRGatherSum, node):
 @impl.register
 def _scatter_grad(op: FusedCSRScatterGrad, node):
     cpu, maps = _cpu(), SlotMaps()
-    kernel = cpu.csr_scatter_grad_rows_trusted if _trusted(node) else cpu.csr_scatter_grad_rows
+    kernel = cpu.csr_scatter_grad_rows_trusted if is_checked(node) else cpu.csr_scatter_grad_rows
 
     def thunk(inputs):
         X, gz, shape, factor, out_width = op.arrays(node, inputs)
@@ -92,8 +86,8 @@ def _slot_take_grad(op: SlotTakeGrad, node):
     import kernels.cpu as cpu
     from kernels.cpu.rows import coalesce_rows_trusted
 
-    coalesce = coalesce_rows_trusted if _trusted(node) else cpu.coalesce_rows
-    make = RowSparse.trusted if _trusted(node) else RowSparse
+    coalesce = coalesce_rows_trusted if is_checked(node) else cpu.coalesce_rows
+    make = RowSparse.trusted if is_checked(node) else RowSparse
 
     def thunk(inputs):
         shape, idx, values = op.arrays(node, inputs)
@@ -106,7 +100,7 @@ def _slot_take_grad(op: SlotTakeGrad, node):
 @impl.register
 def _gather_sums(op: FusedCSRGatherSums, node):
     """Several products sharing one gather: one pass, each table row read once."""
-    cpu, trusted = _cpu(), _trusted(node)
+    cpu, trusted = _cpu(), is_checked(node)
 
     def thunk(inputs):
         Xs, table, datas = op.arrays(node, inputs)
@@ -119,7 +113,7 @@ def _gather_sums(op: FusedCSRGatherSums, node):
 @impl.register
 def _scatter_sums(op: FusedCSRScatterSums, node):
     """Their gradient, straight into de-duplicated rows through a pooled slot map."""
-    cpu, maps, trusted = _cpu(), SlotMaps(), _trusted(node)
+    cpu, maps, trusted = _cpu(), SlotMaps(), is_checked(node)
 
     def thunk(inputs):
         Xs, table, datas, grads = op.arrays(node, inputs)

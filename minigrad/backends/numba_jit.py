@@ -29,6 +29,7 @@ import functools
 
 import numpy as np
 
+from minigrad.prologue import is_checked
 from minigrad.types import CSRType, RowSparseType, TensorType
 
 
@@ -733,7 +734,7 @@ def _register_sparse():
                  f"if {out.part('val')}.shape[0] != {out.part('idx')}.shape[0]:",
                  "    raise ValueError('gradient rows and indices differ')",
                  f"{out.part('n')} = {table.shape(0)}"]
-        if not getattr(node, "index_checked", False):
+        if not is_checked(node):
             lines += [f"if not J.index_in_range({out.part('idx')}, {out.part('n')}):",
                       "    raise IndexError('index out of range')"]
         return lines
@@ -745,7 +746,7 @@ def _register_sparse():
         if table.is_scalar or idx.is_scalar or table.ndim > 2:
             return None
         lines = []
-        if not getattr(node, "index_checked", False):
+        if not is_checked(node):
             lines += [f"if not J.index_in_range({idx.name}, {table.shape(0)}):",
                       "    raise IndexError('index out of range')"]
         if idx.ndim == 1:
@@ -780,7 +781,7 @@ def _register_sparse():
         ``prologue.py``), whose kernels compare the batch's width with ``n`` first."""
         name = type(producer.op).__name__
         return name == "AllRows" or (name in _VOUCHED_ROWS
-                                     and bool(getattr(producer, "index_checked", False)))
+                                     and is_checked(producer))
 
     @emit.register(PrepareRows)
     def _prepare_rows(op, node, ins, outs):

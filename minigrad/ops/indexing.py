@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels import _validate as V
 from minigrad.graph import Apply, Op
 from minigrad.types import INT_KINDS, RowSparse, RowSparseType, TensorType
 from minigrad.variables import as_variable
@@ -22,17 +23,13 @@ def check_index_range(idx, n_rows, node, what="index"):
     Vectorised and O(len(idx)); the compiled kernels rely on it (Numba does not
     bounds-check), and it runs before any state changes.
     """
-    if idx.size == 0:
-        return
-    lo, hi = idx.min(), idx.max()
-    if lo < 0 or hi >= n_rows:
-        bad = lo if lo < 0 else hi
+    def message(bad, n):
         idx_name = node.inputs[1].name or "index"
         table_name = node.inputs[0].name or "the table"
-        raise IndexError(
-            f"{what} {idx_name!r}: value {int(bad)} is out of range for {table_name} "
-            f"with {n_rows} rows (valid: 0..{n_rows - 1})"
-        )
+        return (f"{what} {idx_name!r}: value {bad} is out of range for {table_name} "
+                f"with {n} rows (valid: 0..{n - 1})")
+
+    V.check_index_range("index", idx, int(n_rows), message=message)
 
 
 class Take(Op):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels import _validate as V
 from minigrad.graph import Apply, Op
+from minigrad.prologue import is_checked
 from minigrad.types import INT_KINDS, TensorType
 from minigrad.variables import as_variable
 
@@ -101,12 +103,10 @@ class PickColumns(Op):
             raise ValueError(
                 f"{node.inputs[1].name or 'labels'}: {labels.shape[0]} labels for {n} rows"
             )
-        if labels.size and (labels.min() < 0 or labels.max() >= k):
-            bad = labels.min() if labels.min() < 0 else labels.max()
-            raise IndexError(
-                f"{node.inputs[1].name or 'labels'}: label {int(bad)} is out of range for "
-                f"{k} classes (valid: 0..{k - 1})"
-            )
+        if not is_checked(node):  # (the call's prologue checked them: prologue.py)
+            V.check_index_range("labels", labels, k, message=lambda bad, k: (
+                f"{node.inputs[1].name or 'labels'}: label {bad} is out of range for "
+                f"{k} classes (valid: 0..{k - 1})"))
         return (x[np.arange(n), labels],)
 
     def grad(self, inputs, outputs, output_grads):

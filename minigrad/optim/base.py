@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from kernels import _validate as V
 from minigrad.ops import cast
 from minigrad.optim.hyper import HyperSlot, StepHyper
 from minigrad.optim.ops import AllRows, PrepareRows, RowUpdate
@@ -327,11 +328,11 @@ class Optimizer:
             if np.dtype(grad.values.dtype).kind not in "fiu":
                 raise TypeError(f"gradient for {label!r}: values of dtype {grad.values.dtype}, "
                                 f"expected floats")
-            idx = grad.indices
-            if idx.shape[0] and (int(idx.min()) < 0 or int(idx.max()) >= shape[0]):
-                bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
-                raise IndexError(f"gradient for {label!r}: row index {bad} out of range "
-                                 f"[0, {shape[0]})")
+            if np.dtype(grad.indices.dtype).kind not in "iu":
+                raise TypeError(f"gradient for {label!r}: row indices of dtype "
+                                f"{grad.indices.dtype}, expected integers")
+            V.check_index_range("indices", grad.indices, shape[0], message=lambda bad, n: (
+                f"gradient for {label!r}: row index {bad} out of range [0, {n})"))
             rows = grad.coalesce()
             values = rows.values
         elif hasattr(grad, "shape") and hasattr(grad, "dtype"):

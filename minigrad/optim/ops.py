@@ -51,8 +51,8 @@ class AllRows(Op):
             values = xp.ascontiguousarray(xp.reshape(g, (1,)))
             return (RowSparse.trusted(xp.zeros(1, dtype=np.int64), values, (),
                                       coalesced=True),)
-        rows = xp.arange(g.shape[0], dtype=np.int64)
-        return (RowSparse(rows, xp.ascontiguousarray(g), g.shape, coalesced=True),)
+        rows = xp.arange(g.shape[0], dtype=np.int64)  # in range by construction: marked
+        return (RowSparse.trusted(rows, xp.ascontiguousarray(g), g.shape, coalesced=True),)
 
 
 class PrepareRows(Op):
@@ -70,9 +70,9 @@ class PrepareRows(Op):
         self.check_shapes(node, grad, param, tables)
         c = grad.coalesce()
         values = np.ascontiguousarray(c.values, dtype=param.dtype)
-        if not c.shape:  # a scalar parameter's one row (AllRows): nothing to re-check
-            return (RowSparse.trusted(c.indices, values, c.shape, coalesced=True),)
-        return (RowSparse(c.indices, values, c.shape, coalesced=True),)
+        # the parts of a RowSparse value (its indices checked when it was built), coalesced:
+        # nothing new to check, so the value carries the mark (minigrad/prologue.py)
+        return (RowSparse.trusted(c.indices, values, c.shape, coalesced=True),)
 
     @staticmethod
     def check_shapes(node, grad, param, tables):
@@ -123,9 +123,11 @@ class RowUpdate(Op):
         ones; ``guard.status`` then says how many rows it wrote and where it stopped."""
         tables, (grad, t, hyper) = inputs[:-3], inputs[-3:]
         hyper = np.asarray(_host(hyper), dtype=np.float64)
-        # PrepareRows made grad: coalesced, range-checked indices (trusted by the kernel)
+        # PrepareRows made grad: coalesced, range-checked indices, so it carries the mark
+        # and the kernel skips its scan (any other value is checked: minigrad/prologue.py)
         self.state.run(module, list(tables), grad.indices, grad.values, int(t),
-                       float(hyper[0]), float(hyper[1]), self.exact, guard, trusted=True)
+                       float(hyper[0]), float(hyper[1]), self.exact, guard,
+                       trusted=grad.checked and grad.coalesced)
         return tuple(tables)
 
     def perform(self, node, inputs):
@@ -179,9 +181,8 @@ def _register_cupy():
             else:
                 idx, vals = gpu.coalesce_rows(grad.indices, grad.values)
             vals = vals.astype(param.dtype, copy=False)
-            if not grad.shape:  # a scalar parameter's one row (AllRows)
-                return (RowSparse.trusted(idx, vals, grad.shape, coalesced=True),)
-            return (RowSparse(idx, vals, grad.shape, coalesced=True),)
+            # as on the host: the parts of a RowSparse value, coalesced (see perform)
+            return (RowSparse.trusted(idx, vals, grad.shape, coalesced=True),)
 
         return thunk
 

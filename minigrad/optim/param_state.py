@@ -139,8 +139,8 @@ class ParamState:
         mode records the step's lr / weight decay first (a retried step overwrites it).
         With a ``RowGuard`` the kernel saves the rows it writes and checks them: returns
         the position of the first non-finite row, or -1 (``guard.restore()`` undoes).
-        ``trusted``: ``idx`` comes from a checked, coalesced ``RowSparse`` (compiled
-        code), so the kernel skips its O(rows) index checks."""
+        ``trusted``: ``idx`` comes from a ``RowSparse`` that carries the checked mark and
+        is coalesced (``minigrad/prologue.py``), so the kernel skips its O(rows) scan."""
         if exact:
             self.record_step(t, lr, wd)
         bad = self._call(module, tables, idx, grad, t, lr, wd, exact, guard, trusted)
@@ -158,7 +158,9 @@ class ParamState:
 
     def catch_up(self, module, tables, rows, t, trusted=False):
         """Bring ``rows`` of ``tables`` (param, states, last) up to step ``t`` (no step);
-        ``trusted``: ``rows`` are sorted, unique and in range (found in the tables)."""
+        ``trusted``: ``rows`` are sorted, unique and in range because this code made
+        them (``arange``, ``nonzero`` of ``last``): the kernel-call form of the checked
+        mark (``minigrad/prologue.py``)."""
         if t < 1 or rows.shape[0] == 0:
             return
         h = self.history
