@@ -197,10 +197,13 @@ def test_step_rows_never_leaves_a_typing_error_after_a_write():
     fl = np.array([[0.1, 0.0, 0.9, 0.999, 1e-8, 0.0]] * 2 + [[0.0] * 6])
     no_last, st = np.zeros(1, np.int64), np.zeros(2, np.int64)
 
-    def call(kinds, G):
+    def call(kinds, G, guard=False):
+        S = tuple(np.zeros((2, 3), np.float32) for _ in range(3))
+        scratch = [(s, none, none) for s in S] if guard else [(none,) * 3] * 3
+        status = tuple(np.zeros(2, np.int64) for _ in range(3)) if guard else (st,) * 3
         return drv.step_rows(np.array(kinds), (P0, P0, none), (M0, M0, none), (V0, V0, none),
-                             (no_last,) * 3, idx, G, ints, fl, False, (none,) * 3,
-                             (none,) * 3, (none,) * 3, (idx[2],) * 3, (st,) * 3)
+                             (no_last,) * 3, idx, G, ints, fl, guard, *scratch,
+                             (np.zeros(2, np.int64), idx[2], idx[2]), status)
 
     good, bad = np.ones((2, 3), np.float32), None  # (no loop takes None for a gradient)
     before = [a.copy() for a in (P0, M0, V0)]
@@ -208,5 +211,12 @@ def test_step_rows_never_leaves_a_typing_error_after_a_write():
         call([drv.PAD, drv.ADAM, drv.PAD], (none, bad, none))
     for a, b in zip(before, (P0, M0, V0)):
         assert np.array_equal(a, b)
-    with pytest.raises(RuntimeError, match=r"entry 1 failed after entries \[0\]"):
+    with pytest.raises(RuntimeError, match=r"entry 1 failed after entries \[0\] were "
+                                           r"written \(restored\)"):
+        call([drv.ADAM, drv.ADAM, drv.PAD], (good, bad, none), guard=True)
+    for a, b in zip(before, (P0, M0, V0)):  # guarded: entry 0's rows put back, bitwise
+        assert a.tobytes() == b.tobytes()
+    with pytest.raises(RuntimeError, match=r"entry 1 failed after entries \[0\] were "
+                                           r"written$"):
         call([drv.ADAM, drv.ADAM, drv.PAD], (good, bad, none))
+    assert not np.array_equal(before[0], P0)  # unguarded: nothing to restore from

@@ -179,16 +179,25 @@ def step_rows(kinds, P, A, B, L, idx, G, ints, fl, guard, SP, SA, SB, SL, status
         try:
             bad = _entry(e, kinds, P, A, B, L, idx, G, ints, fl, guard, SP, SA, SB, SL, status)
         except Exception as err:
-            if e == real[0]:
+            done = real[:real.index(e)]
+            if not done:
                 raise  # nothing written: the caller may take its per-node path
-            raise RuntimeError(f"step_rows: entry {e} failed after entries "
-                               f"{real[:real.index(e)]} were written") from err
-        if guard and bad >= 0:
-            for f in reversed(real[:real.index(e) + 1]):  # this entry's rows, then before
-                _restore(P[f], A[f], B[f], L[f], idx[f], SP[f], SA[f], SB[f], SL[f],
-                         status[f][0], ints[f, 1] != 0)
+            if guard:  # their rows back, as for a non-finite value
+                _restore_entries(done, P, A, B, L, idx, ints, SP, SA, SB, SL, status)
+            raise RuntimeError(f"step_rows: entry {e} failed after entries {done} were "
+                               f"written{' (restored)' if guard else ''}") from err
+        if guard and bad >= 0:  # this entry's written rows, then those before
+            _restore_entries(real[:real.index(e) + 1], P, A, B, L, idx, ints, SP, SA, SB,
+                             SL, status)
             return e
     return -1
+
+
+def _restore_entries(entries, P, A, B, L, idx, ints, SP, SA, SB, SL, status):
+    """The written rows of ``entries`` back from their scratch, last entry first."""
+    for f in reversed(entries):
+        _restore(P[f], A[f], B[f], L[f], idx[f], SP[f], SA[f], SB[f], SL[f], status[f][0],
+                 ints[f, 1] != 0)
 
 
 def _entry(e, kinds, P, A, B, L, idx, G, ints, fl, guard, SP, SA, SB, SL, status):
