@@ -188,16 +188,33 @@ def test_direct_kernel_calls_refuse_bad_indices_and_change_nothing(bad):
 # --- a compiled call checks each index once ----------------------------------------------
 
 
+def _jit_two_tables():
+    from test_fused_step import JIT, _two_tables  # (its graph: compiled there already)
+
+    rng = np.random.default_rng(7)
+    return _two_tables(JIT)[0], (rng.integers(0, 20, 7), rng.normal(size=7))
+
+
+def _generated_embedding(kw):
+    from test_update_driver import _batches, _step
+
+    return lambda: (_step("Adam", kw)[0], _batches(1)[0])
+
+
+#: compiled steps whose graphs other test files compile too (no new Numba signatures)
+STEPS = [("jit-lazy", _jit_two_tables),
+         ("generated-lazy", _generated_embedding(dict(sparse="lazy"))),
+         ("generated-exact", _generated_embedding(dict(sparse="exact")))]
+
+
 @needs_numba
-@pytest.mark.parametrize("linker", ["vm", "jit"])
-@pytest.mark.parametrize("name,make_opt", OPTIMIZERS[:2], ids=[o[0] for o in OPTIMIZERS[:2]])
-def test_compiled_step_checks_each_index_once(count_checks, name, make_opt, linker):
-    E, opt, step = _step("numba", make_opt, linker=None if linker == "vm" else linker)
-    idx, y = np.array([3, 1, 3, 7], dtype=np.int32), np.ones(4, F32)
-    step(idx, y)  # compiles; warm paths from here
+@pytest.mark.parametrize("make", [s[1] for s in STEPS], ids=[s[0] for s in STEPS])
+def test_compiled_step_checks_each_index_once(count_checks, make):
+    step, batch = make()
+    step(*batch)  # compiles; warm paths from here
     count_checks.clear()
-    step(idx, y)
-    assert count_checks == [("input 0", 4)]
+    step(*batch)
+    assert count_checks == [("input 0", batch[0].size)]
 
 
 @needs_numba

@@ -344,3 +344,24 @@ def test_two_product_kernels_are_the_general_loops_bitwise(dtype):
         order = np.argsort(u3)
         assert np.array_equal(u3[order], u) and got3[order].tobytes() == want.tobytes()
         assert got.dtype == dtype and (slot == -1).all()
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_two_product_gather_of_a_large_table_is_the_general_loop_bitwise(dtype):
+    """A table above ``rows.CSR_PREFETCH_MIN_BYTES``: ``_gather_sums2`` asks for its rows
+    ahead (entries near the end of the batch included), and still gives the general
+    loop's sums bit for bit."""
+    cpu = pytest.importorskip("kernels.cpu.fused", reason="Numba kernels unavailable")
+    rng = np.random.default_rng(13)
+    rows = pytest.importorskip("kernels.cpu.rows")
+    n_rows = rows.CSR_PREFETCH_MIN_BYTES // (8 * np.dtype(dtype).itemsize) + 1000
+    T = rng.standard_normal((n_rows, 8)).astype(dtype)
+    assert T.nbytes > rows.CSR_PREFETCH_MIN_BYTES
+    indptr, indices, data = _batch(14, 40, 2 * n_rows, dtype)
+    assert indices.shape[0] > rows.CSR_PREFETCH_ENTRIES and indices.max() > n_rows // 2
+    d1 = (data * data).astype(dtype)
+    want = np.zeros((2, 40, 8), dtype)
+    cpu._gather_sums(indptr, indices, np.stack([data, d1]), np.array([1, 2]), T, want)
+    got0, got1 = np.zeros((40, 8), dtype), np.zeros((40, 8), dtype)
+    cpu._gather_sums2(indptr, indices, data, d1, 1, 2, T, got0, got1)
+    assert got0.tobytes() == want[0].tobytes() and got1.tobytes() == want[1].tobytes()

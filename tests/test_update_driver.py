@@ -178,28 +178,35 @@ def test_what_the_driver_does_not_cover_keeps_the_per_node_path():
     assert f.update_driver is None
 
 
-def test_step_rows_refuses_mixed_tables_before_any_write():
-    """The driver calls each entry's loop in turn, so a table a loop cannot take is refused
-    before the first entry runs (never a step applied to half the parameters); the
-    function then keeps the per-node path."""
+def test_step_rows_never_leaves_a_typing_error_after_a_write():
+    """The driver calls each entry's loop in turn. Argument types are fixed where they are
+    made (checked once there), but should a loop refuse its arguments after an earlier
+    entry wrote, the error is a RuntimeError: never the typing error the caller answers
+    by running the per-node path, which would apply those entries twice. Refused at the
+    first entry, nothing is written and the typing error comes through."""
+    from numba.core.errors import TypingError
+
     from kernels.cpu import update_driver as drv
 
     rng = np.random.default_rng(5)
     P0 = rng.normal(size=(6, 3)).astype(np.float32)
     M0, V0 = np.zeros_like(P0), np.zeros_like(P0)
-    P1 = rng.normal(size=(4, 3))  # float64 beside float32
     none = np.zeros((0, 3), np.float32)
-    idx = [np.array([0, 2], np.int64), np.array([1], np.int64)]
-    G = [np.ones((2, 3), np.float32), np.ones((1, 3))]
-    before = [a.copy() for a in (P0, M0, V0)]
-    kinds = np.array([drv.ADAM, drv.MOMENTUM, drv.PAD])
+    idx = (np.array([0, 2], np.int64), np.array([1], np.int64), np.zeros(0, np.int64))
     ints = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 0]], np.int64)
-    fl = np.array([[0.1, 0.0, 0.9, 0.999, 1e-8, 0.0], [0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
-                   [0.0] * 6])
+    fl = np.array([[0.1, 0.0, 0.9, 0.999, 1e-8, 0.0]] * 2 + [[0.0] * 6])
     no_last, st = np.zeros(1, np.int64), np.zeros(2, np.int64)
-    with pytest.raises(TypeError, match="entry 1"):
-        drv.step_rows(kinds, (P0, P1, none), (M0, P1, none), (V0, P1, none),
-                      (no_last,) * 3, (*idx, idx[1][:0]), (*G, none), ints, fl, False,
-                      (none,) * 3, (none,) * 3, (none,) * 3, (idx[1][:0],) * 3, (st,) * 3)
+
+    def call(kinds, G):
+        return drv.step_rows(np.array(kinds), (P0, P0, none), (M0, M0, none), (V0, V0, none),
+                             (no_last,) * 3, idx, G, ints, fl, False, (none,) * 3,
+                             (none,) * 3, (none,) * 3, (idx[2],) * 3, (st,) * 3)
+
+    good, bad = np.ones((2, 3), np.float32), None  # (no loop takes None for a gradient)
+    before = [a.copy() for a in (P0, M0, V0)]
+    with pytest.raises(TypingError):
+        call([drv.PAD, drv.ADAM, drv.PAD], (none, bad, none))
     for a, b in zip(before, (P0, M0, V0)):
         assert np.array_equal(a, b)
+    with pytest.raises(RuntimeError, match=r"entry 1 failed after entries \[0\]"):
+        call([drv.ADAM, drv.ADAM, drv.PAD], (good, bad, none))
