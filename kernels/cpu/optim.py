@@ -572,6 +572,10 @@ def _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, am
 #: the most terms of the shifted series (``_adam_series_shifted``): it converges as
 #: ``rho**n`` with ``rho`` the relative spread of ``u_j`` over the summed steps
 SHIFTED_TERMS = 16
+#: gaps up to this many steps are replayed instead (``benchmarks.optim --catch-up``: 5000
+#: rows with a tiny v, mean gap 10, the shifted series took 1.2x the replay's time; 60:
+#: 0.6x)
+SHIFTED_MIN_GAP = 16
 #: where the midpoint of the shifted series is taken: over the steps until ``b1**j`` falls
 #: below this (the drift's weight decays as ``b1**j``)
 SHIFTED_SPAN = 1e-3
@@ -876,8 +880,9 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
                    has_s, sblocks, rho_pow, logs, base=0):
     """The ``k`` skipped steps of row ``r``: the drift in closed form where it applies
     (``_adam_series_blocked`` from the history's block sums when it has them, else
-    ``_adam_series`` walking the steps), else replayed (``_adam_replay``, always with L2
-    decay: a zero gradient then still moves the row non-linearly). Once the drift is
+    ``_adam_series`` walking the steps), else, a tiny ``v``, the shifted series
+    (``_adam_series_shifted``), else replayed (``_adam_replay``, always with L2 decay: a
+    zero gradient then still moves the row non-linearly). Once the drift is
     done, the remaining steps only decay m, v (and p by the steps' ``1 - lr*wd``), in
     closed form."""
     j = -1
@@ -885,11 +890,11 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
         j = _adam_series_blocked(P, M, V, VM, r, lag_from, k, eps, b1, b2, amsgrad, ratio,
                                  lr_max, sblocks, offsets, n_levels, rho_pow, logs, base)
     if not replay and j < 0:
-        j = _adam_series_shifted(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
-                                 amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, base)
-    if not replay and j < 0:
         j = _adam_series(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
                          amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, base)
+    if not replay and j < 0 and k > SHIFTED_MIN_GAP:  # (after the plain series: cheaper
+        j = _adam_series_shifted(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
+                                 amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, base)
     if j < 0:
         j = _adam_replay(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled,
                          amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, replay, base)
