@@ -127,6 +127,29 @@ def test_non_finite_update_is_undone_and_named(fm):
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("nan_guard", [None, True])
+def test_overflow_only_in_the_update_is_undone_in_the_call(nan_guard):
+    """Finite outputs and gradients (nan_guard=True's check passes), but an lr so large
+    that ``p - lr * g`` overflows to inf where ``|g| > 1``: found by the update's own
+    guard inside the one call, which puts back every row written (``fm_b``, then
+    ``fm_w``'s rows), bitwise."""
+    fn, model, opt = _fm(JIT, nan_guard=nan_guard)
+    X, y = _batches(1)[0]
+    fn(X, y)
+    before = _state(model, opt)
+    opt.lr = float(np.finfo(np.float64).max)
+    big = X.copy()
+    big.data *= 1e3  # gradients above 1, every value finite: lr * g overflows
+    with pytest.raises(FloatingPointError, match="update of fm_"):
+        fn(big, y)
+    assert fn._fused_step.fallbacks == []
+    for a, b in zip(_state(model, opt), before):
+        assert a.tobytes() == b.tobytes()
+    opt.lr = 0.05  # and the next call steps as before
+    fn(X, y)
+    assert not all(a.tobytes() == b.tobytes() for a, b in zip(_state(model, opt), before))
+
+
 def test_nan_guard_true_refuses_a_non_finite_output_in_the_call():
     """nan_guard=True checks the outputs and gradients inside the one call, before any
     write: a NaN label (it reaches the loss, not every update) changes nothing."""
