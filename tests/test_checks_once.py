@@ -71,8 +71,8 @@ OPTIMIZERS = [
 ]
 
 
-def _embedding(make_opt, seed=0):
-    E = mg.shared(np.random.default_rng(seed).normal(size=(V_ROWS, D)).astype(F32), name="E")
+def _embedding(make_opt, dtype=F32):
+    E = mg.shared(np.random.default_rng(0).normal(size=(V_ROWS, D)).astype(dtype), name="E")
     return E, make_opt([E])
 
 
@@ -83,10 +83,10 @@ def _embedding(make_opt, seed=0):
 @pytest.mark.parametrize("name,make_opt", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
 def test_apply_refuses_bad_rows_and_changes_nothing(name, make_opt, bad):
     _, idx, err, words = bad
-    E, opt = _embedding(make_opt)
+    E, opt = _embedding(make_opt, np.float64)  # (test_optim_apply's dtype: its kernels)
     for t in range(2):  # some history: lagging rows, a step counter past 0
-        opt.apply(E, mg.RowSparse([t, 3], np.ones((2, D), F32), (V_ROWS, D)))
-    rs = mg.RowSparse([0, 1], np.ones((2, D), F32), (V_ROWS, D))
+        opt.apply(E, mg.RowSparse([t, 3], np.ones((2, D)), (V_ROWS, D)))
+    rs = mg.RowSparse([0, 1], np.ones((2, D)), (V_ROWS, D))
     rs.indices = idx  # corrupted after construction (the constructor refuses it)
     before = _tables(opt)
     with pytest.raises(err, match=words) as info:
@@ -130,16 +130,16 @@ def test_compiled_read_refuses_bad_index(backend, bad):
 
 @pytest.mark.parametrize("column", [V_ROWS, -1], ids=["too-large", "negative"])
 def test_sparse_dot_step_refuses_bad_column_and_changes_nothing(backend, column):
-    W = mg.shared(np.random.default_rng(2).normal(size=(V_ROWS, 3)).astype(F32), name="W")
-    X = mg.csr_matrix("X", dtype="float32", n_cols=V_ROWS)
+    W = mg.shared(np.random.default_rng(2).normal(size=(V_ROWS, 3)), name="W")
+    X = mg.csr_matrix("X", n_cols=V_ROWS)  # (float64: the FM tests' kernels)
     cost = mg.sum(mg.sparse.dot(X, W) ** 2)
     opt = mg.optim.SGD([W], lr=0.1)
     step = mg.function([X], cost, updates=opt.updates(cost), mode=mg.Mode(backend=backend))
-    good = sp.csr_array((np.ones(3, F32), np.array([0, 4, 9]), np.array([0, 2, 3])),
+    good = sp.csr_array((np.ones(3), np.array([0, 4, 9]), np.array([0, 2, 3])),
                         shape=(2, V_ROWS))
     step(good)
     before = _tables(opt)
-    bad = sp.csr_array((np.ones(3, F32), np.array([0, 4, 9]), np.array([0, 2, 3])),
+    bad = sp.csr_array((np.ones(3), np.array([0, 4, 9]), np.array([0, 2, 3])),
                        shape=(2, V_ROWS))
     bad.indices[1] = column  # scipy does not look at it again
     with pytest.raises(IndexError, match=f"X.*{column}"):
@@ -239,12 +239,12 @@ def test_csr_input_is_checked_once_at_the_boundary(backend, count_checks, monkey
         return real(m)
 
     monkeypatch.setattr(types, "_csr_status", counting)
-    W = mg.shared(np.ones((V_ROWS, 3), F32), name="W")
-    X = mg.csr_matrix("X", dtype="float32", n_cols=V_ROWS)
+    W = mg.shared(np.ones((V_ROWS, 3)), name="W")
+    X = mg.csr_matrix("X", n_cols=V_ROWS)  # (float64: the FM tests' kernels)
     cost = mg.sum(mg.sparse.dot(X, W) ** 2)
     step = mg.function([X], cost, updates=mg.optim.SGD([W], lr=0.1).updates(cost),
                        mode=mg.Mode(backend=backend))
-    batch = sp.csr_array((np.ones(3, F32), np.array([0, 4, 9]), np.array([0, 2, 3])),
+    batch = sp.csr_array((np.ones(3), np.array([0, 4, 9]), np.array([0, 2, 3])),
                          shape=(2, V_ROWS))
     step(batch)
     count_checks.clear()
