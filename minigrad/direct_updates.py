@@ -50,7 +50,7 @@ _SIGNATURES = {
               "b2", "eps", "wd", "decoupled", "amsgrad", "ratio", "tol", "lr_max", "dist",
               "has_h", "lr_h", "wd_h", "blocks", "offsets", "n_levels", "base", "replay",
               "has_s", "sblocks", "rho_pow", "logs", "guard",
-              "SP", "SM", "SV", "SVM", "SL", "status"),
+              "SP", "SM", "SV", "SVM", "SL", "status", "history"),
     "_momentum": ("P", "B", "idx", "G", "has_grad", "t", "last", "exact", "lr", "mu", "damp",
                   "nesterov", "wd", "a", "dist", "has_h", "lr_h", "wd_h", "blocks",
                   "offsets", "n_levels", "base", "wd_any", "guard", "SP", "SB", "S2", "S3", "SL",
@@ -213,7 +213,8 @@ class _AdamRows(_Direct):
                     loops.adam_drift_tol(p2.dtype), steps.lr_max, loops._prefetch_distance(p2),
                     *steps.args(), steps.wd_any and not self.decoupled,
                     *loops.series_args(self.state.history, steps, self.b1, self.b2,
-                                       self.decoupled, False, p2.dtype), *checks)
+                                       self.decoupled, False, p2.dtype), *checks,
+                    history=self.state.history)
 
 
 class _MomentumRows(_Direct):

@@ -22,6 +22,7 @@ from kernels.rules.adam import series_blocks
 
 pytest.importorskip("kernels.cpu", reason="the compiled row loops need Numba")
 from kernels.cpu import optim as cpu_optim  # noqa: E402
+from kernels.cpu.caught_up import take  # noqa: E402
 from kernels.row_guard import RowGuard  # noqa: E402
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
@@ -34,6 +35,9 @@ def _by_name(loop):
     def call(*args):
         """``loop`` called with ``_adam``'s arguments (the ones it takes, by name)."""
         by_name = dict(zip(_ADAM_PARAMS, args))
+        # no rows kept by a read (kernels/cpu/caught_up.py): the loop catches every row up
+        by_name.update(zip(("k_rows", "k_lasts", "k_pre", "k_post"),
+                           take(None, None, args[0].dtype, args[0].shape[1])))
         return loop(*[by_name[name] for name in names])
 
     return call

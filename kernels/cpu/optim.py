@@ -13,6 +13,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from kernels.cpu.caught_up import catch_up_key, take, take_row
 from kernels.cpu.deferred_cache import njit
 from kernels.cpu.rows import _not_finite, _prefetch_ahead, _prefetch_for_write, _row_not_finite
 from kernels.reference.optim import (
@@ -913,7 +914,8 @@ def _adam_catch_up(P, M, V, VM, r, lag_from, k, lr, wd, b1, b2, eps, decoupled, 
 
 def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, decoupled,
           amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-          base, replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
+          base, replay, has_s, sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status,
+          history=None):
     """Every Adam row update: an exact-mode gradient step whose catch-up has the history's
     block sums, or is the replay of L2 decay, runs the plain loop ``_adam_exact`` (AMSGrad
     too; without a gradient, unguarded: ``_adam_exact_catch_up``), the rest the general
@@ -923,7 +925,9 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
     kernels/cpu/direct_rows.py.) A Python function, not a compiled one: a compiled entry
     point compiled all three loops at its first call and re-optimised them together in its
     own module (Numba links its callees' code into the caller's); here each loop compiles
-    at its first use, on its own, and costs the same per call (one dispatcher call)."""
+    at its first use, on its own, and costs the same per call (one dispatcher call).
+    ``history``: the parameter's, whose rows a read of this step caught up the general way
+    ``_adam_exact`` takes instead of catching them up again (kernels/cpu/caught_up.py)."""
     n = idx.shape[0]
     plain = exact and (has_s or replay)
     if plain and not has_grad and not guard:
@@ -934,10 +938,13 @@ def _adam(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd, de
     if plain and has_grad and (not guard or (
             SP.shape[0] >= n and SM.shape[0] >= n and SV.shape[0] >= n and SL.shape[0] >= n
             and (SVM.shape[0] >= n or not amsgrad))):
+        kept = take(history, None if replay else catch_up_key(
+            t - 1, ratio, tol, lr_max, base, n_levels, sblocks, b1, b2, eps, decoupled,
+            amsgrad), P.dtype, P.shape[1])
         return _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled,
                            amsgrad, replay, ratio, tol, lr_max, dist, has_h, lr_h, wd_h,
                            blocks, offsets, n_levels, base, sblocks, rho_pow, logs, guard, SP,
-                           SM, SV, SVM, SL, status)
+                           SM, SV, SVM, SL, status, *kept)
     return _adam_general(P, M, V, VM, idx, G, has_grad, t, last, exact, lr, b1, b2, eps, wd,
                          decoupled, amsgrad, ratio, tol, lr_max, dist, has_h, lr_h, wd_h,
                          blocks, offsets, n_levels, base, replay, has_s, sblocks, rho_pow,
@@ -1102,7 +1109,8 @@ def _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd, decoupl
 @njit(cache=True, nogil=True, error_model="numpy")
 def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, amsgrad, replay,
                 ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, base,
-                sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status):
+                sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status, k_rows, k_lasts,
+                k_pre, k_post):
     """Exact-mode Adam with a gradient, in a plain row loop (AMSGrad too; with L2 decay,
     ``replay``, the catch-up is the step-by-step replay).
 
@@ -1148,9 +1156,12 @@ def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, am
         if caught_up:
             if guard:
                 _save_rows(i, r, last, False, P, M, V, VM, SP, SM, SV, SVM, SL)
-            _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled, amsgrad,
-                           ratio, tol, lr_max, has_h, lr_h, wd_h, blocks, offsets, n_levels,
-                           replay, not replay, sblocks, rho_pow, logs, base)
+            if not (k_rows.shape[0] and take_row(k_rows, k_lasts, k_pre, k_post, P, M, V, VM,
+                                                 r, L, amsgrad)):
+                _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled,
+                               amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, blocks,
+                               offsets, n_levels, replay, not replay, sblocks, rho_pow, logs,
+                               base)
         # one call site, so ``_pass`` compiles once (a row caught up above was saved before
         # its catch-up: its pass neither saves nor checks, the scan below checks it; rare
         # without L2, so its cost is moot)
@@ -1222,7 +1233,7 @@ def adam_rows(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_dec
               trusted=False):
     return _adam(*adam_loop_args(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps,
                                  weight_decay, decoupled, amsgrad, max_exp_avg_sq, history,
-                                 guard, trusted))
+                                 guard, trusted), history=history)
 
 
 def adam_loop_args(param, m, v, idx, grad, t, last, lr, beta1, beta2, eps, weight_decay,

@@ -51,6 +51,8 @@ class StepHistory:
         self.n = 0  # steps recorded: 1..n
         self.base = 0  # storage index of step s: s - base (steps <= base are forgotten)
         self.lr_max = self.lrwd_max = self.wd_max = 0.0
+        # rows a read of the current step caught up, for its update (kernels/cpu/caught_up.py)
+        self.caught_up = None
         self._allocate(max(64, int(capacity)))
 
     # --- storage -------------------------------------------------------------------
@@ -137,6 +139,7 @@ class StepHistory:
         load every row is up to date at ``step``, so older steps are never needed). The
         storage shrinks back to its first size, with ``base = step``."""
         step = int(step)
+        self.caught_up = None
         keep = self.at(step) if self.base <= step <= self.n else (0.0, 0.0)
         self.n = self.base = step
         self.lr_max = self.lrwd_max = self.wd_max = 0.0
@@ -150,6 +153,7 @@ class StepHistory:
         earlier step can be needed, and ``at(step)`` gives that step's values. O(1) when
         nothing was recorded since the last restart (the storage is all zeros then)."""
         step = int(step)
+        self.caught_up = None
         if self.n != self.base or step <= self.base:
             self.restart(step)
         else:
