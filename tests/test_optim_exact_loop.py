@@ -36,7 +36,7 @@ def _by_name(loop):
         """``loop`` called with ``_adam``'s arguments (the ones it takes, by name)."""
         by_name = dict(zip(_ADAM_PARAMS, args))
         # no rows kept by a read (kernels/cpu/caught_up.py): the loop catches every row up
-        by_name.update(zip(("k_rows", "k_lasts", "k_pre", "k_post"),
+        by_name.update(zip(("k_rows", "k_lasts", "k_order", "k_pre", "k_post"),
                            take(None, None, args[0].dtype, args[0].shape[1])))
         return loop(*[by_name[name] for name in names])
 

@@ -6,12 +6,13 @@ whose catch-up has no closed form (a tiny ``v`` where ``m`` is not 0: ``_adam_ca
 truncated series or replay, ~35% of the lagging rows of the embedding benchmark) are the
 expensive ones, and the update of the same step (``_adam_exact``) used to catch each of
 them up a second time, from the same row and the same skipped steps. The read now keeps,
-per such row, the state it started from (``pre``) and the caught-up state (``post``) on the
-parameter's ``StepHistory`` (``history.caught_up``); the update takes ``post`` instead of
-recomputing it where the row still holds ``pre``, its ``last`` is the same and the
-catch-up's scalars (``key``) are the same. The catch-up is a deterministic function of
-exactly those, so the result is bitwise the recomputed one; anything else (a row written
-in between, a schedule that moved ``lr_max``, another history) is a miss and is recomputed.
+per such row, the state it started from (``pre``) and the caught-up state (``post``) on
+the parameter's ``StepHistory`` (``history.caught_up``, in a buffer the history keeps:
+``kept_buffer``); the update takes ``post`` instead of recomputing it where the row still
+holds ``pre``, its ``last`` is the same and the catch-up's scalars (``key``) are the same.
+The catch-up is a deterministic function of exactly those, so the result is bitwise the
+recomputed one; anything else (a row written in between, a schedule that moved
+``lr_max``, another history) is a miss and is recomputed.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from kernels.cpu.deferred_cache import njit
 
-__all__ = ["CaughtUpRows", "catch_up_key", "keep", "take", "take_row"]
+__all__ = ["CaughtUpRows", "buffers", "catch_up_key", "keep", "take", "take_row"]
 
 
 def catch_up_key(t, ratio, tol, lr_max, base, n_levels, sblocks, b1, b2, eps, decoupled,
@@ -34,40 +35,54 @@ def catch_up_key(t, ratio, tol, lr_max, base, n_levels, sblocks, b1, b2, eps, de
 
 
 class CaughtUpRows:
-    """Rows ``rows`` (sorted; with their ``lasts``) before (``pre[k]``: p, m, v, max) and
-    after (``post[k]``) their catch-up to the step of ``key``."""
+    """Rows ``rows`` (with their ``lasts``) before (``pre[j, k]``: p, m, v[, max]) and
+    after (``post[j, k]``) their catch-up to the step of ``key``; ``order`` sorts ``rows``
+    (``sorted_rows``, ``sorted_lasts``: in that order, for the update's binary search)."""
 
-    __slots__ = ("key", "rows", "lasts", "pre", "post")
+    __slots__ = ("key", "sorted_rows", "sorted_lasts", "order", "pre", "post")
 
     def __init__(self, key, rows, lasts, pre, post):
-        self.key, self.rows, self.lasts, self.pre, self.post = key, rows, lasts, pre, post
+        self.order = np.argsort(rows, kind="stable")
+        self.key, self.sorted_rows, self.sorted_lasts = key, rows[self.order], lasts[self.order]
+        self.pre, self.post = pre, post
+
+
+def buffers(history, n, tables, width, dtype):
+    """``(pre, post)``, each ``(n, tables, width)``, for a read that keeps ``n`` rows of
+    ``tables`` tables: views of one buffer the history keeps across steps (a fresh one
+    each step page-faulted ~1 MB in on every read). Forgets what was kept before."""
+    history.caught_up = None
+    buf = getattr(history, "kept_buffer", None)
+    if (buf is None or buf.shape[1] < n or buf.shape[2:] != (tables, width)
+            or buf.dtype != dtype):
+        cap = max(n, 2 * buf.shape[1]) if buf is not None and buf.dtype == dtype else n
+        buf = history.kept_buffer = np.empty((2, cap, tables, width), dtype=dtype)
+    return buf[0, :n], buf[1, :n]
 
 
 def keep(history, key, rows, lasts, pre, post):
-    """Keep rows ``rows`` (``lasts``; ``pre`` / ``post``: ``(4, n, width)``) on
-    ``history`` for the next update (replacing what an earlier read kept)."""
-    order = np.argsort(rows, kind="stable")
-    history.caught_up = CaughtUpRows(key, rows[order], lasts[order], pre[:, order],
-                                     post[:, order])
+    """Keep rows ``rows`` (``lasts``; ``pre`` / ``post`` from ``buffers``) on ``history``
+    for the step's update."""
+    history.caught_up = CaughtUpRows(key, rows, lasts, pre, post)
 
 
 _NONE = {}  # dtype -> the empty stand-ins passed when there is nothing to take
 
 
 def take(history, key, dtype, width):
-    """``(rows, lasts, pre, post)`` for the update whose catch-up has ``key``: the rows the
-    read kept if they were caught up with the same scalars, else empty arrays (nothing
-    matches). Taken once: the history forgets them."""
+    """``(sorted_rows, sorted_lasts, order, pre, post)`` for the update whose catch-up has
+    ``key``: the rows the read kept if they were caught up with the same scalars, else
+    empty arrays (nothing matches). Taken once: the history forgets them."""
     kept = getattr(history, "caught_up", None) if history is not None else None
     if kept is not None:
         history.caught_up = None
         if kept.key == key and kept.pre.dtype == dtype and kept.pre.shape[2] == width:
-            return kept.rows, kept.lasts, kept.pre, kept.post
+            return kept.sorted_rows, kept.sorted_lasts, kept.order, kept.pre, kept.post
     empty = _NONE.get(dtype)
     if empty is None:
         rows = np.zeros(0, dtype=np.int64)
-        rows4 = np.zeros((4, 0, 1), dtype=dtype)
-        empty = _NONE[dtype] = (rows, rows, rows4, rows4)
+        rows3 = np.zeros((0, 3, 1), dtype=dtype)
+        empty = _NONE[dtype] = (rows, rows, rows, rows3, rows3)
     return empty
 
 
@@ -78,15 +93,15 @@ def _same(a, b):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _row_same(X, r, S, s):
+def _row_same(X, r, S, s, k):
     same = True
     for d in range(X.shape[1]):
-        same &= _same(float(X[r, d]), float(S[s, d]))
+        same &= _same(float(X[r, d]), float(S[s, k, d]))
     return same
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def take_row(rows, lasts, pre, post, P, M, V, VM, r, L, amsgrad):
+def take_row(rows, lasts, order, pre, post, P, M, V, VM, r, L, amsgrad):
     """Row ``r`` (``last`` ``L``) set to its kept caught-up state if the read kept it and
     it still holds what the read started from; returns whether it did."""
     lo, hi = 0, rows.shape[0]
@@ -98,11 +113,12 @@ def take_row(rows, lasts, pre, post, P, M, V, VM, r, L, amsgrad):
             hi = mid
     if lo == rows.shape[0] or rows[lo] != r or lasts[lo] != L:
         return False
-    if not (_row_same(P, r, pre[0], lo) and _row_same(M, r, pre[1], lo)
-            and _row_same(V, r, pre[2], lo) and (not amsgrad or _row_same(VM, r, pre[3], lo))):
+    s = order[lo]
+    if not (_row_same(P, r, pre, s, 0) and _row_same(M, r, pre, s, 1)
+            and _row_same(V, r, pre, s, 2) and (not amsgrad or _row_same(VM, r, pre, s, 3))):
         return False
     for d in range(P.shape[1]):
-        P[r, d], M[r, d], V[r, d] = post[0, lo, d], post[1, lo, d], post[2, lo, d]
+        P[r, d], M[r, d], V[r, d] = post[s, 0, d], post[s, 1, d], post[s, 2, d]
         if amsgrad:
-            VM[r, d] = post[3, lo, d]
+            VM[r, d] = post[s, 3, d]
     return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.cpu.caught_up import catch_up_key, keep
+from kernels.cpu.caught_up import buffers, catch_up_key, keep
 from kernels.cpu.deferred_cache import njit
 from kernels.cpu.optim import (
     _NO_BLOCKS,
@@ -287,26 +287,30 @@ def _fresh_adam_scalars(P, last, flat, t, dist, amsgrad, eps, base, sblocks, off
 @njit(cache=True, nogil=True, error_model="numpy")
 def _fresh_adam_fallback(P, M, V, VM, flat, lasts, fallback, t, amsgrad, lr, wd, b1, b2, eps,
                          decoupled, ratio, tol, lr_max, lr_h, wd_h, blocks, offsets, n_levels,
-                         base, sblocks, rho_pow, logs, pre, post, out):
-    """``out[i]`` for the positions ``fallback`` the series does not fit: row ``j`` of
-    them copied into ``pre[:, j]`` (p, m, v, max) and ``post[:, j]``, and caught up in
-    ``post`` by the general catch-up (``_adam_catch_up``), as the general read would (so
-    the read is bitwise the general read's). Rare per row (a tiny v where m is not 0) but
-    costly: ``post`` is kept for the step's update (kernels/cpu/caught_up.py)."""
+                         base, sblocks, rho_pow, logs, scratch, pre, post, out):
+    """``out[i]`` for the positions ``fallback`` the series does not fit: each row copied
+    into the one-row ``scratch`` and caught up there by the general catch-up
+    (``_adam_catch_up``), as the general read would (so the read is bitwise the general
+    read's). Rare per row (a tiny v where m is not 0) but costly: row ``j``'s tables
+    before and after go to ``pre[j]`` / ``post[j]``, kept for the step's update
+    (kernels/cpu/caught_up.py)."""
+    SP, SM, SV, SVM = scratch[0:1], scratch[1:2], scratch[2:3], scratch[3:4]
     for j in range(fallback.shape[0]):
         i = fallback[j]
         r, L = flat[i], lasts[i]
-        _copy_row(P, r, pre[0], j)
-        _copy_row(M, r, pre[1], j)
-        _copy_row(V, r, pre[2], j)
+        _copy_row(P, r, SP, 0)
+        _copy_row(M, r, SM, 0)
+        _copy_row(V, r, SV, 0)
         if amsgrad:
-            _copy_row(VM, r, pre[3], j)
-        for k in range(4 if amsgrad else 3):
-            _copy_row(pre[k], j, post[k], j)
-        _adam_catch_up(post[0], post[1], post[2], post[3], j, L, t - L, lr, wd, b1, b2, eps,
-                       decoupled, amsgrad, ratio, tol, lr_max, True, lr_h, wd_h, blocks,
-                       offsets, n_levels, False, True, sblocks, rho_pow, logs, base)
-        _copy_row(post[0], j, out, i)
+            _copy_row(VM, r, SVM, 0)
+        for k in range(pre.shape[1]):
+            _copy_row(scratch, k, pre[j], k)
+        _adam_catch_up(SP, SM, SV, SVM, 0, L, t - L, lr, wd, b1, b2, eps, decoupled,
+                       amsgrad, ratio, tol, lr_max, True, lr_h, wd_h, blocks, offsets,
+                       n_levels, False, True, sblocks, rho_pow, logs, base)
+        for k in range(post.shape[1]):
+            _copy_row(scratch, k, post[j], k)
+        _copy_row(SP, 0, out, i)
 
 
 def fresh_adam(tables, last, flat, t, history, hyper):
@@ -358,14 +362,15 @@ def fresh_adam(tables, last, flat, t, history, hyper):
         blocks = history.blocks if history.blocks is not None else _NO_BLOCKS
         lr_max = max(lr, history.lr_max)
         fallback = fallback[:n_fallback]
-        pre = np.empty((2, 4, n_fallback, P.shape[1]), dtype=P.dtype)  # pre, post
+        pre, post = buffers(history, n_fallback, 3 + amsgrad, P.shape[1], P.dtype)
         _fresh_adam_fallback(P, M, V, VM, flat, lasts, fallback, t, amsgrad, lr, wd, b1, b2,
                              eps, decoupled, float(ratio), tol, lr_max, history.lr, history.wd,
                              blocks, history.offsets, history.n_levels, history.base,
-                             history.sblocks, series.rho_pow, logs, pre[0], pre[1], out)
+                             history.sblocks, series.rho_pow, logs,
+                             np.empty((4, P.shape[1]), dtype=P.dtype), pre, post, out)
         keep(history, catch_up_key(t, ratio, tol, lr_max, history.base, history.n_levels,
                                    history.sblocks, b1, b2, eps, decoupled, amsgrad),
-             flat[fallback], lasts[fallback], pre[0], pre[1])
+             flat[fallback], lasts[fallback], pre, post)
     return -1, out
 
 

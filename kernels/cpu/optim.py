@@ -1110,7 +1110,7 @@ def _adam_exact_catch_up(P, M, V, VM, idx, t, last, lr, b1, b2, eps, wd, decoupl
 def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, amsgrad, replay,
                 ratio, tol, lr_max, dist, has_h, lr_h, wd_h, blocks, offsets, n_levels, base,
                 sblocks, rho_pow, logs, guard, SP, SM, SV, SVM, SL, status, k_rows, k_lasts,
-                k_pre, k_post):
+                k_order, k_pre, k_post):
     """Exact-mode Adam with a gradient, in a plain row loop (AMSGrad too; with L2 decay,
     ``replay``, the catch-up is the step-by-step replay).
 
@@ -1156,8 +1156,8 @@ def _adam_exact(P, M, V, VM, idx, G, t, last, lr, b1, b2, eps, wd, decoupled, am
         if caught_up:
             if guard:
                 _save_rows(i, r, last, False, P, M, V, VM, SP, SM, SV, SVM, SL)
-            if not (k_rows.shape[0] and take_row(k_rows, k_lasts, k_pre, k_post, P, M, V, VM,
-                                                 r, L, amsgrad)):
+            if not (k_rows.shape[0] and take_row(k_rows, k_lasts, k_order, k_pre, k_post, P,
+                                                 M, V, VM, r, L, amsgrad)):
                 _adam_catch_up(P, M, V, VM, r, L, k, lr, wd, b1, b2, eps, decoupled,
                                amsgrad, ratio, tol, lr_max, has_h, lr_h, wd_h, blocks,
                                offsets, n_levels, replay, not replay, sblocks, rho_pow, logs,

@@ -52,7 +52,7 @@ class StepHistory:
         self.base = 0  # storage index of step s: s - base (steps <= base are forgotten)
         self.lr_max = self.lrwd_max = self.wd_max = 0.0
         # rows a read of the current step caught up, for its update (kernels/cpu/caught_up.py)
-        self.caught_up = None
+        self.caught_up = self.kept_buffer = None
         self._allocate(max(64, int(capacity)))
 
     # --- storage -------------------------------------------------------------------
