@@ -44,8 +44,8 @@ ADAM, MOMENTUM = 0, 1
 PAD = -1
 
 #: tables above this size have their rows asked for ahead (``kernels.cpu.optim``'s
-#: distance): a step's rows of a table larger than a core's L2 (1 MiB here, lower than the
-#: row kernels' own 8 MiB) are mostly not in cache when the update reaches them (the
+#: distance): a step's rows of a table larger than a core's L2 (1 MiB, as the row
+#: kernels' own) are mostly not in cache when the update reaches them (the
 #: embedding step at V=30K, six 7.7 MB tables: the step took ~0.5 ms less with it, same
 #: run, loaded box)
 PREFETCH_MIN_BYTES = 1 << 20
